@@ -1,0 +1,105 @@
+"""Checkpoints that carry their own config, saved atomically and loaded safely.
+
+A checkpoint is a plain dict (loadable with ``torch.load(..., weights_only=True)``)::
+
+    {"format": "depthscape", "version": 1, "model": "resnet56",
+     "model_kwargs": {"in_channels": 3, "num_classes": 10, ...},
+     "config": {...}, "state_dict": {...}, ...}
+
+Bare state dicts (e.g. from the spec's original scripts) load too when the architecture is
+given separately.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from depthscape.atomic import atomic_path
+from depthscape.errors import UserError
+from depthscape.models import canonical_name, get_model
+
+FORMAT = "depthscape"
+VERSION = 1
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    """Save ``payload`` (plus format tags) to ``path`` atomically."""
+    data = {"format": FORMAT, "version": VERSION, **payload}
+    with atomic_path(path) as tmp:
+        torch.save(data, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint file with ``weights_only=True``; a bad file is a one-line UserError.
+
+    A bare state dict comes back as ``{"state_dict": ...}``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise UserError(f"{path} is a directory, not a checkpoint file")
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError,
+            ValueError, AttributeError, TypeError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"{path} is not a readable checkpoint (corrupt, truncated or not a "
+                        f"PyTorch file): {first[:160]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is not a checkpoint: it holds a {type(data).__name__}, not a dict")
+    if data.get("format") == FORMAT:
+        return data
+    if data and all(isinstance(v, torch.Tensor) for v in data.values()):
+        return {"state_dict": data}
+    if isinstance(data.get("state_dict"), dict):
+        return data
+    raise UserError(f"{path} is not a depthscape checkpoint or a model state dict")
+
+
+def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "checkpoint",
+                     model_name: str | None = None) -> None:
+    """Raise a UserError naming the first tensor where ``state_dict`` and ``model`` disagree."""
+    expected = model.state_dict()
+    what = f" for {model_name}" if model_name else ""
+    for key, tensor in expected.items():
+        if key not in state_dict:
+            raise UserError(f"{source} does not match the architecture{what}: tensor {key!r} is missing")
+        if tuple(state_dict[key].shape) != tuple(tensor.shape):
+            raise UserError(
+                f"{source} does not match the architecture{what}: tensor {key!r} has shape "
+                f"{tuple(state_dict[key].shape)}, expected {tuple(tensor.shape)}"
+            )
+    for key in state_dict:
+        if key not in expected:
+            raise UserError(f"{source} does not match the architecture{what}: unexpected tensor {key!r}")
+
+
+def model_from_checkpoint(path: str | os.PathLike, model_name: str | None = None,
+                          map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the model a checkpoint holds and load its weights.
+
+    ``model_name`` is needed for a bare state dict; given for a depthscape checkpoint it
+    must agree with the checkpoint's own (else a UserError naming the first mismatch).
+    Returns the model (on CPU, eval mode) and the checkpoint dict.
+    """
+    data = load_checkpoint(path, map_location="cpu")
+    stored = data.get("model")
+    name = canonical_name(model_name) if model_name else stored
+    if name is None:
+        raise UserError(f"{path} is a bare state dict: say which model it holds (e.g. --model resnet56)")
+    kwargs = dict(data.get("model_kwargs") or {})
+    model = get_model(name, **kwargs)
+    state = data["state_dict"]
+    check_state_dict(model, state, source=str(path), model_name=name)
+    model.load_state_dict(state)
+    model.to(map_location)
+    model.eval()
+    return model, data

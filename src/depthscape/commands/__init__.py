@@ -1,0 +1,1 @@
+"""Subcommands of the ``depthscape`` CLI, one module each (discovered by depthscape.cli)."""

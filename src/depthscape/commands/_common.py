@@ -1,0 +1,39 @@
+"""Argument groups several subcommands share."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """--dataset, --data-dir, --cache-dir."""
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset", default="cifar10",
+                       help="cifar10 (default), mnist, fashion-mnist, or a path to an "
+                            "ImageFolder directory/archive with train/ and test/")
+    group.add_argument("--data-dir", default=None,
+                       help="data already on disk: torchvision's files, or an ImageFolder "
+                            "tree or .tar.gz (e.g. ../shared/data/cifar10-jpeg.tar.gz)")
+    group.add_argument("--cache-dir", default=None,
+                       help="where downloads and decoded caches go "
+                            "(default $DEPTHSCAPE_DATA or ~/.cache/depthscape)")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """MODEL [DEPTH] positionals: `cnn`, `resnet 56`, `plainnet 110`, `resnet56`."""
+    parser.add_argument("model", help="cnn, resnet, plainnet (with DEPTH), or e.g. resnet56")
+    parser.add_argument("depth", nargs="?", default=None, help="depth 6n+2 for resnet/plainnet")

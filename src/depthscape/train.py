@@ -1,0 +1,391 @@
+"""The training loop: one recipe, iterations or epochs, CSV logs, checkpoints, exact resume.
+
+Read top to bottom: :func:`train` loads the data once onto the device, builds the model
+and optimizer, then runs steps. Each step takes a batch of indices from
+:class:`BatchSchedule` (a pure function of seed and step), augments it on the device,
+sets the learning rate from :meth:`Recipe.lr_at` and updates. Metrics accumulate on the
+device and are read once per log row; that read is also where a non-finite loss is
+caught. A resumable checkpoint holds everything the next steps depend on (weights,
+optimizer, RNG states, the partial metric window), so ``resume=True`` continues to the
+same weights and CSV rows as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from depthscape.atomic import atomic_write_text, ensure_writable_dir
+from depthscape.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
+from depthscape.csvlog import LOG_COLUMNS, append_log, init_log_file, truncate_log
+from depthscape.data import Dataset, Preprocess, load_dataset
+from depthscape.device import get_device
+from depthscape.errors import TrainingDiverged, UserError
+from depthscape.evaluate import evaluate
+from depthscape.models import canonical_name, get_model
+from depthscape.recipes import Recipe, recipe_for
+from depthscape.runs import RunPaths, run_paths
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run depends on. The recipe defaults to the spec's."""
+
+    model: str
+    dataset: str = "cifar10"
+    data_dir: str | None = None
+    cache_dir: str | None = None
+    out_dir: str = "."
+    seed: int = 0
+    device: str | None = None
+    recipe: Recipe | None = None  # None: recipe_for(model)
+    scale: float = 1.0  # multiplies length, warm-up and decay points
+    train_subset: int | None = None
+    test_subset: int | None = None
+    eval_every: int | None = None  # iterations between test evaluations; None: once per epoch
+    log_every: int | None = None  # iterations between CSV rows (iteration recipes); None: 100
+    checkpoint_every: int = 1000  # iterations between resumable checkpoints
+    eval_batch_size: int = 1000
+    resume: bool = False
+    overwrite: bool = False
+    stop_after: int | None = None  # stop (resumably) once this many iterations are done
+    progress: bool = True
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or stopped) run reports."""
+
+    paths: RunPaths
+    iteration: int
+    finished: bool
+    train_loss: float = math.nan
+    train_acc: float = math.nan
+    test_loss: float = math.nan
+    test_acc: float = math.nan
+    elapsed_s: float = 0.0
+    rows: list[dict] = field(default_factory=list)
+
+
+class BatchSchedule:
+    """Which training samples each step uses: a pure function of the seed and the step.
+
+    Epoch ``e`` visits the samples in the order of a permutation seeded by (seed, e).
+    ``stream=True`` (iteration recipes) reads the permutations back to back in fixed-size
+    batches, crossing epoch boundaries, so every batch has the same shape; ``stream=False``
+    (epoch recipes) ends each epoch with a smaller last batch, as a DataLoader does.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int, stream: bool,
+                 device: torch.device | str = "cpu"):
+        self.n, self.batch, self.seed, self.stream = num_samples, batch_size, seed, stream
+        self.device = device
+        self.steps_per_epoch = math.ceil(num_samples / batch_size)
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perms:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perms = {e: p for e, p in self._perms.items() if e >= epoch - 1}
+            self._perms[epoch] = torch.randperm(self.n, generator=generator).to(self.device)
+        return self._perms[epoch]
+
+    def epoch_of(self, step: int) -> int:
+        return (step * self.batch) // self.n if self.stream else step // self.steps_per_epoch
+
+    def indices(self, step: int) -> torch.Tensor:
+        """Sample indices (on the device) of 0-based ``step``."""
+        if not self.stream:
+            epoch, position = divmod(step, self.steps_per_epoch)
+            start = position * self.batch
+            return self.permutation(epoch)[start:start + self.batch]
+        start = step * self.batch
+        epoch, offset = divmod(start, self.n)
+        parts, need = [], self.batch
+        while need > 0:
+            piece = self.permutation(epoch)[offset:offset + need]
+            parts.append(piece)
+            need -= len(piece)
+            epoch, offset = epoch + 1, 0
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def preprocess_for(recipe: Recipe, dataset: Dataset) -> Preprocess:
+    """The recipe's preprocessing for ``dataset`` (its pixel mean where the recipe subtracts one)."""
+    mean = dataset.pixel_mean_255 if recipe.subtract_mean else (0.0,) * dataset.in_channels
+    return Preprocess(scale=recipe.pixel_scale, mean=tuple(mean), augment=recipe.augment)
+
+
+def make_optimizer(recipe: Recipe, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The recipe's optimizer over every parameter of ``model``."""
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                               weight_decay=recipe.weight_decay)
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the next step boundary."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._old = {}
+
+    def __enter__(self):
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self._old = {}
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def _config_dict(config: TrainConfig, recipe: Recipe, dataset: Dataset, preprocess: Preprocess,
+                 model_name: str) -> dict:
+    """The settings stored beside (and inside) the run's files."""
+    settings = asdict(config)
+    for transient in ("resume", "overwrite", "stop_after", "progress", "device", "recipe"):
+        settings.pop(transient)
+    return {
+        "model": model_name,
+        "recipe": recipe.to_dict(),
+        "train": settings,
+        "dataset": {"name": dataset.name, "classes": list(dataset.classes),
+                    "train_size": len(dataset.train), "test_size": len(dataset.test),
+                    "in_channels": dataset.in_channels, "image_size": dataset.image_size},
+        "preprocess": {"scale": preprocess.scale, "mean": list(preprocess.mean),
+                       "augment": preprocess.augment, "crop_padding": preprocess.crop_padding},
+    }
+
+
+def _matches(saved: dict, current: dict) -> str | None:
+    """The first setting where a saved run differs from this one, or None."""
+    keys = ("model", "recipe", "dataset", "preprocess")
+    for key in keys:
+        if saved.get(key) != current.get(key):
+            return key
+    ignore = {"data_dir", "cache_dir", "out_dir", "checkpoint_every", "eval_batch_size"}
+    for key, value in current["train"].items():
+        if key not in ignore and saved.get("train", {}).get(key) != value:
+            return key
+    return None
+
+
+def train(config: TrainConfig, dataset: Dataset | None = None) -> TrainResult:
+    """Train one model per its recipe; see the module docstring. Returns the final metrics."""
+    model_name = canonical_name(config.model)
+    recipe = (config.recipe or recipe_for(model_name)).scaled(config.scale)
+    device = get_device(config.device)
+    out_dir = ensure_writable_dir(config.out_dir)
+    if dataset is None:
+        dataset = load_dataset(config.dataset, config.data_dir, config.cache_dir)
+    paths = run_paths(out_dir, model_name, config.seed, dataset.name)
+    train_split = dataset.train.subset(config.train_subset)
+    test_split = dataset.test.subset(config.test_subset)
+    preprocess = preprocess_for(recipe, dataset)
+    settings = _config_dict(config, recipe, dataset, preprocess, model_name)
+    settings["dataset"]["train_size"], settings["dataset"]["test_size"] = len(train_split), len(test_split)
+
+    # ---- resume or start -------------------------------------------------------------
+    state = None
+    if paths.resume.exists() and config.resume:
+        state = load_checkpoint(paths.resume, map_location="cpu")
+        differs = _matches(state.get("config", {}), settings)
+        if differs:
+            raise UserError(f"{paths.resume} was written with a different setting ({differs}); "
+                            "rerun with the same options, or pass --overwrite to start over")
+    elif paths.final.exists() and config.resume:
+        final = load_checkpoint(paths.final)
+        if _matches(final.get("config", {}), settings) is None:
+            metrics = final.get("metrics", {})
+            return TrainResult(paths, int(final.get("iteration", 0)), True, **metrics)
+        raise UserError(f"{paths.final} holds a finished run with different settings; "
+                        "pass --overwrite to train again")
+    elif (paths.resume.exists() or paths.final.exists()) and not config.overwrite:
+        existing = paths.resume if paths.resume.exists() else paths.final
+        raise UserError(f"{existing} already exists: pass --resume to continue that run "
+                        "or --overwrite to start over")
+
+    torch.manual_seed(config.seed)
+    model = get_model(model_name, in_channels=dataset.in_channels,
+                      num_classes=dataset.num_classes,
+                      **({"image_size": dataset.image_size} if model_name == "cnn" else {}))
+    model_kwargs = {"in_channels": dataset.in_channels, "num_classes": dataset.num_classes}
+    if model_name == "cnn":
+        model_kwargs["image_size"] = dataset.image_size
+    model.to(device)
+    optimizer = make_optimizer(recipe, model)
+
+    images = train_split.images.to(device)
+    labels = train_split.labels.to(device)
+    test_split = test_split.to(device)
+    schedule = BatchSchedule(len(train_split), recipe.batch_size, config.seed,
+                             stream=recipe.unit == "iteration", device=device)
+    total_steps = recipe.length if recipe.unit == "iteration" else recipe.length * schedule.steps_per_epoch
+    epoch_steps = schedule.steps_per_epoch
+    log_every = config.log_every or recipe.log_every
+    eval_every = config.eval_every or epoch_steps
+    aug_generator = torch.Generator(device=device).manual_seed(config.seed + 1)
+
+    step, elapsed_before = 0, 0.0
+    window = {"loss": torch.zeros((), dtype=torch.float64, device=device),
+              "correct": torch.zeros((), dtype=torch.int64, device=device), "seen": 0, "from": 0}
+    last_test = (math.nan, math.nan)
+    if state is not None:
+        check_state_dict(model, state["model_state"], str(paths.resume), model_name)
+        model.load_state_dict(state["model_state"])
+        optimizer.load_state_dict(state["optimizer_state"])
+        torch.set_rng_state(state["rng_cpu"])
+        if device.type == "cuda" and "rng_cuda" in state:
+            torch.cuda.set_rng_state(state["rng_cuda"], device)
+        aug_generator.set_state(state["rng_augment"].to(aug_generator.get_state().device))
+        step = int(state["iteration"])
+        elapsed_before = float(state["elapsed_s"])
+        window["loss"].fill_(float(state["window_loss"]))
+        window["correct"].fill_(int(state["window_correct"]))
+        window["seen"], window["from"] = int(state["window_seen"]), int(state["window_from"])
+        last_test = tuple(state["last_test"])
+        truncate_log(paths.log, step) if paths.log.exists() else init_log_file(paths.log, LOG_COLUMNS)
+    else:
+        init_log_file(paths.log, LOG_COLUMNS)
+    atomic_write_text(paths.config, json.dumps(settings, indent=2) + "\n")
+
+    def checkpoint_payload() -> dict:
+        payload = {
+            "model": model_name, "model_kwargs": model_kwargs, "config": settings,
+            "iteration": step, "elapsed_s": elapsed_before + time.perf_counter() - started,
+            "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
+            "rng_cpu": torch.get_rng_state(), "rng_augment": aug_generator.get_state().cpu(),
+            "window_loss": float(window["loss"]), "window_correct": int(window["correct"]),
+            "window_seen": window["seen"], "window_from": window["from"],
+            "last_test": list(last_test),
+        }
+        if device.type == "cuda":
+            payload["rng_cuda"] = torch.cuda.get_rng_state(device)
+        return payload
+
+    def check_finite() -> None:
+        if not math.isfinite(float(window["loss"])):
+            where = (f"last good checkpoint kept: {paths.resume} (iteration {last_saved})"
+                     if last_saved is not None else "no checkpoint had been written yet")
+            raise TrainingDiverged(
+                f"training diverged: non-finite loss in iterations {window['from'] + 1}-{step} "
+                f"of {model_name}; {where}")
+
+    def epoch_of_row() -> float:
+        if recipe.unit == "epoch":
+            return float(math.ceil(step / epoch_steps))
+        return round(step * recipe.batch_size / len(train_split), 4)
+
+    last_saved = step if state is not None else None
+    rows_written: list[dict] = []
+    model.train()
+    started = time.perf_counter()
+    window_started, window_images = started, 0
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total_steps, initial=step, disable=not config.progress, unit="it",
+               desc=paths.run_name, dynamic_ncols=True, mininterval=0.5)
+    try:
+        with _StopRequest() as stop:
+            while step < total_steps:
+                epoch = schedule.epoch_of(step)
+                lr = recipe.lr_at(step, epoch)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                index = schedule.indices(step)
+                x = preprocess.train_batch(images[index], aug_generator)
+                y = labels[index]
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                with torch.no_grad():
+                    window["loss"] += loss.detach().double() * len(y)
+                    window["correct"] += (logits.argmax(1) == y).sum()
+                window["seen"] += len(y)
+                window_images += len(y)
+                step += 1
+                bar.update(1)
+
+                at_epoch_end = step % epoch_steps == 0 or step == total_steps
+                if (eval_every and step % eval_every == 0) or step == total_steps or (
+                        recipe.unit == "epoch" and at_epoch_end):
+                    check_finite()
+                    last_test = evaluate(model, test_split, preprocess, config.eval_batch_size)
+                log_now = at_epoch_end if recipe.unit == "epoch" else (
+                    step % log_every == 0 or step == total_steps)
+                if log_now:
+                    check_finite()
+                    seen = max(1, window["seen"])
+                    train_loss = float(window["loss"]) / seen
+                    train_acc = 100.0 * int(window["correct"]) / seen
+                    row = {
+                        "iteration": step, "epoch": epoch_of_row(), "lr": lr,
+                        "train_loss": train_loss, "train_acc": train_acc,
+                        "train_err": 100.0 - train_acc,
+                        "test_loss": last_test[0], "test_acc": last_test[1],
+                        "test_err": 100.0 - last_test[1],
+                        "elapsed_s": round(elapsed_before + time.perf_counter() - started, 3),
+                    }
+                    append_log(paths.log, [row[c] for c in LOG_COLUMNS])
+                    rows_written.append(row)
+                    now = time.perf_counter()
+                    bar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{train_acc:.1f}",
+                                    test=f"{last_test[1]:.1f}", lr=f"{lr:.2g}",
+                                    ips=f"{window_images / max(now - window_started, 1e-9):.0f}")
+                    window_started, window_images = now, 0
+                    window["loss"].zero_()
+                    window["correct"].zero_()
+                    window["seen"], window["from"] = 0, step
+                stopping = stop.signal is not None or (
+                    config.stop_after is not None and step >= config.stop_after)
+                if step < total_steps and (step % config.checkpoint_every == 0 or stopping):
+                    check_finite()
+                    save_checkpoint(paths.resume, checkpoint_payload())
+                    last_saved = step
+                if stopping and step < total_steps:
+                    if stop.signal is not None:
+                        raise UserError(f"interrupted at iteration {step}; the run is saved in "
+                                        f"{paths.resume}: rerun with --resume to continue",
+                                        exit_code=130)
+                    bar.close()
+                    return TrainResult(paths, step, False, rows=rows_written,
+                                       elapsed_s=elapsed_before + time.perf_counter() - started)
+    finally:
+        bar.close()
+
+    elapsed = elapsed_before + time.perf_counter() - started
+    last = rows_written[-1] if rows_written else {}
+    metrics = {"train_loss": last.get("train_loss", math.nan),
+               "train_acc": last.get("train_acc", math.nan),
+               "test_loss": last_test[0], "test_acc": last_test[1], "elapsed_s": elapsed}
+    save_checkpoint(paths.final, {"model": model_name, "model_kwargs": model_kwargs,
+                                  "config": settings, "iteration": step, "metrics": metrics,
+                                  "state_dict": model.state_dict()})
+    paths.resume.unlink(missing_ok=True)
+    return TrainResult(paths, step, True, rows=rows_written, **metrics)
+
+
+def run_is_finished(out_dir: str | Path, model: str, seed: int = 0, dataset: str = "cifar10") -> bool:
+    """True where the final checkpoint of that run exists."""
+    return run_paths(out_dir, model, seed, dataset).final.exists()
