@@ -103,3 +103,32 @@ def model_from_checkpoint(path: str | os.PathLike, model_name: str | None = None
     model.to(map_location)
     model.eval()
     return model, data
+
+
+def eval_preprocess(checkpoint: dict, dataset=None):
+    """The evaluation preprocessing (no augmentation) a checkpoint's model was trained with.
+
+    Taken from the checkpoint's settings; a bare state dict falls back to the ResNet
+    recipe's (0..255 pixels minus the dataset mean) unless its model is the CNN.
+    """
+    from depthscape.data import PIXEL_MEANS_255, Preprocess
+
+    stored = (checkpoint.get("config") or {}).get("preprocess")
+    if stored:
+        return Preprocess(scale=float(stored["scale"]), mean=tuple(stored["mean"]), augment=False)
+    if checkpoint.get("model") == "cnn":
+        return Preprocess()
+    mean = dataset.pixel_mean_255 if dataset is not None else PIXEL_MEANS_255["cifar10"]
+    return Preprocess(scale=255.0, mean=tuple(mean), augment=False)
+
+
+def checkpoint_dataset(checkpoint: dict, dataset: str | None = None, data_dir: str | None = None,
+                       cache_dir: str | None = None):
+    """Load the dataset a checkpoint was trained on, unless ``dataset``/``data_dir`` say otherwise."""
+    from depthscape.data import load_dataset
+
+    stored = (checkpoint.get("config") or {}).get("train") or {}
+    source = dataset or stored.get("dataset") or "cifar10"
+    if data_dir is None and dataset is None:
+        data_dir = stored.get("data_dir")
+    return load_dataset(source, data_dir, cache_dir or stored.get("cache_dir"))

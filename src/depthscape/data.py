@@ -50,6 +50,11 @@ class Split:
     images: torch.Tensor
     labels: torch.Tensor
 
+    def __post_init__(self):
+        # Always plain contiguous NCHW: a channels-last view (as decoding HWC images gives)
+        # would send convolutions down other kernels and change results in the last bits.
+        self.images = self.images.contiguous()
+
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
