@@ -8,6 +8,12 @@ device and are read once per log row; that read is also where a non-finite loss 
 caught. A resumable checkpoint holds everything the next steps depend on (weights,
 optimizer, RNG states, the partial metric window), so ``resume=True`` continues to the
 same weights and CSV rows as an uninterrupted run.
+
+Under ``torchrun`` (see :mod:`depthscape.distributed`) the same loop runs on every rank
+with DistributedDataParallel: each rank takes its slice of the one global batch (and of
+the batch's augmentation draws), metrics are summed over ranks when a row is logged, the
+stop decision is agreed at those sync points, and only rank 0 writes files. On CUDA the
+fast path of :mod:`depthscape.fastpath` applies; elsewhere the loop is the plain one.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,10 +32,18 @@ import torch.nn.functional as F
 from depthscape.atomic import atomic_write_text, ensure_writable_dir
 from depthscape.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
 from depthscape.csvlog import LOG_COLUMNS, append_log, init_log_file, truncate_log
-from depthscape.data import Dataset, Preprocess, load_dataset
-from depthscape.device import get_device
+from depthscape.data import (
+    Dataset,
+    Preprocess,
+    Split,
+    crop_flip_params,
+    load_dataset,
+    random_crop_flip,
+)
+from depthscape.distributed import DistContext, setup, shard_bounds
 from depthscape.errors import TrainingDiverged, UserError
 from depthscape.evaluate import evaluate
+from depthscape.fastpath import fast_path_for
 from depthscape.models import canonical_name, get_model
 from depthscape.recipes import Recipe, recipe_for
 from depthscape.runs import RunPaths, run_paths
@@ -57,6 +72,10 @@ class TrainConfig:
     overwrite: bool = False
     stop_after: int | None = None  # stop (resumably) once this many iterations are done
     progress: bool = True
+    # GPU fast-path switches: act only on CUDA, ignored (with a notice) elsewhere.
+    amp: bool = False  # bf16 autocast
+    compile: bool = False  # torch.compile the training model
+    channels_last: bool = False  # NHWC weights and inputs
 
 
 @dataclass
@@ -123,21 +142,47 @@ def preprocess_for(recipe: Recipe, dataset: Dataset) -> Preprocess:
     return Preprocess(scale=recipe.pixel_scale, mean=tuple(mean), augment=recipe.augment)
 
 
-def make_optimizer(recipe: Recipe, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """The recipe's optimizer over every parameter of ``model``."""
+def make_optimizer(recipe: Recipe, model: torch.nn.Module, fused: bool = False) -> torch.optim.Optimizer:
+    """The recipe's optimizer over every parameter of ``model`` (``fused``: CUDA's fused kernel)."""
+    extra = {"fused": True} if fused else {}
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                               weight_decay=recipe.weight_decay)
+                               weight_decay=recipe.weight_decay, **extra)
     if recipe.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+        return torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay,
+                                **extra)
     raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
 
 
-class _StopRequest:
-    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the next step boundary."""
+def shard_batch(preprocess: Preprocess, images: torch.Tensor, labels: torch.Tensor,
+                index: torch.Tensor, generator: torch.Generator | None, rank: int,
+                world_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's part of the global batch ``index``: model input and labels.
 
-    def __init__(self):
+    The augmentation draws are made for the whole global batch (the same calls a single
+    process makes, from a generator every rank holds in the same state) and sliced like
+    the indices, so the ranks together train on exactly the single-process inputs.
+    """
+    lo, hi = shard_bounds(len(index), rank, world_size)
+    mine = images[index[lo:hi]]
+    if preprocess.augment:
+        params = crop_flip_params(len(index), preprocess.crop_padding, generator, images.device)
+        mine = random_crop_flip(mine, preprocess.crop_padding, None,
+                                params=tuple(p[lo:hi] for p in params))
+    return preprocess.normalize(mine), labels[index[lo:hi]]
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the next step boundary.
+
+    A second signal stops at once, unless ``escalate`` is off: under torchrun a Ctrl-C
+    reaches each worker twice (from the terminal and forwarded by the launcher), and
+    torchrun itself kills workers that do not exit in time.
+    """
+
+    def __init__(self, escalate: bool = True):
         self.signal: int | None = None
+        self.escalate = escalate
         self._old = {}
 
     def __enter__(self):
@@ -149,7 +194,7 @@ class _StopRequest:
         return self
 
     def _handle(self, signum, frame):
-        if self.signal is not None:  # a second Ctrl-C stops at once
+        if self.signal is not None and self.escalate:  # a second Ctrl-C stops at once
             raise KeyboardInterrupt
         self.signal = signum
 
@@ -162,7 +207,8 @@ def _config_dict(config: TrainConfig, recipe: Recipe, dataset: Dataset, preproce
                  model_name: str) -> dict:
     """The settings stored beside (and inside) the run's files."""
     settings = asdict(config)
-    for transient in ("resume", "overwrite", "stop_after", "progress", "device", "recipe"):
+    for transient in ("resume", "overwrite", "stop_after", "progress", "device", "recipe",
+                      "amp", "compile", "channels_last"):  # switches in effect: "runtime"
         settings.pop(transient)
     return {
         "model": model_name,
@@ -186,23 +232,72 @@ def _matches(saved: dict, current: dict) -> str | None:
     for key, value in current["train"].items():
         if key not in ignore and saved.get("train", {}).get(key) != value:
             return key
+    # bf16 changes the arithmetic; the other runtime settings (layout, compile, process
+    # count) only change speed and rounding, so a run may resume with others.
+    if (saved.get("runtime") or {}).get("amp") != (current.get("runtime") or {}).get("amp"):
+        return "amp"
     return None
 
 
 def train(config: TrainConfig, dataset: Dataset | None = None) -> TrainResult:
-    """Train one model per its recipe; see the module docstring. Returns the final metrics."""
+    """Train one model per its recipe; see the module docstring. Returns the final metrics.
+
+    Under torchrun every rank calls this; it joins (and afterwards leaves) the process group.
+    """
+    ctx = setup(config.device)
+    try:
+        return _train(config, dataset, ctx)
+    finally:
+        ctx.close()
+
+
+def _notice(ctx: DistContext, message: str) -> None:
+    if ctx.is_main:
+        print(f"depthscape: notice: {message}", file=sys.stderr, flush=True)
+
+
+def _load_data(config: TrainConfig, ctx: DistContext) -> Dataset:
+    """Load the dataset; under torchrun one process per machine fills the cache first."""
+    if not ctx.enabled:
+        return load_dataset(config.dataset, config.data_dir, config.cache_dir)
+    dataset, error = None, None
+    if ctx.local_rank == 0:
+        try:
+            dataset = load_dataset(config.dataset, config.data_dir, config.cache_dir)
+        except UserError as caught:
+            error = caught
+    if not ctx.all_true(error is None):
+        raise error or UserError("loading the data failed in another process (see rank 0)")
+    return dataset if dataset is not None else load_dataset(config.dataset, config.data_dir,
+                                                            config.cache_dir)
+
+
+def _train(config: TrainConfig, dataset: Dataset | None, ctx: DistContext) -> TrainResult:
     model_name = canonical_name(config.model)
     recipe = (config.recipe or recipe_for(model_name)).scaled(config.scale)
-    device = get_device(config.device)
+    device = ctx.device
+    world, rank, main = ctx.world_size, ctx.rank, ctx.is_main
+    if recipe.batch_size % world:
+        raise UserError(f"the recipe's batch of {recipe.batch_size} does not split evenly over "
+                        f"{world} processes: use a process count that divides it")
+    fast, notice = fast_path_for(device, amp=config.amp, channels_last=config.channels_last,
+                                 compile=config.compile)
+    if notice:
+        _notice(ctx, notice)
     out_dir = ensure_writable_dir(config.out_dir)
     if dataset is None:
-        dataset = load_dataset(config.dataset, config.data_dir, config.cache_dir)
+        dataset = _load_data(config, ctx)
     paths = run_paths(out_dir, model_name, config.seed, dataset.name)
     train_split = dataset.train.subset(config.train_subset)
     test_split = dataset.test.subset(config.test_subset)
+    last_batch = len(train_split) % recipe.batch_size
+    if world > 1 and recipe.unit == "epoch" and 0 < last_batch < world:
+        raise UserError(f"each epoch ends with a batch of {last_batch} images, too few for "
+                        f"{world} processes: change the subset size or the process count")
     preprocess = preprocess_for(recipe, dataset)
     settings = _config_dict(config, recipe, dataset, preprocess, model_name)
     settings["dataset"]["train_size"], settings["dataset"]["test_size"] = len(train_split), len(test_split)
+    settings["runtime"] = {**fast.to_dict(), "world_size": world}
 
     # ---- resume or start -------------------------------------------------------------
     state = None
@@ -223,7 +318,9 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> TrainResult:
         existing = paths.resume if paths.resume.exists() else paths.final
         raise UserError(f"{existing} already exists: pass --resume to continue that run "
                         "or --overwrite to start over")
+    ctx.barrier()  # every rank has looked at the files before rank 0 writes any
 
+    fast.apply_global()
     torch.manual_seed(config.seed)
     model = get_model(model_name, in_channels=dataset.in_channels,
                       num_classes=dataset.num_classes,
@@ -232,7 +329,10 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> TrainResult:
     if model_name == "cnn":
         model_kwargs["image_size"] = dataset.image_size
     model.to(device)
-    optimizer = make_optimizer(recipe, model)
+    fast.prepare_model(model)
+    optimizer = make_optimizer(recipe, model, fused=fast.fused_optimizer)
+    if rank > 0:  # other ranks draw their own dropout masks; rank 0 keeps the 1-process stream
+        torch.manual_seed(config.seed + 7919 * rank)
 
     images = train_split.images.to(device)
     labels = train_split.labels.to(device)
@@ -253,42 +353,112 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> TrainResult:
         check_state_dict(model, state["model_state"], str(paths.resume), model_name)
         model.load_state_dict(state["model_state"])
         optimizer.load_state_dict(state["optimizer_state"])
-        torch.set_rng_state(state["rng_cpu"])
-        if device.type == "cuda" and "rng_cuda" in state:
-            torch.cuda.set_rng_state(state["rng_cuda"], device)
+        for group in optimizer.param_groups:  # this device's kernel, not the saving one's
+            group["fused"], group["foreach"] = (True if fast.fused_optimizer else None), None
+        saved_world = int((state.get("config", {}).get("runtime") or {}).get("world_size", 1))
+        rng_cpu, rng_cuda = state["rng_cpu"], state.get("rng_cuda")
+        if rank > 0:
+            ranks_cpu, ranks_cuda = state.get("rng_cpu_ranks"), state.get("rng_cuda_ranks")
+            rng_cpu = ranks_cpu[rank] if saved_world == world and ranks_cpu else None
+            rng_cuda = ranks_cuda[rank] if saved_world == world and ranks_cuda else None
+        if saved_world != world:
+            _notice(ctx, f"resuming a run started with {saved_world} process(es) on {world}: "
+                         "BatchNorm statistics are per process, so results differ slightly "
+                         "from an uninterrupted run")
+        if rng_cpu is not None:
+            torch.set_rng_state(rng_cpu)
+        if device.type == "cuda" and rng_cuda is not None:
+            torch.cuda.set_rng_state(rng_cuda, device)
         aug_generator.set_state(state["rng_augment"].to(aug_generator.get_state().device))
         step = int(state["iteration"])
         elapsed_before = float(state["elapsed_s"])
-        window["loss"].fill_(float(state["window_loss"]))
-        window["correct"].fill_(int(state["window_correct"]))
+        if main:  # the window's sums over every rank are kept by rank 0
+            window["loss"].fill_(float(state["window_loss"]))
+            window["correct"].fill_(int(state["window_correct"]))
         window["seen"], window["from"] = int(state["window_seen"]), int(state["window_from"])
         last_test = tuple(state["last_test"])
-        truncate_log(paths.log, step) if paths.log.exists() else init_log_file(paths.log, LOG_COLUMNS)
-    else:
+        if main:
+            truncate_log(paths.log, step) if paths.log.exists() else init_log_file(paths.log, LOG_COLUMNS)
+    elif main:
         init_log_file(paths.log, LOG_COLUMNS)
-    atomic_write_text(paths.config, json.dumps(settings, indent=2) + "\n")
+    if main:
+        atomic_write_text(paths.config, json.dumps(settings, indent=2) + "\n")
 
-    def checkpoint_payload() -> dict:
-        payload = {
+    net: torch.nn.Module = model  # what the training step calls; ``model`` is what is saved
+    if ctx.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    net = fast.compiled(net)
+
+    def rng_states() -> dict:
+        """Every rank's RNG states (a collective under torchrun), as the checkpoint holds them."""
+        own = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+        states = {"rng_cpu": own[0]}
+        if own[1] is not None:
+            states["rng_cuda"] = own[1]
+        if ctx.enabled:
+            gathered = ctx.gather_objects(own)
+            states["rng_cpu_ranks"] = [s[0] for s in gathered]
+            if own[1] is not None:
+                states["rng_cuda_ranks"] = [s[1] for s in gathered]
+        return states
+
+    def checkpoint_payload(rng: dict) -> dict:
+        return {
             "model": model_name, "model_kwargs": model_kwargs, "config": settings,
             "iteration": step, "elapsed_s": elapsed_before + time.perf_counter() - started,
             "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
-            "rng_cpu": torch.get_rng_state(), "rng_augment": aug_generator.get_state().cpu(),
+            **rng, "rng_augment": aug_generator.get_state().cpu(),
             "window_loss": float(window["loss"]), "window_correct": int(window["correct"]),
             "window_seen": window["seen"], "window_from": window["from"],
             "last_test": list(last_test),
         }
-        if device.type == "cuda":
-            payload["rng_cuda"] = torch.cuda.get_rng_state(device)
-        return payload
 
-    def check_finite() -> None:
-        if not math.isfinite(float(window["loss"])):
+    def sync_window(signalled: bool) -> tuple[tuple[float, int], bool]:
+        """Under torchrun: the window's sums over all ranks, and whether any rank got a signal.
+
+        One all-reduce; afterwards rank 0 holds the summed window and the others zero, so
+        the sum over ranks is unchanged and rank 0's copy is what a checkpoint stores.
+        """
+        packed = torch.stack([window["loss"], window["correct"].double(),
+                              torch.tensor(1.0 if signalled else 0.0, dtype=torch.float64,
+                                           device=device)])
+        total = ctx.all_sum(packed).tolist()
+        if main:
+            window["loss"].fill_(total[0])
+            window["correct"].fill_(int(total[1]))
+        else:
+            window["loss"].zero_()
+            window["correct"].zero_()
+        return (total[0], int(total[1])), total[2] > 0
+
+    def window_totals(synced: tuple[float, int] | None) -> tuple[float, int]:
+        if synced is not None:
+            return synced
+        return float(window["loss"]), int(window["correct"])
+
+    def check_finite(synced: tuple[float, int] | None = None) -> None:
+        if not math.isfinite(window_totals(synced)[0]):
             where = (f"last good checkpoint kept: {paths.resume} (iteration {last_saved})"
                      if last_saved is not None else "no checkpoint had been written yet")
             raise TrainingDiverged(
                 f"training diverged: non-finite loss in iterations {window['from'] + 1}-{step} "
                 f"of {model_name}; {where}")
+
+    def run_evaluation() -> tuple[float, float]:
+        """Test loss and accuracy; under torchrun each rank evaluates a slice (rank 0's weights)."""
+        with fast.autocast():
+            if not ctx.enabled:
+                return evaluate(model, test_split, preprocess, config.eval_batch_size)
+            ctx.broadcast_buffers(model)  # BatchNorm statistics as rank 0 (and its checkpoint) has them
+            lo, hi = shard_bounds(len(test_split), rank, world)
+            part = Split(test_split.images[lo:hi], test_split.labels[lo:hi])
+            loss, acc = evaluate(model, part, preprocess, config.eval_batch_size) if hi > lo else (0.0, 0.0)
+            sums = torch.tensor([loss * (hi - lo), acc * (hi - lo) / 100.0, float(hi - lo)],
+                                dtype=torch.float64, device=device)
+            total_loss, total_correct, count = ctx.all_sum(sums).tolist()
+            return total_loss / max(1.0, count), 100.0 * round(total_correct) / max(1.0, count)
 
     def epoch_of_row() -> float:
         if recipe.unit == "epoch":
@@ -297,48 +467,67 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> TrainResult:
 
     last_saved = step if state is not None else None
     rows_written: list[dict] = []
-    model.train()
+    net.train()
     started = time.perf_counter()
     window_started, window_images = started, 0
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total_steps, initial=step, disable=not config.progress, unit="it",
+    bar = tqdm(total=total_steps, initial=step, disable=not (config.progress and main), unit="it",
                desc=paths.run_name, dynamic_ncols=True, mininterval=0.5)
     try:
-        with _StopRequest() as stop:
+        with _StopRequest(escalate=not ctx.enabled) as stop:
             while step < total_steps:
                 epoch = schedule.epoch_of(step)
                 lr = recipe.lr_at(step, epoch)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 index = schedule.indices(step)
-                x = preprocess.train_batch(images[index], aug_generator)
-                y = labels[index]
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
+                batch = len(index)
+                if ctx.enabled:
+                    x, y = shard_batch(preprocess, images, labels, index, aug_generator, rank, world)
+                else:
+                    x = preprocess.train_batch(images[index], aug_generator)
+                    y = labels[index]
+                x = fast.prepare_input(x)
+                with fast.autocast():
+                    logits = net(x)
+                    if ctx.enabled:  # DDP averages gradients over ranks: sum / global batch
+                        loss_sum = F.cross_entropy(logits, y, reduction="sum")
+                        loss = loss_sum * (world / batch)
+                    else:
+                        loss = F.cross_entropy(logits, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 with torch.no_grad():
-                    window["loss"] += loss.detach().double() * len(y)
+                    window["loss"] += (loss_sum.detach().double() if ctx.enabled
+                                       else loss.detach().double() * len(y))
                     window["correct"] += (logits.argmax(1) == y).sum()
-                window["seen"] += len(y)
-                window_images += len(y)
+                window["seen"] += batch
+                window_images += batch
                 step += 1
                 bar.update(1)
 
                 at_epoch_end = step % epoch_steps == 0 or step == total_steps
-                if (eval_every and step % eval_every == 0) or step == total_steps or (
-                        recipe.unit == "epoch" and at_epoch_end):
-                    check_finite()
-                    last_test = evaluate(model, test_split, preprocess, config.eval_batch_size)
+                eval_now = bool(eval_every and step % eval_every == 0) or step == total_steps or (
+                    recipe.unit == "epoch" and at_epoch_end)
                 log_now = at_epoch_end if recipe.unit == "epoch" else (
                     step % log_every == 0 or step == total_steps)
+                checkpoint_now = step < total_steps and step % config.checkpoint_every == 0
+                stop_after_now = config.stop_after is not None and step >= config.stop_after
+                synced, agreed_stop = None, False
+                if ctx.enabled and (eval_now or log_now or checkpoint_now or stop_after_now):
+                    # the one per-step sync point: every rank reaches it at the same steps
+                    synced, agreed_stop = sync_window(stop.signal is not None)
+                if eval_now:
+                    check_finite(synced)
+                    last_test = run_evaluation()
                 if log_now:
-                    check_finite()
+                    check_finite(synced)
+                    loss_total, correct_total = window_totals(synced)
                     seen = max(1, window["seen"])
-                    train_loss = float(window["loss"]) / seen
-                    train_acc = 100.0 * int(window["correct"]) / seen
+                    train_loss = loss_total / seen
+                    train_acc = 100.0 * correct_total / seen
                     row = {
                         "iteration": step, "epoch": epoch_of_row(), "lr": lr,
                         "train_loss": train_loss, "train_acc": train_acc,
@@ -347,7 +536,8 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> TrainResult:
                         "test_err": 100.0 - last_test[1],
                         "elapsed_s": round(elapsed_before + time.perf_counter() - started, 3),
                     }
-                    append_log(paths.log, [row[c] for c in LOG_COLUMNS])
+                    if main:
+                        append_log(paths.log, [row[c] for c in LOG_COLUMNS])
                     rows_written.append(row)
                     now = time.perf_counter()
                     bar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{train_acc:.1f}",
@@ -357,14 +547,19 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> TrainResult:
                     window["loss"].zero_()
                     window["correct"].zero_()
                     window["seen"], window["from"] = 0, step
-                stopping = stop.signal is not None or (
-                    config.stop_after is not None and step >= config.stop_after)
-                if step < total_steps and (step % config.checkpoint_every == 0 or stopping):
-                    check_finite()
-                    save_checkpoint(paths.resume, checkpoint_payload())
+                if ctx.enabled:  # signals count only where every rank agreed on them
+                    stopping = agreed_stop or stop_after_now
+                else:
+                    stopping = stop.signal is not None or stop_after_now
+                if step < total_steps and (checkpoint_now or stopping):
+                    check_finite(synced)
+                    rng = rng_states()
+                    if main:
+                        save_checkpoint(paths.resume, checkpoint_payload(rng))
                     last_saved = step
                 if stopping and step < total_steps:
-                    if stop.signal is not None:
+                    ctx.barrier()  # the checkpoint is on disk before any rank leaves
+                    if stop.signal is not None or agreed_stop:
                         raise UserError(f"interrupted at iteration {step}; the run is saved in "
                                         f"{paths.resume}: rerun with --resume to continue",
                                         exit_code=130)
@@ -379,10 +574,12 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> TrainResult:
     metrics = {"train_loss": last.get("train_loss", math.nan),
                "train_acc": last.get("train_acc", math.nan),
                "test_loss": last_test[0], "test_acc": last_test[1], "elapsed_s": elapsed}
-    save_checkpoint(paths.final, {"model": model_name, "model_kwargs": model_kwargs,
-                                  "config": settings, "iteration": step, "metrics": metrics,
-                                  "state_dict": model.state_dict()})
-    paths.resume.unlink(missing_ok=True)
+    if main:
+        save_checkpoint(paths.final, {"model": model_name, "model_kwargs": model_kwargs,
+                                      "config": settings, "iteration": step, "metrics": metrics,
+                                      "state_dict": model.state_dict()})
+        paths.resume.unlink(missing_ok=True)
+    ctx.barrier()  # the final weights are on disk before any rank returns
     return TrainResult(paths, step, True, rows=rows_written, **metrics)
 
 

@@ -1,0 +1,99 @@
+"""The GPU fast path: switches that act only on CUDA, so CPU results never change.
+
+On CUDA, training always uses ``cudnn.benchmark`` and the fused SGD/Adam kernels; three
+switches are optional (off by default):
+
+* ``amp``: bf16 autocast for the forward pass and loss (no loss scaling needed for bf16);
+* ``channels_last``: NHWC memory layout for weights and inputs (tensor-core friendly);
+* ``compile``: ``torch.compile`` of the training model (needs Triton).
+
+Anywhere else (CPU, MPS) every switch is ignored and :func:`fast_path_for` returns a
+one-line notice saying so, so the caller can print it: results there are exactly those of
+the plain eager path. Landscape evaluation uses the same :class:`FastPath` object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+from dataclasses import asdict, dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """The switches in effect on one device (everything off off CUDA)."""
+
+    device_type: str = "cpu"
+    amp: bool = False  # bf16 autocast
+    channels_last: bool = False
+    compile: bool = False
+    cudnn_benchmark: bool = False
+    fused_optimizer: bool = False
+
+    def autocast(self):
+        """The autocast context of the forward pass (a no-op unless ``amp``)."""
+        if self.amp:
+            return torch.autocast(device_type=self.device_type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Put ``model``'s weights in the chosen memory layout (in place); returns it."""
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        return model
+
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch in the chosen memory layout."""
+        if self.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def compiled(self, module: torch.nn.Module):
+        """``torch.compile(module)`` where compile is on, else ``module`` itself."""
+        return torch.compile(module) if self.compile else module
+
+    def apply_global(self) -> None:
+        """Process-wide settings (``cudnn.benchmark``) of this fast path."""
+        if self.cudnn_benchmark:
+            torch.backends.cudnn.benchmark = True
+
+    def to_dict(self) -> dict:
+        """The settings that describe (and may affect) a run's results, for its config."""
+        data = asdict(self)
+        data["amp"] = "bf16" if self.amp else None
+        return data
+
+
+def fast_path_for(device: torch.device | str, amp: bool = False, channels_last: bool = False,
+                  compile: bool = False, cudnn_benchmark: bool | None = None,
+                  fused_optimizer: bool | None = None) -> tuple[FastPath, str | None]:
+    """The fast path on ``device`` for the switches asked for, and a notice (or None).
+
+    ``cudnn_benchmark`` and ``fused_optimizer`` default to on for CUDA (the benchmark
+    script turns them off to measure the plain path). The notice names the switches that
+    were asked for but cannot act here, and why; None where everything asked for applies.
+    """
+    device = torch.device(device)
+    asked = [name for name, on in (("--amp", amp), ("--channels-last", channels_last),
+                                   ("--compile", compile)) if on]
+    if device.type != "cuda":
+        notice = None
+        if asked:
+            notice = (f"{', '.join(asked)} {'acts' if len(asked) == 1 else 'act'} only on CUDA; "
+                      f"ignored on {device.type}, so results are those of the plain path")
+        return FastPath(device_type=device.type), notice
+    skipped = []
+    if amp and not torch.cuda.is_bf16_supported():
+        amp = False
+        skipped.append("--amp (this GPU has no bf16 support)")
+    if compile and importlib.util.find_spec("triton") is None:
+        compile = False
+        skipped.append("--compile (Triton is not installed)")
+    notice = f"ignored {', '.join(skipped)}" if skipped else None
+    return FastPath(
+        device_type="cuda", amp=amp, channels_last=channels_last, compile=compile,
+        cudnn_benchmark=True if cudnn_benchmark is None else cudnn_benchmark,
+        fused_optimizer=True if fused_optimizer is None else fused_optimizer,
+    ), notice
