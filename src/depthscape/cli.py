@@ -49,11 +49,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except UserError as error:
-        print(f"depthscape: error: {error}", file=sys.stderr)
+        if _speaks():
+            print(f"depthscape: error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
-        print("depthscape: interrupted", file=sys.stderr)
+        if _speaks():
+            print("depthscape: interrupted", file=sys.stderr)
         return 130
+
+
+def _speaks() -> bool:
+    """Whether this process prints errors: all but torchrun's ranks other than 0."""
+    from depthscape.distributed import env_rank
+
+    return env_rank() == 0
 
 
 if __name__ == "__main__":
