@@ -44,8 +44,8 @@ def test_main_py_trains_cnn_and_writes_spec_files(tiny_data, cache_dir, tmp_path
     result = run([str(REPO / "main.py"), "cnn", "--dataset", str(tiny_data), "--scale", "0.02",
                   "--out", str(tmp_path), "--no-progress"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "logs" / "cnn_tinydata0_log.csv").exists() or list((tmp_path / "logs").glob("cnn*_log.csv"))
-    assert list((tmp_path / "models").glob("cnn_*.pth"))
+    assert (tmp_path / "logs" / f"cnn_{tiny_data.name}_log.csv").exists()
+    assert (tmp_path / "models" / f"cnn_{tiny_data.name}.pth").exists()
     assert "test acc" in result.stdout
 
 

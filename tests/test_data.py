@@ -8,10 +8,15 @@ import tarfile
 import numpy as np
 import pytest
 import torch
-
 from conftest import write_image_folder
-from depthscape.data import (Preprocess, crop_flip_params, load_dataset, load_image_folder,
-                             random_crop_flip)
+
+from depthscape.data import (
+    Preprocess,
+    crop_flip_params,
+    load_dataset,
+    load_image_folder,
+    random_crop_flip,
+)
 from depthscape.errors import UserError
 
 

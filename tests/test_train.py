@@ -43,7 +43,7 @@ def test_few_iterations_end_to_end(tiny_data, cache_dir, tmp_path):
     result = train(resnet_config(tiny_data, tmp_path / "out"))
     assert result.finished and result.iteration == 12
     paths = result.paths
-    assert paths.log == tmp_path / "out" / "logs" / "resnet8_tinydata0_log.csv" or paths.log.exists()
+    assert paths.log == tmp_path / "out" / "logs" / f"resnet8_{tiny_data.name}_log.csv"
     with open(paths.log) as handle:
         header = next(csv.reader(handle))
     assert tuple(header) == LOG_COLUMNS
@@ -157,10 +157,11 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_data, cache_d
         train(config)
     message = str(info.value)
     assert "non-finite" in message and "iteration 5" in message and "\n" not in message
-    resume = load_checkpoint(tmp_path / "models" / "resnet-8_tinydata0.resume.pth")
+    (resume_file,) = (tmp_path / "models").glob("resnet-8_*.resume.pth")
+    resume = load_checkpoint(resume_file)
     assert resume["iteration"] == 5
     assert all(torch.isfinite(t).all() for t in resume["model_state"].values() if t.is_floating_point())
-    assert not (tmp_path / "models" / "resnet-8_tinydata0.pth").exists()
+    assert list((tmp_path / "models").glob("*.pth")) == [resume_file]
 
 
 def test_batch_schedule_streams_fixed_batches_over_epochs():
