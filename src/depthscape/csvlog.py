@@ -5,8 +5,8 @@ from __future__ import annotations
 import csv
 import math
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from depthscape.atomic import atomic_path
 
@@ -23,9 +23,8 @@ LOG_COLUMNS = (
 
 def init_log_file(filepath: str | os.PathLike, header: Sequence[str]) -> None:
     """Create ``filepath`` (and its parent folders) holding only the header row."""
-    with atomic_path(filepath) as tmp:
-        with open(tmp, "w", newline="") as handle:
-            csv.writer(handle).writerow(header)
+    with atomic_path(filepath) as tmp, open(tmp, "w", newline="") as handle:
+        csv.writer(handle).writerow(header)
 
 
 def append_log(filepath: str | os.PathLike, row: Iterable) -> None:
@@ -61,8 +60,7 @@ def truncate_log(filepath: str | os.PathLike, last_iteration: int) -> None:
     header, rows = lines[0], lines[1:]
     column = header.index("iteration")
     kept = [r for r in rows if r and int(float(r[column])) <= last_iteration]
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(header)
-            writer.writerows(kept)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(kept)

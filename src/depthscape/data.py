@@ -58,7 +58,7 @@ class Split:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def subset(self, size: int | None, seed: int = 0) -> "Split":
+    def subset(self, size: int | None, seed: int = 0) -> Split:
         """A seeded random subset of ``size`` samples (the whole split when None or larger)."""
         if size is None or size >= len(self):
             return self
@@ -68,7 +68,7 @@ class Split:
         index = torch.randperm(len(self), generator=generator)[:size].sort().values
         return Split(self.images[index], self.labels[index])
 
-    def to(self, device: torch.device | str) -> "Split":
+    def to(self, device: torch.device | str) -> Split:
         return Split(self.images.to(device), self.labels.to(device))
 
 

@@ -51,7 +51,7 @@ class Recipe:
         decays = sum(1 for m in self.milestones if iteration >= m)
         return self.lr / self.decay**decays
 
-    def scaled(self, factor: float) -> "Recipe":
+    def scaled(self, factor: float) -> Recipe:
         """The same recipe with length, warm-up, milestones and cosine period times ``factor``."""
         if factor == 1:
             return self
@@ -73,7 +73,7 @@ class Recipe:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Recipe":
+    def from_dict(cls, data: dict) -> Recipe:
         data = dict(data)
         data["milestones"] = tuple(data.get("milestones", ()))
         return cls(**data)

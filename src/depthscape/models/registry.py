@@ -8,7 +8,7 @@ build for any other depth D = 6n+2 without being listed.
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 
