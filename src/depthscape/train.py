@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -40,7 +41,7 @@ from depthscape.data import (
     load_dataset,
     random_crop_flip,
 )
-from depthscape.distributed import DistContext, setup, shard_bounds
+from depthscape.distributed import DistContext, env_world_size, setup, shard_bounds
 from depthscape.errors import TrainingDiverged, UserError
 from depthscape.evaluate import evaluate
 from depthscape.fastpath import fast_path_for
@@ -244,6 +245,11 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> TrainResult:
 
     Under torchrun every rank calls this; it joins (and afterwards leaves) the process group.
     """
+    recipe = (config.recipe or recipe_for(canonical_name(config.model))).scaled(config.scale)
+    world = env_world_size()
+    if recipe.batch_size % world:  # checked before joining, so no rank waits on the others
+        raise UserError(f"the recipe's batch of {recipe.batch_size} does not split evenly over "
+                        f"{world} processes: use a process count that divides it")
     ctx = setup(config.device)
     try:
         return _train(config, dataset, ctx)
@@ -272,14 +278,23 @@ def _load_data(config: TrainConfig, ctx: DistContext) -> Dataset:
                                                             config.cache_dir)
 
 
+#: Debugging/testing hook: where set to a folder, each rank appends the sample indices it
+#: trained on, one tensor per step, to ``<folder>/<run>.rank<r>.pt``.
+TRACE_ENV = "DEPTHSCAPE_TRACE_BATCHES"
+
+
+def _write_trace(steps: list[torch.Tensor], run_name: str, rank: int) -> None:
+    path = Path(os.environ[TRACE_ENV]) / f"{run_name}.rank{rank}.pt"
+    earlier = torch.load(path) if path.exists() else []
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(earlier + steps, path)
+
+
 def _train(config: TrainConfig, dataset: Dataset | None, ctx: DistContext) -> TrainResult:
     model_name = canonical_name(config.model)
     recipe = (config.recipe or recipe_for(model_name)).scaled(config.scale)
     device = ctx.device
     world, rank, main = ctx.world_size, ctx.rank, ctx.is_main
-    if recipe.batch_size % world:
-        raise UserError(f"the recipe's batch of {recipe.batch_size} does not split evenly over "
-                        f"{world} processes: use a process count that divides it")
     fast, notice = fast_path_for(device, amp=config.amp, channels_last=config.channels_last,
                                  compile=config.compile)
     if notice:
@@ -357,10 +372,18 @@ def _train(config: TrainConfig, dataset: Dataset | None, ctx: DistContext) -> Tr
             group["fused"], group["foreach"] = (True if fast.fused_optimizer else None), None
         saved_world = int((state.get("config", {}).get("runtime") or {}).get("world_size", 1))
         rng_cpu, rng_cuda = state["rng_cpu"], state.get("rng_cuda")
-        if rank > 0:
+        window_loss, window_correct = float(state["window_loss"]), int(state["window_correct"])
+        if ctx.enabled:  # each rank its own states where the process count is unchanged
+            same = saved_world == world
             ranks_cpu, ranks_cuda = state.get("rng_cpu_ranks"), state.get("rng_cuda_ranks")
-            rng_cpu = ranks_cpu[rank] if saved_world == world and ranks_cpu else None
-            rng_cuda = ranks_cuda[rank] if saved_world == world and ranks_cuda else None
+            if rank > 0:
+                rng_cpu = ranks_cpu[rank] if same and ranks_cpu else None
+                rng_cuda = ranks_cuda[rank] if same and ranks_cuda else None
+            if same and "window_loss_ranks" in state:
+                window_loss = float(state["window_loss_ranks"][rank])
+                window_correct = int(state["window_correct_ranks"][rank])
+            elif rank > 0:  # rank 0 carries the summed window
+                window_loss, window_correct = 0.0, 0
         if saved_world != world:
             _notice(ctx, f"resuming a run started with {saved_world} process(es) on {world}: "
                          "BatchNorm statistics are per process, so results differ slightly "
@@ -372,9 +395,8 @@ def _train(config: TrainConfig, dataset: Dataset | None, ctx: DistContext) -> Tr
         aug_generator.set_state(state["rng_augment"].to(aug_generator.get_state().device))
         step = int(state["iteration"])
         elapsed_before = float(state["elapsed_s"])
-        if main:  # the window's sums over every rank are kept by rank 0
-            window["loss"].fill_(float(state["window_loss"]))
-            window["correct"].fill_(int(state["window_correct"]))
+        window["loss"].fill_(window_loss)
+        window["correct"].fill_(window_correct)
         window["seen"], window["from"] = int(state["window_seen"]), int(state["window_from"])
         last_test = tuple(state["last_test"])
         if main:
@@ -391,26 +413,35 @@ def _train(config: TrainConfig, dataset: Dataset | None, ctx: DistContext) -> Tr
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     net = fast.compiled(net)
 
-    def rng_states() -> dict:
-        """Every rank's RNG states (a collective under torchrun), as the checkpoint holds them."""
-        own = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
-        states = {"rng_cpu": own[0]}
+    def rank_states() -> dict:
+        """The per-process part of a checkpoint: RNG states and metric window sums.
+
+        Alone: this process's. Under torchrun (a collective) every rank's as lists, so a
+        resume with as many processes gives each its own back, plus the window summed over
+        ranks and rank 0's RNG under the single-process keys, so one process can resume too.
+        """
+        own = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+               float(window["loss"]), int(window["correct"]))
+        states = {"rng_cpu": own[0], "window_loss": own[2], "window_correct": own[3]}
         if own[1] is not None:
             states["rng_cuda"] = own[1]
         if ctx.enabled:
             gathered = ctx.gather_objects(own)
-            states["rng_cpu_ranks"] = [s[0] for s in gathered]
+            states["rng_cpu_ranks"] = [g[0] for g in gathered]
             if own[1] is not None:
-                states["rng_cuda_ranks"] = [s[1] for s in gathered]
+                states["rng_cuda_ranks"] = [g[1] for g in gathered]
+            states["window_loss_ranks"] = [g[2] for g in gathered]
+            states["window_correct_ranks"] = [g[3] for g in gathered]
+            states["window_loss"] = math.fsum(states["window_loss_ranks"])
+            states["window_correct"] = sum(states["window_correct_ranks"])
         return states
 
-    def checkpoint_payload(rng: dict) -> dict:
+    def checkpoint_payload(per_rank: dict) -> dict:
         return {
             "model": model_name, "model_kwargs": model_kwargs, "config": settings,
             "iteration": step, "elapsed_s": elapsed_before + time.perf_counter() - started,
             "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
-            **rng, "rng_augment": aug_generator.get_state().cpu(),
-            "window_loss": float(window["loss"]), "window_correct": int(window["correct"]),
+            "rng_augment": aug_generator.get_state().cpu(), **per_rank,
             "window_seen": window["seen"], "window_from": window["from"],
             "last_test": list(last_test),
         }
@@ -418,19 +449,13 @@ def _train(config: TrainConfig, dataset: Dataset | None, ctx: DistContext) -> Tr
     def sync_window(signalled: bool) -> tuple[tuple[float, int], bool]:
         """Under torchrun: the window's sums over all ranks, and whether any rank got a signal.
 
-        One all-reduce; afterwards rank 0 holds the summed window and the others zero, so
-        the sum over ranks is unchanged and rank 0's copy is what a checkpoint stores.
+        One all-reduce of three numbers; each rank keeps its own window (so the sums,
+        and their rounding, do not depend on where a run was stopped and resumed).
         """
         packed = torch.stack([window["loss"], window["correct"].double(),
                               torch.tensor(1.0 if signalled else 0.0, dtype=torch.float64,
                                            device=device)])
         total = ctx.all_sum(packed).tolist()
-        if main:
-            window["loss"].fill_(total[0])
-            window["correct"].fill_(int(total[1]))
-        else:
-            window["loss"].zero_()
-            window["correct"].zero_()
         return (total[0], int(total[1])), total[2] > 0
 
     def window_totals(synced: tuple[float, int] | None) -> tuple[float, int]:
@@ -467,6 +492,7 @@ def _train(config: TrainConfig, dataset: Dataset | None, ctx: DistContext) -> Tr
 
     last_saved = step if state is not None else None
     rows_written: list[dict] = []
+    trace: list[torch.Tensor] | None = [] if os.environ.get(TRACE_ENV) else None
     net.train()
     started = time.perf_counter()
     window_started, window_images = started, 0
@@ -483,6 +509,8 @@ def _train(config: TrainConfig, dataset: Dataset | None, ctx: DistContext) -> Tr
                     group["lr"] = lr
                 index = schedule.indices(step)
                 batch = len(index)
+                if trace is not None:
+                    trace.append(index[slice(*shard_bounds(batch, rank, world))].cpu())
                 if ctx.enabled:
                     x, y = shard_batch(preprocess, images, labels, index, aug_generator, rank, world)
                 else:
@@ -553,9 +581,9 @@ def _train(config: TrainConfig, dataset: Dataset | None, ctx: DistContext) -> Tr
                     stopping = stop.signal is not None or stop_after_now
                 if step < total_steps and (checkpoint_now or stopping):
                     check_finite(synced)
-                    rng = rng_states()
+                    per_rank = rank_states()
                     if main:
-                        save_checkpoint(paths.resume, checkpoint_payload(rng))
+                        save_checkpoint(paths.resume, checkpoint_payload(per_rank))
                     last_saved = step
                 if stopping and step < total_steps:
                     ctx.barrier()  # the checkpoint is on disk before any rank leaves
@@ -568,6 +596,8 @@ def _train(config: TrainConfig, dataset: Dataset | None, ctx: DistContext) -> Tr
                                        elapsed_s=elapsed_before + time.perf_counter() - started)
     finally:
         bar.close()
+        if trace is not None:
+            _write_trace(trace, paths.run_name, rank)
 
     elapsed = elapsed_before + time.perf_counter() - started
     last = rows_written[-1] if rows_written else {}
