@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import write_image_folder
+
 from depthscape.checkpoint import load_checkpoint, model_from_checkpoint
 from depthscape.csvlog import LOG_COLUMNS, read_log
 from depthscape.data import Preprocess

@@ -1,0 +1,97 @@
+"""GPU fast-path switches: accepted everywhere, acting only on CUDA, never changing CPU results."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import write_image_folder
+
+from depthscape.checkpoint import load_checkpoint
+from depthscape.cli import main
+from depthscape.csvlog import read_log
+from depthscape.fastpath import FastPath, fast_path_for
+from depthscape.train import _matches
+
+OPTIONS = ["--scale", repr(8 / 64_000), "--log-every", "4", "--eval-every", "4",
+           "--checkpoint-every", "4", "--no-progress"]
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_switches_on_cpu_are_ignored_with_one_notice_and_identical_results(
+        tmp_path, cache_dir, capsys, one_thread):
+    data = write_image_folder(tmp_path / "data", size=16)
+    common = ["train", "resnet", "8", "--dataset", str(data), "--device", "cpu", *OPTIONS]
+    assert main([*common, "--out", str(tmp_path / "plain")]) == 0
+    plain_err = capsys.readouterr().err
+    assert "notice" not in plain_err
+    assert main([*common, "--out", str(tmp_path / "fast"), "--amp", "--compile",
+                 "--channels-last"]) == 0
+    notices = [line for line in capsys.readouterr().err.splitlines() if "notice" in line]
+    assert len(notices) == 1
+    assert all(flag in notices[0] for flag in ("--amp", "--compile", "--channels-last"))
+    assert "ignored on cpu" in notices[0]
+
+    name = "resnet-8_data.pth"
+    plain = load_checkpoint(tmp_path / "plain" / "models" / name)
+    fast = load_checkpoint(tmp_path / "fast" / "models" / name)
+    for key, tensor in plain["state_dict"].items():
+        assert torch.equal(tensor, fast["state_dict"][key]), key
+        assert tensor.is_contiguous() and fast["state_dict"][key].is_contiguous()  # not NHWC
+
+    def rows(out):
+        return [{k: v for k, v in r.items() if k != "elapsed_s"}
+                for r in read_log(tmp_path / out / "logs" / "resnet8_data_log.csv")]
+
+    assert rows("plain") == rows("fast") and len(rows("plain")) == 2
+    runtime = json.loads((tmp_path / "fast" / "logs" / "resnet8_data_config.json").read_text())["runtime"]
+    assert runtime["amp"] is None and runtime["compile"] is False
+    assert runtime["channels_last"] is False and runtime["device_type"] == "cpu"
+    # resuming the finished plain run with the (ignored) switches is the same run: no error
+    assert main([*common, "--out", str(tmp_path / "plain"), "--resume", "--amp"]) == 0
+
+
+def test_fast_path_off_cuda_is_the_plain_path():
+    fast, notice = fast_path_for("cpu", amp=True, channels_last=True, compile=True)
+    assert fast == FastPath(device_type="cpu")
+    assert "only on CUDA" in notice
+    assert fast_path_for("cpu") == (FastPath(device_type="cpu"), None)
+    _, single = fast_path_for("cpu", amp=True)
+    assert single.startswith("--amp acts only on CUDA")
+    x = torch.ones(2, 3, 4, 4)
+    assert fast.prepare_input(x) is x
+    with fast.autocast():
+        assert not torch.is_autocast_enabled("cpu")
+    model = torch.nn.Conv2d(3, 4, 3)
+    model_c = fast.compiled(fast.prepare_model(model))
+    assert model_c is model and model.weight.is_contiguous()
+
+
+def test_resume_refuses_another_precision_but_not_another_layout_or_process_count():
+    base = {"model": "resnet8", "recipe": {}, "dataset": {}, "preprocess": {}, "train": {"seed": 0}}
+    saved = {**base, "runtime": {"amp": "bf16", "compile": True, "channels_last": True, "world_size": 4}}
+    assert _matches(saved, {**base, "runtime": {"amp": None}}) == "amp"
+    assert _matches(saved, {**base, "runtime": {"amp": "bf16", "compile": False,
+                                                "channels_last": False, "world_size": 1}}) is None
+    assert _matches(base, {**base, "runtime": {"amp": None}}) is None  # checkpoints from before
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_fast_path_trains_with_every_switch(tmp_path, cache_dir):
+    fast, notice = fast_path_for("cuda", amp=True, channels_last=True)
+    assert fast.cudnn_benchmark and fast.fused_optimizer and fast.channels_last
+    data = write_image_folder(tmp_path / "data", size=16)
+    assert main(["train", "resnet", "8", "--dataset", str(data), "--device", "cuda", *OPTIONS,
+                 "--out", str(tmp_path / "gpu"), "--amp", "--channels-last", "--compile"]) == 0
+    checkpoint = load_checkpoint(tmp_path / "gpu" / "models" / "resnet-8_data.pth")
+    assert checkpoint["config"]["runtime"]["cudnn_benchmark"] is True
+    assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values()
+               if t.is_floating_point())
