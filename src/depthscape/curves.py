@@ -223,7 +223,7 @@ def plot_run(curve: Curve, out_dir: str | os.PathLike, ema_factor: float = DEFAU
             if raw and ema_factor > 0:
                 ax.plot(curve.x[ok], values[ok], color=colour, alpha=0.25, linewidth=1)
             ax.plot(curve.x[ok], ema(values[ok], ema_factor), color=colour, linewidth=1.8,
-                    label=name)
+                    label=name, marker=_marker(ok))
         ax.set_xlabel(curve.unit)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
@@ -237,6 +237,11 @@ def plot_run(curve: Curve, out_dir: str | os.PathLike, ema_factor: float = DEFAU
         return _save(fig, Path(out_dir) / f"{curve.run_name}_curves", formats)
     finally:
         plt.close(fig)
+
+
+def _marker(points: np.ndarray) -> str | None:
+    """Dots where a line has so few points that it would hardly show (or not at all)."""
+    return "o" if int(np.count_nonzero(points)) < 12 else None
 
 
 def _positive(curve: Curve, metric: str) -> bool:
@@ -265,7 +270,7 @@ def plot_comparison(curves: Sequence[Curve], out_stem: str | os.PathLike, title:
                 ok = np.isfinite(values)
                 if ok.any():
                     ax.plot(curve.x[ok], ema(values[ok], ema_factor), style, color=colour,
-                            linewidth=1.6, label=f"{curve.label} {'train' if split == 'train' else 'val'}")
+                            linewidth=1.6, marker=_marker(ok), markersize=3, label=f"{curve.label} {'train' if split == 'train' else 'val'}")
         ax.set_xlabel(_xlabel(curves))
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)

@@ -1,0 +1,126 @@
+"""Sharpness: Hessian-vector products, power iteration and Hutchinson's trace against the
+exact Hessian of a model small enough to form it."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from depthscape.sharpness import (
+    HessianOperator,
+    SharpnessConfig,
+    hessian_trace,
+    model_sharpness,
+    top_eigenvalue,
+)
+
+
+class TinyNet(nn.Module):
+    """Conv + BatchNorm + tanh + linear: curved in every parameter, BN has running stats."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+        self.bn = nn.BatchNorm2d(2)
+        self.fc = nn.Linear(2 * 4 * 4, 3)
+
+    def forward(self, x):
+        return self.fc(torch.tanh(self.bn(self.conv(x))).flatten(1))
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    model = TinyNet().double()
+    model.train()
+    inputs = torch.randn(12, 1, 4, 4, dtype=torch.float64)
+    with torch.no_grad():  # move the BN running stats away from their defaults
+        for _ in range(3):
+            model(inputs + 0.5)
+    labels = torch.randint(0, 3, (12,))
+    return model, inputs, labels, exact_hessian(model, inputs, labels)
+
+
+def exact_hessian(model, inputs, labels) -> torch.Tensor:
+    """The full Hessian of the mean cross-entropy, model in eval mode, params flattened."""
+    model.eval()
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for _, p in model.named_parameters()]
+    sizes = [p.numel() for _, p in model.named_parameters()]
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    buffers = dict(model.named_buffers())
+
+    def loss(theta):
+        params = {n: t.reshape(s) for n, t, s in zip(names, theta.split(sizes), shapes)}
+        return F.cross_entropy(functional_call(model, (params, buffers), (inputs,)), labels)
+
+    return torch.autograd.functional.hessian(loss, flat, vectorize=True)
+
+
+def flatten(vector):
+    return torch.cat([v.reshape(-1) for v in vector])
+
+
+def test_hessian_vector_product_matches_exact_hessian(setup):
+    model, inputs, labels, hessian = setup
+    for batch_size in (12, 5):  # one cached chunk, and chunks summed
+        operator = HessianOperator(model, inputs, labels, batch_size=batch_size)
+        vector = [torch.randn_like(p) for p in operator.params]
+        product = flatten(operator(vector))
+        torch.testing.assert_close(product, hessian @ flatten(vector), rtol=1e-8, atol=1e-10)
+        assert not model.training  # BN measured with running statistics
+
+
+def test_top_eigenvalue_matches_exact(setup):
+    model, inputs, labels, hessian = setup
+    eigenvalues = torch.linalg.eigvalsh(hessian)
+    largest = float(eigenvalues[eigenvalues.abs().argmax()])
+    operator = HessianOperator(model, inputs, labels)
+    value, iterations, converged = top_eigenvalue(operator, operator.params, iters=400, tol=1e-9)
+    assert converged and iterations < 400
+    assert value == pytest.approx(largest, rel=1e-5)
+
+
+def test_power_iteration_reports_non_convergence(setup):
+    model, inputs, labels, _ = setup
+    operator = HessianOperator(model, inputs, labels)
+    _, iterations, converged = top_eigenvalue(operator, operator.params, iters=2, tol=1e-14)
+    assert iterations == 2 and not converged
+
+
+def test_hutchinson_trace_matches_exact(setup):
+    model, inputs, labels, hessian = setup
+    exact = float(torch.trace(hessian))
+    operator = HessianOperator(model, inputs, labels)
+    trace, stderr, count, _ = hessian_trace(operator, operator.params, samples=200, tol=0.0)
+    assert count == 200
+    # Rademacher probes: variance of v^T H v is 2 * sum of squared off-diagonal entries.
+    off = hessian - torch.diag(torch.diag(hessian))
+    sigma = math.sqrt(2 * float((off**2).sum()) / count)
+    assert abs(trace - exact) < 5 * sigma
+    assert stderr == pytest.approx(sigma, rel=0.5)
+
+
+def test_hutchinson_is_exact_for_a_diagonal_operator():
+    diag = torch.tensor([3.0, -1.0, 0.5, 2.0], dtype=torch.float64)
+    params = [torch.zeros(4, dtype=torch.float64)]
+    trace, stderr, count, converged = hessian_trace(
+        lambda v: [diag * v[0]], params, samples=50, tol=1e-6, min_samples=3)
+    assert trace == pytest.approx(4.5) and stderr == pytest.approx(0.0)
+    assert converged and count == 3
+
+
+def test_model_sharpness_reports_everything(setup):
+    model, inputs, labels, hessian = setup
+    config = SharpnessConfig(power_iters=50, power_tol=1e-6, trace_samples=10, trace_tol=0.0)
+    result = model_sharpness(model, inputs, labels, config)
+    eigenvalues = torch.linalg.eigvalsh(hessian)
+    assert result.top_eigenvalue == pytest.approx(float(eigenvalues[eigenvalues.abs().argmax()]),
+                                                  rel=1e-3)
+    assert result.trace_samples == 10 and result.subset_size == 12
+    assert result.num_parameters == sum(p.numel() for p in model.parameters())
