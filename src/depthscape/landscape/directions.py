@@ -82,6 +82,10 @@ def interpolation_direction(start: dict[str, torch.Tensor], target: dict[str, to
     the forward pass. The two states must hold the same tensors with the same shapes.
     """
     direction = {}
+    extra = [name for name, value in target.items() if value.is_floating_point() and name not in start]
+    if extra:
+        raise UserError(f"the two checkpoints differ in tensor {extra[0]!r}: they must be of the "
+                        "same architecture to draw the line between them")
     for name, value in start.items():
         if not value.is_floating_point():
             continue
