@@ -227,8 +227,8 @@ def _run_concurrently(configs: list[TrainConfig], dataset, slots: list[str]) -> 
         if old_handler is not None:
             signal.signal(signal.SIGTERM, old_handler)
     if interrupted:
-        raise UserError("interrupted; each unfinished run saved a resumable checkpoint: rerun "
-                        "with --resume to continue (finished runs are skipped)", exit_code=130)
+        raise UserError("interrupted; each unfinished run saved a resumable checkpoint: run the "
+                        "same command again to continue them", exit_code=130)
     if errors:
         errors.sort(key=lambda item: item[0])
         raise errors[0][1]
