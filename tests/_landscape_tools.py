@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from depthscape.checkpoint import save_checkpoint
@@ -71,3 +72,13 @@ def write_checkpoint(path: Path, model: torch.nn.Module, name: str = "resnet8",
         "state_dict": model.state_dict(),
     })
     return path
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on a busy 2-core machine, tiny models run far faster (and
+    bit-for-bit like the one-thread subprocesses) than with threads fighting for cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

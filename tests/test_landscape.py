@@ -10,7 +10,13 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from _landscape_tools import PREPROCESS, calibrated_model, tiny_dataset, write_checkpoint
+from _landscape_tools import (  # noqa: F401
+    PREPROCESS,
+    calibrated_model,
+    one_thread,
+    tiny_dataset,
+    write_checkpoint,
+)
 
 from depthscape.errors import UserError
 from depthscape.evaluate import evaluate
