@@ -11,13 +11,15 @@ grid points, one after the other on this machine in one run:
   ``theta + a d1 + b d2`` into the model's parameters, iterate a ``DataLoader`` (batch 128,
   per-sample normalisation, as its ``--batch_size`` default) over the split, eager model
   with BatchNorm, one ``.item()`` per batch;
-* depthscape: :class:`depthscape.landscape.evaluator.PointEvaluator` (data on the device
-  as one tensor, batches of 1,000, inference mode, BatchNorm folded, channels-last on CPU).
+* depthscape: :class:`depthscape.landscape.evaluator.PointEvaluator` as
+  ``depthscape landscape`` runs it (data on the device as one tensor, inference mode,
+  BatchNorm folded, channels-last and cache-sized batches on the CPU, one point per CPU
+  thread through :class:`~depthscape.landscape.evaluator.PointPool`).
 
 Prints both rates, their ratio and the largest absolute difference of the losses.
-Untrained weights with random BatchNorm statistics are used where no checkpoint is given:
-the speed does not depend on the values, and the loss comparison is harder than at a
-trained minimum (larger losses).
+The weights are a trained run's (``--runs DIR``, points over [-1, 1]^2) or else the seeded
+initial ones with BatchNorm statistics measured on the images (points over [-0.3, 0.3]^2,
+where the losses stay moderate). The speed does not depend on the values.
 """
 
 from __future__ import annotations
@@ -34,10 +36,12 @@ from torch.utils.data import Dataset as TorchDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from depthscape.checkpoint import model_from_checkpoint  # noqa: E402
 from depthscape.data import PIXEL_MEANS_255, Preprocess, Split, load_dataset  # noqa: E402
 from depthscape.landscape.directions import random_directions  # noqa: E402
-from depthscape.landscape.evaluator import PointEvaluator  # noqa: E402
+from depthscape.landscape.evaluator import PointEvaluator, PointPool  # noqa: E402
 from depthscape.models import get_model  # noqa: E402
+from depthscape.runs import run_paths  # noqa: E402
 
 REAL_CIFAR10 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
@@ -75,15 +79,18 @@ def baseline_point(model, base, directions, loader, coords, device):
     return total_loss / total, 100.0 * correct / total
 
 
-def randomize_batchnorm(model, seed=0):
-    generator = torch.Generator().manual_seed(seed)
+def calibrate_batchnorm(model, split: Split, preprocess: Preprocess) -> None:
+    """Set BatchNorm's running statistics to the data's (as training would), so the losses
+    are of a trained network's size rather than the huge ones of untouched statistics."""
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
-            n = module.num_features
-            module.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
-            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
-            module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
-            module.bias.data.copy_(torch.rand(n, generator=generator) * 0.2 - 0.1)
+            module.reset_running_stats()
+            module.momentum = None  # a plain average over the batches below
+    model.train()
+    with torch.no_grad():
+        for start in range(0, len(split), 250):
+            model(preprocess.normalize(split.images[start:start + 250]))
+    model.eval()
 
 
 def load_split(images: int, data: str | None) -> tuple[Split, str]:
@@ -101,11 +108,17 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["resnet20", "resnet56"])
     parser.add_argument("--images", type=int, default=1000)
-    parser.add_argument("--points", type=int, default=4, help="grid points timed per method")
+    parser.add_argument("--points", type=int, default=6, help="grid points timed per method")
     parser.add_argument("--data", default=None, help="CIFAR-10 JPEG archive (default ../shared/data)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=1000)
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the folded network")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="points evaluated at once (default: one per CPU thread)")
+    parser.add_argument("--runs", default=None,
+                        help="output root of trained runs (models/resnet-20_cifar10.pth, ...) "
+                             "to use their weights; default: initial weights")
+    parser.add_argument("--verbose", action="store_true", help="print every point's losses")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -113,20 +126,33 @@ def main(argv=None) -> int:
     preprocess = Preprocess(scale=255.0, mean=PIXEL_MEANS_255["cifar10"], augment=False)
     print(f"{len(split)} {source}; device {device}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
-    coords = [(-1.0 + 2.0 * k / max(1, args.points - 1), 0.5 - 0.25 * k) for k in range(args.points)]
     for name in args.models:
-        torch.manual_seed(0)
-        model = get_model(name).eval()
-        randomize_batchnorm(model)
+        final = run_paths(args.runs, name).final if args.runs else None
+        if final is not None and final.exists():
+            model, _ = model_from_checkpoint(final)
+            span, origin = 1.0, f"trained weights {final}"
+        else:
+            torch.manual_seed(0)
+            model = get_model(name).eval()
+            calibrate_batchnorm(model, split, preprocess)
+            # Untrained weights: far from the origin the loss reaches the thousands, where
+            # float32 itself differs by more than 1e-4; stay where losses are moderate.
+            span, origin = 0.3, "initial weights, BatchNorm statistics from the images"
+        coords = [(span * (-1.0 + 2.0 * k / max(1, args.points - 1)), span * (0.5 - 0.3 * k))
+                  for k in range(args.points)]
+        print(f"{name}: {origin}; points over [-{span}, {span}]^2")
         directions = random_directions(model, 2, seed=0)
         base = {k: v.detach().clone().to(device) for k, v in model.named_parameters()}
 
         fast = PointEvaluator(model, directions, split, preprocess, args.batch_size, device,
                               compile=args.compile)
-        fast.evaluate(coords[0])  # warm-up (and compilation)
-        start = time.perf_counter()
-        fast_losses = [fast.evaluate(c)[0] for c in coords]
-        fast_time = time.perf_counter() - start
+        workers = args.workers or (torch.get_num_threads() if device.type == "cpu" else 1)
+        with PointPool(fast, workers) as pool:
+            pool.evaluate(coords[:workers])  # warm-up (and compilation)
+            start = time.perf_counter()
+            fast_losses = [value[0] for k in range(0, len(coords), workers)
+                           for value in pool.evaluate(coords[k:k + workers])]
+            fast_time = time.perf_counter() - start
 
         eager = get_model(name).to(device)
         eager.load_state_dict(model.state_dict())
@@ -138,10 +164,13 @@ def main(argv=None) -> int:
         base_time = time.perf_counter() - start
 
         diff = max(abs(a - b) for a, b in zip(fast_losses, base_losses))
+        if args.verbose:
+            for c, a, b in zip(coords, fast_losses, base_losses):
+                print(f"  {c}: depthscape {a:.8f} baseline {b:.8f} diff {a - b:.2e}")
         base_rate, fast_rate = len(coords) / base_time, len(coords) / fast_time
         print(f"{name}: baseline {base_rate:.3f} points/s, depthscape {fast_rate:.3f} points/s, "
               f"ratio {fast_rate / base_rate:.2f}x, max |loss difference| {diff:.2e} "
-              f"({len(fast.folded_pairs)} BatchNorms folded)")
+              f"({len(fast.folded_pairs)} BatchNorms folded, {workers} workers)")
         if diff >= 1e-4:
             print(f"{name}: loss difference {diff:.2e} is not below 1e-4", file=sys.stderr)
             return 1

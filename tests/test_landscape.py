@@ -240,6 +240,16 @@ def test_surface_from_other_settings_is_refused(surface, checkpoint, data, tmp_p
     assert read_surface(out)["loss"].shape == (4, 4)
 
 
+def test_parallel_workers_give_the_same_surface(surface, checkpoint, data, tmp_path):
+    config = LandscapeConfig(resolution=5, xrange=(-1.0, 1.0), yrange=(-0.5, 0.5), batch_size=20,
+                             workers=3)
+    path = compute_landscape(checkpoint, config, output=tmp_path / "w3.h5", dataset=data,
+                             progress=False)
+    assert read_surface(path)["settings"]["workers"] == 3
+    np.testing.assert_array_equal(read_surface(path)["loss"], read_surface(surface)["loss"])
+    assert torch.get_num_threads() == 1  # the pool gave the threads back
+
+
 def test_rerunning_a_finished_surface_computes_nothing(surface, checkpoint, data, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("a finished surface must not be evaluated again")

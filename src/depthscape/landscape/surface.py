@@ -34,7 +34,7 @@ from depthscape.data import Dataset, Preprocess, Split, load_dataset
 from depthscape.device import get_device
 from depthscape.errors import UserError
 from depthscape.landscape.directions import NORMS, interpolation_direction, random_directions
-from depthscape.landscape.evaluator import PointEvaluator
+from depthscape.landscape.evaluator import PointEvaluator, PointPool
 from depthscape.landscape.storage import (
     SurfaceState,
     identity_difference,
@@ -59,7 +59,9 @@ class LandscapeConfig:
     it, ``x = 0`` at the checkpoint and ``x = 1`` at the target. ``data_source``,
     ``data_dir`` and ``cache_dir`` override where the run's data is read from (default:
     as stored in the checkpoint); ``model`` names the architecture of a bare state dict.
-    ``batch_size``, ``device`` and ``compile`` change the speed, not the values.
+    ``batch_size``, ``device``, ``compile`` and ``workers`` (points evaluated at once,
+    one thread each; default: one per CPU thread on the CPU, 1 on a GPU) change the speed,
+    not the values.
     """
 
     resolution: int = 21
@@ -74,6 +76,7 @@ class LandscapeConfig:
     dims: int = 2
     compile: bool = False
     target: str | None = None
+    workers: int | None = None
     data_source: str | None = None
     data_dir: str | None = None
     cache_dir: str | None = None
@@ -95,6 +98,8 @@ class LandscapeConfig:
             raise UserError(f"subset must be a positive number of samples, got {self.subset}")
         if self.norm not in NORMS:
             raise UserError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+        if self.workers is not None and self.workers <= 0:
+            raise UserError(f"workers must be positive, got {self.workers}")
         if self.batch_size <= 0:
             raise UserError(f"batch size must be positive, got {self.batch_size}")
         if self.target is not None and self.dims != 1:
@@ -310,29 +315,31 @@ def _compute(checkpoint: Path, config: LandscapeConfig, output, dataset: Dataset
     evaluator = PointEvaluator(model, surface.directions, split, preprocess, config.batch_size,
                                ranks.device, compile=config.compile)
     surface.info["batchnorms_folded"] = len(evaluator.folded_pairs)
+    workers = config.workers or (torch.get_num_threads() if ranks.device.type == "cpu" else 1)
+    workers = 1 if config.compile else workers  # one compiled network is enough to wait for
+    surface.info["workers"] = workers
     mine = missing[ranks.rank::ranks.world]
-    rounds = math.ceil(len(missing) / ranks.world)
+    # Every rank takes part in every round (the gather is collective), some with no points.
+    rounds = max(ranks.gather([math.ceil(len(mine) / workers)]))
     bar = tqdm(total=surface.done.size, initial=surface.done.size - len(missing), unit="point",
                desc=f"landscape {path.stem}", disable=not progress or ranks.rank != 0,
                dynamic_ncols=True)
     last_save, unsaved = time.monotonic(), 0
     try:
-        for round_index in range(rounds):
-            results = []
-            if round_index < len(mine):
-                index = int(mine[round_index])
-                loss, acc = evaluator.evaluate(surface.coordinates(index))
-                results.append((index, loss, acc))
-            gathered = ranks.gather(results)
-            for index, loss, acc in gathered:
-                surface.loss.flat[index] = loss
-                surface.acc.flat[index] = acc
-                surface.done.flat[index] = True
-            unsaved += len(gathered)
-            bar.update(len(gathered))
-            if ranks.rank == 0 and unsaved and time.monotonic() - last_save >= save_every:
-                write_surface(path, surface)
-                last_save, unsaved = time.monotonic(), 0
+        with PointPool(evaluator, workers) as pool:
+            for round_index in range(rounds):
+                chunk = [int(k) for k in mine[round_index * workers:(round_index + 1) * workers]]
+                values = pool.evaluate([surface.coordinates(k) for k in chunk])
+                gathered = ranks.gather([(k, loss, acc) for k, (loss, acc) in zip(chunk, values)])
+                for index, loss, acc in gathered:
+                    surface.loss.flat[index] = loss
+                    surface.acc.flat[index] = acc
+                    surface.done.flat[index] = True
+                unsaved += len(gathered)
+                bar.update(len(gathered))
+                if ranks.rank == 0 and unsaved and time.monotonic() - last_save >= save_every:
+                    write_surface(path, surface)
+                    last_save, unsaved = time.monotonic(), 0
     finally:
         bar.close()
         if ranks.rank == 0 and unsaved:
