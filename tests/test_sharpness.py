@@ -124,3 +124,43 @@ def test_model_sharpness_reports_everything(setup):
                                                   rel=1e-3)
     assert result.trace_samples == 10 and result.subset_size == 12
     assert result.num_parameters == sum(p.numel() for p in model.parameters())
+
+
+def test_measure_sharpness_on_a_checkpoint_is_cached(tmp_path, tiny_data, cache_dir, monkeypatch):
+    from _study_tools import write_fake_run
+
+    import depthscape.sharpness as sharpness
+    from depthscape.data import load_dataset
+
+    paths = write_fake_run(tmp_path, "resnet8", dataset="tinydata0")
+    dataset = load_dataset(str(tiny_data), cache_dir=cache_dir)
+    config = SharpnessConfig(subset=8, power_iters=2, trace_samples=2, min_trace_samples=2)
+    out = tmp_path / "sharp.json"
+    first = sharpness.measure_sharpness(paths.final, config, dataset, out)
+    assert first.subset_size == 8 and first.power_iterations <= 2 and first.trace_samples <= 2
+    assert math.isfinite(first.top_eigenvalue) and math.isfinite(first.trace)
+    monkeypatch.setattr(sharpness, "model_sharpness",
+                        lambda *a, **k: pytest.fail("measured again despite the cache"))
+    assert sharpness.measure_sharpness(paths.final, config, dataset, out) == first
+    with pytest.raises(pytest.fail.Exception):  # other settings: measured again
+        sharpness.measure_sharpness(paths.final, SharpnessConfig(subset=8), dataset, out)
+
+
+def test_sharpness_cli(tmp_path, tiny_data, cache_dir, capsys):
+    from _study_tools import write_fake_run
+
+    from depthscape.cli import main
+
+    write_fake_run(tmp_path, "plain8", dataset="tinydata0")
+    code = main(["sharpness", "--run-dir", str(tmp_path), "--dataset", str(tiny_data),
+                 "--subset", "4", "--power-iters", "1", "--trace-samples", "1", "--no-progress"])
+    assert code == 0
+    assert (tmp_path / "sharpness" / "plainnet8_tinydata0.json").exists()
+    table = (tmp_path / "sharpness" / "sharpness.md").read_text()
+    assert "PlainNet-8" in table and "Top eigenvalue" in table
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sharpness", "--run-dir", str(tmp_path), "--subset", "0"])
+    assert exit_info.value.code == 2
+    assert main(["sharpness", "--run-dir", str(tmp_path / "empty")]) == 2
+    assert "no finished runs" in capsys.readouterr().err
