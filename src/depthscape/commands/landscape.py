@@ -43,7 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--data-dir", default=None, help="data already on disk (torchvision files or ImageFolder)")
     data.add_argument("--cache-dir", default=None, help="where decoded data is cached")
     speed = parser.add_argument_group("speed (values do not depend on these)")
-    speed.add_argument("--batch-size", type=positive_int, default=1000)
+    speed.add_argument("--batch-size", type=positive_int, default=1000,
+                       help="images per forward pass on a GPU (default 1000; the CPU caps it at 128)")
+    speed.add_argument("--workers", type=positive_int, default=None,
+                       help="grid points evaluated at once, one thread each (default: one per "
+                            "CPU thread on the CPU, 1 on a GPU)")
     speed.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
     speed.add_argument("--compile", action="store_true", help="torch.compile the folded network")
     output = parser.add_argument_group("output")
@@ -88,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     config = LandscapeConfig(
         resolution=args.resolution, xrange=tuple(args.xrange), yrange=tuple(args.yrange),
         split=args.split, subset=args.subset, seed=args.seed, norm=args.norm,
-        batch_size=args.batch_size, device=args.device,
+        batch_size=args.batch_size, device=args.device, workers=args.workers,
         dims=1 if args.target else args.dims, compile=args.compile, target=args.target,
         data_source=args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir, model=args.model,
     )

@@ -28,6 +28,7 @@ def add_plot_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the pictures, shared by `plot` and `landscape`."""
     group = parser.add_argument_group("plots")
     group.add_argument("--kinds", nargs="+", default=None, metavar="KIND",
+                       choices=("contour", "contourf", "heatmap", "surface3d", "vtp", "html", "curve"),
                        help="which pictures: contour contourf heatmap surface3d vtp html (2-D), "
                             "curve html (1-D); default all")
     group.add_argument("--quantity", choices=("loss", "acc"), default="loss",
