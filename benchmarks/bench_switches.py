@@ -108,9 +108,13 @@ def time_training(model_name: str, fast: FastPath, device: torch.device, images:
 
 
 def time_landscape(model_name: str, fast: FastPath, device: torch.device, split: Split,
-                   points: int, warmup: int) -> float | None:
-    """Grid points per second of the landscape evaluator under ``fast`` (None: no evaluator)."""
+                   points: int, warmup: int, per_call: int = 1) -> float | None:
+    """Grid points per second of the landscape evaluator under ``fast`` (None: no evaluator).
+
+    ``per_call > 1``: that many points per batched call (:mod:`depthscape.landscape.batched`).
+    """
     try:
+        from depthscape.landscape.batched import evaluate_points
         from depthscape.landscape.directions import random_directions
         from depthscape.landscape.evaluator import PointEvaluator
     except ImportError:
@@ -123,16 +127,20 @@ def time_landscape(model_name: str, fast: FastPath, device: torch.device, split:
     evaluator = PointEvaluator(model, directions, split, preprocess, batch_size=1000,
                                device=device, compile=fast.compile,
                                channels_last=fast.channels_last)
-    grid = torch.linspace(-1, 1, warmup + points).tolist()
+    calls = warmup + max(1, points // per_call)
+    grid = torch.linspace(-1, 1, calls * per_call).view(calls, per_call).tolist()
     started = 0.0
-    for i, a in enumerate(grid):
+    for i, chunk in enumerate(grid):
         if i == warmup:
             synchronize(device)
             started = time.perf_counter()
         with fast.autocast():
-            evaluator.evaluate((a, -a))
+            if per_call == 1:
+                evaluator.evaluate((chunk[0], -chunk[0]))
+            else:
+                evaluate_points(evaluator, [(a, -a) for a in chunk]).tolist()
     synchronize(device)
-    return points / (time.perf_counter() - started)
+    return (calls - warmup) * per_call / (time.perf_counter() - started)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2,
                         help="measure every variant this many times, interleaved, and keep the "
                              "best (evens out other load on the machine; default 2)")
+    parser.add_argument("--points-per-call", type=int, default=4,
+                        help="grid points per batched landscape call in the vmap rows (default 4)")
     parser.add_argument("--no-landscape", action="store_true")
     args = parser.parse_args(argv)
 
@@ -181,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\ntraining, batch {args.batch}, {steps} timed steps after {warmup} warm-up, "
           f"best of {args.rounds}:")
-    best = best_of(args.rounds, rows, lambda fast: time_training(
+    best = best_of(args.rounds, rows, lambda fast, label: time_training(
         model_name, fast, device, train_images, train_labels, args.batch, steps, warmup))
     report(rows, best, "img/s", 1)
 
@@ -194,8 +204,13 @@ def main(argv: list[str] | None = None) -> int:
     # no optimizer here; cudnn.benchmark is part of every CUDA row
     rows = [(label, replace(fast, cudnn_benchmark=cuda)) for label, fast in rows
             if not label.startswith(("fused", "cudnn"))]
-    best = best_of(args.rounds, rows, lambda fast: time_landscape(
-        model_name, fast, device, split, points, warmup))
+    k = args.points_per_call
+    if k > 1 and "vmap" not in skip:
+        rows += [(f"{k} points/call, plain", rows[0][1]),
+                 (f"{k} points/call, all", rows[-1][1])]
+    best = best_of(args.rounds, rows, lambda fast, label: time_landscape(
+        model_name, fast, device, split, max(points, k), warmup,
+        per_call=k if "points/call" in label else 1))
     report(rows, best, "points/s", 2)
     return 0
 
@@ -208,7 +223,7 @@ def best_of(rounds: int, rows: list[tuple[str, FastPath]], measure) -> dict[str,
             if isinstance(best.get(label), str):
                 continue
             try:
-                rate = measure(fast)
+                rate = measure(fast, label)
             except Exception as error:  # noqa: BLE001 - a switch this machine cannot run
                 best[label] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:100]}"
                 continue

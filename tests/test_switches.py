@@ -95,3 +95,31 @@ def test_cuda_fast_path_trains_with_every_switch(tmp_path, cache_dir):
     assert checkpoint["config"]["runtime"]["cudnn_benchmark"] is True
     assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values()
                if t.is_floating_point())
+
+
+def test_several_landscape_points_in_one_batched_call_equal_one_at_a_time(one_thread):
+    from depthscape.data import Preprocess, Split
+    from depthscape.landscape.batched import evaluate_points
+    from depthscape.landscape.directions import random_directions
+    from depthscape.landscape.evaluator import PointEvaluator
+    from depthscape.models import get_model
+
+    torch.manual_seed(0)
+    model = get_model("resnet8", num_classes=3).eval()
+    for module in model.modules():  # trained-looking BatchNorm statistics, so the fold matters
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+    generator = torch.Generator().manual_seed(1)
+    split = Split(torch.randint(0, 256, (40, 3, 16, 16), dtype=torch.uint8, generator=generator),
+                  torch.randint(0, 3, (40,), generator=generator))
+    evaluator = PointEvaluator(model, random_directions(model, 2, 0, "filter"), split,
+                               Preprocess(scale=255.0, mean=(125.0, 123.0, 114.0)), batch_size=16)
+    points = [(0.0, 0.0), (0.5, -0.25), (-1.0, 1.0)]
+    batched = evaluate_points(evaluator, points)
+    assert batched.shape == (3, 2)
+    for row, point in zip(batched.tolist(), points):
+        loss, acc = evaluator.evaluate(point)
+        assert row[0] == pytest.approx(loss, rel=1e-4)
+        assert row[1] == pytest.approx(acc, abs=1e-9)
+    assert len({round(r[0], 3) for r in batched.tolist()}) == 3  # the points really differ
