@@ -370,6 +370,10 @@ def _train(config: TrainConfig, dataset: Dataset | None, ctx: DistContext) -> Tr
         optimizer.load_state_dict(state["optimizer_state"])
         for group in optimizer.param_groups:  # this device's kernel, not the saving one's
             group["fused"], group["foreach"] = (True if fast.fused_optimizer else None), None
+        if fast.fused_optimizer:  # fused Adam keeps its step counts on the device, as float32
+            for slot in optimizer.state.values():
+                if torch.is_tensor(slot.get("step")):
+                    slot["step"] = slot["step"].to(device, torch.float32)
         saved_world = int((state.get("config", {}).get("runtime") or {}).get("world_size", 1))
         rng_cpu, rng_cuda = state["rng_cpu"], state.get("rng_cuda")
         window_loss, window_correct = float(state["window_loss"]), int(state["window_correct"])
