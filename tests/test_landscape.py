@@ -306,3 +306,17 @@ def test_wrong_architecture_gives_one_clear_line(checkpoint, tmp_path):
     assert "Traceback" not in result.stderr and "does not match the architecture" in lines[0]
     assert "resnet14" in lines[0] and "layer1.1" in lines[0]  # names the first mismatch
     assert not (tmp_path / "landscapes").exists()
+
+
+def test_data_the_model_was_not_trained_on_is_a_user_error(checkpoint, tmp_path):
+    data = tiny_dataset()
+    data.test.labels[:] = 9  # ten classes, for a three-class model
+    with pytest.raises(UserError, match="labels up to 9.*3 classes"):
+        compute_landscape(checkpoint, LandscapeConfig(resolution=3), output=tmp_path / "x.h5",
+                          dataset=data, progress=False)
+    odd = tiny_dataset()
+    odd.test.images = odd.test.images[:, :2]  # two channels, for an RGB model
+    with pytest.raises(UserError, match="cannot read this data"):
+        compute_landscape(checkpoint, LandscapeConfig(resolution=3), output=tmp_path / "x.h5",
+                          dataset=odd, progress=False)
+    assert not (tmp_path / "x.h5").exists()

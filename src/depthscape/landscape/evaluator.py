@@ -21,6 +21,7 @@ evaluator falls back to the unfolded model.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 from dataclasses import dataclass
@@ -42,6 +43,30 @@ CPU_BATCH = 128
 #: Normalised inputs up to this many bytes are precomputed once; larger splits (e.g. the
 #: whole training set on a small GPU) are normalised batch by batch instead.
 _PRECOMPUTE_BYTES = 2 * 1024**3
+
+
+@contextlib.contextmanager
+def full_float32():
+    """Convolutions and matrix products in full float32 (no TF32 on NVIDIA GPUs).
+
+    TF32 (cuDNN's default for convolutions) rounds inputs to 10 mantissa bits: a surface
+    would then differ from the CPU's by ~1e-3 and the fold check would fail.
+    """
+    settings = []
+    for owner in (getattr(torch.backends.cudnn, "conv", None), torch.backends.cuda.matmul):
+        if owner is not None and hasattr(owner, "fp32_precision"):
+            settings.append((owner, "fp32_precision", owner.fp32_precision, "ieee"))
+        elif owner is torch.backends.cuda.matmul:
+            settings.append((owner, "allow_tf32", owner.allow_tf32, False))
+    if not any(owner is not torch.backends.cuda.matmul for owner, *_ in settings):
+        settings.append((torch.backends.cudnn, "allow_tf32", torch.backends.cudnn.allow_tf32, False))
+    try:
+        for owner, name, _, value in settings:
+            setattr(owner, name, value)
+        yield
+    finally:
+        for owner, name, old, _ in settings:
+            setattr(owner, name, old)
 
 
 @dataclass(frozen=True)
@@ -240,10 +265,6 @@ class PointEvaluator:
         if self.count == 0:
             raise UserError("the evaluation split holds no samples")
         self.preprocess = preprocess
-        images = split.images.to(device)
-        precompute = self.count * images[0].numel() * 4 <= _PRECOMPUTE_BYTES
-        self.inputs = self._normalize(images) if precompute else None
-        self.images = None if precompute else images
         self.base = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self.directions = []
         for direction in directions:
@@ -252,18 +273,26 @@ class PointEvaluator:
             self.directions.append(kept)
         self.perturbed = sorted({name for d in self.directions for name in d})
 
-        example = self._batch(0, min(self.count, 64))
+        images = split.images.to(device)
         try:
-            with torch.no_grad():
+            precompute = self.count * images[0].numel() * 4 <= _PRECOMPUTE_BYTES
+            self.inputs = self._normalize(images) if precompute else None
+            self.images = None if precompute else images
+            example = self._batch(0, min(self.count, 64))
+            with torch.no_grad(), full_float32():
                 reference = model(example)
         except RuntimeError as error:
             first = str(error).strip().splitlines()[0][:200]
-            raise UserError(f"the model cannot read this data ({tuple(example.shape)} inputs): {first}") \
-                from None
+            raise UserError(f"the model cannot read this data ({tuple(images.shape[1:])} images): "
+                            f"{first}") from None
+        classes = int(reference.shape[-1])
+        if int(self.labels.min()) < 0 or int(self.labels.max()) >= classes:
+            raise UserError(f"the data has labels up to {int(self.labels.max())}, but the model "
+                            f"predicts {classes} classes: is this the data it was trained on?")
         self.folded_pairs: list[FoldPair] = []
         if fold:
             folded = build_folded_model(model, example)
-            with torch.no_grad():
+            with torch.no_grad(), full_float32():
                 check = folded.module(example)
             if torch.allclose(check, reference, rtol=1e-4, atol=1e-4 * (1 + float(reference.abs().max()))):
                 self.folded = folded
@@ -346,6 +375,8 @@ class PointPool:
         self._threads = None
 
     def __enter__(self) -> "PointPool":
+        self._precision = full_float32()
+        self._precision.__enter__()
         if self.workers > 1:
             from concurrent.futures import ThreadPoolExecutor
 
@@ -361,6 +392,7 @@ class PointPool:
         if self._threads is not None:
             torch.set_num_threads(self._threads)
             self._threads = None
+        self._precision.__exit__(None, None, None)
 
     def evaluate(self, points: list) -> list[tuple[float, float]]:
         """``(loss, accuracy)`` at each of up to ``workers`` points."""
