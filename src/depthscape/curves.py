@@ -65,6 +65,7 @@ class Curve:
     x: np.ndarray
     columns: dict[str, np.ndarray] = field(default_factory=dict)
     model: str | None = None  # canonical model name where known
+    source: Path | None = None  # the CSV log it was read from
 
     def series(self, split: str, metric: str) -> np.ndarray:
         """The ``{split}_{metric}`` column, e.g. ``series("test", "acc")``."""
@@ -119,7 +120,8 @@ def load_curve(log_path: str | os.PathLike, label: str | None = None,
         seed = run_name.rpartition("_seed")[2] if "_seed" in run_name else ""
         if seed:
             label += f" (seed {seed})"
-    return Curve(label=label, run_name=run_name, unit=unit, x=x, columns=columns, model=model)
+    return Curve(label=label, run_name=run_name, unit=unit, x=x, columns=columns, model=model,
+                 source=path)
 
 
 def _pick_dataset(runs, dataset: str | None) -> str | None:
@@ -192,11 +194,21 @@ def _save(fig, stem: Path, formats: Sequence[str]) -> list[Path]:
     written = []
     stem.parent.mkdir(parents=True, exist_ok=True)
     for fmt in formats:
-        target = stem.with_suffix(f".{fmt}")
+        target = stem.with_name(f"{stem.name}.{fmt}")
         with atomic_path(target) as tmp:
             fig.savefig(tmp, format=fmt, dpi=120, bbox_inches="tight")
         written.append(target)
     return written
+
+
+def _up_to_date(stem: Path, formats: Sequence[str], curves: Sequence[Curve]) -> list[Path] | None:
+    """The figure's files when they all exist and are newer than every log drawn in them."""
+    targets = [stem.with_name(f"{stem.name}.{fmt}") for fmt in formats]
+    sources = [c.source for c in curves]
+    if any(s is None for s in sources) or not all(t.exists() for t in targets):
+        return None
+    newest_log = max(s.stat().st_mtime_ns for s in sources)
+    return targets if min(t.stat().st_mtime_ns for t in targets) >= newest_log else None
 
 
 def _xlabel(curves: Sequence[Curve]) -> str:
@@ -205,12 +217,17 @@ def _xlabel(curves: Sequence[Curve]) -> str:
 
 
 def plot_run(curve: Curve, out_dir: str | os.PathLike, ema_factor: float = DEFAULT_EMA,
-             formats: Sequence[str] = ("png", "pdf"), raw: bool = True) -> list[Path]:
+             formats: Sequence[str] = ("png", "pdf"), raw: bool = True,
+             reuse: bool = False) -> list[Path]:
     """One run's accuracy, loss and error panels, training vs validation.
 
     Smoothed lines on top of the faint raw values (``raw``). Writes
-    ``<out_dir>/<run>_curves.<fmt>`` for each format and returns the paths.
+    ``<out_dir>/<run>_curves.<fmt>`` for each format and returns the paths. With ``reuse``,
+    files newer than the log are kept as they are.
     """
+    stem = Path(out_dir) / f"{curve.run_name}_curves"
+    if reuse and (done := _up_to_date(stem, formats, [curve])):
+        return done
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for ax, (metric, ylabel) in zip(axes, METRICS):
@@ -234,7 +251,7 @@ def plot_run(curve: Curve, out_dir: str | os.PathLike, ema_factor: float = DEFAU
     fig.suptitle(f"{curve.label}: training vs validation{smoothing}")
     fig.tight_layout()
     try:
-        return _save(fig, Path(out_dir) / f"{curve.run_name}_curves", formats)
+        return _save(fig, stem, formats)
     finally:
         plt.close(fig)
 
@@ -252,13 +269,16 @@ def _positive(curve: Curve, metric: str) -> bool:
 
 def plot_comparison(curves: Sequence[Curve], out_stem: str | os.PathLike, title: str,
                     ema_factor: float = DEFAULT_EMA,
-                    formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+                    formats: Sequence[str] = ("png", "pdf"), reuse: bool = False) -> list[Path]:
     """Several runs on one set of panels: one colour per run, training dashed, validation solid.
 
-    Writes ``<out_stem>.<fmt>`` for each format and returns the paths.
+    Writes ``<out_stem>.<fmt>`` for each format and returns the paths. With ``reuse``,
+    files newer than every log are kept as they are.
     """
     if not curves:
         raise ValueError("plot_comparison needs at least one curve")
+    if reuse and (done := _up_to_date(Path(out_stem), formats, curves)):
+        return done
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -299,13 +319,15 @@ class Figure:
 def standard_figures(run_dir: str | os.PathLike, out_dir: str | os.PathLike,
                      models: Sequence[str] | None = None, seed: int = 0,
                      dataset: str | None = None, ema_factor: float = DEFAULT_EMA,
-                     formats: Sequence[str] = ("png", "pdf"), per_run: bool = True) -> list[Figure]:
+                     formats: Sequence[str] = ("png", "pdf"), per_run: bool = True,
+                     reuse: bool = False) -> list[Figure]:
     """The spec's figures for the runs under ``run_dir`` that have logs.
 
     CNN alone; the ResNets together; the PlainNets together; ResNet vs PlainNet at each
     depth both have; plus one figure per run when ``per_run``. ``models`` limits the runs
     (default: all found); ``dataset`` picks the runs' dataset (default CIFAR-10, else the
-    one found). Missing runs are left out silently.
+    one found). Missing runs are left out silently. ``reuse`` keeps figures that are
+    newer than their logs (a rerun of a finished study draws nothing again).
     """
     from depthscape.discover import find_runs
 
@@ -329,24 +351,26 @@ def standard_figures(run_dir: str | os.PathLike, out_dir: str | os.PathLike,
 
     if "cnn" in curves:  # the spec's Figure 1: the CNN alone, training vs validation
         figures.append(Figure("cnn", "Baseline CNN", plot_run(curves["cnn"], out, ema_factor,
-                                                               formats)))
+                                                               formats, reuse=reuse)))
     for family in ("resnet", "plain"):
         group = by_family(family)
         if group:
             title = f"{FAMILY_LABELS[family]}-" + "/".join(str(model_depth(c.model)) for c in group)
             figures.append(Figure(family, title, plot_comparison(
-                group, out / f"{_FILE_FAMILY[family]}_depths_curves", title, ema_factor, formats)))
+                group, out / f"{_FILE_FAMILY[family]}_depths_curves", title, ema_factor, formats,
+                reuse=reuse)))
     depths = sorted({model_depth(n) for n in curves if model_depth(n) is not None})
     for depth in depths:
         pair = [curves[n] for n in (f"resnet{depth}", f"plain{depth}") if n in curves]
         if len(pair) == 2:
             title = f"ResNet-{depth} vs PlainNet-{depth}"
             figures.append(Figure(f"resnet_vs_plain_{depth}", title, plot_comparison(
-                pair, out / f"resnet_vs_plain_{depth}_curves", title, ema_factor, formats)))
+                pair, out / f"resnet_vs_plain_{depth}_curves", title, ema_factor, formats,
+                reuse=reuse)))
     if per_run:
         for name, curve in curves.items():
             if name == "cnn":
                 continue  # already drawn above
             figures.append(Figure(f"run_{name}", curve.label,
-                                  plot_run(curve, out, ema_factor, formats)))
+                                  plot_run(curve, out, ema_factor, formats, reuse=reuse)))
     return figures

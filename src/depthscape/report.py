@@ -189,10 +189,14 @@ def build_blocks(result, budget, settings: dict) -> list:
     for key in sorted((k for k in figures if k.startswith("resnet_vs_plain_")),
                       key=lambda k: int(k.rsplit("_", 1)[1])):
         curve_blocks.append(_figure(figures[key], figures[key].title))
-    if curve_blocks:
+    per_run = [_figure(f, f.title) for key, f in figures.items() if key.startswith("run_")]
+    if curve_blocks or per_run:
         blocks += [Heading("Training curves"), Paragraph(
             "Exponential-moving-average smoothed; epochs for the CNN, iterations for the "
-            "ResNets and PlainNets. Per-run figures lie in `plots/`."), *curve_blocks]
+            "ResNets and PlainNets."), *curve_blocks]
+    if per_run:
+        blocks += [Heading("Every model on its own (raw values faint, smoothed bold)", 3),
+                   FigureGrid(per_run)]
     if result.landscapes:
         contours = [FigureBlock(p, display_name(ls.model)) for ls in result.landscapes
                     if (p := ls.plot("contour"))]

@@ -90,7 +90,7 @@ BUDGETS: dict[str, Budget] = {
         eval_every=4, log_every=2, checkpoint_every=4,
         table_train_limit=128, table_test_limit=64,
         landscape_resolution=5, landscape_subset=32,
-        sharpness_subset=32, sharpness_power_iters=3, sharpness_trace_samples=3,
+        sharpness_subset=16, sharpness_power_iters=2, sharpness_trace_samples=2,
         sharpness_power_tol=1e-2, sharpness_trace_tol=0.5),
 }
 
@@ -135,8 +135,10 @@ class StudyResult:
 
 
 def _settings(config: StudyConfig, budget: Budget, models: list[str]) -> dict:
-    return {"budget": asdict(budget), "seeds": config.seeds, "models": models,
-            "dataset": config.dataset}
+    numbers = asdict(budget)
+    numbers.pop("models")  # the models studied may change between calls; the numbers may not
+    return json.loads(json.dumps({"budget": numbers, "seeds": config.seeds, "models": models,
+                                  "dataset": config.dataset}))
 
 
 def _check_folder(out: Path, settings: dict) -> None:
@@ -216,7 +218,7 @@ def run_study(config: StudyConfig) -> StudyResult:
 
     with step("curves"):
         figures = standard_figures(out, out / "plots", models=models, seed=0,
-                                   dataset=dataset.name)
+                                   dataset=dataset.name, reuse=True)
 
     with step("tables"):
         _say(config.progress, "evaluating the final checkpoints for Tables 1 and 2")
@@ -302,11 +304,32 @@ def _landscapes(runs, budget: Budget, dataset, config: StudyConfig, out: Path,
                               f"({budget.landscape_resolution}x{budget.landscape_resolution})")
         surface = Path(compute_landscape(run.paths.final, surface_config, output=target,
                                          dataset=dataset, progress=config.progress))
-        plots = [Path(p) for p in plot_landscape(surface, out / "plots" / "landscapes",
-                                                  kinds=["contour", "contourf", "surface3d"])]
-        html = Path(write_interactive_html(surface, out / "landscapes" / f"{run.paths.run_name}_3d.html"))
+        plot_dir = out / "plots" / "landscapes"
+        plots = _fresh_landscape_plots(surface, plot_dir) or [
+            Path(p) for p in plot_landscape(surface, plot_dir, kinds=list(LANDSCAPE_KINDS))]
+        html = out / "landscapes" / f"{run.paths.run_name}_3d.html"
+        if not _newer(html, surface):
+            html = Path(write_interactive_html(surface, html))
         results.append(Landscape(run.model, run.paths.run_name, surface, plots, html))
     return results
+
+
+#: The landscape drawings a study makes: the spec's contour (Figure 4) and 3-D surface
+#: (Figure 5), plus filled contours.
+LANDSCAPE_KINDS = ("contour", "contourf", "surface3d")
+
+
+def _newer(target: Path, source: Path) -> bool:
+    return target.exists() and target.stat().st_mtime_ns >= source.stat().st_mtime_ns
+
+
+def _fresh_landscape_plots(surface: Path, plot_dir: Path) -> list[Path] | None:
+    """The drawings of ``surface`` when every kind exists as PNG newer than the surface."""
+    found = sorted(plot_dir.glob(f"{surface.stem}_loss_*"))
+    pngs = {p.stem.rsplit("_", 1)[-1]: p for p in found if p.suffix == ".png"}
+    if all(kind in pngs and _newer(pngs[kind], surface) for kind in LANDSCAPE_KINDS):
+        return [p for p in found if p.stem.rsplit("_", 1)[-1] in LANDSCAPE_KINDS]
+    return None
 
 
 def _sharpness(runs, budget: Budget, dataset, config: StudyConfig, out: Path) -> list:

@@ -1,0 +1,142 @@
+"""`depthscape study`: the smoke budget end to end on tiny data, rerun, resume, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+
+import pytest
+
+from depthscape.cli import main
+from depthscape.errors import UserError
+from depthscape.recipes import recipe_for
+from depthscape.runs import run_paths
+from depthscape.study import BUDGETS, StudyConfig, get_budget, run_study, training_configs
+
+MODELS = ["resnet8", "plain8"]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """One smoke study of two tiny models on tiny data (shared by the tests below)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import write_image_folder
+
+    root = tmp_path_factory.mktemp("study")
+    data = write_image_folder(root / "tiny")
+    config = StudyConfig(budget="smoke", out_dir=str(root / "out"), dataset=str(data),
+                         cache_dir=str(root / "cache"), models=MODELS, progress=False)
+    return config, run_study(config)
+
+
+def test_smoke_study_writes_every_artifact(smoke):
+    config, result = smoke
+    out = result.out_dir
+    for model in MODELS:
+        paths = run_paths(out, model, 0, "tiny")
+        assert paths.final.exists() and paths.log.exists() and not paths.resume.exists()
+        assert (out / "landscapes" / f"{paths.run_name}.h5").exists()
+        assert (out / "landscapes" / f"{paths.run_name}_3d.html").exists()
+        assert (out / "sharpness" / f"{paths.run_name}.json").exists()
+    rows = list(csv.DictReader((out / "tables" / "table1.csv").open()))
+    assert [r["model"] for r in rows] == ["resnet8", "plain8"]
+    assert all(0 <= float(r["test_acc_mean"]) <= 100 for r in rows)
+    assert (out / "tables" / "table2.md").read_text().count("8-layer") == 1
+    assert {f.key for f in result.figures} >= {"resnet", "plain", "resnet_vs_plain_8"}
+    assert len(result.landscapes) == 2 and len(result.sharpness) == 2
+    settings = json.loads((out / "study.json").read_text())
+    assert settings["budget"]["name"] == "smoke" and settings["models"] == MODELS
+
+
+def test_report_markdown_links_existing_files(smoke):
+    _, result = smoke
+    text = result.report_md.read_text()
+    for heading in ("## Table 1", "## Table 2", "## Sharpness", "## Training curves",
+                    "## Loss landscapes", "### Interactive 3-D surfaces"):
+        assert heading in text
+    assert "ResNet-8" in text and "PlainNet-8" in text
+    links = re.findall(r"\]\(([^)]+)\)", text)
+    assert len(links) >= 8
+    for link in links:
+        assert (result.out_dir / link).exists(), link
+    html = result.report_html.read_text()
+    assert html.count("data:image/png;base64,") >= 7  # 4 curve figures + contours + surfaces
+    assert 'src="plots/' not in html and "<script src=" not in html  # self-contained
+    assert html.count('class="surface"') == 2
+
+
+def test_rerun_reuses_everything(smoke):
+    config, first = smoke
+    finals = {m: run_paths(first.out_dir, m, 0, "tiny").final for m in MODELS}
+    before = {m: p.stat().st_mtime_ns for m, p in finals.items()}
+    surfaces = {p: p.stat().st_mtime_ns for p in (first.out_dir / "landscapes").glob("*.h5")}
+    second = run_study(config)
+    assert {m: p.stat().st_mtime_ns for m, p in finals.items()} == before
+    assert {p: p.stat().st_mtime_ns for p in surfaces} == surfaces
+    assert [m.test_acc for m in second.metrics] == [m.test_acc for m in first.metrics]
+    history = json.loads((first.out_dir / "timings.json").read_text())
+    assert len(history) == 2 and set(history[1]["steps_s"]) >= {"training", "landscapes"}
+
+
+def test_another_budget_in_the_same_folder_is_refused(smoke):
+    config, _ = smoke
+    from dataclasses import replace
+
+    with pytest.raises(UserError, match="'smoke' budget"):
+        run_study(replace(config, budget="quick"))
+
+
+def test_interrupted_training_resumes(tmp_path, tiny_data, cache_dir):
+    from depthscape.train import train
+
+    config = StudyConfig(budget="smoke", out_dir=str(tmp_path / "out"), dataset=str(tiny_data),
+                         cache_dir=str(cache_dir), models=["resnet8"], landscapes=False,
+                         sharpness=False, progress=False)
+    (first,) = training_configs(config, get_budget("smoke"), ["resnet8"])
+    first.stop_after = 4
+    stopped = train(first)
+    assert not stopped.finished and stopped.paths.resume.exists()
+    result = run_study(config)
+    total = recipe_for("resnet8").scaled(BUDGETS["smoke"].scale).length
+    assert result.metrics[0].iterations == total
+    assert not stopped.paths.resume.exists()
+    iterations = [int(r["iteration"]) for r in csv.DictReader(stopped.paths.log.open())]
+    assert iterations == sorted(set(iterations)) and iterations[-1] == total
+    assert "landscapes" not in result.timings and result.report_html.exists()
+
+
+def test_seeds_repeat_every_model():
+    config = StudyConfig(seeds=3, out_dir="x")
+    configs = training_configs(config, get_budget("quick"), ["cnn", "resnet20"])
+    assert [(c.model, c.seed) for c in configs] == [
+        ("cnn", 0), ("resnet20", 0), ("cnn", 1), ("resnet20", 1), ("cnn", 2), ("resnet20", 2)]
+    assert all(c.resume for c in configs)
+    assert configs[0].scale == BUDGETS["quick"].cnn_scale
+    assert configs[1].scale == BUDGETS["quick"].scale
+
+
+def test_study_cli_bad_input(tmp_path, capsys):
+    assert main(["study", "--budget", "smoke", "--models", "resnet9", "--out",
+                 str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "6n+2" in err and "Traceback" not in err and err.count("\n") == 1
+    assert main(["study", "--budget", "smoke", "--models", "resnet8", "resnet-8", "--out",
+                 str(tmp_path / "b")]) == 2
+    assert "twice" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("keep me")
+    assert main(["study", "--budget", "smoke", "--out", str(blocker)]) == 2
+    assert blocker.read_text() == "keep me"
+    for bad in (["--budget", "huge"], ["--seeds", "0"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["study", *bad])
+        assert exit_info.value.code == 2
+    help_text = main.__module__  # the budgets' numbers are in the command's help
+    assert help_text
+    with pytest.raises(SystemExit):
+        main(["study", "--help"])
+    assert "quick:" in capsys.readouterr().out
