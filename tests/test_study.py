@@ -140,3 +140,17 @@ def test_study_cli_bad_input(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["study", "--help"])
     assert "quick:" in capsys.readouterr().out
+
+
+def test_interrupt_tells_to_rerun_the_study(tmp_path, tiny_data, cache_dir, monkeypatch, capsys):
+    def interrupted(configs, dataset=None):
+        raise UserError("interrupted at iteration 3; the run is saved in x.pth: rerun with "
+                        "--resume to continue", exit_code=130)
+
+    monkeypatch.setattr("depthscape.scheduler.run_trainings", interrupted)
+    code = main(["study", "--budget", "smoke", "--models", "resnet8", "--dataset", str(tiny_data),
+                 "--cache-dir", str(cache_dir), "--out", str(tmp_path / "s"), "--no-progress"])
+    assert code == 130
+    err = capsys.readouterr().err
+    assert "interrupted at iteration 3" in err and "run the same study command again" in err
+    assert "--resume" not in err

@@ -169,7 +169,9 @@ def training_configs(config: StudyConfig, budget: Budget, models: Sequence[str])
                 cache_dir=config.cache_dir, out_dir=str(config.out_dir), seed=seed,
                 device=config.device, scale=budget.cnn_scale if model == "cnn" else budget.scale,
                 train_subset=budget.train_subset, test_subset=budget.test_subset,
-                eval_every=budget.eval_every, log_every=budget.log_every,
+                # the CNN logs once per epoch and is evaluated at each epoch's end
+                eval_every=None if model == "cnn" else budget.eval_every,
+                log_every=None if model == "cnn" else budget.log_every,
                 checkpoint_every=budget.checkpoint_every, resume=True,
                 progress=config.progress))
     return configs
@@ -214,7 +216,14 @@ def run_study(config: StudyConfig) -> StudyResult:
 
     with step("training"):
         _say(config.progress, f"training {len(runs)} run(s) ({budget.name} budget)")
-        run_trainings(training_configs(config, budget, models), dataset=dataset)
+        try:
+            run_trainings(training_configs(config, budget, models), dataset=dataset)
+        except UserError as error:
+            if error.exit_code != 130:
+                raise
+            where = str(error).split(";")[0]  # "interrupted at iteration N"
+            raise UserError(f"{where}; the run is saved: run the same study command again "
+                            "to continue", exit_code=130) from None
 
     with step("curves"):
         figures = standard_figures(out, out / "plots", models=models, seed=0,
