@@ -13,6 +13,7 @@ the samples a single process would, in the same order.
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass, field
 
@@ -63,7 +64,6 @@ class DistContext:
     local_rank: int = 0
     world_size: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    owns_group: bool = False  # this context initialised the process group and closes it
 
     @property
     def enabled(self) -> bool:
@@ -106,9 +106,9 @@ class DistContext:
         return out
 
     def close(self) -> None:
-        if self.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
-            self.owns_group = False
+        """End of one training. The process group stays: torchrun's rendezvous cannot be
+        joined a second time, and the next run of this process (a study) reuses it; it is
+        destroyed when the process exits."""
 
 
 def setup(device_name: str | None = None) -> DistContext:
@@ -141,12 +141,16 @@ def setup(device_name: str | None = None) -> DistContext:
     else:
         raise UserError(f"distributed training runs on CUDA (NCCL) or the CPU (gloo), not on "
                         f"{device.type}: pass --device cpu or start without torchrun")
-    owns = False
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
-        owns = True
+        atexit.register(_destroy_group)
     if dist.get_world_size() != world:
         raise UserError(f"WORLD_SIZE says {world} processes but the process group has "
                         f"{dist.get_world_size()}")
     return DistContext(rank=dist.get_rank(), local_rank=local_rank, world_size=world,
-                       device=device, owns_group=owns)
+                       device=device)
+
+
+def _destroy_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
