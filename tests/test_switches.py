@@ -123,3 +123,30 @@ def test_several_landscape_points_in_one_batched_call_equal_one_at_a_time(one_th
         assert row[0] == pytest.approx(loss, rel=1e-4)
         assert row[1] == pytest.approx(acc, abs=1e-9)
     assert len({round(r[0], 3) for r in batched.tolist()}) == 3  # the points really differ
+
+
+def test_the_cuda_code_path_forced_on_cpu_trains_and_resumes_exactly(tmp_path, cache_dir, monkeypatch,
+                                                                     one_thread):
+    """The fast path's code (bf16 autocast, channels_last, fused SGD) runs here only if forced:
+    it must train, record itself, and resume to the same weights as an uninterrupted run."""
+    import depthscape.train as training
+
+    forced = FastPath(device_type="cpu", amp=True, channels_last=True, fused_optimizer=True)
+    monkeypatch.setattr(training, "fast_path_for", lambda device, **kw: (forced, None))
+    data = write_image_folder(tmp_path / "data", size=16)
+
+    def config(out, **kw):
+        return training.TrainConfig(model="resnet8", dataset=str(data), out_dir=str(tmp_path / out),
+                                    scale=8 / 64_000, log_every=4, eval_every=4,
+                                    checkpoint_every=3, progress=False, **kw)
+
+    whole = training.train(config("whole"))
+    assert not training.train(config("split", stop_after=5)).finished
+    split = training.train(config("split", resume=True))
+    assert split.finished and split.iteration == 8
+    a = load_checkpoint(whole.paths.final)
+    b = load_checkpoint(split.paths.final)
+    assert a["config"]["runtime"]["amp"] == "bf16" and a["config"]["runtime"]["fused_optimizer"]
+    for key, tensor in a["state_dict"].items():
+        assert torch.equal(tensor, b["state_dict"][key]), key
+    assert all(torch.isfinite(t).all() for t in a["state_dict"].values() if t.is_floating_point())
