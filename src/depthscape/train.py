@@ -591,7 +591,7 @@ def _train(config: TrainConfig, dataset: Dataset | None, ctx: DistContext) -> Tr
                     last_saved = step
                 if stopping and step < total_steps:
                     ctx.barrier()  # the checkpoint is on disk before any rank leaves
-                    if stop.signal is not None or agreed_stop:
+                    if agreed_stop if ctx.enabled else stop.signal is not None:
                         raise UserError(f"interrupted at iteration {step}; the run is saved in "
                                         f"{paths.resume}: rerun with --resume to continue",
                                         exit_code=130)
