@@ -115,12 +115,16 @@ def main(argv=None) -> int:
     parser.add_argument("--compile", action="store_true", help="torch.compile the folded network")
     parser.add_argument("--workers", type=int, default=None,
                         help="points evaluated at once (default: one per CPU thread)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for both methods (default: torch's, here one per core)")
     parser.add_argument("--runs", default=None,
                         help="output root of trained runs (models/resnet-20_cifar10.pth, ...) "
                              "to use their weights; default: initial weights")
     parser.add_argument("--verbose", action="store_true", help="print every point's losses")
     args = parser.parse_args(argv)
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     split, source = load_split(args.images, args.data)
     preprocess = Preprocess(scale=255.0, mean=PIXEL_MEANS_255["cifar10"], augment=False)
