@@ -348,7 +348,8 @@ def _sharpness(runs, budget: Budget, dataset, config: StudyConfig, out: Path) ->
     from depthscape.tables import write_table
 
     sharp_config = SharpnessConfig(
-        split="train", subset=budget.sharpness_subset, batch_size=max(budget.sharpness_subset, 1),
+        split="train", subset=budget.sharpness_subset,
+        batch_size=min(budget.sharpness_subset, 512),  # bounds the double-backward's memory
         power_iters=budget.sharpness_power_iters, power_tol=budget.sharpness_power_tol,
         trace_samples=budget.sharpness_trace_samples, trace_tol=budget.sharpness_trace_tol,
         min_trace_samples=min(5, budget.sharpness_trace_samples), seed=0, device=config.device)
