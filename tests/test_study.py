@@ -12,7 +12,7 @@ from depthscape.cli import main
 from depthscape.errors import UserError
 from depthscape.recipes import recipe_for
 from depthscape.runs import run_paths
-from depthscape.study import BUDGETS, StudyConfig, get_budget, run_study, training_configs
+from depthscape.study import StudyConfig, get_budget, run_study, training_configs
 
 MODELS = ["resnet8", "plain8"]
 
@@ -101,7 +101,7 @@ def test_interrupted_training_resumes(tmp_path, tiny_data, cache_dir):
     stopped = train(first)
     assert not stopped.finished and stopped.paths.resume.exists()
     result = run_study(config)
-    total = recipe_for("resnet8").scaled(BUDGETS["smoke"].scale).length
+    total = get_budget("smoke").recipe("resnet8").length
     assert result.metrics[0].iterations == total
     assert not stopped.paths.resume.exists()
     iterations = [int(r["iteration"]) for r in csv.DictReader(stopped.paths.log.open())]
@@ -114,9 +114,16 @@ def test_seeds_repeat_every_model():
     configs = training_configs(config, get_budget("quick"), ["cnn", "resnet20"])
     assert [(c.model, c.seed) for c in configs] == [
         ("cnn", 0), ("resnet20", 0), ("cnn", 1), ("resnet20", 1), ("cnn", 2), ("resnet20", 2)]
-    assert all(c.resume for c in configs)
-    assert configs[0].scale == BUDGETS["quick"].cnn_scale
-    assert configs[1].scale == BUDGETS["quick"].scale
+    assert all(c.resume and c.scale == 1.0 for c in configs)  # recipes come pre-scaled
+    cnn, resnet = configs[0].recipe, configs[1].recipe
+    assert (cnn.unit, cnn.length, cnn.cosine_t_max) == ("epoch", 5, 5)
+    assert (resnet.length, resnet.milestones) == (400, (200, 300))
+    # quick keeps a real warm-up at a tenth of the lr, for every ResNet/PlainNet
+    assert (resnet.warmup_length, resnet.warmup_lr) == (40, 0.01)
+    plain110 = get_budget("quick").recipe("plain110")
+    assert (plain110.lr, plain110.warmup_lr, plain110.warmup_length) == (1e-3, 1e-4, 40)
+    # paper is the spec's recipe exactly
+    assert get_budget("paper").recipe("resnet110") == recipe_for("resnet110")
 
 
 def test_study_cli_bad_input(tmp_path, capsys):
