@@ -118,10 +118,12 @@ def test_seeds_repeat_every_model():
     cnn, resnet = configs[0].recipe, configs[1].recipe
     assert (cnn.unit, cnn.length, cnn.cosine_t_max) == ("epoch", 5, 5)
     assert (resnet.length, resnet.milestones) == (400, (200, 300))
-    # quick keeps a real warm-up at a tenth of the lr, for every ResNet/PlainNet
-    assert (resnet.warmup_length, resnet.warmup_lr) == (40, 0.01)
+    # quick runs its first phase at the spec's warm-up rate, a tenth of the lr
+    assert (resnet.warmup_length, resnet.warmup_lr) == (200, 0.01)
+    assert [resnet.lr_at(i) for i in (0, 199, 200, 299, 300)] == [0.01, 0.01, 0.01, 0.01,
+                                                                   pytest.approx(0.001)]
     plain110 = get_budget("quick").recipe("plain110")
-    assert (plain110.lr, plain110.warmup_lr, plain110.warmup_length) == (1e-3, 1e-4, 40)
+    assert (plain110.lr, plain110.warmup_lr, plain110.warmup_length) == (1e-3, 1e-4, 200)
     # paper is the spec's recipe exactly
     assert get_budget("paper").recipe("resnet110") == recipe_for("resnet110")
 
