@@ -199,7 +199,8 @@ def format_duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _model_order(model: str) -> tuple[int, int]:
+def model_sort_key(model: str) -> tuple[int, int]:
+    """The spec's order: CNN, then ResNets, then PlainNets, each by depth."""
     order = {"cnn": 0, "resnet": 1, "plain": 2}
     return order[model_family(model)], model_depth(model) or 0
 
@@ -209,7 +210,7 @@ def group_by_model(metrics: Sequence[RunMetrics]) -> dict[str, list[RunMetrics]]
     groups: dict[str, list[RunMetrics]] = {}
     for m in metrics:
         groups.setdefault(m.model, []).append(m)
-    return {k: sorted(groups[k], key=lambda m: m.seed) for k in sorted(groups, key=_model_order)}
+    return {k: sorted(groups[k], key=lambda m: m.seed) for k in sorted(groups, key=model_sort_key)}
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]],
