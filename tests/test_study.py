@@ -42,6 +42,8 @@ def test_smoke_study_writes_every_artifact(smoke):
         assert (out / "landscapes" / f"{paths.run_name}.h5").exists()
         assert (out / "landscapes" / f"{paths.run_name}_3d.html").exists()
         assert (out / "sharpness" / f"{paths.run_name}.json").exists()
+        for kind in ("contour", "contourf", "surface3d"):  # drawn on a log scale
+            assert (out / "plots" / "landscapes" / f"{paths.run_name}_loss_log_{kind}.png").exists()
     rows = list(csv.DictReader((out / "tables" / "table1.csv").open()))
     assert [r["model"] for r in rows] == ["resnet8", "plain8"]
     assert all(0 <= float(r["test_acc_mean"]) <= 100 for r in rows)

@@ -203,7 +203,7 @@ def build_blocks(result, budget, settings: dict) -> list:
         surfaces = [FigureBlock(p, display_name(ls.model)) for ls in result.landscapes
                     if (p := ls.plot("surface3d"))]
         blocks += [Heading("Loss landscapes"), Paragraph(
-            f"Test loss on {budget.landscape_subset or 'all'} test images over a "
+            f"log10 of the test loss on {budget.landscape_subset or 'all'} test images over a "
             f"{budget.landscape_resolution}x{budget.landscape_resolution} grid of "
             "filter-normalised random directions, alpha and beta in [-1, 1], BatchNorm "
             "parameters left unperturbed.")]
@@ -334,21 +334,22 @@ def _html_figure(block: FigureBlock) -> str:
 
 
 def surface_figure_json(surface: dict, title: str) -> dict:
-    """A plotly figure (as JSON-able dict) of a 2-D surface's loss, or a 1-D curve."""
+    """A plotly figure (as JSON-able dict) of a 2-D surface's log10 loss, or a 1-D curve."""
     loss = np.array(surface["loss"], dtype=np.float64)
     finite = np.isfinite(loss)
-    loss[~finite] = np.nanmax(loss[finite]) if finite.any() else 0.0
+    loss[~finite] = np.nanmax(loss[finite]) if finite.any() else 1.0
+    loss = np.log10(np.maximum(loss, 1e-12))  # the loss spans many orders of magnitude
     x = np.asarray(surface["x"], dtype=np.float64).tolist()
     if surface.get("dims", 2) == 2 and surface.get("y") is not None:
         data = [{"type": "surface", "x": x, "y": np.asarray(surface["y"], dtype=np.float64).tolist(),
                  "z": loss.tolist(), "colorscale": "Viridis",
-                 "colorbar": {"title": {"text": f"{surface.get('split', 'test')} loss"}}}]
+                 "colorbar": {"title": {"text": f"log10 {surface.get('split', 'test')} loss"}}}]
         layout = {"scene": {"xaxis": {"title": {"text": "alpha"}},
                             "yaxis": {"title": {"text": "beta"}},
-                            "zaxis": {"title": {"text": "loss"}}}}
+                            "zaxis": {"title": {"text": "log10 loss"}}}}
     else:
         data = [{"type": "scatter", "x": x, "y": loss.tolist(), "mode": "lines+markers"}]
-        layout = {"xaxis": {"title": {"text": "alpha"}}, "yaxis": {"title": {"text": "loss"}}}
+        layout = {"xaxis": {"title": {"text": "alpha"}}, "yaxis": {"title": {"text": "log10 loss"}}}
     layout.update({"title": {"text": title}, "margin": {"l": 0, "r": 0, "t": 40, "b": 0},
                    "template": None})
     return {"data": data, "layout": layout}

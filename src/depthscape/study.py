@@ -329,16 +329,19 @@ def _landscapes(runs, budget: Budget, dataset, config: StudyConfig, out: Path,
                                          dataset=dataset, progress=config.progress))
         plot_dir = out / "plots" / "landscapes"
         plots = _fresh_landscape_plots(surface, plot_dir) or [
-            Path(p) for p in plot_landscape(surface, plot_dir, kinds=list(LANDSCAPE_KINDS))]
+            Path(p) for p in plot_landscape(surface, plot_dir, kinds=list(LANDSCAPE_KINDS),
+                                            log_scale=True)]
         html = out / "landscapes" / f"{run.paths.run_name}_3d.html"
         if not _newer(html, surface):
-            html = Path(write_interactive_html(surface, html))
+            html = Path(write_interactive_html(surface, html, log_scale=True))
         results.append(Landscape(run.model, run.paths.run_name, surface, plots, html))
     return results
 
 
 #: The landscape drawings a study makes: the spec's contour (Figure 4) and 3-D surface
-#: (Figure 5), plus filled contours.
+#: (Figure 5), plus filled contours. All of log10(loss): away from the minimum the loss
+#: grows by many orders of magnitude (1e7 at the corners of a short-trained ResNet-110's
+#: grid, 1e20 for PlainNet-110), which on a linear scale flattens every basin to one colour.
 LANDSCAPE_KINDS = ("contour", "contourf", "surface3d")
 
 
@@ -348,7 +351,7 @@ def _newer(target: Path, source: Path) -> bool:
 
 def _fresh_landscape_plots(surface: Path, plot_dir: Path) -> list[Path] | None:
     """The drawings of ``surface`` when every kind exists as PNG newer than the surface."""
-    found = sorted(plot_dir.glob(f"{surface.stem}_loss_*"))
+    found = sorted(plot_dir.glob(f"{surface.stem}_loss_log_*"))
     pngs = {p.stem.rsplit("_", 1)[-1]: p for p in found if p.suffix == ".png"}
     if all(kind in pngs and _newer(pngs[kind], surface) for kind in LANDSCAPE_KINDS):
         return [p for p in found if p.stem.rsplit("_", 1)[-1] in LANDSCAPE_KINDS]
