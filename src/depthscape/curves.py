@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from depthscape.atomic import save_figure
 from depthscape.csvlog import LOG_COLUMNS, read_log
 from depthscape.errors import UserError
 from depthscape.models import canonical_name, model_depth, model_family
@@ -188,19 +189,6 @@ def _pyplot():
     return plt
 
 
-def _save(fig, stem: Path, formats: Sequence[str]) -> list[Path]:
-    from depthscape.atomic import atomic_path
-
-    written = []
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    for fmt in formats:
-        target = stem.with_name(f"{stem.name}.{fmt}")
-        with atomic_path(target) as tmp:
-            fig.savefig(tmp, format=fmt, dpi=120, bbox_inches="tight")
-        written.append(target)
-    return written
-
-
 def _up_to_date(stem: Path, formats: Sequence[str], curves: Sequence[Curve]) -> list[Path] | None:
     """The figure's files when they all exist and are newer than every log drawn in them."""
     targets = [stem.with_name(f"{stem.name}.{fmt}") for fmt in formats]
@@ -251,7 +239,7 @@ def plot_run(curve: Curve, out_dir: str | os.PathLike, ema_factor: float = DEFAU
     fig.suptitle(f"{curve.label}: training vs validation{smoothing}")
     fig.tight_layout()
     try:
-        return _save(fig, stem, formats)
+        return save_figure(fig, stem, formats, dpi=120)
     finally:
         plt.close(fig)
 
@@ -302,7 +290,7 @@ def plot_comparison(curves: Sequence[Curve], out_stem: str | os.PathLike, title:
     fig.suptitle(title + smoothing)
     fig.tight_layout()
     try:
-        return _save(fig, Path(out_stem), formats)
+        return save_figure(fig, out_stem, formats, dpi=120)
     finally:
         plt.close(fig)
 

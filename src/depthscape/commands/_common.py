@@ -37,3 +37,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """MODEL [DEPTH] positionals: `cnn`, `resnet 56`, `plainnet 110`, `resnet56`."""
     parser.add_argument("model", help="cnn, resnet, plainnet (with DEPTH), or e.g. resnet56")
     parser.add_argument("depth", nargs="?", default=None, help="depth 6n+2 for resnet/plainnet")
+
+
+def add_run_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """--dataset, --data-dir, --cache-dir for commands that default to each run's own data."""
+    group = parser.add_argument_group("data (default: what each run was trained on)")
+    group.add_argument("--dataset", default=None)
+    group.add_argument("--data-dir", default=None)
+    group.add_argument("--cache-dir", default=None)

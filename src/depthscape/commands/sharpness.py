@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from depthscape.commands._common import positive_float, positive_int
+from depthscape.commands._common import add_run_data_arguments, positive_float, positive_int
 
 NAME = "sharpness"
 HELP = "measure the Hessian's top eigenvalue (power iteration) and trace (Hutchinson) per run"
@@ -34,10 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="standard error / |trace| that ends Hutchinson early (default 0.01)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the subset and probes")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps")
-    group = parser.add_argument_group("data (default: what each run was trained on)")
-    group.add_argument("--dataset", default=None)
-    group.add_argument("--data-dir", default=None)
-    group.add_argument("--cache-dir", default=None)
+    add_run_data_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from depthscape.commands._common import positive_int
+from depthscape.commands._common import add_run_data_arguments, positive_int
 
 NAME = "tables"
 HELP = "evaluate the finished runs and write Table 1 (train/test metrics) and Table 2 (by depth)"
@@ -24,10 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: the whole split the run trained on)")
     parser.add_argument("--test-limit", type=positive_int, default=None,
                         help="evaluate a fixed subset of this many test images (default: all)")
-    group = parser.add_argument_group("data (default: what each run was trained on)")
-    group.add_argument("--dataset", default=None)
-    group.add_argument("--data-dir", default=None)
-    group.add_argument("--cache-dir", default=None)
+    add_run_data_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from depthscape.atomic import atomic_path, atomic_write_text
+from depthscape.atomic import atomic_write_text, save_figure
 from depthscape.errors import UserError
 
 KINDS_2D = ("contour", "contourf", "heatmap", "surface3d", "vtp", "html")
@@ -86,16 +86,6 @@ def _levels(values: np.ndarray, levels: int | Sequence[float]) -> np.ndarray:
     return np.asarray(sorted(levels), dtype=np.float64)
 
 
-def _save(fig, base: Path, formats: Sequence[str]) -> list[Path]:
-    written = []
-    for fmt in formats:
-        target = base.with_name(f"{base.name}.{fmt}")
-        with atomic_path(target) as tmp:
-            fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight")
-        written.append(target)
-    return written
-
-
 def _figure(three_d: bool = False):
     from matplotlib.figure import Figure
 
@@ -149,7 +139,7 @@ def plot_landscape(surface_file: str | os.PathLike, out_dir: str | os.PathLike,
                                                   quantity, log_scale, zmin, zmax, smooth))
         else:
             fig = _DRAW[kind](surface, values, label, levels)
-            written += _save(fig, base, formats)
+            written += save_figure(fig, base, formats, dpi=150)
     return written
 
 
