@@ -143,12 +143,17 @@ def setup(device_name: str | None = None) -> DistContext:
                         f"{device.type}: pass --device cpu or start without torchrun")
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
-        atexit.register(_destroy_group)
+        keep_group_until_exit()
     if dist.get_world_size() != world:
         raise UserError(f"WORLD_SIZE says {world} processes but the process group has "
                         f"{dist.get_world_size()}")
     return DistContext(rank=dist.get_rank(), local_rank=local_rank, world_size=world,
                        device=device)
+
+
+def keep_group_until_exit() -> None:
+    """Destroy the process group when the process exits, not before (see setup)."""
+    atexit.register(_destroy_group)
 
 
 def _destroy_group() -> None:

@@ -186,7 +186,6 @@ class _Ranks:
     def __init__(self, device: torch.device):
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
-        self.owned = False
         self.device = device
         if self.world <= 1:
             self.world, self.rank = 1, 0
@@ -197,8 +196,13 @@ class _Ranks:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(self.device)
         if not dist.is_initialized():
+            # Joined once for the life of the process (destroyed at exit), like training's
+            # group: a rendezvous cannot be rejoined, so a training after this landscape in
+            # the same torchrun job must find the group still there.
+            from depthscape.distributed import keep_group_until_exit
+
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-            self.owned = True
+            keep_group_until_exit()
         self.world, self.rank = dist.get_world_size(), dist.get_rank()
 
     def barrier(self) -> None:
@@ -217,10 +221,7 @@ class _Ranks:
         return [item for part in gathered for item in part]
 
     def close(self) -> None:
-        if self.owned:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+        """Nothing to release: the process group outlives this computation (see __init__)."""
 
 
 def compute_landscape(checkpoint: str | os.PathLike, config: LandscapeConfig | None = None,
