@@ -233,18 +233,22 @@ def test_several_runs_in_one_torchrun_job_each_data_parallel(runs, tmp_path):
     both processes, reusing the one process group (torchrun's rendezvous cannot be redone)."""
     script = tmp_path / "two_runs.py"
     script.write_text(
-        "import sys\n"
+        "import os\n"
         "from depthscape.scheduler import run_trainings\n"
         "from depthscape.train import TrainConfig\n"
         f"common = dict(model='resnet8', dataset={str(runs['data'])!r}, "
         f"cache_dir={str(runs['cache'])!r}, out_dir={str(tmp_path / 'out')!r}, "
         f"scale={2 / 64_000!r}, progress=False)\n"
         "results = run_trainings([TrainConfig(seed=0, **common), TrainConfig(seed=1, **common)])\n"
-        "print('done', [(r.paths.run_name, r.iteration, r.finished) for r in results])\n")
+        # One file per rank: the ranks' stdout lines interleave.
+        f"path = {str(tmp_path)!r} + '/done' + os.environ['RANK']\n"
+        "open(path, 'w').write(repr([(r.paths.run_name, r.iteration, r.finished) for r in results]))\n")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                "--nproc_per_node=2", str(script)]
     done = subprocess.run(command, env=runs["env"], capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("done [('resnet8_data', 2, True), ('resnet8_data_seed1', 2, True)]") == 2
+    for rank in (0, 1):
+        assert (tmp_path / f"done{rank}").read_text() == (
+            "[('resnet8_data', 2, True), ('resnet8_data_seed1', 2, True)]")
     for name in ("resnet-8_data.pth", "resnet-8_data_seed1.pth"):
         assert load_checkpoint(tmp_path / "out" / "models" / name)["config"]["runtime"]["world_size"] == 2
