@@ -102,21 +102,29 @@ def model_from_checkpoint(path: str | os.PathLike, model_name: str | None = None
     return model, data
 
 
-def eval_preprocess(checkpoint: dict, dataset=None):
+def eval_preprocess(checkpoint: dict, dataset=None, model_name: str | None = None):
     """The evaluation preprocessing (no augmentation) a checkpoint's model was trained with.
 
-    Taken from the checkpoint's settings; a bare state dict falls back to the ResNet
-    recipe's (0..255 pixels minus the dataset mean) unless its model is the CNN.
+    Taken from the checkpoint's settings; a bare state dict falls back to its model's
+    recipe (``model_name`` or the checkpoint's own name; the ResNet recipe when neither
+    says), with ``dataset``'s pixel mean (CIFAR-10's when no dataset is given).
     """
+    from dataclasses import replace
+
     from depthscape.data import PIXEL_MEANS_255, Preprocess
+    from depthscape.recipes import recipe_for
 
     stored = (checkpoint.get("config") or {}).get("preprocess")
     if stored:
-        return Preprocess(scale=float(stored["scale"]), mean=tuple(stored["mean"]), augment=False)
-    if checkpoint.get("model") == "cnn":
-        return Preprocess()
-    mean = dataset.pixel_mean_255 if dataset is not None else PIXEL_MEANS_255["cifar10"]
-    return Preprocess(scale=255.0, mean=tuple(mean), augment=False)
+        return Preprocess(scale=float(stored["scale"]), mean=tuple(float(m) for m in stored["mean"]),
+                          augment=False)
+    recipe = recipe_for(model_name or checkpoint.get("model") or "resnet20")
+    if dataset is not None:
+        from depthscape.train import preprocess_for
+
+        return replace(preprocess_for(recipe, dataset), augment=False)
+    mean = PIXEL_MEANS_255["cifar10"] if recipe.subtract_mean else (0.0,)
+    return Preprocess(scale=recipe.pixel_scale, mean=mean, augment=False)
 
 
 def checkpoint_dataset(checkpoint: dict, dataset: str | None = None, data_dir: str | None = None,

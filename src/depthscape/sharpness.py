@@ -194,8 +194,8 @@ def measure_sharpness(checkpoint: str | os.PathLike, config: SharpnessConfig = S
     ``config.seed``. With ``output`` the result is written there as JSON and reused while
     the checkpoint and settings are unchanged.
     """
-    from depthscape.checkpoint import model_from_checkpoint
-    from depthscape.data import Preprocess, load_dataset
+    from depthscape.checkpoint import eval_preprocess, model_from_checkpoint
+    from depthscape.data import load_dataset
     from depthscape.device import get_device
 
     checkpoint = Path(checkpoint)
@@ -227,9 +227,7 @@ def measure_sharpness(checkpoint: str | os.PathLike, config: SharpnessConfig = S
     split = (dataset.train.subset(train_settings.get("train_subset")) if config.split == "train"
              else dataset.test)
     split = split.subset(config.subset, seed=config.seed)
-    pre = saved.get("preprocess", {})
-    preprocess = Preprocess(scale=float(pre.get("scale", 1.0)), mean=tuple(pre.get("mean", (0.0,))),
-                            augment=False)
+    preprocess = eval_preprocess(ckpt, dataset)
     inputs = preprocess.normalize(split.images.to(device))
     labels = split.labels.to(device)
     result = model_sharpness(model, inputs, labels, config)

@@ -102,8 +102,7 @@ def evaluate_run(run: RunInfo, dataset=None, device: str | None = None, batch_si
     """
     import torch
 
-    from depthscape.checkpoint import model_from_checkpoint
-    from depthscape.data import Preprocess
+    from depthscape.checkpoint import eval_preprocess, model_from_checkpoint
     from depthscape.device import get_device
     from depthscape.evaluate import evaluate
 
@@ -126,9 +125,7 @@ def evaluate_run(run: RunInfo, dataset=None, device: str | None = None, batch_si
     train_settings = config.get("train", {})
     if dataset is None:
         dataset = _load_run_dataset(train_settings, data_source, _loaded if _loaded is not None else {})
-    pre = config.get("preprocess", {})
-    preprocess = Preprocess(scale=float(pre.get("scale", 1.0)),
-                            mean=tuple(pre.get("mean", (0.0,))), augment=False)
+    preprocess = eval_preprocess(ckpt, dataset)
     train_split = dataset.train.subset(train_settings.get("train_subset"))
     train_split = train_split.subset(train_limit)
     test_split = dataset.test.subset(test_limit)

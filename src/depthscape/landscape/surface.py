@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from depthscape.checkpoint import model_from_checkpoint
-from depthscape.data import Dataset, Preprocess, Split, load_dataset
+from depthscape.checkpoint import eval_preprocess, model_from_checkpoint
+from depthscape.data import Dataset, Split, load_dataset
 from depthscape.device import get_device
 from depthscape.errors import UserError
 from depthscape.landscape.directions import NORMS, interpolation_direction, random_directions
@@ -151,17 +151,6 @@ def default_surface_path(checkpoint: str | os.PathLike, config: LandscapeConfig,
     return root / "landscapes" / f"{checkpoint.stem}_{config.split}_{kind}_{_settings_hash(identity)}.h5"
 
 
-def _preprocess_of(checkpoint: dict, model_name: str, dataset: Dataset) -> Preprocess:
-    stored = (checkpoint.get("config") or {}).get("preprocess")
-    if stored:
-        return Preprocess(scale=float(stored["scale"]), mean=tuple(float(m) for m in stored["mean"]),
-                          augment=False)
-    from depthscape.recipes import recipe_for
-    from depthscape.train import preprocess_for
-
-    return replace(preprocess_for(recipe_for(model_name), dataset), augment=False)
-
-
 def _load_data(checkpoint: dict, config: LandscapeConfig) -> Dataset:
     train = (checkpoint.get("config") or {}).get("train") or {}
     if config.data_source is not None:
@@ -262,7 +251,7 @@ def _compute(checkpoint: Path, config: LandscapeConfig, output, dataset: Dataset
                                                 config.model else None)
     if dataset is None:
         dataset = _load_data(data, config)
-    preprocess = _preprocess_of(data, model_name, dataset)
+    preprocess = eval_preprocess(data, dataset, model_name)
     split = (dataset.test if config.split == "test" else dataset.train).subset(config.subset, SUBSET_SEED)
     identity = {
         "model": model_name,
