@@ -11,10 +11,10 @@ grid points, one after the other on this machine in one run:
   ``theta + a d1 + b d2`` into the model's parameters, iterate a ``DataLoader`` (batch 128,
   per-sample normalisation, as its ``--batch_size`` default) over the split, eager model
   with BatchNorm, one ``.item()`` per batch;
-* depthscape: :class:`depthscape.landscape.evaluator.PointEvaluator` as
+* depthscape: :class:`depthscape.analysis.landscape.points.PointEvaluator` as
   ``depthscape landscape`` runs it (data on the device as one tensor, inference mode,
   BatchNorm folded, channels-last and cache-sized batches on the CPU, one point per CPU
-  thread through :class:`~depthscape.landscape.evaluator.PointPool`).
+  thread through :class:`~depthscape.analysis.landscape.points.PointPool`).
 
 Prints both rates, their ratio and the largest absolute difference of the losses.
 The weights are a trained run's (``--runs DIR``, points over [-1, 1]^2) or else the seeded
@@ -36,12 +36,12 @@ from torch.utils.data import Dataset as TorchDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from depthscape.checkpoint import model_from_checkpoint  # noqa: E402
-from depthscape.data import PIXEL_MEANS_255, Preprocess, Split, load_dataset  # noqa: E402
-from depthscape.landscape.directions import random_directions  # noqa: E402
-from depthscape.landscape.evaluator import PointEvaluator, PointPool  # noqa: E402
-from depthscape.models import get_model  # noqa: E402
-from depthscape.runs import run_paths  # noqa: E402
+from depthscape.core.checkpoint import model_from_checkpoint  # noqa: E402
+from depthscape.core.data import PIXEL_MEANS_255, Preprocess, Split, load_dataset  # noqa: E402
+from depthscape.analysis.landscape.directions import random_directions  # noqa: E402
+from depthscape.analysis.landscape.points import PointEvaluator, PointPool  # noqa: E402
+from depthscape.core.models import get_model  # noqa: E402
+from depthscape.core.runs import run_paths  # noqa: E402
 
 REAL_CIFAR10 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
 

@@ -7,7 +7,7 @@ One run, one process, one device (the best found, or ``--device``): the same tra
 as ``depthscape train`` (device-resident uint8 data, batched crop+flip on the device, SGD
 with the recipe's settings, metrics summed on the device) is timed with each switch alone
 and with all together, against the plain eager path; then the landscape evaluator
-(:class:`depthscape.landscape.evaluator.PointEvaluator`) the same way. Prints img/s (or
+(:class:`depthscape.analysis.landscape.points.PointEvaluator`) the same way. Prints img/s (or
 points/s) and the ratio to the plain path for each.
 
 On CUDA the variants are exactly what training uses: ``plain`` has everything off,
@@ -33,12 +33,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from depthscape.data import PIXEL_MEANS_255, Preprocess, Split  # noqa: E402
-from depthscape.device import get_device  # noqa: E402
-from depthscape.fastpath import FastPath  # noqa: E402
-from depthscape.models import canonical_name, get_model  # noqa: E402
-from depthscape.recipes import recipe_for  # noqa: E402
-from depthscape.train import BatchSchedule, make_optimizer  # noqa: E402
+from depthscape.core.data import PIXEL_MEANS_255, Preprocess, Split  # noqa: E402
+from depthscape.core.device import get_device  # noqa: E402
+from depthscape.training.fastpath import FastPath  # noqa: E402
+from depthscape.core.models import canonical_name, get_model  # noqa: E402
+from depthscape.core.recipes import recipe_for  # noqa: E402
+from depthscape.training.loop import BatchSchedule, make_optimizer  # noqa: E402
 
 
 def synchronize(device: torch.device) -> None:
@@ -111,12 +111,12 @@ def time_landscape(model_name: str, fast: FastPath, device: torch.device, split:
                    points: int, warmup: int, per_call: int = 1) -> float | None:
     """Grid points per second of the landscape evaluator under ``fast`` (None: no evaluator).
 
-    ``per_call > 1``: that many points per batched call (:mod:`depthscape.landscape.batched`).
+    ``per_call > 1``: that many points per batched call (:mod:`depthscape.analysis.landscape.batched`).
     """
     try:
-        from depthscape.landscape.batched import evaluate_points
-        from depthscape.landscape.directions import random_directions
-        from depthscape.landscape.evaluator import PointEvaluator
+        from depthscape.analysis.landscape.batched import evaluate_points
+        from depthscape.analysis.landscape.directions import random_directions
+        from depthscape.analysis.landscape.points import PointEvaluator
     except ImportError:
         return None
     torch.backends.cudnn.benchmark = fast.cudnn_benchmark

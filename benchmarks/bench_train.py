@@ -2,7 +2,7 @@
 
 Baseline: what the spec's scripts do - a torchvision-style dataset that hands out PIL
 images, ``RandomCrop(32, 4)`` + ``RandomHorizontalFlip`` + ``ToTensor`` + x255 +
-``Normalize`` per image, a shuffling ``DataLoader``, SGD steps. Ours: ``depthscape.train``
+``Normalize`` per image, a shuffling ``DataLoader``, SGD steps. Ours: ``depthscape.training.loop``
 itself (uint8 data on the device, whole-batch crop/flip, metrics read once per row).
 Same model, recipe, batch size and machine, one run; prints both rates and the ratio.
 
@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from depthscape.data import Dataset, Split, load_dataset
-from depthscape.models import get_model
-from depthscape.recipes import recipe_for
-from depthscape.train import TrainConfig, train
+from depthscape.core.data import Dataset, Split, load_dataset
+from depthscape.core.models import get_model
+from depthscape.core.recipes import recipe_for
+from depthscape.training.loop import TrainConfig, train
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
@@ -87,7 +87,7 @@ def baseline(dataset: Dataset, iterations: int, workers: int) -> float:
 
 
 def ours(dataset: Dataset, iterations: int) -> float:
-    """Images/s of depthscape.train for the same number of iterations (after a warm-up run)."""
+    """Images/s of depthscape.training.loop for the same number of iterations (after a warm-up run)."""
     small_test = replace(dataset, test=dataset.test.subset(256))
     rates = []
     for length in (3, iterations + 3):
@@ -113,7 +113,7 @@ def main() -> None:
     base = baseline(dataset, args.iterations, args.workers)
     print(f"baseline (DataLoader + PIL transforms, {args.workers} workers): {base:8.1f} img/s")
     fast = ours(dataset, args.iterations)
-    print(f"depthscape.train:                                {fast:8.1f} img/s")
+    print(f"depthscape.training.loop:                                {fast:8.1f} img/s")
     print(f"ratio: {fast / base:.2f}x")
 
 

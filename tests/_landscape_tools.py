@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from depthscape.checkpoint import save_checkpoint
-from depthscape.data import Dataset, Preprocess, Split
-from depthscape.models import get_model
+from depthscape.core.checkpoint import save_checkpoint
+from depthscape.core.data import Dataset, Preprocess, Split
+from depthscape.core.models import get_model
 
 CLASSES = ("a", "b", "c")
 PREPROCESS = Preprocess(scale=255.0, mean=(125.0, 123.0, 114.0), augment=False)

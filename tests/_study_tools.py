@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from depthscape.checkpoint import save_checkpoint
-from depthscape.csvlog import LOG_COLUMNS, append_log, init_log_file
-from depthscape.models import canonical_name, get_model
-from depthscape.recipes import recipe_for
-from depthscape.runs import run_paths
+from depthscape.core.checkpoint import save_checkpoint
+from depthscape.core.csvlog import LOG_COLUMNS, append_log, init_log_file
+from depthscape.core.models import canonical_name, get_model
+from depthscape.core.recipes import recipe_for
+from depthscape.core.runs import run_paths
 
 
 def write_fake_run(run_dir: Path, model: str, seed: int = 0, dataset: str = "tiny",

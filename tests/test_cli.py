@@ -32,7 +32,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
 
 @pytest.fixture
 def trained_resnet8(tiny_data, cache_dir, tmp_path_factory) -> Path:
-    from depthscape.train import TrainConfig, train
+    from depthscape.training.loop import TrainConfig, train
 
     out = tmp_path_factory.mktemp("trained")
     result = train(TrainConfig(model="resnet8", dataset=str(tiny_data), out_dir=str(out),
@@ -71,7 +71,7 @@ def test_wrong_architecture_names_first_mismatching_tensor(trained_resnet8, tmp_
 
 
 def test_cnn_weights_for_a_resnet(trained_resnet8, tmp_path):
-    state = {"state_dict": __import__("depthscape.models", fromlist=["get_model"])
+    state = {"state_dict": __import__("depthscape.core.models", fromlist=["get_model"])
              .get_model("cnn").state_dict()}
     path = tmp_path / "cnn_state.pth"
     torch.save(state["state_dict"], path)

@@ -11,8 +11,8 @@ import pytest
 from _study_tools import write_fake_run
 
 from depthscape.cli import main
-from depthscape.curves import ema, load_curve, resolve_runs, standard_figures
-from depthscape.errors import UserError
+from depthscape.analysis.curves import ema, load_curve, resolve_runs, standard_figures
+from depthscape.core.errors import UserError
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 

@@ -10,14 +10,14 @@ import pytest
 import torch
 from conftest import write_image_folder
 
-from depthscape.data import (
+from depthscape.core.data import (
     Preprocess,
     crop_flip_params,
     load_dataset,
     load_image_folder,
     random_crop_flip,
 )
-from depthscape.errors import UserError
+from depthscape.core.errors import UserError
 
 
 def test_image_folder_directory(tiny_data, cache_dir):
@@ -44,7 +44,7 @@ def test_image_folder_archive_equals_directory_and_is_cached(tiny_data, cache_di
     assert len(list(cache_dir.glob("imagefolder-*.npz"))) == 2
 
     # The next start reads the cache and decodes nothing.
-    import depthscape.data as data_module
+    import depthscape.core.data as data_module
 
     def no_decoding(*args):
         raise AssertionError("decoded again despite the cache")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from depthscape.device import get_device
-from depthscape.errors import UserError
+from depthscape.core.device import get_device
+from depthscape.core.errors import UserError
 
 
 def test_auto_selection_order(monkeypatch):

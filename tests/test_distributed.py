@@ -20,12 +20,12 @@ import pytest
 import torch
 from conftest import write_image_folder
 
-from depthscape.checkpoint import load_checkpoint, model_from_checkpoint
-from depthscape.csvlog import LOG_COLUMNS, read_log
-from depthscape.data import Preprocess
-from depthscape.distributed import shard_bounds
-from depthscape.errors import UserError
-from depthscape.train import TRACE_ENV, TrainConfig, shard_batch, train
+from depthscape.core.checkpoint import load_checkpoint, model_from_checkpoint
+from depthscape.core.csvlog import LOG_COLUMNS, read_log
+from depthscape.core.data import Preprocess
+from depthscape.core.distributed import shard_bounds
+from depthscape.core.errors import UserError
+from depthscape.training.loop import TRACE_ENV, TrainConfig, shard_batch, train
 
 ITERATIONS = 12
 SCALE = ITERATIONS / 64_000  # the ResNet-20 recipe shrunk to 12 iterations (decays at 6, 9)
@@ -234,8 +234,8 @@ def test_several_runs_in_one_torchrun_job_each_data_parallel(runs, tmp_path):
     script = tmp_path / "two_runs.py"
     script.write_text(
         "import os\n"
-        "from depthscape.scheduler import run_trainings\n"
-        "from depthscape.train import TrainConfig\n"
+        "from depthscape.study.launcher import run_trainings\n"
+        "from depthscape.training.loop import TrainConfig\n"
         f"common = dict(model='resnet8', dataset={str(runs['data'])!r}, "
         f"cache_dir={str(runs['cache'])!r}, out_dir={str(tmp_path / 'out')!r}, "
         f"scale={2 / 64_000!r}, progress=False)\n"

@@ -18,9 +18,9 @@ from _landscape_tools import (  # noqa: F401
     write_checkpoint,
 )
 
-from depthscape.errors import UserError
-from depthscape.evaluate import evaluate
-from depthscape.landscape import (
+from depthscape.core.errors import UserError
+from depthscape.training.evaluation import evaluate
+from depthscape.analysis.landscape import (
     LandscapeConfig,
     compute_landscape,
     interpolation_direction,
@@ -28,13 +28,13 @@ from depthscape.landscape import (
     read_directions,
     read_surface,
 )
-from depthscape.landscape.evaluator import (
+from depthscape.analysis.landscape.points import (
     FoldedModel,
     PointEvaluator,
     build_folded_model,
     find_foldable_pairs,
 )
-from depthscape.models import get_model
+from depthscape.core.models import get_model
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,16 +11,16 @@ from _landscape_tools import calibrated_model, one_thread, tiny_dataset, write_c
 from conftest import write_image_folder
 
 from depthscape.cli import main
-from depthscape.errors import UserError
-from depthscape.landscape import (
+from depthscape.core.errors import UserError
+from depthscape.analysis.landscape import (
     LandscapeConfig,
     compute_landscape,
     plot_landscape,
     read_surface,
     write_interactive_html,
 )
-from depthscape.landscape.plots import gaussian_smooth, surface_values
-from depthscape.landscape.storage import read_state, write_surface
+from depthscape.analysis.landscape.plots import gaussian_smooth, surface_values
+from depthscape.analysis.landscape.storage import read_state, write_surface
 
 
 @pytest.fixture(scope="module")

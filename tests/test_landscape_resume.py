@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from _landscape_tools import calibrated_model, one_thread, tiny_dataset, write_checkpoint  # noqa: F401
 
-from depthscape.landscape import LandscapeConfig, compute_landscape, read_directions, read_surface
-from depthscape.landscape.evaluator import PointEvaluator
+from depthscape.analysis.landscape import LandscapeConfig, compute_landscape, read_directions, read_surface
+from depthscape.analysis.landscape.points import PointEvaluator
 
 TESTS = Path(__file__).resolve().parent
 CONFIG = dict(resolution=5, batch_size=16)
@@ -28,8 +28,8 @@ CHILD = textwrap.dedent(f"""
     import sys, time
     sys.path.insert(0, {str(TESTS)!r})
     from _landscape_tools import tiny_dataset
-    from depthscape.landscape import LandscapeConfig, compute_landscape
-    from depthscape.landscape.evaluator import PointEvaluator
+    from depthscape.analysis.landscape import LandscapeConfig, compute_landscape
+    from depthscape.analysis.landscape.points import PointEvaluator
 
     delay = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
     if delay:

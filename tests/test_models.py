@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from depthscape.errors import UserError
-from depthscape.models import canonical_name, get_model, list_models, register_model
-from depthscape.models.resnet import BasicBlock, option_a_shortcut
+from depthscape.core.errors import UserError
+from depthscape.core.models import canonical_name, get_model, list_models, register_model
+from depthscape.core.models.resnet import BasicBlock, option_a_shortcut
 
 PARAMETERS = {
     "cnn": 654_346,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from depthscape.data import load_dataset
-from depthscape.train import TrainConfig, train
+from depthscape.core.data import load_dataset
+from depthscape.training.loop import TrainConfig, train
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 

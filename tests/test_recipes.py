@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from depthscape.recipes import RECIPES, recipe_for
+from depthscape.core.recipes import RECIPES, recipe_for
 
 # (iteration, lr) at both sides of every boundary, per the spec (sections 5.2 and 6.2).
 STEP_BOUNDARIES = {

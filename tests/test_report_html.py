@@ -9,14 +9,14 @@ import re
 import pytest
 from _study_tools import find_chromium, load_page, write_fake_run
 
-from depthscape.curves import standard_figures
-from depthscape.data import load_dataset
-from depthscape.discover import find_runs
-from depthscape.landscape import LandscapeConfig, compute_landscape, plot_landscape
-from depthscape.report import Landscape, render_html, write_report
-from depthscape.sharpness import SharpnessResult
-from depthscape.study import StudyResult, get_budget
-from depthscape.tables import RunMetrics
+from depthscape.analysis.curves import standard_figures
+from depthscape.core.data import load_dataset
+from depthscape.core.runs import find_runs
+from depthscape.analysis.landscape import LandscapeConfig, compute_landscape, plot_landscape
+from depthscape.study.report import Landscape, render_html, write_report
+from depthscape.analysis.sharpness import SharpnessResult
+from depthscape.study.runner import StudyResult, get_budget
+from depthscape.analysis.tables import RunMetrics
 
 MODELS = ("resnet8", "plain8")
 
@@ -72,7 +72,7 @@ def test_report_html_is_self_contained(report):
 
 
 def test_render_html_escapes_text():
-    from depthscape.report import Heading, Paragraph
+    from depthscape.study.report import Heading, Paragraph
 
     html = render_html([Heading("a <b> & c", 2), Paragraph("x < y and `code<>`")])
     assert "<h2>a &lt;b&gt; &amp; c</h2>" in html

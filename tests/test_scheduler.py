@@ -6,11 +6,11 @@ import pytest
 import torch
 from conftest import write_image_folder
 
-from depthscape.checkpoint import load_checkpoint
-from depthscape.data import load_dataset
-from depthscape.errors import UserError
-from depthscape.scheduler import RUNS_PER_GPU_ENV, _gpu_env, plan_slots, run_trainings
-from depthscape.train import TrainConfig
+from depthscape.core.checkpoint import load_checkpoint
+from depthscape.core.data import load_dataset
+from depthscape.core.errors import UserError
+from depthscape.study.launcher import RUNS_PER_GPU_ENV, _gpu_env, plan_slots, run_trainings
+from depthscape.training.loop import TrainConfig
 
 
 @pytest.fixture

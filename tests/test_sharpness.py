@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from depthscape.sharpness import (
+from depthscape.analysis.sharpness import (
     HessianOperator,
     SharpnessConfig,
     hessian_trace,
@@ -129,8 +129,8 @@ def test_model_sharpness_reports_everything(setup):
 def test_measure_sharpness_on_a_checkpoint_is_cached(tmp_path, tiny_data, cache_dir, monkeypatch):
     from _study_tools import write_fake_run
 
-    import depthscape.sharpness as sharpness
-    from depthscape.data import load_dataset
+    import depthscape.analysis.sharpness as sharpness
+    from depthscape.core.data import load_dataset
 
     paths = write_fake_run(tmp_path, "resnet8", dataset="tinydata0")
     dataset = load_dataset(str(tiny_data), cache_dir=cache_dir)

@@ -9,10 +9,10 @@ import re
 import pytest
 
 from depthscape.cli import main
-from depthscape.errors import UserError
-from depthscape.recipes import recipe_for
-from depthscape.runs import run_paths
-from depthscape.study import StudyConfig, get_budget, run_study, training_configs
+from depthscape.core.errors import UserError
+from depthscape.core.recipes import recipe_for
+from depthscape.core.runs import run_paths
+from depthscape.study.runner import StudyConfig, get_budget, run_study, training_configs
 
 MODELS = ["resnet8", "plain8"]
 
@@ -93,7 +93,7 @@ def test_another_budget_in_the_same_folder_is_refused(smoke):
 
 
 def test_interrupted_training_resumes(tmp_path, tiny_data, cache_dir):
-    from depthscape.train import train
+    from depthscape.training.loop import train
 
     config = StudyConfig(budget="smoke", out_dir=str(tmp_path / "out"), dataset=str(tiny_data),
                          cache_dir=str(cache_dir), models=["resnet8"], landscapes=False,
@@ -158,7 +158,7 @@ def test_interrupt_tells_to_rerun_the_study(tmp_path, tiny_data, cache_dir, monk
         raise UserError("interrupted at iteration 3; the run is saved in x.pth: rerun with "
                         "--resume to continue", exit_code=130)
 
-    monkeypatch.setattr("depthscape.scheduler.run_trainings", interrupted)
+    monkeypatch.setattr("depthscape.study.launcher.run_trainings", interrupted)
     code = main(["study", "--budget", "smoke", "--models", "resnet8", "--dataset", str(tiny_data),
                  "--cache-dir", str(cache_dir), "--out", str(tmp_path / "s"), "--no-progress"])
     assert code == 130

@@ -8,11 +8,11 @@ import pytest
 import torch
 from conftest import write_image_folder
 
-from depthscape.checkpoint import load_checkpoint
+from depthscape.core.checkpoint import load_checkpoint
 from depthscape.cli import main
-from depthscape.csvlog import read_log
-from depthscape.fastpath import FastPath, fast_path_for
-from depthscape.train import _matches
+from depthscape.core.csvlog import read_log
+from depthscape.training.fastpath import FastPath, fast_path_for
+from depthscape.training.loop import _matches
 
 OPTIONS = ["--scale", repr(8 / 64_000), "--log-every", "4", "--eval-every", "4",
            "--checkpoint-every", "4", "--no-progress"]
@@ -98,11 +98,11 @@ def test_cuda_fast_path_trains_with_every_switch(tmp_path, cache_dir):
 
 
 def test_several_landscape_points_in_one_batched_call_equal_one_at_a_time(one_thread):
-    from depthscape.data import Preprocess, Split
-    from depthscape.landscape.batched import evaluate_points
-    from depthscape.landscape.directions import random_directions
-    from depthscape.landscape.evaluator import PointEvaluator
-    from depthscape.models import get_model
+    from depthscape.core.data import Preprocess, Split
+    from depthscape.analysis.landscape.batched import evaluate_points
+    from depthscape.analysis.landscape.directions import random_directions
+    from depthscape.analysis.landscape.points import PointEvaluator
+    from depthscape.core.models import get_model
 
     torch.manual_seed(0)
     model = get_model("resnet8", num_classes=3).eval()
@@ -129,7 +129,7 @@ def test_the_cuda_code_path_forced_on_cpu_trains_and_resumes_exactly(tmp_path, c
                                                                      one_thread):
     """The fast path's code (bf16 autocast, channels_last, fused SGD) runs here only if forced:
     it must train, record itself, and resume to the same weights as an uninterrupted run."""
-    import depthscape.train as training
+    import depthscape.training.loop as training
 
     forced = FastPath(device_type="cpu", amp=True, channels_last=True, fused_optimizer=True)
     monkeypatch.setattr(training, "fast_path_for", lambda device, **kw: (forced, None))

@@ -8,14 +8,14 @@ import io
 import pytest
 from _study_tools import write_fake_run
 
-import depthscape.tables as tables
-from depthscape.checkpoint import model_from_checkpoint
+import depthscape.analysis.tables as tables
+from depthscape.core.checkpoint import model_from_checkpoint
 from depthscape.cli import main
-from depthscape.data import Preprocess, load_dataset
-from depthscape.discover import find_runs
-from depthscape.errors import UserError
-from depthscape.evaluate import evaluate
-from depthscape.tables import RunMetrics, format_cell, mean_std, table1, table2
+from depthscape.core.data import Preprocess, load_dataset
+from depthscape.core.runs import find_runs
+from depthscape.core.errors import UserError
+from depthscape.training.evaluation import evaluate
+from depthscape.analysis.tables import RunMetrics, format_cell, mean_std, table1, table2
 
 
 def metrics(model, seed=0, test_acc=80.0, train_acc=90.0, time_s=100.0):
@@ -89,7 +89,7 @@ def test_evaluate_run_uses_the_runs_split_without_augmentation(tiny_runs, tmp_pa
     assert (result.test_loss, result.test_acc) == pytest.approx(evaluate(model, dataset.test, pre))
     assert result.train_time_s == 100.0 and result.iterations == 1200
     # cached: a second call does not evaluate again
-    monkeypatch.setattr("depthscape.evaluate.evaluate",
+    monkeypatch.setattr("depthscape.training.evaluation.evaluate",
                         lambda *a, **k: pytest.fail("evaluated again despite the cache"))
     assert tables.evaluate_run(run, dataset, cache_dir=tmp_path / "cache") == result
     # other limits are another evaluation

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from depthscape.checkpoint import load_checkpoint, model_from_checkpoint
-from depthscape.csvlog import LOG_COLUMNS, read_log
-from depthscape.errors import TrainingDiverged, UserError
-from depthscape.recipes import recipe_for
-from depthscape.train import BatchSchedule, TrainConfig, train
+from depthscape.core.checkpoint import load_checkpoint, model_from_checkpoint
+from depthscape.core.csvlog import LOG_COLUMNS, read_log
+from depthscape.core.errors import TrainingDiverged, UserError
+from depthscape.core.recipes import recipe_for
+from depthscape.training.loop import BatchSchedule, TrainConfig, train
 
 SHORT = dict(log_every=4, eval_every=6, checkpoint_every=5, progress=False)
 
@@ -63,7 +63,7 @@ def test_few_iterations_end_to_end(tiny_data, cache_dir, tmp_path):
 
 
 def test_spec_file_names_for_cifar10(tmp_path):
-    from depthscape.runs import run_paths
+    from depthscape.core.runs import run_paths
 
     assert run_paths(tmp_path, "resnet56").final.name == "resnet-56_cifar10.pth"
     assert run_paths(tmp_path, "plainnet 110").final.name == "plainnet-110.cifar10.pth"
@@ -136,7 +136,7 @@ def test_resume_with_other_settings_is_refused(tiny_data, cache_dir, tmp_path):
 
 
 class _DivergeAfter:
-    """Stands in for torch.nn.functional in depthscape.train; the loss turns NaN after n calls."""
+    """Stands in for torch.nn.functional in depthscape.training.loop; the loss turns NaN after n calls."""
 
     def __init__(self, n: int):
         self.n, self.calls = n, 0
@@ -149,7 +149,7 @@ class _DivergeAfter:
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_data, cache_dir, tmp_path,
                                                              monkeypatch):
-    import depthscape.train as train_module
+    import depthscape.training.loop as train_module
 
     monkeypatch.setattr(train_module, "F", _DivergeAfter(6))
     config = resnet_config(tiny_data, tmp_path)

@@ -1,0 +1,170 @@
+"""HDF5 surface files, laid out like tomgoldstein/loss-landscape's, written atomically.
+
+Layout (``f`` is the open file)::
+
+    f["xcoordinates"]          (nx,)      float64, the alpha values
+    f["ycoordinates"]          (ny,)      float64, the beta values (2-D surfaces only)
+    f["test_loss"]             (ny, nx)   float64 mean cross-entropy; (nx,) for a 1-D curve
+    f["test_acc"]              (ny, nx)   float64 accuracy in percent
+                                          (train_loss / train_acc for --split train)
+    f["done"]                  like test_loss, uint8: 1 where the point is computed
+    f["xdirection"]["0"], ...  the x direction, one dataset per tensor (the original's
+    f["ydirection"]["0"], ...  direction-file layout); attribute "names" lists the tensors
+    f["dir_file"]              this file's own name (the original points at its direction file)
+    f.attrs["settings"]        JSON of every setting; each one also as its own attribute
+
+``loss[j, i]`` is the value at ``(x[i], y[j])``: rows are y, as ``np.meshgrid(x, y)`` and the
+original's plotting and ParaView scripts read it. Points not yet computed hold NaN.
+
+The file is rewritten as a whole through a temporary file and a rename, so a kill at any
+moment leaves either the previous or the new complete file, never a torn one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from depthscape.core.atomic import atomic_path
+from depthscape.core.errors import UserError
+
+#: Bumped when the file layout changes; older files are then refused, not misread.
+FORMAT_VERSION = 1
+
+
+@dataclass
+class SurfaceState:
+    """Everything a surface file holds, in memory."""
+
+    split: str
+    xcoordinates: np.ndarray
+    ycoordinates: np.ndarray | None
+    loss: np.ndarray
+    acc: np.ndarray
+    done: np.ndarray
+    directions: list[dict[str, torch.Tensor]]
+    identity: dict  # the settings that decide the values: must match to resume
+    info: dict = field(default_factory=dict)  # how it was computed: free to differ
+
+    @property
+    def dims(self) -> int:
+        return 1 if self.ycoordinates is None else 2
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.done.all())
+
+    def coordinates(self, flat_index: int) -> tuple[float, ...]:
+        """(alpha,) or (alpha, beta) of the point at ``flat_index`` of ``loss.ravel()``."""
+        nx = len(self.xcoordinates)
+        if self.ycoordinates is None:
+            return (float(self.xcoordinates[flat_index]),)
+        row, col = divmod(int(flat_index), nx)
+        return float(self.xcoordinates[col]), float(self.ycoordinates[row])
+
+
+def new_state(split: str, xcoordinates: np.ndarray, ycoordinates: np.ndarray | None,
+              directions: list[dict[str, torch.Tensor]], identity: dict, info: dict) -> SurfaceState:
+    """An empty surface (all points missing) on the given grid."""
+    shape = (len(xcoordinates),) if ycoordinates is None else (len(ycoordinates), len(xcoordinates))
+    return SurfaceState(split, np.asarray(xcoordinates, dtype=np.float64),
+                        None if ycoordinates is None else np.asarray(ycoordinates, dtype=np.float64),
+                        np.full(shape, np.nan), np.full(shape, np.nan), np.zeros(shape, dtype=bool),
+                        directions, identity, info)
+
+
+def _to_attr(value):
+    if value is None:
+        return "none"
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value):
+        return np.asarray(value, dtype=np.float64)
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, sort_keys=True)
+    if isinstance(value, str):
+        return str(value)  # a numpy str_ has no HDF5 type
+    return value
+
+
+def write_surface(path: str | os.PathLike, state: SurfaceState) -> Path:
+    """Write ``state`` to ``path`` atomically (temporary file + rename)."""
+    import h5py
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f["xcoordinates"] = state.xcoordinates
+            if state.ycoordinates is not None:
+                f["ycoordinates"] = state.ycoordinates
+            f[f"{state.split}_loss"] = state.loss
+            f[f"{state.split}_acc"] = state.acc
+            f["done"] = state.done.astype(np.uint8)
+            f["dir_file"] = path.name
+            for key, direction in zip(("xdirection", "ydirection"), state.directions):
+                group = f.create_group(key)
+                names = list(direction)
+                group.attrs["names"] = json.dumps(names)
+                for index, name in enumerate(names):
+                    group.create_dataset(str(index), data=direction[name].detach().cpu().numpy())
+            settings = {"format": "depthscape-landscape", "format_version": FORMAT_VERSION,
+                        "split": state.split, "identity": state.identity, "info": state.info}
+            f.attrs["settings"] = json.dumps(settings, sort_keys=True)
+            for key, value in {**state.info, **state.identity}.items():
+                f.attrs[key] = _to_attr(value)
+            f.attrs["format_version"] = FORMAT_VERSION
+    return path
+
+
+def read_state(path: str | os.PathLike, with_directions: bool = True) -> SurfaceState:
+    """Read a surface file written by :func:`write_surface`; a bad file is a UserError."""
+    import h5py
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"surface file not found: {path}")
+    try:
+        with h5py.File(path, "r") as f:
+            if "settings" not in f.attrs:
+                raise UserError(f"{path} is not a depthscape surface file (no settings attribute)")
+            settings = json.loads(f.attrs["settings"])
+            if settings.get("format_version") != FORMAT_VERSION:
+                raise UserError(f"{path} has surface format {settings.get('format_version')}, "
+                                f"this version reads {FORMAT_VERSION}; compute it again")
+            split = settings["split"]
+            directions = []
+            if with_directions:
+                for key in ("xdirection", "ydirection"):
+                    if key in f:
+                        names = json.loads(f[key].attrs["names"])
+                        directions.append({name: torch.from_numpy(f[key][str(i)][()])
+                                           for i, name in enumerate(names)})
+            return SurfaceState(
+                split=split,
+                xcoordinates=f["xcoordinates"][()],
+                ycoordinates=f["ycoordinates"][()] if "ycoordinates" in f else None,
+                loss=f[f"{split}_loss"][()], acc=f[f"{split}_acc"][()],
+                done=f["done"][()].astype(bool), directions=directions,
+                identity=settings["identity"], info=settings.get("info", {}),
+            )
+    except UserError:
+        raise
+    except (OSError, KeyError, ValueError) as error:
+        raise UserError(f"{path} is not a readable surface file: {str(error).splitlines()[0][:160]}") \
+            from None
+
+
+def _short(value):
+    return (str(value)[:12] + "...") if isinstance(value, str) and len(value) > 16 else value
+
+
+def identity_difference(stored: dict, wanted: dict) -> str | None:
+    """A short description of the first setting where ``stored`` and ``wanted`` differ."""
+    for key in sorted(set(stored) | set(wanted)):
+        a, b = stored.get(key), wanted.get(key)
+        if json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
+            return f"{key} is {_short(a)} there, {_short(b)} here"
+    return None

@@ -1,0 +1,360 @@
+"""Loss surfaces of a trained run: the grid, resume by rerunning, torchrun sharding.
+
+``compute_landscape(checkpoint, LandscapeConfig(...))`` evaluates the mean cross-entropy
+loss and the accuracy at every point ``theta* + a d1 + b d2`` of a grid (or along one line)
+and stores them in an HDF5 file (see :mod:`depthscape.analysis.landscape.storage`). BatchNorm runs
+in eval mode with the trained running statistics at every point.
+
+* Resume: the file is rewritten atomically every few seconds while points finish; running
+  the same call again computes only the missing points, and the finished file holds the
+  same values as an uninterrupted run (every point is computed by the same deterministic
+  code, whichever run or rank computes it).
+* Settings: everything that decides the values (weights, data, directions, grid, split)
+  is stored in the file. A rerun with other settings writes to another file (the default
+  file name carries a hash of them) or, where the file is named explicitly, is refused.
+* Sharding: under ``torchrun --nproc_per_node=N`` the missing points are dealt out to the
+  ranks (gloo on CPU, NCCL on GPU); rank 0 gathers the values and writes the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from depthscape.core.checkpoint import eval_preprocess, model_from_checkpoint
+from depthscape.core.data import Dataset, Split, load_dataset
+from depthscape.core.device import get_device
+from depthscape.core.errors import UserError
+from depthscape.analysis.landscape.directions import NORMS, interpolation_direction, random_directions
+from depthscape.analysis.landscape.points import PointEvaluator, PointPool
+from depthscape.analysis.landscape.storage import (
+    SurfaceState,
+    identity_difference,
+    new_state,
+    read_state,
+    write_surface,
+)
+
+#: Seed of the fixed random evaluation subset (kept apart from the direction seed, so
+#: surfaces drawn with different directions are measured on the same images).
+SUBSET_SEED = 0
+
+
+@dataclass(frozen=True)
+class LandscapeConfig:
+    """Settings of one loss surface (or 1-D curve).
+
+    ``resolution`` points per axis over ``xrange`` (and ``yrange`` for ``dims=2``) on the
+    ``split`` (``test`` or ``train``), optionally a fixed random ``subset`` of it. Directions
+    are drawn with ``seed`` and normalised per ``norm`` (``filter`` or ``layer``);
+    ``target`` (a second checkpoint, 1-D only) replaces the random direction by the line to
+    it, ``x = 0`` at the checkpoint and ``x = 1`` at the target. ``data_source``,
+    ``data_dir`` and ``cache_dir`` override where the run's data is read from (default:
+    as stored in the checkpoint); ``model`` names the architecture of a bare state dict.
+    ``batch_size``, ``device``, ``compile`` and ``workers`` (points evaluated at once,
+    one thread each; default: one per CPU thread on the CPU, 1 on a GPU) change the speed,
+    not the values.
+    """
+
+    resolution: int = 21
+    xrange: tuple[float, float] = (-1.0, 1.0)
+    yrange: tuple[float, float] = (-1.0, 1.0)
+    split: str = "test"
+    subset: int | None = None
+    seed: int = 0
+    norm: str = "filter"
+    batch_size: int = 1000
+    device: str | None = None
+    dims: int = 2
+    compile: bool = False
+    target: str | None = None
+    workers: int | None = None
+    data_source: str | None = None
+    data_dir: str | None = None
+    cache_dir: str | None = None
+    model: str | None = None
+
+    def validate(self) -> "LandscapeConfig":
+        """Check the settings; a bad one is a one-line UserError. Returns self normalised."""
+        if self.resolution < 2:
+            raise UserError(f"resolution must be at least 2 points per axis, got {self.resolution}")
+        if self.dims not in (1, 2):
+            raise UserError(f"dims must be 1 or 2, got {self.dims}")
+        for name, span in (("xrange", self.xrange), ("yrange", self.yrange)):
+            if len(span) != 2 or not all(math.isfinite(float(v)) for v in span) \
+                    or not float(span[0]) < float(span[1]):
+                raise UserError(f"{name} must be two finite numbers MIN < MAX, got {tuple(span)}")
+        if self.split not in ("train", "test"):
+            raise UserError(f"split must be train or test, got {self.split!r}")
+        if self.subset is not None and self.subset <= 0:
+            raise UserError(f"subset must be a positive number of samples, got {self.subset}")
+        if self.norm not in NORMS:
+            raise UserError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+        if self.workers is not None and self.workers <= 0:
+            raise UserError(f"workers must be positive, got {self.workers}")
+        if self.batch_size <= 0:
+            raise UserError(f"batch size must be positive, got {self.batch_size}")
+        if self.target is not None and self.dims != 1:
+            raise UserError("a target checkpoint gives a 1-D line: use dims=1 with it")
+        return replace(self, xrange=(float(self.xrange[0]), float(self.xrange[1])),
+                       yrange=(float(self.yrange[0]), float(self.yrange[1])))
+
+
+def grid_coordinates(span: tuple[float, float], resolution: int) -> np.ndarray:
+    """``resolution`` evenly spaced values over ``span``, with an exact 0 where the grid has one."""
+    values = np.linspace(span[0], span[1], resolution)
+    values[np.abs(values) < 1e-12 * (span[1] - span[0])] = 0.0
+    return values
+
+
+def state_fingerprint(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict's names, dtypes, shapes and values (order-independent)."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def split_fingerprint(split: Split) -> str:
+    """SHA-256 of a split's images and labels."""
+    digest = hashlib.sha256()
+    digest.update(f"{tuple(split.images.shape)}|{split.images.dtype}|".encode())
+    digest.update(split.images.contiguous().numpy().tobytes())
+    digest.update(split.labels.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _settings_hash(identity: dict) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def default_surface_path(checkpoint: str | os.PathLike, config: LandscapeConfig, identity: dict) -> Path:
+    """``<run dir>/landscapes/<checkpoint stem>_<split>_<2d|1d|line>_<settings hash>.h5``.
+
+    The run dir is the folder above ``models/`` when the checkpoint lies in one (the layout
+    ``depthscape train`` writes), else the checkpoint's folder. The hash keeps surfaces with
+    different settings apart; the settings themselves are stored inside the file.
+    """
+    checkpoint = Path(checkpoint)
+    root = checkpoint.parent.parent if checkpoint.parent.name == "models" else checkpoint.parent
+    kind = "line" if config.target else f"{config.dims}d"
+    return root / "landscapes" / f"{checkpoint.stem}_{config.split}_{kind}_{_settings_hash(identity)}.h5"
+
+
+def _load_data(checkpoint: dict, config: LandscapeConfig) -> Dataset:
+    train = (checkpoint.get("config") or {}).get("train") or {}
+    if config.data_source is not None:
+        source, data_dir = config.data_source, config.data_dir
+    else:
+        source = train.get("dataset")
+        data_dir = config.data_dir if config.data_dir is not None else train.get("data_dir")
+    if source is None:
+        raise UserError("the checkpoint does not say which data it was trained on: pass --dataset "
+                        "(and --data-dir)")
+    cache_dir = config.cache_dir if config.cache_dir is not None else train.get("cache_dir")
+    try:
+        return load_dataset(source, data_dir, cache_dir)
+    except UserError as error:
+        raise UserError(f"{error} (loading the run's data; --dataset/--data-dir point elsewhere)") \
+            from None
+
+
+class _Ranks:
+    """This process's place under torchrun (rank 0 of 1 without it)."""
+
+    def __init__(self, device: torch.device):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.device = device
+        if self.world <= 1:
+            self.world, self.rank = 1, 0
+            return
+        import torch.distributed as dist
+
+        if device.type == "cuda":
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(self.device)
+        if not dist.is_initialized():
+            # Joined once for the life of the process (destroyed at exit), like training's
+            # group: a rendezvous cannot be rejoined, so a training after this landscape in
+            # the same torchrun job must find the group still there.
+            from depthscape.core.distributed import keep_group_until_exit
+
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            keep_group_until_exit()
+        self.world, self.rank = dist.get_world_size(), dist.get_rank()
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def gather(self, items: list) -> list:
+        if self.world == 1:
+            return items
+        import torch.distributed as dist
+
+        gathered: list = [None] * self.world
+        dist.all_gather_object(gathered, items)
+        return [item for part in gathered for item in part]
+
+    def close(self) -> None:
+        """Nothing to release: the process group outlives this computation (see __init__)."""
+
+
+def compute_landscape(checkpoint: str | os.PathLike, config: LandscapeConfig | None = None,
+                      output: str | os.PathLike | None = None, dataset: Dataset | None = None,
+                      progress: bool = True, *, overwrite: bool = False,
+                      save_every: float = 5.0) -> Path:
+    """Compute (or finish) the loss surface of ``checkpoint``; returns the HDF5 file.
+
+    ``output`` defaults to :func:`default_surface_path`. An existing file with the same
+    settings is continued (only missing points are computed; a complete one is returned
+    at once); one with other settings is refused unless ``overwrite``. ``dataset`` is an
+    already loaded dataset (else the one the run was trained on, see
+    :class:`LandscapeConfig`). The file is rewritten atomically at most every
+    ``save_every`` seconds and when the work ends or is interrupted. Under torchrun every
+    rank calls this; rank 0 writes the file.
+    """
+    config = (config or LandscapeConfig()).validate()
+    checkpoint = Path(checkpoint)
+    ranks = _Ranks(get_device(config.device))
+    try:
+        return _compute(checkpoint, config, output, dataset, progress, overwrite, save_every, ranks)
+    finally:
+        ranks.close()
+
+
+def _compute(checkpoint: Path, config: LandscapeConfig, output, dataset: Dataset | None,
+             progress: bool, overwrite: bool, save_every: float, ranks: _Ranks) -> Path:
+    from tqdm.auto import tqdm
+
+    import depthscape
+
+    model, data = model_from_checkpoint(checkpoint, config.model)
+    model_name = config.model or data.get("model") or "unknown"
+    state = model.state_dict()
+    target_model = None
+    if config.target is not None:
+        target_model, _ = model_from_checkpoint(config.target, model_name if data.get("model") or
+                                                config.model else None)
+    if dataset is None:
+        dataset = _load_data(data, config)
+    preprocess = eval_preprocess(data, dataset, model_name)
+    split = (dataset.test if config.split == "test" else dataset.train).subset(config.subset, SUBSET_SEED)
+    identity = {
+        "model": model_name,
+        "weights_sha256": state_fingerprint(state),
+        "direction": "interpolation" if target_model is not None else "random",
+        "target_weights_sha256": state_fingerprint(target_model.state_dict()) if target_model else None,
+        "norm": None if target_model is not None else config.norm,
+        "seed": None if target_model is not None else config.seed,
+        "dims": config.dims,
+        "resolution": config.resolution,
+        "xrange": list(config.xrange),
+        "yrange": list(config.yrange) if config.dims == 2 else None,
+        "split": config.split,
+        "subset": config.subset,
+        "samples": len(split),
+        "data_sha256": split_fingerprint(split),
+        "preprocess": {"scale": preprocess.scale, "mean": list(preprocess.mean)},
+    }
+    path = Path(output) if output is not None else default_surface_path(checkpoint, config, identity)
+    if path.exists() and path.is_dir():
+        raise UserError(f"{path} is a directory; give a file name for the surface")
+
+    surface: SurfaceState | None = None
+    if path.exists() and not overwrite:
+        surface = read_state(path)
+        difference = identity_difference(surface.identity, identity)
+        if difference:
+            raise UserError(f"{path} holds a surface computed with other settings ({difference}); "
+                            "choose another output file or pass --overwrite")
+    ranks.barrier()  # every rank has read the old file before rank 0 replaces it
+
+    if surface is None:
+        if target_model is not None:
+            directions = [interpolation_direction(state, target_model.state_dict())]
+        else:
+            directions = random_directions(model, config.dims, config.seed, config.norm)
+        y = grid_coordinates(config.yrange, config.resolution) if config.dims == 2 else None
+        surface = new_state(config.split, grid_coordinates(config.xrange, config.resolution), y,
+                            directions, identity, {})
+    surface.info = {
+        "checkpoint": str(checkpoint), "target": str(config.target) if config.target else None,
+        "dataset": dataset.name, "batch_size": config.batch_size, "device": str(ranks.device),
+        "world_size": ranks.world, "compile": config.compile,
+        "depthscape_version": depthscape.__version__, "torch_version": torch.__version__,
+        "subset_seed": SUBSET_SEED,
+    }
+
+    missing = np.flatnonzero(~surface.done.ravel())
+    if len(missing) == 0:
+        return path
+    evaluator = PointEvaluator(model, surface.directions, split, preprocess, config.batch_size,
+                               ranks.device, compile=config.compile)
+    surface.info["batchnorms_folded"] = len(evaluator.folded_pairs)
+    workers = config.workers or (torch.get_num_threads() if ranks.device.type == "cpu" else 1)
+    workers = 1 if config.compile else workers  # one compiled network is enough to wait for
+    surface.info["workers"] = workers
+    mine = missing[ranks.rank::ranks.world]
+    # Every rank takes part in every round (the gather is collective), some with no points.
+    rounds = max(ranks.gather([math.ceil(len(mine) / workers)]))
+    bar = tqdm(total=surface.done.size, initial=surface.done.size - len(missing), unit="point",
+               desc=f"landscape {path.stem}", disable=not progress or ranks.rank != 0,
+               dynamic_ncols=True)
+    last_save, unsaved = time.monotonic(), 0
+    try:
+        with PointPool(evaluator, workers) as pool:
+            for round_index in range(rounds):
+                chunk = [int(k) for k in mine[round_index * workers:(round_index + 1) * workers]]
+                values = pool.evaluate([surface.coordinates(k) for k in chunk])
+                gathered = ranks.gather([(k, loss, acc) for k, (loss, acc) in zip(chunk, values)])
+                for index, loss, acc in gathered:
+                    surface.loss.flat[index] = loss
+                    surface.acc.flat[index] = acc
+                    surface.done.flat[index] = True
+                unsaved += len(gathered)
+                bar.update(len(gathered))
+                if ranks.rank == 0 and unsaved and time.monotonic() - last_save >= save_every:
+                    write_surface(path, surface)
+                    last_save, unsaved = time.monotonic(), 0
+    finally:
+        bar.close()
+        if ranks.rank == 0 and unsaved:
+            write_surface(path, surface)
+    ranks.barrier()
+    return path
+
+
+def read_surface(surface_file: str | os.PathLike) -> dict:
+    """The contents of a surface file as plain arrays.
+
+    Keys: ``x``, ``y`` (None for a 1-D curve), ``loss``, ``acc`` (shape ``(ny, nx)`` with
+    ``loss[j, i]`` at ``(x[i], y[j])``, or ``(nx,)``), ``done`` (bool mask), ``split``,
+    ``dims``, ``complete``, ``path`` and ``settings`` (every stored setting).
+    """
+    state = read_state(surface_file, with_directions=False)
+    return {
+        "x": state.xcoordinates, "y": state.ycoordinates, "loss": state.loss, "acc": state.acc,
+        "done": state.done, "split": state.split, "dims": state.dims, "complete": state.complete,
+        "path": Path(surface_file), "settings": {**state.info, **state.identity},
+    }
+
+
+def read_directions(surface_file: str | os.PathLike) -> list[dict[str, torch.Tensor]]:
+    """The directions stored in a surface file (x first), keyed like the model's state."""
+    return read_state(surface_file).directions
+
+

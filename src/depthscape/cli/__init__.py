@@ -1,0 +1,69 @@
+"""The ``depthscape`` command line: argparse subcommands, each calling one library function.
+
+Subcommands live in ``depthscape.cli``: every module there defines ``NAME``, ``HELP``,
+``add_arguments(parser)`` and ``run(args) -> int``. User errors (:class:`UserError`) print
+one line and exit non-zero; other exceptions are bugs and keep their traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from depthscape import __version__
+from depthscape.core.errors import UserError
+
+
+def _command_modules():
+    import depthscape.cli as package
+
+    names = sorted(m.name for m in pkgutil.iter_modules(package.__path__) if not m.name.startswith("_"))
+    return [importlib.import_module(f"depthscape.cli.{name}") for name in names]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="depthscape",
+        description="Train CNNs, ResNets and PlainNets on CIFAR-10 and measure their loss landscapes.",
+    )
+    parser.add_argument("--version", action="version", version=f"depthscape {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    modules = sorted(_command_modules(), key=lambda m: getattr(m, "ORDER", 50))
+    for module in modules:
+        command = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+        module.add_arguments(command)
+        command.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``depthscape`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except UserError as error:
+        if _speaks():
+            print(f"depthscape: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        if _speaks():
+            print("depthscape: interrupted", file=sys.stderr)
+        return 130
+
+
+def _speaks() -> bool:
+    """Whether this process prints errors: all but torchrun's ranks other than 0."""
+    from depthscape.core.distributed import env_rank
+
+    return env_rank() == 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

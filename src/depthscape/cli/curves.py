@@ -1,0 +1,67 @@
+"""`depthscape curves [RUN...]`: training curves from the CSV logs (spec 7.1)."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "curves"
+HELP = "plot training vs validation accuracy, loss and error from the training logs"
+ORDER = 30
+
+
+def ema_factor(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "runs", nargs="*", metavar="RUN",
+        help="model names (cnn, resnet56, 'plainnet 110') or CSV log paths; none or 'all': "
+             "the spec's figures for every log found")
+    parser.add_argument("--run-dir", default=".",
+                        help="training output root holding logs/ (default .)")
+    parser.add_argument("--out", default=None, help="where plots go (default <run-dir>/plots)")
+    parser.add_argument("--ema", type=ema_factor, default=0.6,
+                        help="EMA smoothing factor in [0, 1); 0 draws the raw values (default 0.6)")
+    parser.add_argument("--seed", type=int, default=0, help="which seed's logs (default 0)")
+    parser.add_argument("--dataset", default=None,
+                        help="dataset of the runs (default cifar10, else the one found)")
+    parser.add_argument("--format", nargs="+", default=["png", "pdf"], choices=["png", "pdf", "svg"],
+                        help="file formats (default png pdf)")
+    parser.add_argument("--compare", action="store_true",
+                        help="with several RUNs, also draw them together on one figure")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from depthscape.analysis.curves import (
+        load_curve,
+        plot_comparison,
+        plot_run,
+        resolve_runs,
+        standard_figures,
+    )
+    from depthscape.core.errors import UserError
+
+    out = Path(args.out) if args.out else Path(args.run_dir) / "plots"
+    if not args.runs or [r.lower() for r in args.runs] == ["all"]:
+        figures = standard_figures(args.run_dir, out, seed=args.seed, dataset=args.dataset,
+                                   ema_factor=args.ema, formats=args.format)
+        if not figures:
+            raise UserError(f"no training logs found in {Path(args.run_dir) / 'logs'}")
+        for figure in figures:
+            print(f"{figure.title}: {figure.paths[0]}")
+        return 0
+    curves = [load_curve(path) for path in resolve_runs(args.runs, args.run_dir, args.seed,
+                                                        args.dataset)]
+    for curve in curves:
+        print(f"{curve.label}: {plot_run(curve, out, args.ema, args.format)[0]}")
+    if args.compare and len(curves) > 1:
+        stem = out / ("_vs_".join(c.run_name for c in curves) + "_curves")
+        title = " vs ".join(c.label for c in curves)
+        print(f"{title}: {plot_comparison(curves, stem, title, args.ema, args.format)[0]}")
+    return 0

@@ -1,0 +1,40 @@
+"""`depthscape eval CHECKPOINT`: loss and accuracy of a saved model on a split."""
+
+from __future__ import annotations
+
+import argparse
+
+from depthscape.cli._common import add_data_arguments, positive_int
+
+NAME = "eval"
+HELP = "evaluate a checkpoint: loss and accuracy on the test (or train) split"
+ORDER = 20
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="a .pth file written by depthscape (or a bare state dict)")
+    parser.add_argument("--model", default=None,
+                        help="architecture, needed for a bare state dict (e.g. resnet56)")
+    parser.add_argument("--split", choices=("test", "train"), default="test")
+    parser.add_argument("--subset", type=positive_int, default=None,
+                        help="evaluate on a fixed random subset of this many images")
+    parser.add_argument("--batch-size", type=positive_int, default=1000)
+    parser.add_argument("--device", default=None)
+    add_data_arguments(parser)
+    parser.set_defaults(dataset=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    from depthscape.core.checkpoint import checkpoint_dataset, eval_preprocess, model_from_checkpoint
+    from depthscape.core.device import get_device
+    from depthscape.training.evaluation import evaluate
+
+    model, checkpoint = model_from_checkpoint(args.checkpoint, args.model)
+    dataset = checkpoint_dataset(checkpoint, args.dataset, args.data_dir, args.cache_dir)
+    split = getattr(dataset, args.split).subset(args.subset)
+    device = get_device(args.device)
+    loss, acc = evaluate(model.to(device), split, eval_preprocess(checkpoint, dataset),
+                         args.batch_size, device)
+    print(f"{args.split} loss {loss:.4f}  accuracy {acc:.2f}%  error {100 - acc:.2f}%  "
+          f"({len(split)} images)")
+    return 0

@@ -1,0 +1,111 @@
+"""`depthscape landscape RUN_OR_CHECKPOINT`: compute a loss surface, then draw it."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from depthscape.cli._common import positive_int
+from depthscape.cli.plot import add_plot_arguments, default_plots_dir, plot_from_args
+
+NAME = "landscape"
+HELP = "loss landscape of a trained run: filter-normalised directions, 2-D grid or 1-D curve"
+ORDER = 35
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", metavar="RUN_OR_CHECKPOINT",
+                        help="a checkpoint file, or a model (cnn, resnet 56, plainnet110) whose "
+                             "run lies in --out")
+    parser.add_argument("depth", nargs="?", default=None, help="depth, with a model family name")
+    parser.add_argument("--out", default=".", help="output root of the runs (default .)")
+    parser.add_argument("--run-seed", type=int, default=0, help="seed of the run to load (default 0)")
+    parser.add_argument("--model", default=None,
+                        help="architecture of a bare state dict (e.g. resnet56); checked against "
+                             "a depthscape checkpoint's own")
+    grid = parser.add_argument_group("grid and directions")
+    grid.add_argument("--resolution", type=positive_int, default=21,
+                      help="points per axis (default 21; the original tool's figures use 51)")
+    grid.add_argument("--xrange", nargs=2, type=float, default=(-1.0, 1.0), metavar=("MIN", "MAX"))
+    grid.add_argument("--yrange", nargs=2, type=float, default=(-1.0, 1.0), metavar=("MIN", "MAX"))
+    grid.add_argument("--dims", type=int, choices=(1, 2), default=2,
+                      help="2: surface over two directions (default); 1: curve along one")
+    grid.add_argument("--target", default=None, metavar="CHECKPOINT",
+                      help="1-D line from the run's weights (x=0) to this checkpoint's (x=1)")
+    grid.add_argument("--seed", type=int, default=0, help="seed of the random directions (default 0)")
+    grid.add_argument("--norm", choices=("filter", "layer"), default="filter",
+                      help="direction normalisation (default filter)")
+    data = parser.add_argument_group("data (default: what the run was trained on)")
+    data.add_argument("--split", choices=("test", "train"), default="test")
+    data.add_argument("--subset", type=positive_int, default=None,
+                      help="a fixed random subset of this many samples of the split")
+    data.add_argument("--dataset", default=None, help="cifar10, mnist, fashion-mnist or an ImageFolder path")
+    data.add_argument("--data-dir", default=None, help="data already on disk (torchvision files or ImageFolder)")
+    data.add_argument("--cache-dir", default=None, help="where decoded data is cached")
+    speed = parser.add_argument_group("speed (values do not depend on these)")
+    speed.add_argument("--batch-size", type=positive_int, default=1000,
+                       help="images per forward pass on a GPU (default 1000; the CPU caps it at 128)")
+    speed.add_argument("--workers", type=positive_int, default=None,
+                       help="grid points evaluated at once, one thread each (default: one per "
+                            "CPU thread on the CPU, 1 on a GPU)")
+    speed.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
+    speed.add_argument("--compile", action="store_true", help="torch.compile the folded network")
+    output = parser.add_argument_group("output")
+    output.add_argument("--output", default=None,
+                        help="surface file (default <run>/landscapes/<checkpoint>_<split>_<kind>_<hash>.h5)")
+    output.add_argument("--overwrite", action="store_true",
+                        help="replace an --output file that holds other settings")
+    output.add_argument("--no-plots", action="store_true", help="compute only")
+    output.add_argument("--plots-dir", default=None, help="where the pictures go (default <run>/plots)")
+    output.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_plot_arguments(parser)
+
+
+def resolve_checkpoint(run: str, depth: str | None, out: str, run_seed: int, dataset: str | None) -> Path:
+    """A checkpoint file as given, or the final checkpoint of the named run under ``out``."""
+    from depthscape.core.errors import UserError
+    from depthscape.core.models import canonical_name
+    from depthscape.core.runs import run_paths
+
+    given = Path(run).expanduser()
+    if depth is None and given.is_file():
+        return given
+    if depth is None and (given.suffix in (".pth", ".pt") or "/" in run):
+        raise UserError(f"checkpoint not found: {given}")
+    name = canonical_name(run, depth)
+    tag = "cifar10"
+    if dataset is not None:
+        known = {"cifar10": "cifar10", "cifar-10": "cifar10", "mnist": "mnist",
+                 "fashion-mnist": "fashion-mnist", "fashionmnist": "fashion-mnist"}
+        tag = known.get(dataset.lower(), Path(dataset).name.split(".")[0])
+    path = run_paths(out, name, run_seed, tag).final
+    if not path.is_file():
+        raise UserError(f"no trained {name} in {out}: {path} does not exist (train it first, or "
+                        "give the checkpoint file)")
+    return path
+
+
+def run(args: argparse.Namespace) -> int:
+    from depthscape.analysis.landscape import LandscapeConfig, compute_landscape
+
+    checkpoint = resolve_checkpoint(args.run, args.depth, args.out, args.run_seed, args.dataset)
+    config = LandscapeConfig(
+        resolution=args.resolution, xrange=tuple(args.xrange), yrange=tuple(args.yrange),
+        split=args.split, subset=args.subset, seed=args.seed, norm=args.norm,
+        batch_size=args.batch_size, device=args.device, workers=args.workers,
+        dims=1 if args.target else args.dims, compile=args.compile, target=args.target,
+        data_source=args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir, model=args.model,
+    )
+    surface = compute_landscape(checkpoint, config, output=args.output,
+                                progress=not args.no_progress, overwrite=args.overwrite)
+    import os
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    print(f"surface: {surface}")
+    if not args.no_plots:
+        if args.plots_dir is None:
+            args.plots_dir = str(default_plots_dir(surface))
+        for path in plot_from_args(surface, args):
+            print(f"plot: {path}")
+    return 0

@@ -1,0 +1,75 @@
+"""`depthscape plot SURFACE_FILE`: draw a computed loss surface (PNG, PDF, VTK, HTML)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+NAME = "plot"
+HELP = "draw a loss surface file: contours, heatmap, 3-D surface, 1-D curve, .vtp, HTML"
+ORDER = 36
+
+
+def _nonnegative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def _levels(text: str) -> int:
+    value = int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"needs at least 2 contour levels, got {text}")
+    return value
+
+
+def add_plot_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the pictures, shared by `plot` and `landscape`."""
+    group = parser.add_argument_group("plots")
+    group.add_argument("--kinds", nargs="+", default=None, metavar="KIND",
+                       choices=("contour", "contourf", "heatmap", "surface3d", "vtp", "html", "curve"),
+                       help="which pictures: contour contourf heatmap surface3d vtp html (2-D), "
+                            "curve html (1-D); default all")
+    group.add_argument("--quantity", choices=("loss", "acc"), default="loss",
+                       help="plot the loss (default) or the accuracy")
+    group.add_argument("--log", action="store_true", help="log10 scale for the loss")
+    group.add_argument("--levels", type=_levels, default=30, help="contour levels (default 30)")
+    group.add_argument("--zmin", type=float, default=None, help="clip values below this")
+    group.add_argument("--zmax", type=float, default=None,
+                       help="clip values above this (e.g. 10, so huge edge losses keep the basin visible)")
+    group.add_argument("--smooth", type=_nonnegative_float, default=0.0,
+                       help="Gaussian smoothing width in grid cells (default 0: as computed)")
+    group.add_argument("--formats", nargs="+", default=["png", "pdf"], choices=("png", "pdf", "svg"),
+                       help="image formats (default png pdf)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("surface", help="an .h5 surface file written by `depthscape landscape`")
+    parser.add_argument("--plots-dir", default=None,
+                        help="where the pictures go (default: plots/ beside the run's landscapes/)")
+    add_plot_arguments(parser)
+
+
+def default_plots_dir(surface: Path) -> Path:
+    """``<run dir>/plots`` for a surface in ``<run dir>/landscapes``, else ``plots/`` beside it."""
+    surface = Path(surface)
+    root = surface.parent.parent if surface.parent.name == "landscapes" else surface.parent
+    return root / "plots"
+
+
+def plot_from_args(surface: Path, args: argparse.Namespace) -> list[Path]:
+    """Draw ``surface`` with the picture options in ``args``."""
+    from depthscape.analysis.landscape import plot_landscape
+
+    plots_dir = Path(args.plots_dir) if args.plots_dir else default_plots_dir(surface)
+    return plot_landscape(surface, plots_dir, kinds=args.kinds, log_scale=args.log,
+                          quantity=args.quantity, levels=args.levels, zmin=args.zmin,
+                          zmax=args.zmax, smooth=args.smooth, formats=tuple(args.formats))
+
+
+def run(args: argparse.Namespace) -> int:
+    written = plot_from_args(Path(args.surface), args)
+    for path in written:
+        print(path)
+    return 0

@@ -1,0 +1,59 @@
+"""`depthscape sharpness`: top Hessian eigenvalue and trace at every trained minimum."""
+
+from __future__ import annotations
+
+import argparse
+
+from depthscape.cli._common import add_run_data_arguments, positive_float, positive_int
+
+NAME = "sharpness"
+HELP = "measure the Hessian's top eigenvalue (power iteration) and trace (Hutchinson) per run"
+ORDER = 45
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("models", nargs="*", metavar="MODEL",
+                        help="limit to these models (default: every finished run found)")
+    parser.add_argument("--run-dir", default=".",
+                        help="training output root holding logs/ and models/ (default .)")
+    parser.add_argument("--out", default=None,
+                        help="where results go (default <run-dir>/sharpness)")
+    parser.add_argument("--split", choices=["train", "test"], default="train",
+                        help="data the loss is measured on (default: the run's training split)")
+    parser.add_argument("--subset", type=positive_int, default=1000,
+                        help="fixed random subset of that split (default 1000)")
+    parser.add_argument("--batch-size", type=positive_int, default=500,
+                        help="images per Hessian-vector product chunk (default 500)")
+    parser.add_argument("--power-iters", type=positive_int, default=20,
+                        help="most power iterations (default 20)")
+    parser.add_argument("--power-tol", type=positive_float, default=1e-3,
+                        help="relative change that ends power iteration (default 1e-3)")
+    parser.add_argument("--trace-samples", type=positive_int, default=50,
+                        help="most Hutchinson probe vectors (default 50)")
+    parser.add_argument("--trace-tol", type=positive_float, default=1e-2,
+                        help="standard error / |trace| that ends Hutchinson early (default 0.01)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the subset and probes")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps")
+    add_run_data_arguments(parser)
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from depthscape.analysis.sharpness import SharpnessConfig, measure_runs, sharpness_table
+    from depthscape.analysis.tables import write_table
+
+    config = SharpnessConfig(split=args.split, subset=args.subset, batch_size=args.batch_size,
+                             power_iters=args.power_iters, power_tol=args.power_tol,
+                             trace_samples=args.trace_samples, trace_tol=args.trace_tol,
+                             seed=args.seed, device=args.device)
+    out = Path(args.out) if args.out else Path(args.run_dir) / "sharpness"
+    source = {"dataset": args.dataset, "data_dir": args.data_dir, "cache_dir": args.cache_dir}
+    results = measure_runs(args.run_dir, out, args.models or None, config,
+                           data_source=source, progress=not args.no_progress)
+    table = sharpness_table(results)
+    written = write_table(table, out, "sharpness")
+    print(f"{table.title}\n\n{table.markdown()}")
+    print("written: " + ", ".join(str(p) for p in written))
+    return 0

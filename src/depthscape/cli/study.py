@@ -1,0 +1,45 @@
+"""`depthscape study`: the whole comparison (train, curves, landscapes, tables, sharpness, report)."""
+
+from __future__ import annotations
+
+import argparse
+
+from depthscape.cli._common import add_data_arguments, positive_int
+
+NAME = "study"
+HELP = ("run the whole comparison: train the seven models, plot, measure landscapes and "
+        "sharpness, write Tables 1-2 and report.md/report.html (resumable)")
+ORDER = 5
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from depthscape.study.runner import BUDGETS, describe_budgets
+
+    parser.description = HELP + "\n\nbudgets:\n" + describe_budgets()
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--budget", choices=list(BUDGETS), default="quick",
+                        help="how much of the spec's work to do (default quick)")
+    parser.add_argument("--seeds", type=positive_int, default=1,
+                        help="runs per model, seeds 0..N-1; tables show mean ± std (default 1)")
+    parser.add_argument("--out", default=None,
+                        help="output folder (default study-<budget>); rerunning continues it")
+    parser.add_argument("--models", nargs="+", default=None, metavar="MODEL",
+                        help="study these models instead of the seven (e.g. resnet20 plain20)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps")
+    add_data_arguments(parser)
+    parser.add_argument("--no-landscapes", action="store_true", help="skip the loss landscapes")
+    parser.add_argument("--no-sharpness", action="store_true", help="skip the Hessian sharpness")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from depthscape.study.runner import StudyConfig, run_study
+
+    config = StudyConfig(
+        budget=args.budget, seeds=args.seeds, out_dir=args.out or f"study-{args.budget}",
+        dataset=args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir,
+        device=args.device, models=args.models, landscapes=not args.no_landscapes,
+        sharpness=not args.no_sharpness, progress=not args.no_progress)
+    result = run_study(config)
+    print(f"report: {result.report_md}\n        {result.report_html}")
+    return 0

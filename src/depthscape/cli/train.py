@@ -1,0 +1,81 @@
+"""`depthscape train MODEL [DEPTH]`: train one model with the spec's recipe."""
+
+from __future__ import annotations
+
+import argparse
+
+from depthscape.cli._common import (
+    add_data_arguments,
+    add_model_arguments,
+    positive_float,
+    positive_int,
+)
+
+NAME = "train"
+HELP = "train cnn | resnet DEPTH | plainnet DEPTH with the spec's recipe"
+ORDER = 10
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    add_data_arguments(parser)
+    parser.add_argument("--out", default=".", help="output root holding logs/ and models/ (default .)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
+    sched = parser.add_argument_group("schedule (the spec's full recipe is the default)")
+    sched.add_argument("--scale", type=positive_float, default=1.0,
+                       help="multiply total iterations/epochs, warm-up and decay points by this")
+    sched.add_argument("--train-subset", type=positive_int, default=None,
+                       help="train on a fixed random subset of this many images")
+    sched.add_argument("--test-subset", type=positive_int, default=None,
+                       help="evaluate on a fixed random subset of this many test images")
+    sched.add_argument("--eval-every", type=positive_int, default=None,
+                       help="iterations between test evaluations (default: once per epoch)")
+    sched.add_argument("--log-every", type=positive_int, default=None,
+                       help="iterations between CSV rows for iteration recipes (default 100)")
+    sched.add_argument("--checkpoint-every", type=positive_int, default=1000,
+                       help="iterations between resumable checkpoints (default 1000)")
+    sched.add_argument("--stop-after", type=positive_int, default=None,
+                       help="stop resumably after this many iterations")
+    run = parser.add_argument_group("run control")
+    run.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    run.add_argument("--overwrite", action="store_true", help="start over, replacing an earlier run")
+    run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    fast = parser.add_argument_group(
+        "GPU fast path (CUDA only; ignored with a notice on CPU/MPS, where results never change)")
+    fast.add_argument("--amp", action="store_true", help="bf16 autocast for the forward pass")
+    fast.add_argument("--compile", action="store_true", help="torch.compile the model (needs Triton)")
+    fast.add_argument("--channels-last", action="store_true",
+                      help="NHWC memory layout for weights and inputs")
+
+
+def config_from_args(args: argparse.Namespace):
+    """A TrainConfig from parsed arguments (the one place a Namespace becomes typed settings)."""
+    from depthscape.core.models import canonical_name
+    from depthscape.training.loop import TrainConfig
+
+    return TrainConfig(
+        model=canonical_name(args.model, args.depth),
+        dataset=args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir,
+        out_dir=args.out, seed=args.seed, device=args.device, scale=args.scale,
+        train_subset=args.train_subset, test_subset=args.test_subset,
+        eval_every=args.eval_every, log_every=args.log_every,
+        checkpoint_every=args.checkpoint_every, resume=args.resume, overwrite=args.overwrite,
+        stop_after=args.stop_after, progress=not args.no_progress,
+        amp=args.amp, compile=args.compile, channels_last=args.channels_last,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from depthscape.core.distributed import is_main_process
+    from depthscape.training.loop import train
+
+    result = train(config_from_args(args))
+    if not is_main_process():  # under torchrun rank 0 speaks for every rank
+        return 0
+    if not result.finished:
+        print(f"stopped at iteration {result.iteration}; continue with --resume")
+        return 0
+    print(f"{result.paths.run_name}: train acc {result.train_acc:.2f}%, test acc "
+          f"{result.test_acc:.2f}%, test loss {result.test_loss:.4f}; weights in {result.paths.final}")
+    return 0

@@ -1,1 +1,0 @@
-"""Subcommands of the ``depthscape`` CLI, one module each (discovered by depthscape.cli)."""

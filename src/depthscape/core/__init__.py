@@ -1,0 +1,2 @@
+"""The bottom layer: errors, atomic files, devices, data, models, recipes, checkpoints, runs,
+process groups. Imports nothing above it."""

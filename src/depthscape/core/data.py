@@ -1,0 +1,363 @@
+"""Datasets as uint8 tensors, loaded once, and whole-batch augmentation on the device.
+
+Every split is held as ``images`` (N, C, H, W) uint8 and ``labels`` (N,) int64. Sources:
+
+* ``cifar10``, ``mnist``, ``fashion-mnist`` through torchvision, downloaded on first use
+  into the cache directory (``$DEPTHSCAPE_DATA`` or ``~/.cache/depthscape``) or read from
+  ``data_dir`` where the files already lie there;
+* a directory in ImageFolder layout with ``train/`` and ``test/`` (class folders inside,
+  alphabetical order = label order), or a ``.tar``/``.tar.gz`` archive holding one. Decoded
+  images are cached as ``.npz`` in the cache directory so the next start is fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from depthscape.core.errors import UserError
+
+#: Per-channel means on the 0..255 scale used by the ResNet/PlainNet recipes. CIFAR-10's are
+#: the spec's [125, 123, 114]; the grey datasets get their own rounded pixel means.
+PIXEL_MEANS_255 = {
+    "cifar10": (125.0, 123.0, 114.0),
+    "mnist": (33.0,),
+    "fashion-mnist": (73.0,),
+}
+
+_TORCHVISION_NAMES = {
+    "cifar10": "CIFAR10",
+    "cifar-10": "CIFAR10",
+    "mnist": "MNIST",
+    "fashion-mnist": "FashionMNIST",
+    "fashionmnist": "FashionMNIST",
+    "fashion_mnist": "FashionMNIST",
+}
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
+
+
+@dataclass
+class Split:
+    """One split of a dataset: uint8 images (N, C, H, W) and int64 labels (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __post_init__(self):
+        # Always plain contiguous NCHW: a channels-last view (as decoding HWC images gives)
+        # would send convolutions down other kernels and change results in the last bits.
+        self.images = self.images.contiguous()
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, size: int | None, seed: int = 0) -> Split:
+        """A seeded random subset of ``size`` samples (the whole split when None or larger)."""
+        if size is None or size >= len(self):
+            return self
+        if size <= 0:
+            raise UserError(f"subset size must be positive, got {size}")
+        generator = torch.Generator().manual_seed(seed)
+        index = torch.randperm(len(self), generator=generator)[:size].sort().values
+        return Split(self.images[index], self.labels[index])
+
+    def to(self, device: torch.device | str) -> Split:
+        return Split(self.images.to(device), self.labels.to(device))
+
+
+@dataclass
+class Dataset:
+    """A dataset's train and test splits and class names."""
+
+    name: str
+    train: Split
+    test: Split
+    classes: list[str]
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.train.images.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train.images.shape[-1])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def pixel_mean_255(self) -> tuple[float, ...]:
+        """The per-channel mean subtracted by the ResNet/PlainNet preprocessing."""
+        if self.name in PIXEL_MEANS_255:
+            return PIXEL_MEANS_255[self.name]
+        if self.in_channels == 3:
+            return PIXEL_MEANS_255["cifar10"]
+        return tuple(float(v) for v in self.train.images.float().mean(dim=(0, 2, 3)).round())
+
+
+def default_cache_dir() -> Path:
+    """Where downloads and decoded caches go: ``$DEPTHSCAPE_DATA`` or ``~/.cache/depthscape``."""
+    env = os.environ.get("DEPTHSCAPE_DATA")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "depthscape"
+
+
+def load_dataset(source: str = "cifar10", data_dir: str | os.PathLike | None = None,
+                 cache_dir: str | os.PathLike | None = None, download: bool = True) -> Dataset:
+    """Load a dataset by name or path, each split once, as uint8 tensors.
+
+    ``source`` is ``cifar10``, ``mnist``, ``fashion-mnist`` or a path to an ImageFolder
+    directory/archive. ``data_dir`` points at data already on disk: for a named dataset,
+    the folder torchvision's files lie in (or an ImageFolder tree/archive); it wins over
+    the cache. A missing dataset raises :class:`UserError` saying what was looked for.
+    """
+    cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    key = source.strip().lower()
+    if key in _TORCHVISION_NAMES:
+        name = "cifar10" if _TORCHVISION_NAMES[key] == "CIFAR10" else (
+            "mnist" if _TORCHVISION_NAMES[key] == "MNIST" else "fashion-mnist")
+        if data_dir is not None and _looks_like_image_folder(Path(data_dir)):
+            return load_image_folder(data_dir, cache, name=name)
+        root = Path(data_dir).expanduser() if data_dir is not None else cache
+        return _load_torchvision(name, _TORCHVISION_NAMES[key], root,
+                                 download=download and data_dir is None)
+    path = Path(source).expanduser()
+    if path.exists():
+        return load_image_folder(path, cache)
+    raise UserError(
+        f"unknown dataset {source!r}: use cifar10, mnist, fashion-mnist or a path to an "
+        "ImageFolder directory/archive with train/ and test/"
+    )
+
+
+def _load_torchvision(name: str, class_name: str, root: Path, download: bool) -> Dataset:
+    import torchvision.datasets as tvd
+
+    dataset_class = getattr(tvd, class_name)
+    splits = {}
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        pass
+    for train in (True, False):
+        try:
+            ds = dataset_class(str(root), train=train, download=False)
+        except RuntimeError:
+            if not download:
+                raise UserError(
+                    f"{name} not found in {root}: expected torchvision's files there "
+                    f"(e.g. cifar-10-batches-py/), or an ImageFolder with train/ and test/"
+                ) from None
+            try:
+                ds = dataset_class(str(root), train=train, download=True)
+            except Exception as error:  # network errors come in many types
+                raise UserError(
+                    f"{name} is not in {root} and could not be downloaded "
+                    f"({type(error).__name__}: {str(error).splitlines()[0][:120] if str(error) else ''}); "
+                    "pass --data-dir to a folder holding it (torchvision layout or ImageFolder "
+                    "train/ and test/, or a .tar.gz of one)"
+                ) from None
+        images = torch.as_tensor(np.asarray(ds.data))
+        images = images.permute(0, 3, 1, 2) if images.ndim == 4 else images.unsqueeze(1)
+        labels = torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
+        splits[train] = Split(images.contiguous(), labels)
+        classes = list(ds.classes)
+    return Dataset(name, splits[True], splits[False], classes)
+
+
+def _looks_like_image_folder(path: Path) -> bool:
+    path = path.expanduser()
+    if path.is_file():
+        return path.name.endswith((".tar", ".tar.gz", ".tgz"))
+    return _find_split_root(path) is not None
+
+
+def _find_split_root(path: Path) -> Path | None:
+    """The folder holding ``train/`` and ``test/``: ``path`` itself or one level down."""
+    if (path / "train").is_dir() and (path / "test").is_dir():
+        return path
+    if path.is_dir():
+        for child in sorted(path.iterdir()):
+            if (child / "train").is_dir() and (child / "test").is_dir():
+                return child
+    return None
+
+
+def load_image_folder(path: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
+                      name: str | None = None) -> Dataset:
+    """Read an ImageFolder tree (``train/<class>/*.jpg``, ``test/<class>/*.jpg``) or archive.
+
+    Decoded arrays are cached in ``cache_dir`` under a key made of the path, its size and
+    modification time, so a changed source is decoded again.
+    """
+    path = Path(path).expanduser().resolve()
+    if not path.exists():
+        raise UserError(f"data not found: {path} does not exist")
+    cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    stat = path.stat()
+    key = hashlib.sha256(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    cache_file = cache / f"imagefolder-{key}.npz"
+    dataset_name = name or path.name.split(".")[0]
+    if cache_file.exists():
+        try:
+            with np.load(cache_file) as archive:
+                classes = [str(c) for c in archive["classes"]]
+                return Dataset(
+                    dataset_name,
+                    Split(torch.from_numpy(archive["train_x"]), torch.from_numpy(archive["train_y"])),
+                    Split(torch.from_numpy(archive["test_x"]), torch.from_numpy(archive["test_y"])),
+                    classes,
+                )
+        except Exception:
+            pass  # a damaged cache is decoded again below
+    if path.is_file():
+        splits, classes = _decode_archive(path)
+    else:
+        root = _find_split_root(path)
+        if root is None:
+            raise UserError(f"no train/ and test/ folders found in {path} (ImageFolder layout expected)")
+        splits, classes = _decode_tree(root)
+    dataset = Dataset(dataset_name, splits["train"], splits["test"], classes)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(f".tmp{os.getpid()}.npz")
+        np.savez(tmp, train_x=dataset.train.images.numpy(), train_y=dataset.train.labels.numpy(),
+                 test_x=dataset.test.images.numpy(), test_y=dataset.test.labels.numpy(),
+                 classes=np.array(classes))
+        os.replace(tmp, cache_file)
+    except OSError:
+        pass  # caching is an optimisation; a read-only cache dir must not stop the run
+    return dataset
+
+
+def _decode(data: bytes | Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
+        if image.mode not in ("L", "RGB"):
+            image = image.convert("RGB")
+        array = np.asarray(image, dtype=np.uint8)
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def _stack(items: list[tuple[str, str, np.ndarray]], classes: list[str], split: str) -> Split:
+    chosen = sorted((c, f, a) for c, f, a in items)
+    if not chosen:
+        raise UserError(f"the {split}/ split holds no images")
+    shapes = {a.shape for _, _, a in chosen}
+    if len(shapes) != 1:
+        raise UserError(f"images in {split}/ differ in shape ({sorted(shapes)[:3]}); all must match")
+    index = {c: i for i, c in enumerate(classes)}
+    images = torch.from_numpy(np.stack([a for _, _, a in chosen]))
+    labels = torch.tensor([index[c] for c, _, _ in chosen], dtype=torch.int64)
+    return Split(images, labels)
+
+
+def _decode_tree(root: Path) -> tuple[dict[str, Split], list[str]]:
+    classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir())
+    if not classes:
+        raise UserError(f"{root / 'train'} holds no class folders")
+    splits = {}
+    for split in ("train", "test"):
+        items = []
+        for class_name in classes:
+            folder = root / split / class_name
+            if not folder.is_dir():
+                continue
+            for file in folder.iterdir():
+                if file.suffix.lower() in _IMAGE_SUFFIXES:
+                    items.append((class_name, file.name, _decode(file)))
+        splits[split] = _stack(items, classes, split)
+    return splits, classes
+
+
+def _decode_archive(path: Path) -> tuple[dict[str, Split], list[str]]:
+    try:
+        archive = tarfile.open(path)
+    except (tarfile.TarError, OSError) as error:
+        raise UserError(f"cannot read {path} as a tar archive: {error}") from None
+    found: dict[str, list[tuple[str, str, np.ndarray]]] = {"train": [], "test": []}
+    with archive:
+        for member in archive:
+            if not member.isfile() or not member.name.lower().endswith(_IMAGE_SUFFIXES):
+                continue
+            parts = Path(member.name).parts
+            if len(parts) < 3 or parts[-3] not in found:
+                continue
+            data = archive.extractfile(member).read()
+            found[parts[-3]].append((parts[-2], parts[-1], _decode(data)))
+    classes = sorted({c for c, _, _ in found["train"]})
+    if not classes:
+        raise UserError(f"{path} holds no train/<class>/<image> files (ImageFolder layout expected)")
+    return {s: _stack(found[s], classes, s) for s in found}, classes
+
+
+# --------------------------------------------------------------------------------------
+# Preprocessing and augmentation on whole batches, on the device the data lives on.
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How uint8 pixels become model input: ``(x * scale/255 - mean)``, optional crop+flip.
+
+    ResNet/PlainNet (spec): pixels in 0..255 (``scale=255``), minus the per-channel mean,
+    std 1, ``RandomCrop(32, padding=4)`` + ``RandomHorizontalFlip()``. CNN: ``ToTensor()``
+    only (``scale=1``, mean 0, no augmentation).
+    """
+
+    scale: float = 1.0
+    mean: tuple[float, ...] = (0.0,)
+    augment: bool = False
+    crop_padding: int = 4
+
+    def normalize(self, images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """uint8 (B, C, H, W) -> float model input."""
+        x = images.to(dtype)
+        if self.scale != 255.0:
+            x = x * (self.scale / 255.0)
+        if any(self.mean):
+            mean = torch.tensor(self.mean, dtype=dtype, device=x.device).view(1, -1, 1, 1)
+            x = x - mean
+        return x
+
+    def train_batch(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Augment (if set) and normalise one training batch."""
+        if self.augment:
+            images = random_crop_flip(images, self.crop_padding, generator)
+        return self.normalize(images)
+
+
+def crop_flip_params(batch: int, padding: int, generator: torch.Generator | None,
+                     device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample crop offsets (uniform over 0..2*padding) and flip flags (probability 0.5)."""
+    offsets = torch.randint(0, 2 * padding + 1, (2, batch), generator=generator, device=device)
+    flips = torch.randint(0, 2, (batch,), generator=generator, device=device).bool()
+    return offsets[0], offsets[1], flips
+
+
+def random_crop_flip(images: torch.Tensor, padding: int, generator: torch.Generator | None,
+                     params: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+                     ) -> torch.Tensor:
+    """``RandomCrop(size, padding)`` with zero fill + ``RandomHorizontalFlip()``, per sample.
+
+    Done as one gather on the whole batch: pad with zeros, then pick each sample's window
+    of rows ``top..top+H`` and columns ``left..left+W`` (reversed where it is flipped).
+    Same distribution as the torchvision transforms applied image by image.
+    """
+    batch, channels, height, width = images.shape
+    top, left, flip = params if params is not None else crop_flip_params(
+        batch, padding, generator, images.device)
+    padded = torch.nn.functional.pad(images, (padding, padding, padding, padding))
+    rows = top[:, None] + torch.arange(height, device=images.device)
+    steps = torch.arange(width, device=images.device)
+    cols = left[:, None] + torch.where(flip[:, None], width - 1 - steps, steps)
+    batch_index = torch.arange(batch, device=images.device)[:, None, None, None]
+    channel_index = torch.arange(channels, device=images.device)[None, :, None, None]
+    return padded[batch_index, channel_index, rows[:, None, :, None], cols[:, None, None, :]]

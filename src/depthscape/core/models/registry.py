@@ -1,0 +1,99 @@
+"""A minimal model registry: build a model by name, list the names.
+
+The seven models of the study are registered by name (``cnn``, ``resnet20``, ``resnet56``,
+``resnet110``, ``plain20``, ``plain56``, ``plain110``); ``resnet{D}`` and ``plain{D}`` also
+build for any other depth D = 6n+2 without being listed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from torch import nn
+
+from depthscape.core.errors import UserError
+
+_FACTORIES: dict[str, Callable[..., nn.Module]] = {}
+#: Families built at any depth 6n+2: prefix -> factory(depth, in_channels=, num_classes=).
+_DEPTH_FAMILIES: dict[str, Callable[..., nn.Module]] = {}
+_FAMILY_RE = re.compile(r"^(resnet|plain)(\d+)$")
+
+
+def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator that registers a model factory under ``name``; a duplicate name raises."""
+
+    def decorate(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _FACTORIES:
+            raise ValueError(f"model {name!r} is registered twice")
+        _FACTORIES[name] = factory
+        return factory
+
+    return decorate
+
+
+def register_depth_family(prefix: str, factory: Callable[..., nn.Module]) -> None:
+    """Register ``factory(depth, ...)`` as the builder of ``{prefix}{D}`` for any depth D."""
+    if prefix in _DEPTH_FAMILIES:
+        raise ValueError(f"model family {prefix!r} is registered twice")
+    _DEPTH_FAMILIES[prefix] = factory
+
+
+def list_models() -> list[str]:
+    """The registered model names, in registration order."""
+    return list(_FACTORIES)
+
+
+def depth_to_blocks(depth: int) -> int:
+    """Blocks per group n for a ResNet/PlainNet of ``depth`` = 6n+2; a bad depth is a UserError."""
+    if depth < 8 or (depth - 2) % 6 != 0:
+        raise UserError(
+            f"depth {depth} is not of the form 6n+2 with n >= 1 (e.g. 20, 32, 44, 56, 110)"
+        )
+    return (depth - 2) // 6
+
+
+def canonical_name(name: str, depth: int | str | None = None) -> str:
+    """Normalise the spellings users type into a model name.
+
+    ``("resnet", 56)``, ``"resnet 56"``, ``"resnet-56"`` and ``"resnet56"`` give ``"resnet56"``;
+    ``"plainnet 110"`` gives ``"plain110"``; ``"cnn"`` stays ``"cnn"``.
+    """
+    text = name.strip().lower()
+    if depth is not None:
+        text = f"{text}{depth}"
+    text = re.sub(r"[\s_\-]+", "", text)
+    text = text.replace("plainnet", "plain")
+    if text in _FACTORIES:
+        return text
+    match = _FAMILY_RE.match(text)
+    if match:
+        depth_to_blocks(int(match.group(2)))
+        return f"{match.group(1)}{int(match.group(2))}"
+    if text in ("resnet", "plain"):
+        raise UserError(f"{name!r} needs a depth, e.g. '{name} 56'")
+    known = ", ".join(list_models())
+    raise UserError(f"unknown model {name!r}: choose one of {known}, or resnet/plainnet with a depth 6n+2")
+
+
+def model_family(name: str) -> str:
+    """``"cnn"``, ``"resnet"`` or ``"plain"`` for a canonical model name."""
+    name = canonical_name(name)
+    match = _FAMILY_RE.match(name)
+    return match.group(1) if match else name
+
+
+def model_depth(name: str) -> int | None:
+    """The depth of a ResNet/PlainNet name, or None for the CNN."""
+    match = _FAMILY_RE.match(canonical_name(name))
+    return int(match.group(2)) if match else None
+
+
+def get_model(name: str, in_channels: int = 3, num_classes: int = 10, **kwargs) -> nn.Module:
+    """Build the model called ``name`` (any spelling :func:`canonical_name` accepts)."""
+    name = canonical_name(name)
+    if name in _FACTORIES:
+        return _FACTORIES[name](in_channels=in_channels, num_classes=num_classes, **kwargs)
+    family, depth = _FAMILY_RE.match(name).groups()
+    return _DEPTH_FAMILIES[family](int(depth), in_channels=in_channels, num_classes=num_classes,
+                                   **kwargs)

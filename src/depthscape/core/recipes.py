@@ -1,0 +1,134 @@
+"""The spec's training recipes, as data.
+
+Each recipe is a frozen dataclass; :func:`recipe_for` picks the one for a model name and
+:meth:`Recipe.scaled` shrinks a schedule for machines without a GPU. The learning rate at
+any step is the pure function :meth:`Recipe.lr_at`, so a resumed run needs no scheduler
+state to continue exactly.
+
+Depths other than 20/56/110 take the recipe of the nearest of 20, 56 and 110 (ties go to
+the shallower one): e.g. ResNet-32 and ResNet-38 use ResNet-20's, ResNet-44 ResNet-56's,
+ResNet-86 ResNet-110's warm-up recipe.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+from depthscape.core.data import Dataset, Preprocess
+from depthscape.core.models import canonical_name, model_depth, model_family
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One training recipe. ``unit`` says whether ``length`` counts iterations or epochs."""
+
+    name: str
+    optimizer: str  # "sgd" or "adam"
+    lr: float  # base learning rate
+    batch_size: int
+    unit: str  # "iteration" or "epoch"
+    length: int  # total iterations or epochs
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    schedule: str = "step"  # "step": / decay at each milestone; "cosine": CosineAnnealingLR
+    milestones: tuple[int, ...] = ()  # in iterations (step schedule)
+    decay: float = 10.0  # the lr is divided by this at each milestone
+    cosine_t_max: int = 0  # in epochs (cosine schedule), stepped once per epoch
+    warmup_lr: float | None = None  # lr for the first warmup_length iterations
+    warmup_length: int = 0
+    augment: bool = False  # RandomCrop(32, padding=4) + RandomHorizontalFlip
+    pixel_scale: float = 1.0  # 255: pixels in 0..255 (ResNet/PlainNet); 1: ToTensor's [0, 1]
+    subtract_mean: bool = False  # subtract the dataset's per-channel 0..255 mean
+    log_every: int = 100  # iterations between CSV rows (iteration recipes)
+
+    def lr_at(self, iteration: int, epoch: int = 0) -> float:
+        """Learning rate used for the update at 0-based ``iteration`` (in ``epoch``)."""
+        if self.schedule == "cosine":
+            # CosineAnnealingLR(T_max) stepped once per epoch, eta_min = 0, in closed form.
+            return self.lr * (1 + math.cos(math.pi * epoch / self.cosine_t_max)) / 2
+        if self.warmup_lr is not None and iteration < self.warmup_length:
+            return self.warmup_lr
+        decays = sum(1 for m in self.milestones if iteration >= m)
+        return self.lr / self.decay**decays
+
+    def scaled(self, factor: float) -> Recipe:
+        """The same recipe with length, warm-up, milestones and cosine period times ``factor``."""
+        if factor == 1:
+            return self
+        if factor <= 0:
+            raise ValueError("scale factor must be positive")
+
+        def scale(n: int) -> int:
+            return max(1, round(n * factor)) if n else 0
+
+        return replace(
+            self,
+            length=scale(self.length),
+            milestones=tuple(scale(m) for m in self.milestones),
+            warmup_length=scale(self.warmup_length),
+            cosine_t_max=scale(self.cosine_t_max),
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Recipe:
+        data = dict(data)
+        data["milestones"] = tuple(data.get("milestones", ()))
+        return cls(**data)
+
+
+_RESNET = Recipe(
+    name="resnet",
+    optimizer="sgd",
+    lr=0.1,
+    momentum=0.9,
+    weight_decay=1e-4,
+    batch_size=128,
+    unit="iteration",
+    length=64_000,
+    milestones=(32_000, 48_000),
+    augment=True,
+    pixel_scale=255.0,
+    subtract_mean=True,
+)
+
+#: The spec's recipes by the model they were written for.
+RECIPES: dict[str, Recipe] = {
+    "cnn": Recipe(
+        name="cnn",
+        optimizer="adam",
+        lr=1e-3,
+        batch_size=32,
+        unit="epoch",
+        length=50,
+        schedule="cosine",
+        cosine_t_max=50,
+    ),
+    "resnet20": replace(_RESNET, name="resnet20"),
+    "resnet56": replace(_RESNET, name="resnet56"),
+    # ResNet-110: lr 0.01 for the first 400 iterations, then 0.1.
+    "resnet110": replace(_RESNET, name="resnet110", warmup_lr=0.01, warmup_length=400),
+    "plain20": replace(_RESNET, name="plain20"),
+    "plain56": replace(_RESNET, name="plain56"),
+    # PlainNet-110: lr 1e-4 for the first 400 iterations, then 1e-3.
+    "plain110": replace(_RESNET, name="plain110", lr=1e-3, warmup_lr=1e-4, warmup_length=400),
+}
+
+
+def recipe_for(model_name: str) -> Recipe:
+    """The spec's recipe for ``model_name``; other depths take the nearest of 20/56/110."""
+    name = canonical_name(model_name)
+    if name in RECIPES:
+        return RECIPES[name]
+    family, depth = model_family(name), model_depth(name)
+    nearest = min((20, 56, 110), key=lambda d: (abs(d - depth), d))
+    return replace(RECIPES[f"{family}{nearest}"], name=name)
+
+
+def preprocess_for(recipe: Recipe, dataset: Dataset) -> Preprocess:
+    """The recipe's preprocessing for ``dataset`` (its pixel mean where the recipe subtracts one)."""
+    mean = dataset.pixel_mean_255 if recipe.subtract_mean else (0.0,) * dataset.in_channels
+    return Preprocess(scale=recipe.pixel_scale, mean=tuple(mean), augment=recipe.augment)

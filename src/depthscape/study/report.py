@@ -1,0 +1,422 @@
+"""The study's report, as Markdown (``report.md``) and one self-contained page (``report.html``).
+
+Both are rendered from the same list of blocks (headings, paragraphs, tables, figures,
+interactive surfaces), so they always say the same thing. The Markdown links the figures
+by relative path; the HTML embeds every figure as a base64 PNG and draws the interactive
+3-D surfaces with plotly.js, inlined once, so the page works offline and can be mailed.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from depthscape.core.atomic import atomic_write_text
+from depthscape.analysis.curves import display_name
+from depthscape.core.models import model_depth, model_family
+from depthscape.analysis.tables import Table, format_duration, group_by_model, mean_std, table1, table2
+
+
+@dataclass
+class Landscape:
+    """One model's loss surface and the files drawn from it."""
+
+    model: str
+    run_name: str
+    surface: Path  # HDF5 surface file
+    plots: list[Path] = field(default_factory=list)  # PNG/PDF drawings
+    html: Path | None = None  # standalone interactive page
+
+    def plot(self, kind: str) -> Path | None:
+        """The PNG of ``kind`` (``contour``, ``surface3d``, ...), if drawn."""
+        for path in self.plots:
+            if path.suffix == ".png" and path.stem.endswith(f"_{kind}"):
+                return path
+        return None
+
+
+# ---------------------------------------------------------------------------------------
+# Blocks
+
+
+@dataclass
+class Heading:
+    text: str
+    level: int = 2
+
+
+@dataclass
+class Paragraph:
+    text: str  # plain text; `code` spans allowed
+
+
+@dataclass
+class Bullets:
+    items: list[str]
+
+
+@dataclass
+class TableBlock:
+    table: Table
+    caption: str = ""
+
+
+@dataclass
+class FigureBlock:
+    path: Path  # PNG
+    caption: str
+    links: list[tuple[str, Path]] = field(default_factory=list)  # other formats
+
+
+@dataclass
+class FigureGrid:
+    figures: list[FigureBlock]
+
+
+@dataclass
+class SurfaceBlock:
+    landscape: Landscape
+    caption: str
+
+
+# ---------------------------------------------------------------------------------------
+# The story the numbers tell
+
+
+def observations(metrics, sharpness) -> list[str]:
+    """Plain statements read off the results (no claim the numbers do not make)."""
+    lines = []
+    groups = group_by_model(metrics)
+    for family in ("resnet", "plain"):
+        chain = [(model_depth(m), mean_std([r.test_acc for r in g])[0])
+                 for m, g in groups.items() if model_family(m) == family]
+        if len(chain) >= 2:
+            steps = " → ".join(f"{acc:.2f}% (depth {depth})" for depth, acc in chain)
+            change = chain[-1][1] - chain[0][1]
+            verb = "falls" if change < 0 else "rises"
+            name = "ResNet" if family == "resnet" else "PlainNet"
+            lines.append(f"{name} test accuracy {verb} by {abs(change):.2f} points from depth "
+                         f"{chain[0][0]} to {chain[-1][0]}: {steps}.")
+    depths = sorted({model_depth(m) for m in groups if model_depth(m)})
+    gaps = []
+    for depth in depths:
+        if f"resnet{depth}" in groups and f"plain{depth}" in groups:
+            gap = (mean_std([r.test_acc for r in groups[f"resnet{depth}"]])[0]
+                   - mean_std([r.test_acc for r in groups[f"plain{depth}"]])[0])
+            gaps.append(f"{gap:+.2f} at depth {depth}")
+    if gaps:
+        lines.append("ResNet minus PlainNet test accuracy: " + ", ".join(gaps) + " (points).")
+    if "cnn" in groups:
+        cnn = groups["cnn"]
+        train_acc = mean_std([r.train_acc for r in cnn])[0]
+        test_acc = mean_std([r.test_acc for r in cnn])[0]
+        lines.append(f"The CNN reaches {train_acc:.2f}% on its training data and {test_acc:.2f}% "
+                     f"on test data (a gap of {train_acc - test_acc:.2f} points).")
+    if sharpness:
+        by_model: dict[str, list[float]] = {}
+        for run, result in sharpness:
+            by_model.setdefault(run.model, []).append(result.top_eigenvalue)
+        pairs = []
+        for depth in depths:
+            r, p = by_model.get(f"resnet{depth}"), by_model.get(f"plain{depth}")
+            if r and p:
+                pairs.append(f"depth {depth}: ResNet {np.mean(r):.3g} vs PlainNet {np.mean(p):.3g}")
+        if pairs:
+            lines.append("Largest Hessian eigenvalue (higher = sharper) at each depth: "
+                         + "; ".join(pairs) + ".")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------
+# Building the report
+
+
+def build_blocks(result, budget, settings: dict) -> list:
+    """The report's content, in order, from a :class:`depthscape.study.runner.StudyResult`."""
+    from depthscape.analysis.sharpness import sharpness_table
+
+    out = Path(result.out_dir)
+    blocks: list = [Heading("depthscape study report", 1)]
+    metrics = result.metrics
+    seeds = settings.get("seeds", 1)
+    sizes = ""
+    if metrics:
+        sizes = (f" Table 1 evaluates {metrics[0].train_size} training and "
+                 f"{metrics[0].test_size} test images per model.")
+    blocks.append(Paragraph(
+        f"Budget `{budget.name}` ({budget.description}): ResNet/PlainNet trained for "
+        f"{budget.iterations('resnet20')}, the CNN for {budget.iterations('cnn')}, on "
+        f"{budget.train_subset or 'all'} training images; {seeds} seed(s) per model; dataset "
+        f"`{settings.get('dataset')}`.{sizes} Generated {time.strftime('%Y-%m-%d %H:%M')}."))
+    facts = observations(metrics, result.sharpness)
+    if facts:
+        blocks += [Heading("Observations"), Bullets(facts)]
+    if budget.name != "paper":
+        blocks.append(Paragraph(
+            "These numbers come from a shortened schedule: absolute accuracies are far below "
+            "the spec's 64,000-iteration results; compare models with each other, not with "
+            "the paper's tables."))
+    if metrics:
+        blocks += [Heading("Table 1: final training vs. test performance"),
+                   TableBlock(table1(metrics), "Evaluated from each final checkpoint in eval "
+                              "mode, without augmentation.")]
+        blocks += [Heading("Table 2: generalization by depth and training time"),
+                   TableBlock(table2(metrics), "Time: training wall-clock; ratio: relative to "
+                              "the shallowest depth of the family; gain: test-accuracy points "
+                              "over it.")]
+    if result.sharpness:
+        blocks += [Heading("Sharpness of the minima"),
+                   TableBlock(sharpness_table(result.sharpness),
+                              f"Hessian of the training loss on {budget.sharpness_subset} "
+                              "training images, BatchNorm in eval mode: largest eigenvalue by "
+                              "power iteration, trace by Hutchinson's estimator.")]
+    figures = {f.key: f for f in result.figures}
+    curve_blocks = []
+    for key, caption in (("cnn", "Figure 1: baseline CNN, training vs validation"),
+                         ("resnet", "Figure 2: ResNets at every depth"),
+                         ("plain", "Figure 3: PlainNets at every depth")):
+        if key in figures:
+            curve_blocks.append(_figure(figures[key], caption))
+    for key in sorted((k for k in figures if k.startswith("resnet_vs_plain_")),
+                      key=lambda k: int(k.rsplit("_", 1)[1])):
+        curve_blocks.append(_figure(figures[key], figures[key].title))
+    per_run = [_figure(f, f.title) for key, f in figures.items() if key.startswith("run_")]
+    if curve_blocks or per_run:
+        blocks += [Heading("Training curves"), Paragraph(
+            "Exponential-moving-average smoothed; epochs for the CNN, iterations for the "
+            "ResNets and PlainNets."), *curve_blocks]
+    if per_run:
+        blocks += [Heading("Every model on its own (raw values faint, smoothed bold)", 3),
+                   FigureGrid(per_run)]
+    if result.landscapes:
+        contours = [FigureBlock(p, display_name(ls.model)) for ls in result.landscapes
+                    if (p := ls.plot("contour"))]
+        surfaces = [FigureBlock(p, display_name(ls.model)) for ls in result.landscapes
+                    if (p := ls.plot("surface3d"))]
+        blocks += [Heading("Loss landscapes"), Paragraph(
+            f"log10 of the test loss on {budget.landscape_subset or 'all'} test images over a "
+            f"{budget.landscape_resolution}x{budget.landscape_resolution} grid of "
+            "filter-normalised random directions, alpha and beta in [-1, 1], BatchNorm "
+            "parameters left unperturbed.")]
+        if contours:
+            blocks += [Heading("Figure 4: 2-D loss contours", 3), FigureGrid(contours)]
+        if surfaces:
+            blocks += [Heading("Figure 5: 3-D loss surfaces", 3), FigureGrid(surfaces)]
+        blocks.append(Heading("Interactive 3-D surfaces", 3))
+        blocks += [SurfaceBlock(ls, display_name(ls.model)) for ls in result.landscapes]
+    for note in result.notes:
+        blocks.append(Paragraph(f"Note: {note}"))
+    blocks += [Heading("How this report was made"), _budget_table(budget)]
+    if result.timings:
+        steps = ", ".join(f"{k} {format_duration(v)}" for k, v in result.timings.items()
+                          if k != "report")
+        blocks.append(Paragraph(f"Time spent by this call of the study: {steps} (steps already "
+                                "done by an earlier call are reused, not repeated)."))
+    blocks.append(Paragraph(f"Everything lies under `{out}`: `logs/` (CSV training logs), "
+                            "`models/` (checkpoints), `plots/`, `tables/` (Markdown and CSV), "
+                            "`landscapes/` (HDF5 surfaces, interactive pages), `sharpness/`."))
+    return blocks
+
+
+def _figure(figure, caption: str) -> FigureBlock:
+    png = next(p for p in figure.paths if p.suffix == ".png")
+    others = [(p.suffix[1:].upper(), p) for p in figure.paths if p.suffix != ".png"]
+    return FigureBlock(png, caption, others)
+
+
+def _budget_table(budget) -> TableBlock:
+    rows = [
+        ["ResNet/PlainNet training", f"{budget.iterations('resnet20')} (scale {budget.scale:g} "
+                                     "of the spec's 64,000)"],
+        ["CNN training", f"{budget.iterations('cnn')} (scale {budget.cnn_scale:g} of 50)"],
+        ["training images", str(budget.train_subset or "all")],
+        ["test images during training", str(budget.test_subset or "all")],
+        ["Table 1 images (train / test)", f"{budget.table_train_limit or 'all'} / "
+                                          f"{budget.table_test_limit or 'all'}"],
+        ["landscape grid", f"{budget.landscape_resolution}x{budget.landscape_resolution} on "
+                           f"{budget.landscape_subset or 'all'} test images"],
+        ["sharpness", f"{budget.sharpness_subset} training images, <= "
+                      f"{budget.sharpness_power_iters} power iterations, <= "
+                      f"{budget.sharpness_trace_samples} Hutchinson probes"],
+    ]
+    table = Table("Budget", ["Setting", f"{budget.name}"], rows, ["setting", "value"], rows)
+    return TableBlock(table)
+
+
+# ---------------------------------------------------------------------------------------
+# Markdown
+
+
+def _rel(path: Path, base: Path) -> str:
+    return Path(os.path.relpath(path, base)).as_posix()
+
+
+def render_markdown(blocks: Sequence, base: Path) -> str:
+    """The blocks as GitHub-flavoured Markdown; figures linked relative to ``base``."""
+    parts = []
+    for block in blocks:
+        if isinstance(block, Heading):
+            parts.append(f"{'#' * block.level} {block.text}")
+        elif isinstance(block, Paragraph):
+            parts.append(block.text)
+        elif isinstance(block, Bullets):
+            parts.append("\n".join(f"- {item}" for item in block.items))
+        elif isinstance(block, TableBlock):
+            parts.append(block.table.markdown().rstrip()
+                         + (f"\n\n*{block.caption}*" if block.caption else ""))
+        elif isinstance(block, FigureBlock):
+            parts.append(_md_figure(block, base))
+        elif isinstance(block, FigureGrid):
+            parts.append("\n\n".join(_md_figure(f, base) for f in block.figures))
+        elif isinstance(block, SurfaceBlock):
+            ls = block.landscape
+            link = f"[interactive 3-D page]({_rel(ls.html, base)})" if ls.html else ""
+            parts.append(f"- {block.caption}: {link} (surface data: `{_rel(ls.surface, base)}`)")
+    return "\n\n".join(parts) + "\n"
+
+
+def _md_figure(block: FigureBlock, base: Path) -> str:
+    extra = "".join(f" ([{name}]({_rel(path, base)}))" for name, path in block.links)
+    return f"![{block.caption}]({_rel(block.path, base)})\n\n*{block.caption}*{extra}"
+
+
+# ---------------------------------------------------------------------------------------
+# HTML
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;
+max-width:1200px;padding:0 1rem;color:#1d2330;background:#fff;line-height:1.5}
+h1{border-bottom:2px solid #1d2330;padding-bottom:.3rem}
+h2{margin-top:2.2rem;border-bottom:1px solid #ccd;padding-bottom:.2rem}
+table{border-collapse:collapse;margin:.6rem 0;font-size:.92rem}
+th,td{border:1px solid #ccd;padding:.3rem .6rem;text-align:right}
+th{background:#eef0f6}td:first-child,th:first-child{text-align:left}
+figure{margin:1rem 0}figure img{max-width:100%;height:auto;border:1px solid #e3e5ea}
+figcaption{font-style:italic;color:#445}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(340px,1fr));gap:1rem}
+.surface{height:520px;border:1px solid #e3e5ea}
+code{background:#f2f3f7;padding:0 .2rem;border-radius:3px}
+.caption{font-style:italic;color:#445;margin-top:0}
+"""
+
+
+def _inline(text: str) -> str:
+    """Escape ``text`` and turn `code` spans into <code>."""
+    pieces = text.split("`")
+    return "".join(f"<code>{html.escape(p)}</code>" if i % 2 else html.escape(p)
+                   for i, p in enumerate(pieces))
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def _html_table(block: TableBlock) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in block.table.header)
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>"
+                   for row in block.table.rows)
+    caption = f'<p class="caption">{_inline(block.caption)}</p>' if block.caption else ""
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>{caption}"
+
+
+def _html_figure(block: FigureBlock) -> str:
+    return (f'<figure><img alt="{html.escape(block.caption)}" src="{_data_uri(block.path)}">'
+            f"<figcaption>{html.escape(block.caption)}</figcaption></figure>")
+
+
+def surface_figure_json(surface: dict, title: str) -> dict:
+    """A plotly figure (as JSON-able dict) of a 2-D surface's log10 loss, or a 1-D curve."""
+    loss = np.array(surface["loss"], dtype=np.float64)
+    finite = np.isfinite(loss)
+    loss[~finite] = np.nanmax(loss[finite]) if finite.any() else 1.0
+    loss = np.log10(np.maximum(loss, 1e-12))  # the loss spans many orders of magnitude
+    x = np.asarray(surface["x"], dtype=np.float64).tolist()
+    if surface.get("dims", 2) == 2 and surface.get("y") is not None:
+        data = [{"type": "surface", "x": x, "y": np.asarray(surface["y"], dtype=np.float64).tolist(),
+                 "z": loss.tolist(), "colorscale": "Viridis",
+                 "colorbar": {"title": {"text": f"log10 {surface.get('split', 'test')} loss"}}}]
+        layout = {"scene": {"xaxis": {"title": {"text": "alpha"}},
+                            "yaxis": {"title": {"text": "beta"}},
+                            "zaxis": {"title": {"text": "log10 loss"}}}}
+    else:
+        data = [{"type": "scatter", "x": x, "y": loss.tolist(), "mode": "lines+markers"}]
+        layout = {"xaxis": {"title": {"text": "alpha"}}, "yaxis": {"title": {"text": "log10 loss"}}}
+    layout.update({"title": {"text": title}, "margin": {"l": 0, "r": 0, "t": 40, "b": 0},
+                   "template": None})
+    return {"data": data, "layout": layout}
+
+
+def _plotly_js() -> str:
+    from plotly.offline import get_plotlyjs
+
+    return get_plotlyjs()
+
+
+def render_html(blocks: Sequence, title: str = "depthscape study report") -> str:
+    """The blocks as one self-contained HTML page (figures inline, plotly.js inline once)."""
+    from depthscape.analysis.landscape import read_surface
+
+    body, scripts = [], []
+    surfaces = 0
+    for block in blocks:
+        if isinstance(block, Heading):
+            body.append(f"<h{block.level}>{_inline(block.text)}</h{block.level}>")
+        elif isinstance(block, Paragraph):
+            body.append(f"<p>{_inline(block.text)}</p>")
+        elif isinstance(block, Bullets):
+            body.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in block.items) + "</ul>")
+        elif isinstance(block, TableBlock):
+            body.append(_html_table(block))
+        elif isinstance(block, FigureBlock):
+            body.append(_html_figure(block))
+        elif isinstance(block, FigureGrid):
+            body.append('<div class="grid">' + "".join(_html_figure(f) for f in block.figures)
+                        + "</div>")
+        elif isinstance(block, SurfaceBlock):
+            surfaces += 1
+            div = f"surface-{surfaces}"
+            figure = surface_figure_json(read_surface(block.landscape.surface), block.caption)
+            body.append(f'<div id="{div}" class="surface" data-model="'
+                        f'{html.escape(block.landscape.model)}"></div>')
+            scripts.append(f"draw({json.dumps(div)}, {_json(figure)});")
+    script = ""
+    if scripts:
+        script = (f"<script>{_plotly_js()}</script>\n<script>\n"
+                  "function draw(id, fig) {\n"
+                  "  Plotly.newPlot(id, fig.data, fig.layout, {responsive: true});\n"
+                  "}\n" + "\n".join(scripts) + "\n</script>")
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>\n"
+            + "\n".join(body) + f"\n{script}\n</body></html>\n")
+
+
+def _json(value) -> str:
+    """JSON safe to put inside a <script> element."""
+    text = json.dumps(value, allow_nan=False, default=_finite)
+    return text.replace("</", "<\\/")
+
+
+def _finite(value):
+    if isinstance(value, (np.floating, np.integer)):
+        value = value.item()
+        return value if math.isfinite(value) else None
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def write_report(result, budget, settings: dict) -> tuple[Path, Path]:
+    """Write ``report.md`` and ``report.html`` for a study result; returns both paths."""
+    blocks = build_blocks(result, budget, settings)
+    out = Path(result.out_dir)
+    atomic_write_text(result.report_md, render_markdown(blocks, out))
+    atomic_write_text(result.report_html, render_html(blocks))
+    return result.report_md, result.report_html

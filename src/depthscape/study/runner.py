@@ -1,0 +1,401 @@
+"""The whole comparison in one call: train, plot, measure, tabulate, report.
+
+:func:`run_study` trains the seven models (through :func:`depthscape.study.launcher.run_trainings`,
+skipping finished runs and resuming interrupted ones), draws the training curves, computes
+each model's loss landscape, Tables 1 and 2 and the sharpness of every minimum, and writes
+``report.md`` and a self-contained ``report.html``. Every step keeps its results on disk
+and reuses them, so running the same study again only does what is missing.
+
+A :class:`Budget` says how much of the spec's work to do: ``paper`` is the spec's full
+recipes, ``quick`` a scaled-down study for a laptop CPU, ``smoke`` a seconds-long check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from depthscape.core.atomic import atomic_write_text, ensure_writable_dir
+from depthscape.core.errors import UserError
+from depthscape.core.models import canonical_name
+
+#: The seven models of the spec, in its order.
+STUDY_MODELS = ("cnn", "resnet20", "resnet56", "resnet110", "plain20", "plain56", "plain110")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much of the spec's work a study does. ``None`` means "all of it"."""
+
+    name: str
+    description: str
+    scale: float  # ResNet/PlainNet: multiplies the 64,000 iterations, warm-up and decays
+    cnn_scale: float  # CNN: multiplies its 50 epochs and cosine period
+    train_subset: int | None  # training images (fixed random subset)
+    test_subset: int | None  # test images evaluated during training
+    eval_every: int | None  # iterations between test evaluations (None: once per epoch)
+    log_every: int | None  # iterations between CSV rows (None: the recipe's 100)
+    checkpoint_every: int  # iterations between resumable checkpoints
+    table_train_limit: int | None  # training images evaluated for Table 1 (None: the run's split)
+    table_test_limit: int | None  # test images evaluated for Table 1 (None: all)
+    landscape_resolution: int  # grid points per axis over [-1, 1]
+    landscape_subset: int | None  # test images each grid point is evaluated on
+    sharpness_subset: int  # training images the Hessian is measured on
+    sharpness_power_iters: int
+    sharpness_trace_samples: int
+    sharpness_power_tol: float = 1e-3
+    sharpness_trace_tol: float = 0.05
+    # Iterations every ResNet/PlainNet starts at a tenth of its learning rate (the spec's
+    # warm-up lr); None keeps each recipe's own warm-up, scaled with the schedule.
+    warmup_iterations: int | None = None
+    models: tuple[str, ...] = STUDY_MODELS
+
+    def recipe(self, model: str):
+        """The recipe ``model`` trains with under this budget (already scaled)."""
+        from depthscape.core.recipes import recipe_for
+
+        name = canonical_name(model)
+        recipe = recipe_for(name).scaled(self.cnn_scale if name == "cnn" else self.scale)
+        if self.warmup_iterations and recipe.unit == "iteration":
+            recipe = replace(recipe, warmup_length=self.warmup_iterations,
+                             warmup_lr=recipe.warmup_lr or recipe.lr / 10)
+        return recipe
+
+    def iterations(self, model: str) -> str:
+        """Human-readable training length of ``model`` under this budget."""
+        recipe = self.recipe(model)
+        return f"{recipe.length} {recipe.unit}{'' if recipe.length == 1 else 's'}"
+
+
+BUDGETS: dict[str, Budget] = {
+    # The spec's recipes: 64,000 iterations (ResNet/PlainNet), 50 epochs (CNN), all of the
+    # data; Li et al.'s 51x51 grid on the whole test set. Days on a CPU, hours on a GPU.
+    "paper": Budget(
+        name="paper", description="the spec's full recipes and data",
+        scale=1.0, cnn_scale=1.0, train_subset=None, test_subset=None,
+        eval_every=None, log_every=None, checkpoint_every=1000,
+        table_train_limit=None, table_test_limit=None,
+        landscape_resolution=51, landscape_subset=None,
+        sharpness_subset=2000, sharpness_power_iters=50, sharpness_trace_samples=100,
+        sharpness_trace_tol=0.02),
+    # Sized for a 2-core CPU on real CIFAR-10 (numbers and timings in docs/study.md): all
+    # six ResNets/PlainNets train the same 400 iterations (the spec's schedule scaled by
+    # 1/160: lr decays at 200 and 300) on a fixed 10,000-image subset, so depth and the
+    # shortcut are the only differences; the CNN trains 5 epochs on the same subset. The
+    # first phase (200 iterations) runs at the spec's warm-up rate, a tenth of the base
+    # lr: at lr 0.1 ResNet-56's first steps blow up (with or without a 40-iteration
+    # warm-up) and a 400-iteration run sits at chance level, while ResNet-20 is fine.
+    "quick": Budget(
+        name="quick", description="scaled schedules, subsets and grids for a 2-core CPU (<45 min)",
+        scale=0.00625, cnn_scale=0.1, train_subset=10_000, test_subset=1000,
+        eval_every=100, log_every=20, checkpoint_every=100,
+        table_train_limit=5000, table_test_limit=None,
+        landscape_resolution=11, landscape_subset=200,
+        sharpness_subset=128, sharpness_power_iters=8, sharpness_trace_samples=6,
+        sharpness_power_tol=1e-2, sharpness_trace_tol=0.1, warmup_iterations=200),
+    # Seconds per model on tiny data: for tests and for trying the pipeline.
+    "smoke": Budget(
+        name="smoke", description="a few iterations on a few images, to check the pipeline",
+        scale=1 / 8000, cnn_scale=0.02, train_subset=256, test_subset=64,
+        eval_every=4, log_every=2, checkpoint_every=4,
+        table_train_limit=128, table_test_limit=64,
+        landscape_resolution=5, landscape_subset=32,
+        sharpness_subset=16, sharpness_power_iters=2, sharpness_trace_samples=2,
+        sharpness_power_tol=1e-2, sharpness_trace_tol=0.5),
+}
+
+
+def get_budget(name: str) -> Budget:
+    """The budget called ``name``; an unknown name is a UserError listing the known ones."""
+    if name not in BUDGETS:
+        raise UserError(f"unknown budget {name!r}: choose one of {', '.join(BUDGETS)}")
+    return BUDGETS[name]
+
+
+@dataclass
+class StudyConfig:
+    """Everything one study depends on."""
+
+    budget: str = "quick"
+    seeds: int = 1
+    out_dir: str = "study"
+    dataset: str = "cifar10"
+    data_dir: str | None = None
+    cache_dir: str | None = None
+    device: str | None = None
+    models: Sequence[str] | None = None  # default: the budget's (the seven of the spec)
+    landscapes: bool = True
+    sharpness: bool = True
+    progress: bool = True
+
+
+@dataclass
+class StudyResult:
+    """What a study produced: the report files and every artifact behind them."""
+
+    out_dir: Path
+    report_md: Path
+    report_html: Path
+    metrics: list = field(default_factory=list)  # tables.RunMetrics
+    figures: list = field(default_factory=list)  # curves.Figure
+    landscapes: list = field(default_factory=list)  # report.Landscape
+    sharpness: list = field(default_factory=list)  # (RunInfo, SharpnessResult)
+    timings: dict = field(default_factory=dict)  # step -> seconds in this call
+    notes: list = field(default_factory=list)
+
+
+def _settings(config: StudyConfig, budget: Budget, models: list[str]) -> dict:
+    numbers = asdict(budget)
+    numbers.pop("models")  # the models studied may change between calls; the numbers may not
+    return json.loads(json.dumps({"budget": numbers, "seeds": config.seeds, "models": models,
+                                  "dataset": config.dataset}))
+
+
+def _check_folder(out: Path, settings: dict) -> None:
+    """Refuse a folder that holds a study with another budget (its runs would not match)."""
+    marker = out / "study.json"
+    if not marker.exists():
+        return
+    try:
+        saved = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return
+    old = saved.get("budget", {})
+    if old and old != settings["budget"]:
+        raise UserError(f"{out} holds a study with the {old.get('name', 'another')!r} budget "
+                        f"(or other budget numbers); use another --out for the "
+                        f"{settings['budget']['name']!r} budget")
+
+
+def training_configs(config: StudyConfig, budget: Budget, models: Sequence[str]) -> list:
+    """One resumable TrainConfig per model and seed, as the budget says."""
+    from depthscape.training.loop import TrainConfig
+
+    configs = []
+    for seed in range(config.seeds):
+        for model in models:
+            configs.append(TrainConfig(
+                model=model, dataset=config.dataset, data_dir=config.data_dir,
+                cache_dir=config.cache_dir, out_dir=str(config.out_dir), seed=seed,
+                device=config.device, recipe=budget.recipe(model), scale=1.0,
+                train_subset=budget.train_subset, test_subset=budget.test_subset,
+                # the CNN logs once per epoch and is evaluated at each epoch's end
+                eval_every=None if model == "cnn" else budget.eval_every,
+                log_every=None if model == "cnn" else budget.log_every,
+                checkpoint_every=budget.checkpoint_every, resume=True,
+                progress=config.progress))
+    return configs
+
+
+def _say(progress: bool, message: str) -> None:
+    if progress:
+        print(f"[study] {message}", flush=True)
+
+
+def run_study(config: StudyConfig) -> StudyResult:
+    """Run (or finish) the study ``config`` describes and write its report; see the module doc."""
+    from depthscape.analysis.curves import standard_figures
+    from depthscape.core.data import load_dataset
+    from depthscape.core.runs import RunInfo
+    from depthscape.study.report import write_report
+    from depthscape.core.runs import run_paths
+    from depthscape.study.launcher import run_trainings
+    from depthscape.analysis.tables import evaluate_runs, table1, table2, write_table
+
+    budget = get_budget(config.budget)
+    if config.seeds < 1:
+        raise UserError(f"--seeds must be at least 1, got {config.seeds}")
+    models = [canonical_name(m) for m in (config.models or budget.models)]
+    if len(set(models)) != len(models):
+        raise UserError("a model is listed twice")
+    out = ensure_writable_dir(config.out_dir)
+    config = replace(config, out_dir=str(out))
+    settings = _settings(config, budget, models)
+    _check_folder(out, settings)
+    atomic_write_text(out / "study.json", json.dumps(settings, indent=2) + "\n")
+    timings: dict[str, float] = {}
+    notes: list[str] = []
+
+    def step(name: str):
+        return _Timer(timings, name, config.progress)
+
+    with step("data"):
+        dataset = load_dataset(config.dataset, config.data_dir, config.cache_dir)
+    runs = [RunInfo(m, s, dataset.name, run_paths(out, m, s, dataset.name))
+            for s in range(config.seeds) for m in models]
+
+    with step("training"):
+        _say(config.progress, f"training {len(runs)} run(s) ({budget.name} budget)")
+        try:
+            run_trainings(training_configs(config, budget, models), dataset=dataset)
+        except UserError as error:
+            if error.exit_code != 130:
+                raise
+            where = str(error).split(";")[0]  # "interrupted at iteration N"
+            raise UserError(f"{where}; the run is saved: run the same study command again "
+                            "to continue", exit_code=130) from None
+
+    with step("curves"):
+        figures = standard_figures(out, out / "plots", models=models, seed=0,
+                                   dataset=dataset.name, reuse=True)
+
+    with step("tables"):
+        _say(config.progress, "evaluating the final checkpoints for Tables 1 and 2")
+        metrics = evaluate_runs(runs, dataset, config.device, train_limit=budget.table_train_limit,
+                                test_limit=budget.table_test_limit,
+                                cache_dir=out / "tables" / "metrics", progress=config.progress)
+        for table, stem in ((table1(metrics), "table1"), (table2(metrics), "table2")):
+            write_table(table, out / "tables", stem)
+
+    landscapes = []
+    if config.landscapes:
+        with step("landscapes"):
+            landscapes = _landscapes(runs, budget, dataset, config, out, notes)
+
+    sharpness = []
+    if config.sharpness:
+        with step("sharpness"):
+            sharpness = _sharpness(runs, budget, dataset, config, out)
+
+    result = StudyResult(out, out / "report.md", out / "report.html", metrics, figures,
+                         landscapes, sharpness, timings, notes)
+    with step("report"):
+        write_report(result, budget, settings)
+    _write_timings(out, timings)
+    _say(config.progress, f"report: {result.report_md} and {result.report_html}")
+    return result
+
+
+class _Timer:
+    def __init__(self, timings: dict, name: str, progress: bool):
+        self.timings, self.name, self.progress = timings, name, progress
+
+    def __enter__(self):
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.timings[self.name] = time.perf_counter() - self.started
+        if exc[0] is None:
+            _say(self.progress, f"{self.name}: {self.timings[self.name]:.0f} s")
+
+
+def _write_timings(out: Path, timings: dict) -> None:
+    """Append this call's step times to ``timings.json`` (one entry per study call)."""
+    path = out / "timings.json"
+    history = []
+    if path.exists():
+        try:
+            history = json.loads(path.read_text())
+        except (OSError, ValueError):
+            history = []
+    history.append({"finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    "steps_s": {k: round(v, 1) for k, v in timings.items()},
+                    "total_s": round(sum(timings.values()), 1)})
+    atomic_write_text(path, json.dumps(history, indent=2) + "\n")
+
+
+def _landscapes(runs, budget: Budget, dataset, config: StudyConfig, out: Path,
+                notes: list[str]) -> list:
+    """Each model's (seed 0) surface, its plots and its interactive 3-D page."""
+    from depthscape.study.report import Landscape
+
+    try:
+        from depthscape.analysis.landscape import (
+            LandscapeConfig,
+            compute_landscape,
+            plot_landscape,
+            write_interactive_html,
+        )
+    except ImportError as error:
+        notes.append(f"loss landscapes skipped: the landscape module is unavailable ({error})")
+        return []
+    results = []
+    for run in runs:
+        if run.seed != 0 or not run.paths.final.exists():
+            continue
+        surface_config = LandscapeConfig(
+            resolution=budget.landscape_resolution, xrange=(-1.0, 1.0), yrange=(-1.0, 1.0),
+            split="test", subset=budget.landscape_subset, seed=0, norm="filter",
+            device=config.device)
+        target = out / "landscapes" / f"{run.paths.run_name}.h5"
+        _say(config.progress, f"landscape of {run.paths.run_name} "
+                              f"({budget.landscape_resolution}x{budget.landscape_resolution})")
+        surface = Path(compute_landscape(run.paths.final, surface_config, output=target,
+                                         dataset=dataset, progress=config.progress))
+        plot_dir = out / "plots" / "landscapes"
+        plots = _fresh_landscape_plots(surface, plot_dir) or [
+            Path(p) for p in plot_landscape(surface, plot_dir, kinds=list(LANDSCAPE_KINDS),
+                                            log_scale=True)]
+        html = out / "landscapes" / f"{run.paths.run_name}_3d.html"
+        if not _newer(html, surface):
+            html = Path(write_interactive_html(surface, html, log_scale=True))
+        results.append(Landscape(run.model, run.paths.run_name, surface, plots, html))
+    return results
+
+
+#: The landscape drawings a study makes: the spec's contour (Figure 4) and 3-D surface
+#: (Figure 5), plus filled contours. All of log10(loss): away from the minimum the loss
+#: grows by many orders of magnitude (1e7 at the corners of a short-trained ResNet-110's
+#: grid, 1e20 for PlainNet-110), which on a linear scale flattens every basin to one colour.
+LANDSCAPE_KINDS = ("contour", "contourf", "surface3d")
+
+
+def _newer(target: Path, source: Path) -> bool:
+    return target.exists() and target.stat().st_mtime_ns >= source.stat().st_mtime_ns
+
+
+def _fresh_landscape_plots(surface: Path, plot_dir: Path) -> list[Path] | None:
+    """The drawings of ``surface`` when every kind exists as PNG newer than the surface."""
+    found = sorted(plot_dir.glob(f"{surface.stem}_loss_log_*"))
+    pngs = {p.stem.rsplit("_", 1)[-1]: p for p in found if p.suffix == ".png"}
+    if all(kind in pngs and _newer(pngs[kind], surface) for kind in LANDSCAPE_KINDS):
+        return [p for p in found if p.stem.rsplit("_", 1)[-1] in LANDSCAPE_KINDS]
+    return None
+
+
+def _sharpness(runs, budget: Budget, dataset, config: StudyConfig, out: Path) -> list:
+    from tqdm.auto import tqdm
+
+    from depthscape.analysis.sharpness import SharpnessConfig, measure_sharpness, sharpness_table
+    from depthscape.analysis.tables import write_table
+
+    sharp_config = SharpnessConfig(
+        split="train", subset=budget.sharpness_subset,
+        batch_size=min(budget.sharpness_subset, 512),  # bounds the double-backward's memory
+        power_iters=budget.sharpness_power_iters, power_tol=budget.sharpness_power_tol,
+        trace_samples=budget.sharpness_trace_samples, trace_tol=budget.sharpness_trace_tol,
+        min_trace_samples=min(5, budget.sharpness_trace_samples), seed=0, device=config.device)
+    results = []
+    finished = [r for r in runs if r.paths.final.exists()]
+    for run in tqdm(finished, desc="sharpness", unit="run", disable=not config.progress,
+                    dynamic_ncols=True):
+        results.append((run, measure_sharpness(run.paths.final, sharp_config, dataset,
+                                               out / "sharpness" / f"{run.paths.run_name}.json")))
+    if results:
+        write_table(sharpness_table(results), out / "sharpness", "sharpness")
+    return results
+
+
+def describe_budgets() -> str:
+    """One paragraph per budget with its numbers (for ``--help`` and the docs)."""
+    lines = []
+    for budget in BUDGETS.values():
+        lines.append(f"{budget.name}: {budget.description}; ResNet/PlainNet "
+                     f"{budget.iterations('resnet20')}, CNN {budget.iterations('cnn')}, "
+                     f"train subset {budget.train_subset or 'all'}, landscape "
+                     f"{budget.landscape_resolution}x{budget.landscape_resolution} on "
+                     f"{budget.landscape_subset or 'all'} test images")
+    return "\n".join(lines)
+
+
+def study_paths(out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Where a study's outputs lie under ``out_dir``."""
+    out = Path(out_dir)
+    return {"report_md": out / "report.md", "report_html": out / "report.html",
+            "plots": out / "plots", "tables": out / "tables", "landscapes": out / "landscapes",
+            "sharpness": out / "sharpness", "logs": out / "logs", "models": out / "models"}
