@@ -45,7 +45,7 @@ from depthscape.core.distributed import DistContext, env_world_size, setup, shar
 from depthscape.core.errors import TrainingDiverged, UserError
 from depthscape.training.evaluation import evaluate
 from depthscape.training.fastpath import fast_path_for
-from depthscape.core.models import canonical_name, get_model
+from depthscape.core.models import canonical_name, get_model, model_kwargs_for
 from depthscape.core.recipes import Recipe, preprocess_for, recipe_for
 from depthscape.core.runs import RunPaths, run_paths
 
@@ -331,12 +331,8 @@ def _train(config: TrainConfig, dataset: Dataset | None, ctx: DistContext) -> Tr
 
     fast.apply_global()
     torch.manual_seed(config.seed)
-    model = get_model(model_name, in_channels=dataset.in_channels,
-                      num_classes=dataset.num_classes,
-                      **({"image_size": dataset.image_size} if model_name == "cnn" else {}))
-    model_kwargs = {"in_channels": dataset.in_channels, "num_classes": dataset.num_classes}
-    if model_name == "cnn":
-        model_kwargs["image_size"] = dataset.image_size
+    model_kwargs = model_kwargs_for(model_name, dataset)
+    model = get_model(model_name, **model_kwargs)
     model.to(device)
     fast.prepare_model(model)
     optimizer = make_optimizer(recipe, model, fused=fast.fused_optimizer)

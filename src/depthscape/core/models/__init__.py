@@ -9,6 +9,7 @@ from depthscape.core.models.registry import (
     list_models,
     model_depth,
     model_family,
+    model_kwargs_for,
     register_model,
 )
 
@@ -19,5 +20,6 @@ __all__ = [
     "list_models",
     "model_depth",
     "model_family",
+    "model_kwargs_for",
     "register_model",
 ]

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from depthscape.core.models.init import kaiming_init
-from depthscape.core.models.registry import register_model
+from depthscape.core.models.registry import register_model, set_data_kwargs
 
 
 class Net(nn.Module):
@@ -47,3 +47,6 @@ class Net(nn.Module):
 def cnn(in_channels: int = 3, num_classes: int = 10, image_size: int = 32) -> Net:
     """The study's baseline CNN."""
     return Net(in_channels=in_channels, num_classes=num_classes, image_size=image_size)
+
+
+set_data_kwargs("cnn", "image_size")  # its classifier's input size depends on it

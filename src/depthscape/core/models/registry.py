@@ -89,6 +89,23 @@ def model_depth(name: str) -> int | None:
     return int(match.group(2)) if match else None
 
 
+#: Per model: which of the dataset's properties, beyond channels and classes, its factory takes.
+_DATA_KWARGS: dict[str, tuple[str, ...]] = {}
+
+
+def set_data_kwargs(name: str, *properties: str) -> None:
+    """Declare that model ``name``'s factory also takes these dataset properties (e.g. image_size)."""
+    _DATA_KWARGS[name] = properties
+
+
+def model_kwargs_for(name: str, dataset) -> dict:
+    """The keyword arguments that build model ``name`` for ``dataset`` (as stored in checkpoints)."""
+    kwargs = {"in_channels": dataset.in_channels, "num_classes": dataset.num_classes}
+    for prop in _DATA_KWARGS.get(canonical_name(name), ()):
+        kwargs[prop] = getattr(dataset, prop)
+    return kwargs
+
+
 def get_model(name: str, in_channels: int = 3, num_classes: int = 10, **kwargs) -> nn.Module:
     """Build the model called ``name`` (any spelling :func:`canonical_name` accepts)."""
     name = canonical_name(name)
