@@ -136,7 +136,7 @@ def test_resume_with_other_settings_is_refused(tiny_data, cache_dir, tmp_path):
 
 
 class _DivergeAfter:
-    """Stands in for torch.nn.functional in depthscape.training.loop; the loss turns NaN after n calls."""
+    """Stands in for torch.nn.functional in depthscape.training.step; the loss turns NaN after n calls."""
 
     def __init__(self, n: int):
         self.n, self.calls = n, 0
@@ -149,9 +149,9 @@ class _DivergeAfter:
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_data, cache_dir, tmp_path,
                                                              monkeypatch):
-    import depthscape.training.loop as train_module
+    import depthscape.training.step as step_module
 
-    monkeypatch.setattr(train_module, "F", _DivergeAfter(6))
+    monkeypatch.setattr(step_module, "F", _DivergeAfter(6))
     config = resnet_config(tiny_data, tmp_path)
     with pytest.raises(TrainingDiverged) as info:
         train(config)

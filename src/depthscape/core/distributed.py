@@ -1,10 +1,11 @@
-"""Data-parallel training under ``torchrun``: process-group set-up, shards, collectives.
+"""Processes of one ``torchrun`` job (training, evaluation, landscapes): set-up, shards, collectives.
 
 ``torchrun --nproc_per_node=N depthscape train ...`` starts N processes with ``RANK``,
 ``LOCAL_RANK`` and ``WORLD_SIZE`` set. :func:`setup` reads them, picks the device
 (``cuda:LOCAL_RANK`` with NCCL, or the CPU with gloo) and joins the process group; a plain
-``python``/``depthscape`` start gives a :class:`DistContext` with ``world_size == 1`` and
-every helper here becomes a no-op, so single-process runs are untouched.
+``python``/``depthscape`` start gives a :class:`DistContext` with ``world_size == 1``
+whose collectives are identities, so single-process code has no rank branches and runs
+untouched. Training, its evaluation and loss landscapes share this one object.
 
 The global batch stays the recipe's: every rank reads the same seeded batch of indices
 and keeps its contiguous slice (:func:`shard_bounds`), so the ranks together see exactly
@@ -58,7 +59,14 @@ def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
 
 @dataclass
 class DistContext:
-    """Where this process stands among the training processes (world_size 1: alone)."""
+    """Where this process stands among the processes of one job: alone, or under torchrun.
+
+    This class is the single-process case (``world_size == 1``): every collective is the
+    identity or a no-op (``all_sum`` returns its input, ``gather_objects`` returns
+    ``[obj]``, ``barrier`` returns at once), so code written against it reads the same
+    alone and under torchrun, where :func:`setup` returns a :class:`GroupContext` instead.
+    Training, its evaluation and landscapes all take one of these.
+    """
 
     rank: int = 0
     local_rank: int = 0
@@ -67,56 +75,95 @@ class DistContext:
 
     @property
     def enabled(self) -> bool:
+        """True under torchrun with more than one process."""
         return self.world_size > 1
 
     @property
     def is_main(self) -> bool:
+        """True on rank 0: the process that prints and writes files."""
         return self.rank == 0
 
+    def shard(self, n: int) -> tuple[int, int]:
+        """``[lo, hi)`` of this process's contiguous slice of ``n`` items (see :func:`shard_bounds`)."""
+        return shard_bounds(n, self.rank, self.world_size)
+
     def barrier(self) -> None:
-        if self.enabled:
-            dist.barrier()
+        """Wait until every process reaches this point."""
 
     def all_true(self, flag: bool) -> bool:
         """True only where ``flag`` is true on every rank (a collective: every rank calls it)."""
-        if not self.enabled:
-            return flag
+        return flag
+
+    def all_sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum of ``values`` (a float64 tensor on the device) over every rank, in place."""
+        return values
+
+    def broadcast_buffers(self, module: torch.nn.Module) -> None:
+        """Give every rank rank 0's buffers (BatchNorm running statistics)."""
+
+    def gather_objects(self, obj) -> list:
+        """Every rank's ``obj`` (any picklable object), indexed by rank (a collective)."""
+        return [obj]
+
+    def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The module a training step calls: ``model`` itself, or its DistributedDataParallel."""
+        return model
+
+    def signal_acts_alone(self, signalled: bool) -> bool:
+        """Whether a stop signal this process received can act at once, without the others.
+
+        Alone it can; under torchrun it waits for the next point where the ranks agree.
+        """
+        return signalled
+
+    def close(self) -> None:
+        """End of one computation. The process group stays: torchrun's rendezvous cannot be
+        joined a second time, and the next run of this process (a study, a landscape after
+        a training) reuses it; it is destroyed when the process exits."""
+
+
+@dataclass
+class GroupContext(DistContext):
+    """One of ``world_size > 1`` processes of a torchrun job: the collectives are real."""
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+    def all_true(self, flag: bool) -> bool:
         value = torch.tensor([1.0 if flag else 0.0], device=self.device)
         dist.all_reduce(value, op=dist.ReduceOp.MIN)
         return bool(value.item() > 0)
 
     def all_sum(self, values: torch.Tensor) -> torch.Tensor:
-        """Sum of ``values`` (a float64 tensor on the device) over every rank, in place."""
-        if self.enabled:
-            dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
         return values
 
     def broadcast_buffers(self, module: torch.nn.Module) -> None:
-        """Give every rank rank 0's buffers (BatchNorm running statistics)."""
-        if self.enabled:
-            for buffer in module.buffers():
-                dist.broadcast(buffer, 0)
+        for buffer in module.buffers():
+            dist.broadcast(buffer, 0)
 
-    def gather_objects(self, obj):
-        """Every rank's ``obj``, indexed by rank (``[obj]`` alone)."""
-        if not self.enabled:
-            return [obj]
+    def gather_objects(self, obj) -> list:
         out = [None] * self.world_size
         dist.all_gather_object(out, obj)
         return out
 
-    def close(self) -> None:
-        """End of one training. The process group stays: torchrun's rendezvous cannot be
-        joined a second time, and the next run of this process (a study) reuses it; it is
-        destroyed when the process exits."""
+    def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[self.device.index]
+                                       if self.device.type == "cuda" else None)
+
+    def signal_acts_alone(self, signalled: bool) -> bool:
+        return False
 
 
 def setup(device_name: str | None = None) -> DistContext:
     """The device and process group of this process; joins the group under torchrun.
 
-    Outside torchrun (``WORLD_SIZE`` unset or 1) this is :func:`get_device` and nothing
-    else. Under torchrun the device is ``cuda:LOCAL_RANK`` (backend NCCL) when CUDA is the
-    device asked for or found, else the CPU (backend gloo).
+    Outside torchrun (``WORLD_SIZE`` unset or 1) this is a :class:`DistContext` on
+    :func:`get_device` and nothing else. Under torchrun the device is ``cuda:LOCAL_RANK``
+    (backend NCCL) when CUDA is the device asked for or found, else the CPU (backend gloo);
+    the group is joined once for the life of the process (see :meth:`DistContext.close`).
     """
     world = env_world_size()
     if world == 1:
@@ -139,7 +186,7 @@ def setup(device_name: str | None = None) -> DistContext:
     elif device.type == "cpu":
         backend = "gloo"
     else:
-        raise UserError(f"distributed training runs on CUDA (NCCL) or the CPU (gloo), not on "
+        raise UserError(f"under torchrun depthscape runs on CUDA (NCCL) or the CPU (gloo), not on "
                         f"{device.type}: pass --device cpu or start without torchrun")
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
@@ -147,8 +194,8 @@ def setup(device_name: str | None = None) -> DistContext:
     if dist.get_world_size() != world:
         raise UserError(f"WORLD_SIZE says {world} processes but the process group has "
                         f"{dist.get_world_size()}")
-    return DistContext(rank=dist.get_rank(), local_rank=local_rank, world_size=world,
-                       device=device)
+    return GroupContext(rank=dist.get_rank(), local_rank=local_rank, world_size=world,
+                        device=device)
 
 
 def keep_group_until_exit() -> None:

@@ -24,11 +24,12 @@ import os
 import signal
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 from depthscape.core.atomic import atomic_write_text, ensure_writable_dir
 from depthscape.core.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
@@ -43,11 +44,13 @@ from depthscape.core.data import (
 )
 from depthscape.core.distributed import DistContext, env_world_size, setup, shard_bounds
 from depthscape.core.errors import TrainingDiverged, UserError
-from depthscape.training.evaluation import evaluate
-from depthscape.training.fastpath import fast_path_for
 from depthscape.core.models import canonical_name, get_model, model_kwargs_for
 from depthscape.core.recipes import Recipe, preprocess_for, recipe_for
 from depthscape.core.runs import RunPaths, run_paths
+from depthscape.training.evaluation import evaluate_sums, mean_metrics
+from depthscape.training.fastpath import FastPath, fast_path_for
+from depthscape.training.state import TrainState
+from depthscape.training.step import MetricSums, make_loss, make_train_step, set_learning_rate
 
 
 @dataclass
@@ -135,6 +138,11 @@ class BatchSchedule:
             need -= len(piece)
             epoch, offset = epoch + 1, 0
         return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def batch_sizes(self) -> list[int]:
+        """Every length :meth:`indices` returns: the batch, and an epoch's smaller last one."""
+        last = 0 if self.stream else self.n % self.batch
+        return sorted({self.batch, last} - {0})
 
 
 def make_optimizer(recipe: Recipe, model: torch.nn.Module, fused: bool = False) -> torch.optim.Optimizer:
@@ -244,29 +252,27 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> TrainResult:
     if recipe.batch_size % world:  # checked before joining, so no rank waits on the others
         raise UserError(f"the recipe's batch of {recipe.batch_size} does not split evenly over "
                         f"{world} processes: use a process count that divides it")
-    ctx = setup(config.device)
+    dist = setup(config.device)
     try:
-        return _train(config, dataset, ctx)
+        return _train(config, dataset, dist)
     finally:
-        ctx.close()
+        dist.close()
 
 
-def _notice(ctx: DistContext, message: str) -> None:
-    if ctx.is_main:
+def _notice(dist: DistContext, message: str) -> None:
+    if dist.is_main:
         print(f"depthscape: notice: {message}", file=sys.stderr, flush=True)
 
 
-def _load_data(config: TrainConfig, ctx: DistContext) -> Dataset:
+def _load_data(config: TrainConfig, dist: DistContext) -> Dataset:
     """Load the dataset; under torchrun one process per machine fills the cache first."""
-    if not ctx.enabled:
-        return load_dataset(config.dataset, config.data_dir, config.cache_dir)
     dataset, error = None, None
-    if ctx.local_rank == 0:
+    if dist.local_rank == 0:
         try:
             dataset = load_dataset(config.dataset, config.data_dir, config.cache_dir)
         except UserError as caught:
             error = caught
-    if not ctx.all_true(error is None):
+    if not dist.all_true(error is None):
         raise error or UserError("loading the data failed in another process (see rank 0)")
     return dataset if dataset is not None else load_dataset(config.dataset, config.data_dir,
                                                             config.cache_dir)
@@ -284,327 +290,343 @@ def _write_trace(steps: list[torch.Tensor], run_name: str, rank: int) -> None:
     torch.save(earlier + steps, path)
 
 
-def _train(config: TrainConfig, dataset: Dataset | None, ctx: DistContext) -> TrainResult:
+def _train(config: TrainConfig, dataset: Dataset | None, dist: DistContext) -> TrainResult:
+    """Set up, resume or start, then ``batch -> step -> events`` until the run is done."""
     model_name = canonical_name(config.model)
     recipe = (config.recipe or recipe_for(model_name)).scaled(config.scale)
-    device = ctx.device
-    world, rank, main = ctx.world_size, ctx.rank, ctx.is_main
-    fast, notice = fast_path_for(device, amp=config.amp, channels_last=config.channels_last,
+    fast, notice = fast_path_for(dist.device, amp=config.amp, channels_last=config.channels_last,
                                  compile=config.compile)
     if notice:
-        _notice(ctx, notice)
+        _notice(dist, notice)
     out_dir = ensure_writable_dir(config.out_dir)
-    if dataset is None:
-        dataset = _load_data(config, ctx)
-    paths = run_paths(out_dir, model_name, config.seed, dataset.name)
-    train_split = dataset.train.subset(config.train_subset)
-    test_split = dataset.test.subset(config.test_subset)
-    last_batch = len(train_split) % recipe.batch_size
-    if world > 1 and recipe.unit == "epoch" and 0 < last_batch < world:
-        raise UserError(f"each epoch ends with a batch of {last_batch} images, too few for "
-                        f"{world} processes: change the subset size or the process count")
-    preprocess = preprocess_for(recipe, dataset)
-    settings = _config_dict(config, recipe, dataset, preprocess, model_name)
-    settings["dataset"]["train_size"], settings["dataset"]["test_size"] = len(train_split), len(test_split)
-    settings["runtime"] = {**fast.to_dict(), "world_size": world}
+    dataset = dataset if dataset is not None else _load_data(config, dist)
+    run = _Run(config, recipe, model_name, dataset, dist, fast, out_dir)
+    saved = run.saved_state()
+    if isinstance(saved, TrainResult):  # resuming a run that had finished
+        return saved
+    dist.barrier()  # every rank has looked at the files before rank 0 writes any
+    state = run.build_state(saved)
 
-    # ---- resume or start -------------------------------------------------------------
-    state = None
-    if paths.resume.exists() and config.resume:
-        state = load_checkpoint(paths.resume, map_location="cpu")
-        differs = _matches(state.get("config", {}), settings)
-        if differs:
-            raise UserError(f"{paths.resume} was written with a different setting ({differs}); "
-                            "rerun with the same options, or pass --overwrite to start over")
-    elif paths.final.exists() and config.resume:
-        final = load_checkpoint(paths.final)
-        if _matches(final.get("config", {}), settings) is None:
-            metrics = final.get("metrics", {})
-            return TrainResult(paths, int(final.get("iteration", 0)), True, **metrics)
-        raise UserError(f"{paths.final} holds a finished run with different settings; "
-                        "pass --overwrite to train again")
-    elif (paths.resume.exists() or paths.final.exists()) and not config.overwrite:
-        existing = paths.resume if paths.resume.exists() else paths.final
-        raise UserError(f"{existing} already exists: pass --resume to continue that run "
-                        "or --overwrite to start over")
-    ctx.barrier()  # every rank has looked at the files before rank 0 writes any
+    with _StopRequest(escalate=not dist.enabled) as stop, run.progress():
+        state.start_clock()
+        while state.step < run.total_steps:
+            lr = recipe.lr_at(state.step, run.schedule.epoch_of(state.step))
+            set_learning_rate(state.optimizer, lr)
+            index = run.schedule.indices(state.step)
+            x, y = run.batch(index)
+            run.steps[len(index)](x, y)
+            state.advance(len(index))
+            window = run.after_step(lr, len(index), stop.signal is not None)
+            if run.stopping(window):
+                return run.stop(window)
+    return run.finish()
 
-    fast.apply_global()
-    torch.manual_seed(config.seed)
-    model_kwargs = model_kwargs_for(model_name, dataset)
-    model = get_model(model_name, **model_kwargs)
-    model.to(device)
-    fast.prepare_model(model)
-    optimizer = make_optimizer(recipe, model, fused=fast.fused_optimizer)
-    if rank > 0:  # other ranks draw their own dropout masks; rank 0 keeps the 1-process stream
-        torch.manual_seed(config.seed + 7919 * rank)
 
-    images = train_split.images.to(device)
-    labels = train_split.labels.to(device)
-    test_split = test_split.to(device)
-    schedule = BatchSchedule(len(train_split), recipe.batch_size, config.seed,
-                             stream=recipe.unit == "iteration", device=device)
-    total_steps = recipe.length if recipe.unit == "iteration" else recipe.length * schedule.steps_per_epoch
-    epoch_steps = schedule.steps_per_epoch
-    log_every = config.log_every or recipe.log_every
-    eval_every = config.eval_every or epoch_steps
-    aug_generator = torch.Generator(device=device).manual_seed(config.seed + 1)
+class _Window(NamedTuple):
+    """The metric window summed over ranks at a sync point, and whether the ranks stop."""
 
-    step, elapsed_before = 0, 0.0
-    window = {"loss": torch.zeros((), dtype=torch.float64, device=device),
-              "correct": torch.zeros((), dtype=torch.int64, device=device), "seen": 0, "from": 0}
-    last_test = (math.nan, math.nan)
-    if state is not None:
-        check_state_dict(model, state["model_state"], str(paths.resume), model_name)
-        model.load_state_dict(state["model_state"])
-        optimizer.load_state_dict(state["optimizer_state"])
-        for group in optimizer.param_groups:  # this device's kernel, not the saving one's
-            group["fused"], group["foreach"] = (True if fast.fused_optimizer else None), None
-        if fast.fused_optimizer:  # fused Adam keeps its step counts on the device, as float32
-            for slot in optimizer.state.values():
-                if torch.is_tensor(slot.get("step")):
-                    slot["step"] = slot["step"].to(device, torch.float32)
-        saved_world = int((state.get("config", {}).get("runtime") or {}).get("world_size", 1))
-        rng_cpu, rng_cuda = state["rng_cpu"], state.get("rng_cuda")
-        window_loss, window_correct = float(state["window_loss"]), int(state["window_correct"])
-        if ctx.enabled:  # each rank its own states where the process count is unchanged
-            same = saved_world == world
-            ranks_cpu, ranks_cuda = state.get("rng_cpu_ranks"), state.get("rng_cuda_ranks")
-            if rank > 0:
-                rng_cpu = ranks_cpu[rank] if same and ranks_cpu else None
-                rng_cuda = ranks_cuda[rank] if same and ranks_cuda else None
-            if same and "window_loss_ranks" in state:
-                window_loss = float(state["window_loss_ranks"][rank])
-                window_correct = int(state["window_correct_ranks"][rank])
-            elif rank > 0:  # rank 0 carries the summed window
-                window_loss, window_correct = 0.0, 0
-        if saved_world != world:
-            _notice(ctx, f"resuming a run started with {saved_world} process(es) on {world}: "
-                         "BatchNorm statistics are per process, so results differ slightly "
-                         "from an uninterrupted run")
-        if rng_cpu is not None:
-            torch.set_rng_state(rng_cpu)
-        if device.type == "cuda" and rng_cuda is not None:
-            torch.cuda.set_rng_state(rng_cuda, device)
-        aug_generator.set_state(state["rng_augment"].to(aug_generator.get_state().device))
-        step = int(state["iteration"])
-        elapsed_before = float(state["elapsed_s"])
-        window["loss"].fill_(window_loss)
-        window["correct"].fill_(window_correct)
-        window["seen"], window["from"] = int(state["window_seen"]), int(state["window_from"])
-        last_test = tuple(state["last_test"])
-        if main:
-            truncate_log(paths.log, step) if paths.log.exists() else init_log_file(paths.log, LOG_COLUMNS)
-    elif main:
-        init_log_file(paths.log, LOG_COLUMNS)
-    if main:
-        atomic_write_text(paths.config, json.dumps(settings, indent=2) + "\n")
+    loss: float
+    correct: int
+    stop: bool
 
-    net: torch.nn.Module = model  # what the training step calls; ``model`` is what is saved
-    if ctx.enabled:
-        from torch.nn.parallel import DistributedDataParallel
 
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    net = fast.compiled(net)
+class _Due(NamedTuple):
+    """The events due after one step."""
 
-    def rank_states() -> dict:
-        """The per-process part of a checkpoint: RNG states and metric window sums.
+    evaluate: bool
+    log: bool
+    checkpoint: bool
+    stop_after: bool
 
-        Alone: this process's. Under torchrun (a collective) every rank's as lists, so a
-        resume with as many processes gives each its own back, plus the window summed over
-        ranks and rank 0's RNG under the single-process keys, so one process can resume too.
+
+class _RunFiles:
+    """The run's files (config, CSV log, checkpoints) as rank 0 writes them."""
+
+    def __init__(self, paths: RunPaths):
+        self.paths = paths
+
+    def start(self, settings: dict, resumed_at: int | None) -> None:
+        """Write the config; start the log, or cut it back to the checkpoint's step."""
+        if resumed_at is not None and self.paths.log.exists():
+            truncate_log(self.paths.log, resumed_at)
+        else:
+            init_log_file(self.paths.log, LOG_COLUMNS)
+        atomic_write_text(self.paths.config, json.dumps(settings, indent=2) + "\n")
+
+    def append_row(self, row: dict) -> None:
+        append_log(self.paths.log, [row[c] for c in LOG_COLUMNS])
+
+    def save_resume(self, payload: dict) -> None:
+        save_checkpoint(self.paths.resume, payload)
+
+    def save_final(self, payload: dict) -> None:
+        save_checkpoint(self.paths.final, payload)
+        self.paths.resume.unlink(missing_ok=True)
+
+
+class _NoFiles(_RunFiles):
+    """What the other ranks write: nothing (rank 0 writes for every rank)."""
+
+    def start(self, settings: dict, resumed_at: int | None) -> None:
+        pass
+
+    def append_row(self, row: dict) -> None:
+        pass
+
+    def save_resume(self, payload: dict) -> None:
+        pass
+
+    def save_final(self, payload: dict) -> None:
+        pass
+
+
+class _Run:
+    """One training run in this process: its settings, data, state, steps and events."""
+
+    def __init__(self, config: TrainConfig, recipe: Recipe, model_name: str, dataset: Dataset,
+                 dist: DistContext, fast: FastPath, out_dir: Path):
+        self.config, self.recipe, self.model_name = config, recipe, model_name
+        self.dist, self.fast, self.dataset = dist, fast, dataset
+        self.paths = run_paths(out_dir, model_name, config.seed, dataset.name)
+        self.files = _RunFiles(self.paths) if dist.is_main else _NoFiles(self.paths)
+        self.train_split = dataset.train.subset(config.train_subset)
+        self.test_split = dataset.test.subset(config.test_subset)
+        last_batch = len(self.train_split) % recipe.batch_size
+        if dist.world_size > 1 and recipe.unit == "epoch" and 0 < last_batch < dist.world_size:
+            raise UserError(f"each epoch ends with a batch of {last_batch} images, too few for "
+                            f"{dist.world_size} processes: change the subset size or the process count")
+        self.preprocess = preprocess_for(recipe, dataset)
+        self.settings = _config_dict(config, recipe, dataset, self.preprocess, model_name)
+        self.settings["dataset"]["train_size"] = len(self.train_split)
+        self.settings["dataset"]["test_size"] = len(self.test_split)
+        self.settings["runtime"] = {**fast.to_dict(), "world_size": dist.world_size}
+        self.schedule = BatchSchedule(len(self.train_split), recipe.batch_size, config.seed,
+                                      stream=recipe.unit == "iteration", device=dist.device)
+        self.epoch_steps = self.schedule.steps_per_epoch
+        self.total_steps = (recipe.length if recipe.unit == "iteration"
+                            else recipe.length * self.epoch_steps)
+        self.log_every = config.log_every or recipe.log_every
+        self.eval_every = config.eval_every or self.epoch_steps
+        self.rows: list[dict] = []
+        self.last_saved: int | None = None
+        self.trace: list[torch.Tensor] | None = [] if os.environ.get(TRACE_ENV) else None
+
+    # ---- set-up ----------------------------------------------------------------------
+
+    def saved_state(self) -> dict | TrainResult | None:
+        """The checkpoint to resume from, None to start afresh, or the finished run's result.
+
+        Refuses (UserError) a checkpoint written with other settings, and existing files
+        unless ``resume`` or ``overwrite`` says what to do with them.
         """
-        own = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-               float(window["loss"]), int(window["correct"]))
-        states = {"rng_cpu": own[0], "window_loss": own[2], "window_correct": own[3]}
-        if own[1] is not None:
-            states["rng_cuda"] = own[1]
-        if ctx.enabled:
-            gathered = ctx.gather_objects(own)
-            states["rng_cpu_ranks"] = [g[0] for g in gathered]
-            if own[1] is not None:
-                states["rng_cuda_ranks"] = [g[1] for g in gathered]
-            states["window_loss_ranks"] = [g[2] for g in gathered]
-            states["window_correct_ranks"] = [g[3] for g in gathered]
-            states["window_loss"] = math.fsum(states["window_loss_ranks"])
-            states["window_correct"] = sum(states["window_correct_ranks"])
-        return states
+        paths, config = self.paths, self.config
+        if paths.resume.exists() and config.resume:
+            state = load_checkpoint(paths.resume, map_location="cpu")
+            differs = _matches(state.get("config", {}), self.settings)
+            if differs:
+                raise UserError(f"{paths.resume} was written with a different setting ({differs}); "
+                                "rerun with the same options, or pass --overwrite to start over")
+            return state
+        if paths.final.exists() and config.resume:
+            final = load_checkpoint(paths.final)
+            if _matches(final.get("config", {}), self.settings) is None:
+                return TrainResult(paths, int(final.get("iteration", 0)), True, **final.get("metrics", {}))
+            raise UserError(f"{paths.final} holds a finished run with different settings; "
+                            "pass --overwrite to train again")
+        if (paths.resume.exists() or paths.final.exists()) and not config.overwrite:
+            existing = paths.resume if paths.resume.exists() else paths.final
+            raise UserError(f"{existing} already exists: pass --resume to continue that run "
+                            "or --overwrite to start over")
+        return None
 
-    def checkpoint_payload(per_rank: dict) -> dict:
-        return {
-            "model": model_name, "model_kwargs": model_kwargs, "config": settings,
-            "iteration": step, "elapsed_s": elapsed_before + time.perf_counter() - started,
-            "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
-            "rng_augment": aug_generator.get_state().cpu(), **per_rank,
-            "window_seen": window["seen"], "window_from": window["from"],
-            "last_test": list(last_test),
-        }
+    def build_state(self, saved: dict | None) -> TrainState:
+        """Model, optimizer, data on the device and the steps; continued from ``saved`` if given."""
+        config, dist, fast = self.config, self.dist, self.fast
+        fast.apply_global()
+        torch.manual_seed(config.seed)
+        self.model_kwargs = model_kwargs_for(self.model_name, self.dataset)
+        model = get_model(self.model_name, **self.model_kwargs).to(dist.device)
+        fast.prepare_model(model)
+        optimizer = make_optimizer(self.recipe, model, fused=fast.fused_optimizer)
+        if dist.rank > 0:  # other ranks draw their own dropout masks; rank 0 keeps the 1-process stream
+            torch.manual_seed(config.seed + 7919 * dist.rank)
+        self.images = self.train_split.images.to(dist.device)
+        self.labels = self.train_split.labels.to(dist.device)
+        self.test_split = self.test_split.to(dist.device)
+        augment = torch.Generator(device=dist.device).manual_seed(config.seed + 1)
+        self.state = TrainState(model, optimizer, augment, dist, MetricSums.on(dist.device))
+        if saved is not None:
+            self._resume(saved)
+        self.files.start(self.settings, self.last_saved)
+        net = fast.compiled(dist.wrap_model(model))  # what the step calls; ``model`` is what is saved
+        net.train()
+        self.steps = {batch: make_train_step(net, optimizer, make_loss(dist.world_size, batch),
+                                             self.state.sums, fast.autocast)
+                      for batch in self.schedule.batch_sizes()}
+        return self.state
 
-    def sync_window(signalled: bool) -> tuple[tuple[float, int], bool]:
-        """Under torchrun: the window's sums over all ranks, and whether any rank got a signal.
+    def _resume(self, saved: dict) -> None:
+        check_state_dict(self.state.model, saved["model_state"], str(self.paths.resume), self.model_name)
+        saved_world = int((saved.get("config", {}).get("runtime") or {}).get("world_size", 1))
+        self.state.load_state_dict(saved, saved_world)
+        self.last_saved = self.state.step
+        if saved_world != self.dist.world_size:
+            _notice(self.dist, f"resuming a run started with {saved_world} process(es) on "
+                               f"{self.dist.world_size}: BatchNorm statistics are per process, so "
+                               "results differ slightly from an uninterrupted run")
 
-        One all-reduce of three numbers; each rank keeps its own window (so the sums,
-        and their rounding, do not depend on where a run was stopped and resumed).
+    @contextmanager
+    def progress(self):
+        """The progress bar over the loop; the batch trace is written when the loop ends."""
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=self.total_steps, initial=self.state.step, unit="it",
+                        disable=not (self.config.progress and self.dist.is_main),
+                        desc=self.paths.run_name, dynamic_ncols=True, mininterval=0.5)
+        self.rate_since, self.rate_images = time.perf_counter(), 0
+        try:
+            yield self.bar
+        finally:
+            self.bar.close()
+            if self.trace is not None:
+                _write_trace(self.trace, self.paths.run_name, self.dist.rank)
+
+    # ---- one step --------------------------------------------------------------------
+
+    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This process's model input and labels for the global batch ``index``."""
+        if self.trace is not None:
+            self.trace.append(index[slice(*self.dist.shard(len(index)))].cpu())
+        x, y = shard_batch(self.preprocess, self.images, self.labels, index, self.state.augment,
+                           self.dist.rank, self.dist.world_size)
+        return self.fast.prepare_input(x), y
+
+    # ---- events between steps ----------------------------------------------------------
+
+    def due(self) -> _Due:
+        """Which events the step just done calls for."""
+        step, last, by_epoch = self.state.step, self.state.step == self.total_steps, self.recipe.unit == "epoch"
+        epoch_end = step % self.epoch_steps == 0 or last
+        stop_after = self.config.stop_after
+        return _Due(evaluate=step % self.eval_every == 0 or last or (by_epoch and epoch_end),
+                    log=epoch_end if by_epoch else (step % self.log_every == 0 or last),
+                    checkpoint=not last and step % self.config.checkpoint_every == 0,
+                    stop_after=stop_after is not None and step >= stop_after)
+
+    def after_step(self, lr: float, images: int, signalled: bool) -> _Window | None:
+        """Run the events due after a step over ``images`` images; the window summed over
+        ranks where the step was a sync point (None where it was not)."""
+        self.bar.update(1)
+        self.rate_images += images
+        due = self.due()
+        if not (any(due) or self.dist.signal_acts_alone(signalled)):
+            return None
+        # The one sync point: under torchrun every rank reaches it at the same steps.
+        window = self.sync_window(signalled)
+        if due.evaluate:
+            self.check_finite(window)
+            self.evaluate()
+        if due.log:
+            self.check_finite(window)
+            self.log_row(window, lr)
+        if self.state.step < self.total_steps and (due.checkpoint or self.stopping(window)):
+            self.check_finite(window)
+            self.save_checkpoint()
+        return window
+
+    def stopping(self, window: _Window | None) -> bool:
+        """Whether the run stops (resumably) after this step: ``stop_after`` or an agreed signal."""
+        return (window is not None and self.state.step < self.total_steps
+                and (window.stop or self.due().stop_after))
+
+    def sync_window(self, signalled: bool) -> _Window:
+        """The window's sums over all ranks, and whether any rank got a stop signal.
+
+        One all-reduce of three numbers (alone: one read of the device sums); each rank
+        keeps its own window, so the sums and their rounding do not depend on where a run
+        was stopped and resumed.
         """
-        packed = torch.stack([window["loss"], window["correct"].double(),
-                              torch.tensor(1.0 if signalled else 0.0, dtype=torch.float64,
-                                           device=device)])
-        total = ctx.all_sum(packed).tolist()
-        return (total[0], int(total[1])), total[2] > 0
+        sums = self.state.sums
+        packed = torch.stack([sums.loss, sums.correct.double(),
+                              torch.tensor(float(signalled), dtype=torch.float64, device=sums.loss.device)])
+        loss, correct, stop = self.dist.all_sum(packed).tolist()
+        return _Window(loss, int(correct), stop > 0)
 
-    def window_totals(synced: tuple[float, int] | None) -> tuple[float, int]:
-        if synced is not None:
-            return synced
-        return float(window["loss"]), int(window["correct"])
-
-    def check_finite(synced: tuple[float, int] | None = None) -> None:
-        if not math.isfinite(window_totals(synced)[0]):
-            where = (f"last good checkpoint kept: {paths.resume} (iteration {last_saved})"
-                     if last_saved is not None else "no checkpoint had been written yet")
+    def check_finite(self, window: _Window) -> None:
+        """Raise TrainingDiverged where the window's loss is not finite (the checkpoint is kept)."""
+        if not math.isfinite(window.loss):
+            where = (f"last good checkpoint kept: {self.paths.resume} (iteration {self.last_saved})"
+                     if self.last_saved is not None else "no checkpoint had been written yet")
             raise TrainingDiverged(
-                f"training diverged: non-finite loss in iterations {window['from'] + 1}-{step} "
-                f"of {model_name}; {where}")
+                f"training diverged: non-finite loss in iterations {self.state.window_from + 1}-"
+                f"{self.state.step} of {self.model_name}; {where}")
 
-    def run_evaluation() -> tuple[float, float]:
+    def evaluate(self) -> None:
         """Test loss and accuracy; under torchrun each rank evaluates a slice (rank 0's weights)."""
-        with fast.autocast():
-            if not ctx.enabled:
-                return evaluate(model, test_split, preprocess, config.eval_batch_size)
-            ctx.broadcast_buffers(model)  # BatchNorm statistics as rank 0 (and its checkpoint) has them
-            lo, hi = shard_bounds(len(test_split), rank, world)
-            part = Split(test_split.images[lo:hi], test_split.labels[lo:hi])
-            loss, acc = evaluate(model, part, preprocess, config.eval_batch_size) if hi > lo else (0.0, 0.0)
-            sums = torch.tensor([loss * (hi - lo), acc * (hi - lo) / 100.0, float(hi - lo)],
-                                dtype=torch.float64, device=device)
-            total_loss, total_correct, count = ctx.all_sum(sums).tolist()
-            return total_loss / max(1.0, count), 100.0 * round(total_correct) / max(1.0, count)
+        model = self.state.model
+        self.dist.broadcast_buffers(model)  # BatchNorm statistics as rank 0 (and its checkpoint) has them
+        lo, hi = self.dist.shard(len(self.test_split))
+        part = Split(self.test_split.images[lo:hi], self.test_split.labels[lo:hi])
+        with self.fast.autocast():
+            sums = evaluate_sums(model, part, self.preprocess, self.config.eval_batch_size)
+        self.state.last_test = mean_metrics(self.dist.all_sum(sums))
 
-    def epoch_of_row() -> float:
-        if recipe.unit == "epoch":
-            return float(math.ceil(step / epoch_steps))
-        return round(step * recipe.batch_size / len(train_split), 4)
+    def log_row(self, window: _Window, lr: float) -> None:
+        """Write one CSV row of the window's training metrics and the last test result."""
+        state = self.state
+        seen = max(1, state.window_seen)
+        train_loss, train_acc = window.loss / seen, 100.0 * window.correct / seen
+        test_loss, test_acc = state.last_test
+        row = {"iteration": state.step, "epoch": self.epoch_of_row(), "lr": lr,
+               "train_loss": train_loss, "train_acc": train_acc, "train_err": 100.0 - train_acc,
+               "test_loss": test_loss, "test_acc": test_acc, "test_err": 100.0 - test_acc,
+               "elapsed_s": round(state.elapsed_s, 3)}
+        self.files.append_row(row)
+        self.rows.append(row)
+        now = time.perf_counter()
+        self.bar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{train_acc:.1f}", test=f"{test_acc:.1f}",
+                             lr=f"{lr:.2g}", ips=f"{self.rate_images / max(now - self.rate_since, 1e-9):.0f}")
+        self.rate_since, self.rate_images = now, 0
+        state.reset_window()
 
-    last_saved = step if state is not None else None
-    rows_written: list[dict] = []
-    trace: list[torch.Tensor] | None = [] if os.environ.get(TRACE_ENV) else None
-    net.train()
-    started = time.perf_counter()
-    window_started, window_images = started, 0
-    from tqdm.auto import tqdm
+    def epoch_of_row(self) -> float:
+        """The epoch column: whole epochs (epoch recipes) or the fraction of data seen."""
+        step = self.state.step
+        if self.recipe.unit == "epoch":
+            return float(math.ceil(step / self.epoch_steps))
+        return round(step * self.recipe.batch_size / len(self.train_split), 4)
 
-    bar = tqdm(total=total_steps, initial=step, disable=not (config.progress and main), unit="it",
-               desc=paths.run_name, dynamic_ncols=True, mininterval=0.5)
-    try:
-        with _StopRequest(escalate=not ctx.enabled) as stop:
-            while step < total_steps:
-                epoch = schedule.epoch_of(step)
-                lr = recipe.lr_at(step, epoch)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                index = schedule.indices(step)
-                batch = len(index)
-                if trace is not None:
-                    trace.append(index[slice(*shard_bounds(batch, rank, world))].cpu())
-                if ctx.enabled:
-                    x, y = shard_batch(preprocess, images, labels, index, aug_generator, rank, world)
-                else:
-                    x = preprocess.train_batch(images[index], aug_generator)
-                    y = labels[index]
-                x = fast.prepare_input(x)
-                with fast.autocast():
-                    logits = net(x)
-                    if ctx.enabled:  # DDP averages gradients over ranks: sum / global batch
-                        loss_sum = F.cross_entropy(logits, y, reduction="sum")
-                        loss = loss_sum * (world / batch)
-                    else:
-                        loss = F.cross_entropy(logits, y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                with torch.no_grad():
-                    window["loss"] += (loss_sum.detach().double() if ctx.enabled
-                                       else loss.detach().double() * len(y))
-                    window["correct"] += (logits.argmax(1) == y).sum()
-                window["seen"] += batch
-                window_images += batch
-                step += 1
-                bar.update(1)
+    def run_record(self) -> dict:
+        """What every checkpoint of the run carries besides the weights: name, shape, settings."""
+        return {"model": self.model_name, "model_kwargs": self.model_kwargs, "config": self.settings}
 
-                at_epoch_end = step % epoch_steps == 0 or step == total_steps
-                eval_now = bool(eval_every and step % eval_every == 0) or step == total_steps or (
-                    recipe.unit == "epoch" and at_epoch_end)
-                log_now = at_epoch_end if recipe.unit == "epoch" else (
-                    step % log_every == 0 or step == total_steps)
-                checkpoint_now = step < total_steps and step % config.checkpoint_every == 0
-                stop_after_now = config.stop_after is not None and step >= config.stop_after
-                synced, agreed_stop = None, False
-                if ctx.enabled and (eval_now or log_now or checkpoint_now or stop_after_now):
-                    # the one per-step sync point: every rank reaches it at the same steps
-                    synced, agreed_stop = sync_window(stop.signal is not None)
-                if eval_now:
-                    check_finite(synced)
-                    last_test = run_evaluation()
-                if log_now:
-                    check_finite(synced)
-                    loss_total, correct_total = window_totals(synced)
-                    seen = max(1, window["seen"])
-                    train_loss = loss_total / seen
-                    train_acc = 100.0 * correct_total / seen
-                    row = {
-                        "iteration": step, "epoch": epoch_of_row(), "lr": lr,
-                        "train_loss": train_loss, "train_acc": train_acc,
-                        "train_err": 100.0 - train_acc,
-                        "test_loss": last_test[0], "test_acc": last_test[1],
-                        "test_err": 100.0 - last_test[1],
-                        "elapsed_s": round(elapsed_before + time.perf_counter() - started, 3),
-                    }
-                    if main:
-                        append_log(paths.log, [row[c] for c in LOG_COLUMNS])
-                    rows_written.append(row)
-                    now = time.perf_counter()
-                    bar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{train_acc:.1f}",
-                                    test=f"{last_test[1]:.1f}", lr=f"{lr:.2g}",
-                                    ips=f"{window_images / max(now - window_started, 1e-9):.0f}")
-                    window_started, window_images = now, 0
-                    window["loss"].zero_()
-                    window["correct"].zero_()
-                    window["seen"], window["from"] = 0, step
-                if ctx.enabled:  # signals count only where every rank agreed on them
-                    stopping = agreed_stop or stop_after_now
-                else:
-                    stopping = stop.signal is not None or stop_after_now
-                if step < total_steps and (checkpoint_now or stopping):
-                    check_finite(synced)
-                    per_rank = rank_states()
-                    if main:
-                        save_checkpoint(paths.resume, checkpoint_payload(per_rank))
-                    last_saved = step
-                if stopping and step < total_steps:
-                    ctx.barrier()  # the checkpoint is on disk before any rank leaves
-                    if agreed_stop if ctx.enabled else stop.signal is not None:
-                        raise UserError(f"interrupted at iteration {step}; the run is saved in "
-                                        f"{paths.resume}: rerun with --resume to continue",
-                                        exit_code=130)
-                    bar.close()
-                    return TrainResult(paths, step, False, rows=rows_written,
-                                       elapsed_s=elapsed_before + time.perf_counter() - started)
-    finally:
-        bar.close()
-        if trace is not None:
-            _write_trace(trace, paths.run_name, rank)
+    def save_checkpoint(self) -> None:
+        """Save the resumable checkpoint (a collective: every rank's RNG and window go in it)."""
+        payload = self.state.state_dict()
+        self.files.save_resume({**self.run_record(), **payload})
+        self.last_saved = self.state.step
 
-    elapsed = elapsed_before + time.perf_counter() - started
-    last = rows_written[-1] if rows_written else {}
-    metrics = {"train_loss": last.get("train_loss", math.nan),
-               "train_acc": last.get("train_acc", math.nan),
-               "test_loss": last_test[0], "test_acc": last_test[1], "elapsed_s": elapsed}
-    if main:
-        save_checkpoint(paths.final, {"model": model_name, "model_kwargs": model_kwargs,
-                                      "config": settings, "iteration": step, "metrics": metrics,
-                                      "state_dict": model.state_dict()})
-        paths.resume.unlink(missing_ok=True)
-    ctx.barrier()  # the final weights are on disk before any rank returns
-    return TrainResult(paths, step, True, rows=rows_written, **metrics)
+    def stop(self, window: _Window) -> TrainResult:
+        """End a stopped run once its checkpoint is on disk: an interrupt is a UserError."""
+        self.dist.barrier()  # the checkpoint is on disk before any rank leaves
+        if window.stop:  # signals count only where every rank agreed on them
+            raise UserError(f"interrupted at iteration {self.state.step}; the run is saved in "
+                            f"{self.paths.resume}: rerun with --resume to continue", exit_code=130)
+        return TrainResult(self.paths, self.state.step, False, rows=self.rows,
+                           elapsed_s=self.state.elapsed_s)
+
+    def finish(self) -> TrainResult:
+        """Save the final weights and metrics (rank 0), drop the resume file, return the result."""
+        state = self.state
+        last = self.rows[-1] if self.rows else {}
+        metrics = {"train_loss": last.get("train_loss", math.nan),
+                   "train_acc": last.get("train_acc", math.nan),
+                   "test_loss": state.last_test[0], "test_acc": state.last_test[1],
+                   "elapsed_s": state.elapsed_s}
+        self.files.save_final({**self.run_record(), "iteration": state.step, "metrics": metrics,
+                               "state_dict": state.model.state_dict()})
+        self.dist.barrier()  # the final weights are on disk before any rank returns
+        return TrainResult(self.paths, state.step, True, rows=self.rows, **metrics)
 
 
 def run_is_finished(out_dir: str | Path, model: str, seed: int = 0, dataset: str = "cifar10") -> bool:

@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from depthscape.core.checkpoint import eval_preprocess, model_from_checkpoint
-from depthscape.core.data import Dataset, Split, load_dataset
-from depthscape.core.device import get_device
-from depthscape.core.errors import UserError
-from depthscape.analysis.landscape.directions import NORMS, interpolation_direction, random_directions
+from depthscape.analysis.landscape.directions import (
+    NORMS,
+    interpolation_direction,
+    random_directions,
+)
 from depthscape.analysis.landscape.points import PointEvaluator, PointPool
 from depthscape.analysis.landscape.storage import (
     SurfaceState,
@@ -42,6 +42,10 @@ from depthscape.analysis.landscape.storage import (
     read_state,
     write_surface,
 )
+from depthscape.core.checkpoint import eval_preprocess, model_from_checkpoint
+from depthscape.core.data import Dataset, Split, load_dataset
+from depthscape.core.distributed import DistContext, setup
+from depthscape.core.errors import UserError
 
 #: Seed of the fixed random evaluation subset (kept apart from the direction seed, so
 #: surfaces drawn with different directions are measured on the same images).
@@ -169,50 +173,6 @@ def _load_data(checkpoint: dict, config: LandscapeConfig) -> Dataset:
             from None
 
 
-class _Ranks:
-    """This process's place under torchrun (rank 0 of 1 without it)."""
-
-    def __init__(self, device: torch.device):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.device = device
-        if self.world <= 1:
-            self.world, self.rank = 1, 0
-            return
-        import torch.distributed as dist
-
-        if device.type == "cuda":
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(self.device)
-        if not dist.is_initialized():
-            # Joined once for the life of the process (destroyed at exit), like training's
-            # group: a rendezvous cannot be rejoined, so a training after this landscape in
-            # the same torchrun job must find the group still there.
-            from depthscape.core.distributed import keep_group_until_exit
-
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-            keep_group_until_exit()
-        self.world, self.rank = dist.get_world_size(), dist.get_rank()
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    def gather(self, items: list) -> list:
-        if self.world == 1:
-            return items
-        import torch.distributed as dist
-
-        gathered: list = [None] * self.world
-        dist.all_gather_object(gathered, items)
-        return [item for part in gathered for item in part]
-
-    def close(self) -> None:
-        """Nothing to release: the process group outlives this computation (see __init__)."""
-
-
 def compute_landscape(checkpoint: str | os.PathLike, config: LandscapeConfig | None = None,
                       output: str | os.PathLike | None = None, dataset: Dataset | None = None,
                       progress: bool = True, *, overwrite: bool = False,
@@ -229,15 +189,15 @@ def compute_landscape(checkpoint: str | os.PathLike, config: LandscapeConfig | N
     """
     config = (config or LandscapeConfig()).validate()
     checkpoint = Path(checkpoint)
-    ranks = _Ranks(get_device(config.device))
+    dist = setup(config.device)
     try:
-        return _compute(checkpoint, config, output, dataset, progress, overwrite, save_every, ranks)
+        return _compute(checkpoint, config, output, dataset, progress, overwrite, save_every, dist)
     finally:
-        ranks.close()
+        dist.close()
 
 
 def _compute(checkpoint: Path, config: LandscapeConfig, output, dataset: Dataset | None,
-             progress: bool, overwrite: bool, save_every: float, ranks: _Ranks) -> Path:
+             progress: bool, overwrite: bool, save_every: float, dist: DistContext) -> Path:
     from tqdm.auto import tqdm
 
     import depthscape
@@ -281,7 +241,7 @@ def _compute(checkpoint: Path, config: LandscapeConfig, output, dataset: Dataset
         if difference:
             raise UserError(f"{path} holds a surface computed with other settings ({difference}); "
                             "choose another output file or pass --overwrite")
-    ranks.barrier()  # every rank has read the old file before rank 0 replaces it
+    dist.barrier()  # every rank has read the old file before rank 0 replaces it
 
     if surface is None:
         if target_model is not None:
@@ -293,8 +253,8 @@ def _compute(checkpoint: Path, config: LandscapeConfig, output, dataset: Dataset
                             directions, identity, {})
     surface.info = {
         "checkpoint": str(checkpoint), "target": str(config.target) if config.target else None,
-        "dataset": dataset.name, "batch_size": config.batch_size, "device": str(ranks.device),
-        "world_size": ranks.world, "compile": config.compile,
+        "dataset": dataset.name, "batch_size": config.batch_size, "device": str(dist.device),
+        "world_size": dist.world_size, "compile": config.compile,
         "depthscape_version": depthscape.__version__, "torch_version": torch.__version__,
         "subset_seed": SUBSET_SEED,
     }
@@ -303,16 +263,16 @@ def _compute(checkpoint: Path, config: LandscapeConfig, output, dataset: Dataset
     if len(missing) == 0:
         return path
     evaluator = PointEvaluator(model, surface.directions, split, preprocess, config.batch_size,
-                               ranks.device, compile=config.compile)
+                               dist.device, compile=config.compile)
     surface.info["batchnorms_folded"] = len(evaluator.folded_pairs)
-    workers = config.workers or (torch.get_num_threads() if ranks.device.type == "cpu" else 1)
+    workers = config.workers or (torch.get_num_threads() if dist.device.type == "cpu" else 1)
     workers = 1 if config.compile else workers  # one compiled network is enough to wait for
     surface.info["workers"] = workers
-    mine = missing[ranks.rank::ranks.world]
+    mine = missing[dist.rank::dist.world_size]
     # Every rank takes part in every round (the gather is collective), some with no points.
-    rounds = max(ranks.gather([math.ceil(len(mine) / workers)]))
+    rounds = max(dist.gather_objects(math.ceil(len(mine) / workers)))
     bar = tqdm(total=surface.done.size, initial=surface.done.size - len(missing), unit="point",
-               desc=f"landscape {path.stem}", disable=not progress or ranks.rank != 0,
+               desc=f"landscape {path.stem}", disable=not progress or not dist.is_main,
                dynamic_ncols=True)
     last_save, unsaved = time.monotonic(), 0
     try:
@@ -320,21 +280,21 @@ def _compute(checkpoint: Path, config: LandscapeConfig, output, dataset: Dataset
             for round_index in range(rounds):
                 chunk = [int(k) for k in mine[round_index * workers:(round_index + 1) * workers]]
                 values = pool.evaluate([surface.coordinates(k) for k in chunk])
-                gathered = ranks.gather([(k, loss, acc) for k, (loss, acc) in zip(chunk, values)])
-                for index, loss, acc in gathered:
+                gathered = [item for part in dist.gather_objects(list(zip(chunk, values))) for item in part]
+                for index, (loss, acc) in gathered:
                     surface.loss.flat[index] = loss
                     surface.acc.flat[index] = acc
                     surface.done.flat[index] = True
                 unsaved += len(gathered)
                 bar.update(len(gathered))
-                if ranks.rank == 0 and unsaved and time.monotonic() - last_save >= save_every:
+                if dist.is_main and unsaved and time.monotonic() - last_save >= save_every:
                     write_surface(path, surface)
                     last_save, unsaved = time.monotonic(), 0
     finally:
         bar.close()
-        if ranks.rank == 0 and unsaved:
+        if dist.is_main and unsaved:
             write_surface(path, surface)
-    ranks.barrier()
+    dist.barrier()
     return path
 
 
