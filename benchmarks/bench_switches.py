@@ -3,9 +3,10 @@
     python benchmarks/bench_switches.py [--device cuda] [--model resnet20] [--steps 40]
         [--points 6] [--skip compile] [--no-landscape]
 
-One run, one process, one device (the best found, or ``--device``): the same training step
-as ``depthscape train`` (device-resident uint8 data, batched crop+flip on the device, SGD
-with the recipe's settings, metrics summed on the device) is timed with each switch alone
+One run, one process, one device (the best found, or ``--device``): the training step of
+``depthscape train`` itself (:func:`depthscape.training.step.make_train_step`; device-resident
+uint8 data, batched crop+flip on the device, SGD with the recipe's settings, metrics summed
+on the device) is timed with each switch alone
 and with all together, against the plain eager path; then the landscape evaluator
 (:class:`depthscape.analysis.landscape.points.PointEvaluator`) the same way. Prints img/s (or
 points/s) and the ratio to the plain path for each.
@@ -29,16 +30,21 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from depthscape.core.data import PIXEL_MEANS_255, Preprocess, Split  # noqa: E402
 from depthscape.core.device import get_device  # noqa: E402
-from depthscape.training.fastpath import FastPath  # noqa: E402
 from depthscape.core.models import canonical_name, get_model  # noqa: E402
 from depthscape.core.recipes import recipe_for  # noqa: E402
+from depthscape.training.fastpath import FastPath  # noqa: E402
 from depthscape.training.loop import BatchSchedule, make_optimizer  # noqa: E402
+from depthscape.training.step import (  # noqa: E402
+    MetricSums,
+    make_loss,
+    make_train_step,
+    set_learning_rate,
+)
 
 
 def synchronize(device: torch.device) -> None:
@@ -82,27 +88,18 @@ def time_training(model_name: str, fast: FastPath, device: torch.device, images:
     preprocess = Preprocess(scale=255.0, mean=PIXEL_MEANS_255["cifar10"], augment=True)
     schedule = BatchSchedule(len(labels), batch, seed=0, stream=True, device=device)
     generator = torch.Generator(device=device).manual_seed(1)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
+    sums = MetricSums.on(device)
+    step = make_train_step(net, optimizer, make_loss(), sums, fast.autocast)  # the real step
     model.train()
     started = 0.0
-    for step in range(warmup + steps):
-        if step == warmup:
+    for iteration in range(warmup + steps):
+        if iteration == warmup:
             synchronize(device)
             started = time.perf_counter()
-        index = schedule.indices(step)
-        x = fast.prepare_input(preprocess.train_batch(images[index], generator))
-        y = labels[index]
-        with fast.autocast():
-            logits = net(x)
-            loss = F.cross_entropy(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():
-            loss_sum += loss.detach().double() * len(y)
-            correct += (logits.argmax(1) == y).sum()
-    float(loss_sum)  # the one read per log row
+        set_learning_rate(optimizer, recipe.lr_at(iteration))
+        index = schedule.indices(iteration)
+        step(fast.prepare_input(preprocess.train_batch(images[index], generator)), labels[index])
+    float(sums.loss)  # the one read per log row
     synchronize(device)
     return steps * batch / (time.perf_counter() - started)
 

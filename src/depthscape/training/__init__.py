@@ -1,1 +1,2 @@
-"""Training: one recipe -> one run directory (state, step, loop, GPU fast path). Imports core."""
+"""Training: one recipe -> one run directory. ``state`` (what a checkpoint holds), ``step``
+(one batch -> one update), ``loop`` (set-up and events), ``fastpath`` (CUDA switches). Imports core."""

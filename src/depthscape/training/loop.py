@@ -1,19 +1,28 @@
 """The training loop: one recipe, iterations or epochs, CSV logs, checkpoints, exact resume.
 
-Read top to bottom: :func:`train` loads the data once onto the device, builds the model
-and optimizer, then runs steps. Each step takes a batch of indices from
-:class:`BatchSchedule` (a pure function of seed and step), augments it on the device,
-sets the learning rate from :meth:`Recipe.lr_at` and updates. Metrics accumulate on the
-device and are read once per log row; that read is also where a non-finite loss is
-caught. A resumable checkpoint holds everything the next steps depend on (weights,
-optimizer, RNG states, the partial metric window), so ``resume=True`` continues to the
-same weights and CSV rows as an uninterrupted run.
+Read top to bottom, :func:`train` sets up (data on the device once, model, optimizer, a
+:class:`~depthscape.training.state.TrainState`, resumed from the checkpoint where asked)
+and then runs ``while step < total: batch -> step -> events``:
 
-Under ``torchrun`` (see :mod:`depthscape.core.distributed`) the same loop runs on every rank
-with DistributedDataParallel: each rank takes its slice of the one global batch (and of
-the batch's augmentation draws), metrics are summed over ranks when a row is logged, the
-stop decision is agreed at those sync points, and only rank 0 writes files. On CUDA the
-fast path of :mod:`depthscape.training.fastpath` applies; elsewhere the loop is the plain one.
+* batch: the sample indices of :class:`BatchSchedule` (a pure function of seed and step),
+  cropped/flipped on the device (:func:`shard_batch`), the learning rate of
+  :meth:`Recipe.lr_at`;
+* step: :func:`depthscape.training.step.make_train_step`, one update, metrics summed on
+  the device;
+* events (methods of ``_Run``): at a sync point the metric window is read once
+  (``sync_window``), checked (``check_finite``), then ``evaluate``, ``log_row``,
+  ``save_checkpoint`` and ``stop`` run as due.
+
+A resumable checkpoint holds everything the next steps depend on (weights, optimizer,
+RNG states, the partial metric window), so ``resume=True`` continues to the same weights
+and CSV rows as an uninterrupted run.
+
+Under ``torchrun`` the same code runs on every rank: :mod:`depthscape.core.distributed`
+gives a process-group context whose collectives are real (alone, they are identities),
+each rank takes its slice of the one global batch (and of its augmentation draws),
+metrics are summed over ranks at the sync points, where the stop decision is agreed too,
+and only rank 0 writes files. On CUDA the fast path of :mod:`depthscape.training.fastpath`
+applies; elsewhere the loop is the plain one.
 """
 
 from __future__ import annotations
