@@ -187,16 +187,18 @@ def model_sharpness(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor
 
 def measure_sharpness(checkpoint: str | os.PathLike, config: SharpnessConfig = SharpnessConfig(),
                       dataset=None, output: str | os.PathLike | None = None,
-                      data_source: dict | None = None) -> SharpnessResult:
+                      data_source: dict | None = None,
+                      datasets: dict | None = None) -> SharpnessResult:
     """Sharpness at the minimum a final checkpoint holds, on the data its run trained on.
 
     The subset is drawn from the run's own training split (or the test set) with
     ``config.seed``. With ``output`` the result is written there as JSON and reused while
-    the checkpoint and settings are unchanged.
+    the checkpoint and settings are unchanged. ``dataset`` (loaded) or ``data_source``
+    (``dataset``/``data_dir``/``cache_dir``) override the run's data by
+    :func:`~depthscape.core.trained.load_trained_run`'s rule; ``datasets`` is its cache.
     """
-    from depthscape.core.checkpoint import eval_preprocess, model_from_checkpoint
-    from depthscape.core.data import load_dataset
     from depthscape.core.device import get_device
+    from depthscape.core.trained import load_trained_run
 
     checkpoint = Path(checkpoint)
     if config.split not in ("train", "test"):
@@ -216,21 +218,16 @@ def measure_sharpness(checkpoint: str | os.PathLike, config: SharpnessConfig = S
         except (OSError, ValueError, TypeError):
             pass  # damaged: measure again
     device = get_device(config.device)
-    model, ckpt = model_from_checkpoint(checkpoint, map_location=device)
-    saved = ckpt.get("config", {})
-    train_settings = saved.get("train", {})
-    if dataset is None:
-        source = {k: v for k, v in (data_source or {}).items() if v}
-        dataset = load_dataset(source.get("dataset") or train_settings.get("dataset", "cifar10"),
-                               source.get("data_dir") or train_settings.get("data_dir"),
-                               source.get("cache_dir") or train_settings.get("cache_dir"))
-    split = (dataset.train.subset(train_settings.get("train_subset")) if config.split == "train"
-             else dataset.test)
+    source = data_source or {}
+    run = load_trained_run(checkpoint, dataset=dataset if dataset is not None else
+                           source.get("dataset"), data_dir=source.get("data_dir"),
+                           cache_dir=source.get("cache_dir"), device=device, datasets=datasets)
+    # "train": the split the run trained on; "test": the whole test set
+    split = run.train if config.split == "train" else run.dataset.test
     split = split.subset(config.subset, seed=config.seed)
-    preprocess = eval_preprocess(ckpt, dataset)
-    inputs = preprocess.normalize(split.images.to(device))
+    inputs = run.preprocess.normalize(split.images.to(device))
     labels = split.labels.to(device)
-    result = model_sharpness(model, inputs, labels, config)
+    result = model_sharpness(run.model, inputs, labels, config)
     if output is not None:
         atomic_write_text(output, json.dumps({"key": key, "result": asdict(result)}, indent=2) + "\n")
     return result
@@ -250,8 +247,8 @@ def measure_runs(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
     """
     from tqdm.auto import tqdm
 
-    from depthscape.core.runs import find_runs
     from depthscape.core.models import canonical_name
+    from depthscape.core.runs import find_runs
 
     runs = [r for r in find_runs(run_dir) if r.paths.final.exists()]
     if models:
@@ -261,22 +258,12 @@ def measure_runs(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
         raise UserError(f"no finished runs (final checkpoints) found under {run_dir}")
     out = Path(out_dir) if out_dir else Path(run_dir) / "sharpness"
     results = []
-    loaded: dict = {}
+    datasets: dict = {}  # loaded once per data source, shared by the runs
     for run in tqdm(runs, desc="sharpness", unit="run", disable=not progress, dynamic_ncols=True):
-        data = dataset
-        if data is None:
-            data = _dataset_of(run.paths.final, data_source, loaded)
-        results.append((run, measure_sharpness(run.paths.final, config, data,
-                                               out / f"{run.paths.run_name}.json")))
+        results.append((run, measure_sharpness(run.paths.final, config, dataset,
+                                               out / f"{run.paths.run_name}.json", data_source,
+                                               datasets)))
     return results
-
-
-def _dataset_of(checkpoint: Path, data_source: dict | None, loaded: dict):
-    from depthscape.core.checkpoint import load_checkpoint
-    from depthscape.analysis.tables import _load_run_dataset
-
-    settings = load_checkpoint(checkpoint).get("config", {}).get("train", {})
-    return _load_run_dataset(settings, data_source, loaded)
 
 
 def sharpness_table(results: Sequence[tuple[object, SharpnessResult]]):

@@ -20,10 +20,17 @@ from pathlib import Path
 
 import numpy as np
 
-from depthscape.core.atomic import atomic_write_text
 from depthscape.analysis.curves import display_name
+from depthscape.analysis.tables import (
+    Table,
+    format_duration,
+    group_by_model,
+    mean_std,
+    table1,
+    table2,
+)
+from depthscape.core.atomic import atomic_write_text
 from depthscape.core.models import model_depth, model_family
-from depthscape.analysis.tables import Table, format_duration, group_by_model, mean_std, table1, table2
 
 
 @dataclass
