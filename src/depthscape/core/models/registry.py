@@ -18,7 +18,19 @@ from depthscape.core.errors import UserError
 _FACTORIES: dict[str, Callable[..., nn.Module]] = {}
 #: Families built at any depth 6n+2: prefix -> factory(depth, in_channels=, num_classes=).
 _DEPTH_FAMILIES: dict[str, Callable[..., nn.Module]] = {}
-_FAMILY_RE = re.compile(r"^(resnet|plain)(\d+)$")
+_NAME_DEPTH_RE = re.compile(r"^([a-z]+?)(\d+)$")
+
+
+class _FamilyPattern:
+    """``{prefix}{depth}`` for the registered depth families (``resnet56``, ``plain110``)."""
+
+    @staticmethod
+    def match(text: str):
+        match = _NAME_DEPTH_RE.match(text)
+        return match if match and match.group(1) in _DEPTH_FAMILIES else None
+
+
+_FAMILY_RE = _FamilyPattern()
 
 
 def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
@@ -71,7 +83,7 @@ def canonical_name(name: str, depth: int | str | None = None) -> str:
     if match:
         depth_to_blocks(int(match.group(2)))
         return f"{match.group(1)}{int(match.group(2))}"
-    if text in ("resnet", "plain"):
+    if text in _DEPTH_FAMILIES:
         raise UserError(f"{name!r} needs a depth, e.g. '{name} 56'")
     known = ", ".join(list_models())
     raise UserError(f"unknown model {name!r}: choose one of {known}, or resnet/plainnet with a depth 6n+2")
