@@ -190,7 +190,10 @@ def load_trained_run(checkpoint_or_run: str | os.PathLike | Any, *, model: str |
     network.to(torch.device(device) if device is not None else torch.device("cpu"))
     network.eval()
     config = dict(data.get("config") or {})
-    recipe = Recipe.from_dict(config["recipe"]) if config.get("recipe") else recipe_for(name)
+    try:
+        recipe = Recipe.from_dict(config["recipe"]) if config.get("recipe") else recipe_for(name)
+    except (TypeError, ValueError) as error:  # a recipe written by another version
+        raise UserError(f"{path} records a recipe this version cannot read: {error}") from None
     train_settings = config.get("train") or {}
     loaded = dataset if isinstance(dataset, Dataset) else None
     source = resolve_data_source(train_settings, loaded.name if loaded is not None else dataset,
