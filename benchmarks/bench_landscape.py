@@ -36,12 +36,12 @@ from torch.utils.data import Dataset as TorchDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from depthscape.core.checkpoint import model_from_checkpoint  # noqa: E402
-from depthscape.core.data import PIXEL_MEANS_255, Preprocess, Split, load_dataset  # noqa: E402
 from depthscape.analysis.landscape.directions import random_directions  # noqa: E402
 from depthscape.analysis.landscape.points import PointEvaluator, PointPool  # noqa: E402
+from depthscape.core.data import PIXEL_MEANS_255, Preprocess, Split, load_dataset  # noqa: E402
 from depthscape.core.models import get_model  # noqa: E402
 from depthscape.core.runs import run_paths  # noqa: E402
+from depthscape.core.trained import load_trained_run  # noqa: E402
 
 REAL_CIFAR10 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
@@ -133,7 +133,7 @@ def main(argv=None) -> int:
     for name in args.models:
         final = run_paths(args.runs, name).final if args.runs else None
         if final is not None and final.exists():
-            model, _ = model_from_checkpoint(final)
+            model = load_trained_run(final).model
             span, origin = 1.0, f"trained weights {final}"
         else:
             torch.manual_seed(0)

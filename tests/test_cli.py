@@ -65,9 +65,33 @@ def test_python_dash_m_and_console_script_agree(tmp_path):
 
 
 def test_wrong_architecture_names_first_mismatching_tensor(trained_resnet8, tmp_path):
-    result = run(["-m", "depthscape", "eval", str(trained_resnet8), "--model", "resnet20"],
-                 cwd=tmp_path)
+    bare = tmp_path / "bare_resnet8.pth"  # no recorded name: only the tensors can disagree
+    torch.save(torch.load(trained_resnet8, weights_only=True)["state_dict"], bare)
+    result = run(["-m", "depthscape", "eval", str(bare), "--model", "resnet20"], cwd=tmp_path)
     assert_one_line_error(result, "does not match", "layer1.1.conv1.weight")
+
+
+@pytest.mark.parametrize("command", [
+    ["eval", "{ckpt}", "--model", "plainnet8"],
+    ["eval", "{ckpt}", "--model", "resnet20"],
+    ["landscape", "{ckpt}", "--model", "plain8", "--resolution", "2", "--no-plots"],
+])
+def test_a_model_name_that_differs_from_the_checkpoints_is_refused(command, trained_resnet8,
+                                                                   tmp_path):
+    # ResNet-8 and PlainNet-8 have identical tensor shapes: only the recorded name tells
+    given = command[command.index("--model") + 1]
+    argv = [a.format(ckpt=trained_resnet8) for a in command]
+    result = run(["-m", "depthscape", *argv], cwd=tmp_path)
+    assert_one_line_error(result, "holds a resnet8", f"not a {given.replace('net', '', 1)}"
+                          if given.startswith("plainnet") else f"not a {given}")
+    assert not (tmp_path / "landscapes").exists() and not list(tmp_path.rglob("*.h5"))
+
+
+def test_the_checkpoints_own_model_name_is_accepted_in_any_spelling(trained_resnet8, tmp_path):
+    result = run(["-m", "depthscape", "eval", str(trained_resnet8), "--model", "ResNet-8"],
+                 cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "test loss" in result.stdout
 
 
 def test_cnn_weights_for_a_resnet(trained_resnet8, tmp_path):

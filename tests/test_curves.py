@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from _study_tools import write_fake_run
 
-from depthscape.cli import main
 from depthscape.analysis.curves import ema, load_curve, resolve_runs, standard_figures
+from depthscape.cli import main
 from depthscape.core.errors import UserError
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]

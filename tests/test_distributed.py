@@ -20,11 +20,12 @@ import pytest
 import torch
 from conftest import write_image_folder
 
-from depthscape.core.checkpoint import load_checkpoint, model_from_checkpoint
+from depthscape.core.checkpoint import load_checkpoint
 from depthscape.core.csvlog import LOG_COLUMNS, read_log
 from depthscape.core.data import Preprocess
 from depthscape.core.distributed import shard_bounds
 from depthscape.core.errors import UserError
+from depthscape.core.trained import load_trained_run
 from depthscape.training.loop import TRACE_ENV, TrainConfig, shard_batch, train
 
 ITERATIONS = 12
@@ -145,8 +146,9 @@ def test_ddp_writes_one_csv_with_the_same_columns_and_rows(runs):
 
 def test_ddp_checkpoint_loads_in_a_single_process(runs):
     final = runs["root"] / "whole" / "models" / runs["single"].paths.final.name
-    model, checkpoint = model_from_checkpoint(final)
-    assert not any(k.startswith(("module.", "_orig_mod.")) for k in checkpoint["state_dict"])
+    trained = load_trained_run(final)
+    model, checkpoint = trained.model, trained.checkpoint
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in load_checkpoint(final)["state_dict"])
     assert checkpoint["config"]["runtime"]["world_size"] == 2
     assert checkpoint["iteration"] == ITERATIONS
     assert model(torch.zeros(2, 3, 16, 16)).shape == (2, 3)

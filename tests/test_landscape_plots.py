@@ -10,8 +10,6 @@ import pytest
 from _landscape_tools import calibrated_model, one_thread, tiny_dataset, write_checkpoint  # noqa: F401
 from conftest import write_image_folder
 
-from depthscape.cli import main
-from depthscape.core.errors import UserError
 from depthscape.analysis.landscape import (
     LandscapeConfig,
     compute_landscape,
@@ -21,6 +19,8 @@ from depthscape.analysis.landscape import (
 )
 from depthscape.analysis.landscape.plots import gaussian_smooth, surface_values
 from depthscape.analysis.landscape.storage import read_state, write_surface
+from depthscape.cli import main
+from depthscape.core.errors import UserError
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,12 @@ import numpy as np
 import pytest
 from _landscape_tools import calibrated_model, one_thread, tiny_dataset, write_checkpoint  # noqa: F401
 
-from depthscape.analysis.landscape import LandscapeConfig, compute_landscape, read_directions, read_surface
+from depthscape.analysis.landscape import (
+    LandscapeConfig,
+    compute_landscape,
+    read_directions,
+    read_surface,
+)
 from depthscape.analysis.landscape.points import PointEvaluator
 
 TESTS = Path(__file__).resolve().parent

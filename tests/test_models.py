@@ -95,3 +95,28 @@ def test_kaiming_normal_initialisation():
     assert abs(conv.std().item() - (2 / (32 * 9)) ** 0.5) < 0.005
     fc = model.fc.weight  # fan_in = 64
     assert abs(fc.std().item() - (2 / 64) ** 0.5) < 0.03
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_has_a_registry_entry(name):
+    from depthscape.core.models import model_info
+
+    info = model_info(name)
+    assert info.name == name and info.curve_unit in ("epoch", "iteration")
+    assert info.display_name.startswith(info.family.label)
+    # what the analyses read off the entry instead of testing the name
+    assert info.curve_unit == ("epoch" if name == "cnn" else "iteration")
+    assert info.sort_key[0] == {"cnn": 0, "resnet": 1, "plain": 2}[info.family.prefix]
+
+
+def test_the_registry_gives_the_specs_file_names():
+    from depthscape.core.runs import run_paths
+
+    expected = {"cnn": ("cnn_log.csv", "cnn_cifar10.pth"),
+                "resnet56": ("resnet56_log.csv", "resnet-56_cifar10.pth"),
+                "plain110": ("plainnet110_log.csv", "plainnet-110.cifar10.pth")}
+    for model, (log, final) in expected.items():
+        paths = run_paths("out", model)
+        assert (paths.log.name, paths.final.name) == (log, final)
+    assert run_paths("out", "plain20", seed=2, dataset="mnist").final.name == \
+        "plainnet-20.mnist_seed2.pth"

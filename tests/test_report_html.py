@@ -10,13 +10,13 @@ import pytest
 from _study_tools import find_chromium, load_page, write_fake_run
 
 from depthscape.analysis.curves import standard_figures
+from depthscape.analysis.landscape import LandscapeConfig, compute_landscape, plot_landscape
+from depthscape.analysis.sharpness import SharpnessResult
+from depthscape.analysis.tables import RunMetrics
 from depthscape.core.data import load_dataset
 from depthscape.core.runs import find_runs
-from depthscape.analysis.landscape import LandscapeConfig, compute_landscape, plot_landscape
 from depthscape.study.report import Landscape, render_html, write_report
-from depthscape.analysis.sharpness import SharpnessResult
 from depthscape.study.runner import StudyResult, get_budget
-from depthscape.analysis.tables import RunMetrics
 
 MODELS = ("resnet8", "plain8")
 
@@ -42,8 +42,8 @@ def report(tmp_path_factory):
     for k, run in enumerate(runs):
         metrics.append(RunMetrics(run.model, 0, "tiny", run.paths.run_name, 0.3, 90.0 - k,
                                   0.6, 70.0 - 20 * k, 12, 12, 60.0 + k, 1200))
-        sharpness.append((run, SharpnessResult(10.0 * (k + 1), 5, True, 100.0 * (k + 1), 1.0, 5,
-                                               True, 8, 1000)))
+        sharpness.append((run, SharpnessResult(10.0 * (k + 1), -1.0, 5, True, 100.0 * (k + 1), 1.0,
+                                               5, True, 8, 1000)))
         surface = compute_landscape(run.paths.final, LandscapeConfig(resolution=3, subset=6),
                                     output=out / "landscapes" / f"{run.paths.run_name}.h5",
                                     dataset=dataset, progress=False)

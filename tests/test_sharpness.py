@@ -14,9 +14,11 @@ from torch.func import functional_call
 from depthscape.analysis.sharpness import (
     HessianOperator,
     SharpnessConfig,
+    dominant_eigenvalue,
+    extreme_eigenvalues,
+    hessian_extremes,
     hessian_trace,
     model_sharpness,
-    top_eigenvalue,
 )
 
 
@@ -76,20 +78,49 @@ def test_hessian_vector_product_matches_exact_hessian(setup):
         assert not model.training  # BN measured with running statistics
 
 
-def test_top_eigenvalue_matches_exact(setup):
+def test_dominant_eigenvalue_matches_exact(setup):
     model, inputs, labels, hessian = setup
     eigenvalues = torch.linalg.eigvalsh(hessian)
-    largest = float(eigenvalues[eigenvalues.abs().argmax()])
+    dominant = float(eigenvalues[eigenvalues.abs().argmax()])
     operator = HessianOperator(model, inputs, labels)
-    value, iterations, converged = top_eigenvalue(operator, operator.params, iters=400, tol=1e-9)
+    value, iterations, converged = dominant_eigenvalue(operator, operator.params, iters=400,
+                                                       tol=1e-9)
     assert converged and iterations < 400
-    assert value == pytest.approx(largest, rel=1e-5)
+    assert value == pytest.approx(dominant, rel=1e-5)
+
+
+def test_extreme_eigenvalues_match_the_exact_hessian(setup):
+    model, inputs, labels, hessian = setup
+    eigenvalues = torch.linalg.eigvalsh(hessian)
+    assert eigenvalues[0] < 0 < eigenvalues[-1]  # not a minimum: both ends matter
+    ends = hessian_extremes(model, inputs, labels, iters=200, tol=1e-10)
+    assert ends.converged and ends.iterations <= sum(p.numel() for p in model.parameters())
+    scale = float(eigenvalues.abs().max())
+    assert ends.largest == pytest.approx(float(eigenvalues[-1]), abs=1e-8 * scale)
+    assert ends.smallest == pytest.approx(float(eigenvalues[0]), abs=1e-8 * scale)
+    assert ends.ratio == pytest.approx(abs(float(eigenvalues[0] / eigenvalues[-1])), rel=1e-3)
+
+
+@pytest.mark.parametrize("diagonal,largest,smallest", [
+    ([5.0, 1.0, -2.0, 0.5], 5.0, -2.0),  # dominant at the top
+    ([-7.0, 3.0, 1.0, -1.0], 3.0, -7.0),  # dominant at the bottom (negative)
+    ([4.0, 2.0, 1.0, 0.5], 4.0, 0.5),  # positive definite
+    ([-1.0, -2.0, -4.0, -3.0], -1.0, -4.0),  # negative definite
+])
+def test_extreme_eigenvalues_name_each_end_for_what_it_is(diagonal, largest, smallest):
+    diag = torch.tensor(diagonal, dtype=torch.float64)
+    params = [torch.zeros(4, dtype=torch.float64)]
+    ends = extreme_eigenvalues(lambda v: [diag * v[0]], params, iters=10, tol=1e-13)
+    assert ends.converged
+    assert ends.largest == pytest.approx(largest, abs=1e-6)
+    assert ends.smallest == pytest.approx(smallest, abs=1e-6)
 
 
 def test_power_iteration_reports_non_convergence(setup):
     model, inputs, labels, _ = setup
     operator = HessianOperator(model, inputs, labels)
-    _, iterations, converged = top_eigenvalue(operator, operator.params, iters=2, tol=1e-14)
+    _, iterations, converged = dominant_eigenvalue(operator, operator.params, iters=2,
+                                                   tol=1e-14)
     assert iterations == 2 and not converged
 
 
@@ -120,8 +151,9 @@ def test_model_sharpness_reports_everything(setup):
     config = SharpnessConfig(power_iters=50, power_tol=1e-6, trace_samples=10, trace_tol=0.0)
     result = model_sharpness(model, inputs, labels, config)
     eigenvalues = torch.linalg.eigvalsh(hessian)
-    assert result.top_eigenvalue == pytest.approx(float(eigenvalues[eigenvalues.abs().argmax()]),
-                                                  rel=1e-3)
+    scale = float(eigenvalues.abs().max())
+    assert result.largest_eigenvalue == pytest.approx(float(eigenvalues[-1]), abs=1e-2 * scale)
+    assert result.smallest_eigenvalue == pytest.approx(float(eigenvalues[0]), abs=1e-2 * scale)
     assert result.trace_samples == 10 and result.subset_size == 12
     assert result.num_parameters == sum(p.numel() for p in model.parameters())
 
@@ -137,8 +169,9 @@ def test_measure_sharpness_on_a_checkpoint_is_cached(tmp_path, tiny_data, cache_
     config = SharpnessConfig(subset=8, power_iters=2, trace_samples=2, min_trace_samples=2)
     out = tmp_path / "sharp.json"
     first = sharpness.measure_sharpness(paths.final, config, dataset, out)
-    assert first.subset_size == 8 and first.power_iterations <= 2 and first.trace_samples <= 2
-    assert math.isfinite(first.top_eigenvalue) and math.isfinite(first.trace)
+    assert first.subset_size == 8 and first.eigen_steps <= 2
+    assert first.trace_samples <= 2
+    assert first.smallest_eigenvalue <= first.largest_eigenvalue and math.isfinite(first.trace)
     monkeypatch.setattr(sharpness, "model_sharpness",
                         lambda *a, **k: pytest.fail("measured again despite the cache"))
     assert sharpness.measure_sharpness(paths.final, config, dataset, out) == first
@@ -157,7 +190,8 @@ def test_sharpness_cli(tmp_path, tiny_data, cache_dir, capsys):
     assert code == 0
     assert (tmp_path / "sharpness" / "plainnet8_tinydata0.json").exists()
     table = (tmp_path / "sharpness" / "sharpness.md").read_text()
-    assert "PlainNet-8" in table and "Top eigenvalue" in table
+    assert "PlainNet-8" in table and "Largest eigenvalue" in table
+    assert "Smallest eigenvalue" in table
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         main(["sharpness", "--run-dir", str(tmp_path), "--subset", "0"])

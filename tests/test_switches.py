@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import write_image_folder
 
-from depthscape.core.checkpoint import load_checkpoint
 from depthscape.cli import main
+from depthscape.core.checkpoint import load_checkpoint
 from depthscape.core.csvlog import read_log
 from depthscape.training.fastpath import FastPath, fast_path_for
 from depthscape.training.loop import _matches
@@ -98,10 +98,10 @@ def test_cuda_fast_path_trains_with_every_switch(tmp_path, cache_dir):
 
 
 def test_several_landscape_points_in_one_batched_call_equal_one_at_a_time(one_thread):
-    from depthscape.core.data import Preprocess, Split
     from depthscape.analysis.landscape.batched import evaluate_points
     from depthscape.analysis.landscape.directions import random_directions
     from depthscape.analysis.landscape.points import PointEvaluator
+    from depthscape.core.data import Preprocess, Split
     from depthscape.core.models import get_model
 
     torch.manual_seed(0)

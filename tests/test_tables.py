@@ -9,13 +9,13 @@ import pytest
 from _study_tools import write_fake_run
 
 import depthscape.analysis.tables as tables
-from depthscape.core.checkpoint import model_from_checkpoint
+from depthscape.analysis.tables import RunMetrics, format_cell, mean_std, table1, table2
 from depthscape.cli import main
 from depthscape.core.data import Preprocess, load_dataset
-from depthscape.core.runs import find_runs
 from depthscape.core.errors import UserError
+from depthscape.core.runs import find_runs
+from depthscape.core.trained import load_trained_run
 from depthscape.training.evaluation import evaluate
-from depthscape.analysis.tables import RunMetrics, format_cell, mean_std, table1, table2
 
 
 def metrics(model, seed=0, test_acc=80.0, train_acc=90.0, time_s=100.0):
@@ -81,7 +81,7 @@ def test_evaluate_run_uses_the_runs_split_without_augmentation(tiny_runs, tmp_pa
     run_dir, dataset = tiny_runs
     run = next(r for r in find_runs(run_dir) if r.model == "resnet8")
     result = tables.evaluate_run(run, dataset, cache_dir=tmp_path / "cache")
-    model, ckpt = model_from_checkpoint(run.paths.final)
+    model = load_trained_run(run.paths.final).model
     pre = Preprocess(scale=255.0, mean=(125.0, 123.0, 114.0), augment=False)
     train_split = dataset.train.subset(40)
     assert result.train_size == 40 and result.test_size == len(dataset.test)

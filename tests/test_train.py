@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from depthscape.core.checkpoint import load_checkpoint, model_from_checkpoint
+from depthscape.core.checkpoint import load_checkpoint
 from depthscape.core.csvlog import LOG_COLUMNS, read_log
 from depthscape.core.errors import TrainingDiverged, UserError
 from depthscape.core.recipes import recipe_for
+from depthscape.core.trained import load_trained_run
 from depthscape.training.loop import BatchSchedule, TrainConfig, train
 
 SHORT = dict(log_every=4, eval_every=6, checkpoint_every=5, progress=False)
@@ -54,7 +55,8 @@ def test_few_iterations_end_to_end(tiny_data, cache_dir, tmp_path):
     assert all(abs(r["train_acc"] + r["train_err"] - 100) < 1e-9 for r in rows)
     assert rows[0]["epoch"] == pytest.approx(4 * 128 / 72, abs=1e-4)
     assert not paths.resume.exists()
-    model, checkpoint = model_from_checkpoint(paths.final)
+    trained = load_trained_run(paths.final)
+    model, checkpoint = trained.model, trained.checkpoint
     assert checkpoint["model"] == "resnet8" and checkpoint["iteration"] == 12
     assert checkpoint["config"]["recipe"]["length"] == 12
     assert checkpoint["config"]["preprocess"]["mean"] == [125.0, 123.0, 114.0]

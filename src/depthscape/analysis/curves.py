@@ -21,14 +21,12 @@ import numpy as np
 from depthscape.core.atomic import save_figure
 from depthscape.core.csvlog import LOG_COLUMNS, read_log
 from depthscape.core.errors import UserError
-from depthscape.core.models import canonical_name, model_depth, model_family
+from depthscape.core.models import canonical_name, families, model_depth, model_family, model_info
 from depthscape.core.runs import run_paths
 
 #: The three panels of every curve figure: (log column stem, axis label).
 METRICS = (("acc", "accuracy (%)"), ("loss", "cross-entropy loss"), ("err", "error (%)"))
 DEFAULT_EMA = 0.6
-FAMILY_LABELS = {"cnn": "CNN", "resnet": "ResNet", "plain": "PlainNet"}
-_FILE_FAMILY = {"cnn": "cnn", "resnet": "resnet", "plain": "plainnet"}
 
 
 def ema(values: Sequence[float], factor: float = DEFAULT_EMA) -> np.ndarray:
@@ -51,9 +49,7 @@ def ema(values: Sequence[float], factor: float = DEFAULT_EMA) -> np.ndarray:
 
 def display_name(model: str) -> str:
     """``resnet56`` -> ``ResNet-56``, ``plain110`` -> ``PlainNet-110``, ``cnn`` -> ``CNN``."""
-    name = canonical_name(model)
-    family, depth = model_family(name), model_depth(name)
-    return FAMILY_LABELS[family] if depth is None else f"{FAMILY_LABELS[family]}-{depth}"
+    return model_info(model).display_name
 
 
 @dataclass
@@ -74,7 +70,7 @@ class Curve:
 
 
 def _unit_for(log_path: Path, model: str | None) -> str:
-    """x-axis unit: the run config's recipe unit, else epochs for the CNN, iterations otherwise."""
+    """x-axis unit: the run config's recipe unit, else the model's (from the log's name)."""
     config = log_path.with_name(log_path.name.replace("_log.csv", "_config.json"))
     if config.name != log_path.name and config.exists():
         try:
@@ -82,10 +78,9 @@ def _unit_for(log_path: Path, model: str | None) -> str:
             if unit in ("epoch", "iteration"):
                 return unit
         except (OSError, ValueError, KeyError, TypeError):
-            pass  # an unreadable config falls back to the model's family
-    if model is not None:
-        return "epoch" if model_family(model) == "cnn" else "iteration"
-    return "epoch" if log_path.name.startswith("cnn") else "iteration"
+            pass  # an unreadable config falls back to the model's registry entry
+    model = model or _model_from_log_name(log_path)
+    return model_info(model).curve_unit if model is not None else "iteration"
 
 
 def _model_from_log_name(path: Path) -> str | None:
@@ -337,27 +332,31 @@ def standard_figures(run_dir: str | os.PathLike, out_dir: str | os.PathLike,
         chosen = [n for n in curves if model_family(n) == family]
         return [curves[n] for n in sorted(chosen, key=lambda n: model_depth(n) or 0)]
 
-    if "cnn" in curves:  # the spec's Figure 1: the CNN alone, training vs validation
-        figures.append(Figure("cnn", "Baseline CNN", plot_run(curves["cnn"], out, ema_factor,
-                                                               formats, reuse=reuse)))
-    for family in ("resnet", "plain"):
-        group = by_family(family)
+    baselines = [f.prefix for f in families(with_depth=False) if f.prefix in curves]
+    for name in baselines:  # the spec's Figure 1: the CNN alone, training vs validation
+        figures.append(Figure(name, f"Baseline {model_info(name).display_name}",
+                              plot_run(curves[name], out, ema_factor, formats, reuse=reuse)))
+    depth_families = families(with_depth=True)
+    for family in depth_families:
+        group = by_family(family.prefix)
         if group:
-            title = f"{FAMILY_LABELS[family]}-" + "/".join(str(model_depth(c.model)) for c in group)
-            figures.append(Figure(family, title, plot_comparison(
-                group, out / f"{_FILE_FAMILY[family]}_depths_curves", title, ema_factor, formats,
+            title = f"{family.label}-" + "/".join(str(model_depth(c.model)) for c in group)
+            figures.append(Figure(family.prefix, title, plot_comparison(
+                group, out / f"{family.file_name}_depths_curves", title, ema_factor, formats,
                 reuse=reuse)))
     depths = sorted({model_depth(n) for n in curves if model_depth(n) is not None})
-    for depth in depths:
-        pair = [curves[n] for n in (f"resnet{depth}", f"plain{depth}") if n in curves]
+    for depth in depths:  # every pair of depth families (ResNet vs PlainNet) at each depth
+        names = [f"{f.prefix}{depth}" for f in depth_families]
+        pair = [curves[n] for n in names if n in curves]
         if len(pair) == 2:
-            title = f"ResNet-{depth} vs PlainNet-{depth}"
-            figures.append(Figure(f"resnet_vs_plain_{depth}", title, plot_comparison(
-                pair, out / f"resnet_vs_plain_{depth}_curves", title, ema_factor, formats,
+            title = " vs ".join(c.label for c in pair)
+            key = "_vs_".join(f.prefix for f in depth_families)
+            figures.append(Figure(f"{key}_{depth}", title, plot_comparison(
+                pair, out / f"{key}_{depth}_curves", title, ema_factor, formats,
                 reuse=reuse)))
     if per_run:
         for name, curve in curves.items():
-            if name == "cnn":
+            if name in baselines:
                 continue  # already drawn above
             figures.append(Figure(f"run_{name}", curve.label,
                                   plot_run(curve, out, ema_factor, formats, reuse=reuse)))

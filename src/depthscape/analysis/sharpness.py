@@ -1,13 +1,14 @@
-"""Sharpness of a trained minimum: the Hessian's largest eigenvalue and its trace.
+"""Sharpness of a trained minimum: the Hessian's largest and smallest eigenvalue, and its trace.
 
-Both come from Hessian-vector products (Pearlmutter's trick: the gradient of ``g . v``),
-never from the Hessian itself, so they work for any model size:
+All three come from Hessian-vector products (:mod:`depthscape.analysis.hessian`):
 
-* :func:`top_eigenvalue`: power iteration, stopped when the Rayleigh quotient changes by
-  less than ``tol`` (relative) between iterations. It finds the eigenvalue of largest
-  magnitude, which at a minimum is the largest (the Hessian is near positive semidefinite).
-* :func:`hessian_trace`: Hutchinson's estimator ``E[v^T H v]`` with Rademacher ``v``,
-  stopped when the running mean's standard error falls under ``tol`` times its magnitude.
+* the largest and the smallest (algebraic) eigenvalue, by Lanczos
+  (:func:`~depthscape.analysis.hessian.extreme_eigenvalues`), stopped when both change
+  by less than ``power_tol`` (relative) in one step or after ``power_iters`` steps (the
+  settings keep their old names; one step is one Hessian-vector product). The largest says how sharp the sharpest direction is; a negative smallest
+  says the point is not a minimum of the measured loss (some direction still descends).
+* the trace by Hutchinson's estimator ``E[v^T H v]`` with Rademacher ``v``, stopped when
+  the running mean's standard error falls under ``trace_tol`` times its magnitude.
 
 The loss is the mean cross-entropy over a fixed data subset, with the model in eval mode
 (BatchNorm uses its running statistics, dropout is off), so the function whose Hessian is
@@ -19,14 +20,21 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from depthscape.analysis.hessian import (  # noqa: F401  (re-exported: sharpness's tools)
+    EigenExtremes,
+    HessianOperator,
+    dominant_eigenvalue,
+    extreme_eigenvalues,
+    hessian_extremes,
+    hessian_trace,
+)
 from depthscape.core.atomic import atomic_write_text
 from depthscape.core.errors import UserError
 
@@ -38,8 +46,8 @@ class SharpnessConfig:
     split: str = "train"  # "train" (the split the run trained on) or "test"
     subset: int | None = 1000  # fixed random subset of that split; None: all of it
     batch_size: int = 500  # images per Hessian-vector product chunk
-    power_iters: int = 20  # most power iterations
-    power_tol: float = 1e-3  # stop when the eigenvalue changes by less than this (relative)
+    power_iters: int = 20  # most Lanczos steps (Hessian-vector products) for both ends
+    power_tol: float = 1e-3  # stop when both ends change by less than this (relative)
     trace_samples: int = 50  # most Hutchinson probe vectors
     trace_tol: float = 1e-2  # stop when the standard error is under this fraction of the mean
     min_trace_samples: int = 5  # probes before the trace may stop early
@@ -51,9 +59,10 @@ class SharpnessConfig:
 class SharpnessResult:
     """Sharpness of one minimum, with how the estimates ended."""
 
-    top_eigenvalue: float
-    power_iterations: int
-    power_converged: bool
+    largest_eigenvalue: float  # largest (algebraic): curvature of the sharpest direction
+    smallest_eigenvalue: float  # smallest (algebraic): negative where the loss still descends
+    eigen_steps: int  # Lanczos steps (Hessian-vector products) for both ends
+    eigen_converged: bool  # both ends met power_tol
     trace: float
     trace_stderr: float
     trace_samples: int
@@ -62,141 +71,34 @@ class SharpnessResult:
     num_parameters: int
 
 
-class HessianOperator:
-    """``v -> H v`` for the mean loss of ``model`` over ``(inputs, labels)``, model in eval mode.
-
-    The data is cut into chunks of ``batch_size``; each product sums the chunks' Hessian-
-    vector products weighted by their share of the samples. With a single chunk the
-    gradient graph is built once and reused by every product.
-    """
-
-    def __init__(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
-                 batch_size: int = 500,
-                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None):
-        self.model = model
-        self.model.eval()
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        if not self.params:
-            raise ValueError("the model has no trainable parameters")
-        self.loss_fn = loss_fn or (lambda logits, y: F.cross_entropy(logits, y, reduction="sum"))
-        self.chunks = [(inputs[i:i + batch_size], labels[i:i + batch_size])
-                       for i in range(0, len(labels), batch_size)]
-        self.total = len(labels)
-        if self.total == 0:
-            raise ValueError("no data to measure the Hessian on")
-        self._cached_grads: list[torch.Tensor] | None = None
-        self.products = 0
-
-    @property
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.params)
-
-    def _grads(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
-        loss = self.loss_fn(self.model(x), y) / self.total
-        return list(torch.autograd.grad(loss, self.params, create_graph=True))
-
-    def __call__(self, vector: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        self.products += 1
-        if len(self.chunks) == 1:
-            if self._cached_grads is None:
-                self._cached_grads = self._grads(*self.chunks[0])
-            return self._product(self._cached_grads, vector, retain=True)
-        result = [torch.zeros_like(p) for p in self.params]
-        for x, y in self.chunks:
-            part = self._product(self._grads(x, y), vector, retain=False)
-            for r, h in zip(result, part):
-                r += h
-        return result
-
-    def _product(self, grads, vector, retain: bool) -> list[torch.Tensor]:
-        dot = sum((g * v).sum() for g, v in zip(grads, vector))
-        hv = torch.autograd.grad(dot, self.params, retain_graph=retain, allow_unused=True)
-        return [torch.zeros_like(p) if h is None else h.detach() for p, h in zip(self.params, hv)]
-
-
-def _dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
-    return float(sum((x.double() * y.double()).sum() for x, y in zip(a, b)))
-
-
-def _normalized(vector: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    norm = math.sqrt(_dot(vector, vector))
-    if norm == 0:
-        raise ArithmeticError("zero vector in power iteration")
-    return [v / norm for v in vector]
-
-
-def top_eigenvalue(operator: Callable, params: Sequence[torch.Tensor], iters: int = 20,
-                   tol: float = 1e-3, seed: int = 0) -> tuple[float, int, bool]:
-    """Power iteration on ``operator`` (a Hessian-vector product over ``params``' shapes).
-
-    Returns (eigenvalue of largest magnitude, iterations used, converged). Converged means
-    the Rayleigh quotient moved by less than ``tol * |eigenvalue|`` in the last iteration.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    vector = _normalized([torch.randn(p.shape, generator=generator).to(p) for p in params])
-    eigenvalue = math.nan
-    for iteration in range(1, iters + 1):
-        product = operator(vector)
-        new = _dot(vector, product)  # Rayleigh quotient of the unit vector
-        try:
-            vector = _normalized(product)
-        except ArithmeticError:
-            return 0.0, iteration, True  # H v = 0: v lies in the null space
-        if math.isfinite(eigenvalue) and abs(new - eigenvalue) <= tol * max(abs(new), 1e-12):
-            return new, iteration, True
-        eigenvalue = new
-    return eigenvalue, iters, False
-
-
-def hessian_trace(operator: Callable, params: Sequence[torch.Tensor], samples: int = 50,
-                  tol: float = 1e-2, min_samples: int = 5,
-                  seed: int = 0) -> tuple[float, float, int, bool]:
-    """Hutchinson's estimate of the trace: the mean of ``v^T H v`` over Rademacher ``v``.
-
-    Returns (trace, standard error of the mean, probes used, converged). Stops early once
-    at least ``min_samples`` probes give a standard error under ``tol * |trace|``.
-    """
-    generator = torch.Generator().manual_seed(seed + 7919)
-    values: list[float] = []
-    for _ in range(samples):
-        probe = [(torch.randint(0, 2, p.shape, generator=generator) * 2 - 1).to(p)
-                 for p in params]
-        values.append(_dot(probe, operator(probe)))
-        n = len(values)
-        mean = sum(values) / n
-        stderr = (math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
-                  if n > 1 else math.inf)
-        if n >= max(2, min_samples) and stderr <= tol * abs(mean):
-            return mean, stderr, n, True
-    return mean, stderr, len(values), False
-
-
 def model_sharpness(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
                     config: SharpnessConfig = SharpnessConfig()) -> SharpnessResult:
-    """Top eigenvalue and trace of the Hessian of ``model``'s mean loss on the given data."""
+    """Largest and smallest eigenvalue and trace of the Hessian of ``model``'s mean loss on
+    the given data."""
     operator = HessianOperator(model, inputs, labels, config.batch_size)
     params = operator.params
-    eigenvalue, iterations, converged = top_eigenvalue(
-        operator, params, config.power_iters, config.power_tol, config.seed)
+    ends = extreme_eigenvalues(operator, params, config.power_iters, config.power_tol, config.seed)
     trace, stderr, count, trace_ok = hessian_trace(
         operator, params, config.trace_samples, config.trace_tol, config.min_trace_samples,
         config.seed)
-    return SharpnessResult(eigenvalue, iterations, converged, trace, stderr, count, trace_ok,
-                           len(labels), operator.num_parameters)
+    return SharpnessResult(ends.largest, ends.smallest, ends.iterations, ends.converged, trace,
+                           stderr, count, trace_ok, len(labels), operator.num_parameters)
 
 
 def measure_sharpness(checkpoint: str | os.PathLike, config: SharpnessConfig = SharpnessConfig(),
                       dataset=None, output: str | os.PathLike | None = None,
-                      data_source: dict | None = None) -> SharpnessResult:
+                      data_source: dict | None = None,
+                      datasets: dict | None = None) -> SharpnessResult:
     """Sharpness at the minimum a final checkpoint holds, on the data its run trained on.
 
     The subset is drawn from the run's own training split (or the test set) with
     ``config.seed``. With ``output`` the result is written there as JSON and reused while
-    the checkpoint and settings are unchanged.
+    the checkpoint and settings are unchanged. ``dataset`` (loaded) or ``data_source``
+    (``dataset``/``data_dir``/``cache_dir``) override the run's data by
+    :func:`~depthscape.core.trained.load_trained_run`'s rule; ``datasets`` is its cache.
     """
-    from depthscape.core.checkpoint import eval_preprocess, model_from_checkpoint
-    from depthscape.core.data import load_dataset
     from depthscape.core.device import get_device
+    from depthscape.core.trained import load_trained_run
 
     checkpoint = Path(checkpoint)
     if config.split not in ("train", "test"):
@@ -216,21 +118,16 @@ def measure_sharpness(checkpoint: str | os.PathLike, config: SharpnessConfig = S
         except (OSError, ValueError, TypeError):
             pass  # damaged: measure again
     device = get_device(config.device)
-    model, ckpt = model_from_checkpoint(checkpoint, map_location=device)
-    saved = ckpt.get("config", {})
-    train_settings = saved.get("train", {})
-    if dataset is None:
-        source = {k: v for k, v in (data_source or {}).items() if v}
-        dataset = load_dataset(source.get("dataset") or train_settings.get("dataset", "cifar10"),
-                               source.get("data_dir") or train_settings.get("data_dir"),
-                               source.get("cache_dir") or train_settings.get("cache_dir"))
-    split = (dataset.train.subset(train_settings.get("train_subset")) if config.split == "train"
-             else dataset.test)
+    source = data_source or {}
+    run = load_trained_run(checkpoint, dataset=dataset if dataset is not None else
+                           source.get("dataset"), data_dir=source.get("data_dir"),
+                           cache_dir=source.get("cache_dir"), device=device, datasets=datasets)
+    # "train": the split the run trained on; "test": the whole test set
+    split = run.train if config.split == "train" else run.dataset.test
     split = split.subset(config.subset, seed=config.seed)
-    preprocess = eval_preprocess(ckpt, dataset)
-    inputs = preprocess.normalize(split.images.to(device))
+    inputs = run.preprocess.normalize(split.images.to(device))
     labels = split.labels.to(device)
-    result = model_sharpness(model, inputs, labels, config)
+    result = model_sharpness(run.model, inputs, labels, config)
     if output is not None:
         atomic_write_text(output, json.dumps({"key": key, "result": asdict(result)}, indent=2) + "\n")
     return result
@@ -250,8 +147,8 @@ def measure_runs(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
     """
     from tqdm.auto import tqdm
 
-    from depthscape.core.runs import find_runs
     from depthscape.core.models import canonical_name
+    from depthscape.core.runs import find_runs
 
     runs = [r for r in find_runs(run_dir) if r.paths.final.exists()]
     if models:
@@ -261,26 +158,16 @@ def measure_runs(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
         raise UserError(f"no finished runs (final checkpoints) found under {run_dir}")
     out = Path(out_dir) if out_dir else Path(run_dir) / "sharpness"
     results = []
-    loaded: dict = {}
+    datasets: dict = {}  # loaded once per data source, shared by the runs
     for run in tqdm(runs, desc="sharpness", unit="run", disable=not progress, dynamic_ncols=True):
-        data = dataset
-        if data is None:
-            data = _dataset_of(run.paths.final, data_source, loaded)
-        results.append((run, measure_sharpness(run.paths.final, config, data,
-                                               out / f"{run.paths.run_name}.json")))
+        results.append((run, measure_sharpness(run.paths.final, config, dataset,
+                                               out / f"{run.paths.run_name}.json", data_source,
+                                               datasets)))
     return results
 
 
-def _dataset_of(checkpoint: Path, data_source: dict | None, loaded: dict):
-    from depthscape.core.checkpoint import load_checkpoint
-    from depthscape.analysis.tables import _load_run_dataset
-
-    settings = load_checkpoint(checkpoint).get("config", {}).get("train", {})
-    return _load_run_dataset(settings, data_source, loaded)
-
-
 def sharpness_table(results: Sequence[tuple[object, SharpnessResult]]):
-    """Per model: top Hessian eigenvalue and trace (mean ± std over seeds)."""
+    """Per model: largest and smallest Hessian eigenvalue and trace (mean ± std over seeds)."""
     from depthscape.analysis.curves import display_name
     from depthscape.analysis.tables import Table, mean_std, model_sort_key
 
@@ -288,24 +175,28 @@ def sharpness_table(results: Sequence[tuple[object, SharpnessResult]]):
     for run, result in results:
         by_model.setdefault(run.model, []).append(result)
     several = any(len(v) > 1 for v in by_model.values())
-    header = ["Model", "Top eigenvalue", "Trace", "Trace / parameters"] + (["Seeds"] if several else [])
-    csv_header = ["model", "n_seeds", "top_eigenvalue_mean", "top_eigenvalue_std", "trace_mean",
-                  "trace_std", "trace_stderr_max", "power_iterations_max",
-                  "all_power_converged", "all_trace_converged", "subset_size", "num_parameters"]
+    header = ["Model", "Largest eigenvalue", "Smallest eigenvalue", "Trace",
+              "Trace / parameters"] + (["Seeds"] if several else [])
+    csv_header = ["model", "n_seeds", "largest_eigenvalue_mean", "largest_eigenvalue_std",
+                  "smallest_eigenvalue_mean", "smallest_eigenvalue_std", "trace_mean",
+                  "trace_std", "trace_stderr_max", "eigen_steps_max",
+                  "all_eigen_converged", "all_trace_converged", "subset_size", "num_parameters"]
     rows, csv_rows = [], []
     for model in sorted(by_model, key=model_sort_key):
         group = by_model[model]
-        top = mean_std([r.top_eigenvalue for r in group])
+        largest = mean_std([r.largest_eigenvalue for r in group])
+        smallest = mean_std([r.smallest_eigenvalue for r in group])
         trace = mean_std([r.trace for r in group])
         per_param = mean_std([r.trace / r.num_parameters for r in group])
-        cells = [display_name(model), _fmt_g(*top), _fmt_g(*trace), _fmt_g(*per_param)]
+        cells = [display_name(model), _fmt_g(*largest), _fmt_g(*smallest), _fmt_g(*trace),
+                 _fmt_g(*per_param)]
         if several:
             cells.append(str(len(group)))
         rows.append(cells)
-        csv_rows.append([model, len(group), top[0], top[1], trace[0], trace[1],
-                         max(r.trace_stderr for r in group),
-                         max(r.power_iterations for r in group),
-                         all(r.power_converged for r in group),
+        csv_rows.append([model, len(group), largest[0], largest[1], smallest[0], smallest[1],
+                         trace[0], trace[1], max(r.trace_stderr for r in group),
+                         max(r.eigen_steps for r in group),
+                         all(r.eigen_converged for r in group),
                          all(r.trace_converged for r in group),
                          group[0].subset_size, group[0].num_parameters])
     return Table("Sharpness at the trained minima (Hessian of the training loss)", header, rows,

@@ -22,11 +22,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from depthscape.analysis.curves import display_name
 from depthscape.core.atomic import atomic_write_text
-from depthscape.analysis.curves import FAMILY_LABELS, display_name
-from depthscape.core.runs import RunInfo, find_runs
 from depthscape.core.errors import UserError
-from depthscape.core.models import model_depth, model_family
+from depthscape.core.models import families, model_depth, model_family, model_info
+from depthscape.core.runs import RunInfo, find_runs
+from depthscape.core.trained import load_trained_run
 
 #: Table 1's columns: (metric key, header). Errors are 100 - accuracy.
 TABLE1_COLUMNS = (
@@ -75,34 +76,22 @@ def _checkpoint_key(path: Path) -> dict:
     return {"checkpoint": str(path.name), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def _load_run_dataset(train_settings: dict, override: dict | None, loaded: dict):
-    """The dataset a run trained on (loaded once per source), or the user's override."""
-    from depthscape.core.data import load_dataset
-
-    source = dict(override or {})
-    name = source.get("dataset") or train_settings.get("dataset") or "cifar10"
-    data_dir = source.get("data_dir") or train_settings.get("data_dir")
-    cache_dir = source.get("cache_dir") or train_settings.get("cache_dir")
-    key = (name, data_dir, cache_dir)
-    if key not in loaded:
-        loaded[key] = load_dataset(name, data_dir, cache_dir)
-    return loaded[key]
-
-
 def evaluate_run(run: RunInfo, dataset=None, device: str | None = None, batch_size: int = 1000,
                  train_limit: int | None = None, test_limit: int | None = None,
                  cache_dir: str | os.PathLike | None = None, data_source: dict | None = None,
-                 _loaded: dict | None = None) -> RunMetrics:
+                 datasets: dict | None = None) -> RunMetrics:
     """Table 1's numbers for one finished run, from its final checkpoint.
 
     The training split is the one the run trained on (its ``train_subset``, drawn the same
     way); ``train_limit``/``test_limit`` cap the evaluated images (a fixed subset) where a
     quick study cannot afford the full splits. With ``cache_dir`` the result is stored
     there as ``<run>.json`` and reused while the checkpoint and limits are unchanged.
+    ``dataset`` (a loaded dataset) or ``data_source`` (``dataset``/``data_dir``/
+    ``cache_dir``) override the run's recorded data by :func:`load_trained_run`'s rule;
+    ``datasets`` is its cache of loaded datasets, shared over runs.
     """
     import torch
 
-    from depthscape.core.checkpoint import eval_preprocess, model_from_checkpoint
     from depthscape.core.device import get_device
     from depthscape.training.evaluation import evaluate
 
@@ -120,15 +109,14 @@ def evaluate_run(run: RunInfo, dataset=None, device: str | None = None, batch_si
         except (OSError, ValueError, TypeError):
             pass  # a damaged cache entry is recomputed
     target = get_device(device)
-    model, ckpt = model_from_checkpoint(final, map_location=target)
-    config = ckpt.get("config", {})
-    train_settings = config.get("train", {})
-    if dataset is None:
-        dataset = _load_run_dataset(train_settings, data_source, _loaded if _loaded is not None else {})
-    preprocess = eval_preprocess(ckpt, dataset)
-    train_split = dataset.train.subset(train_settings.get("train_subset"))
-    train_split = train_split.subset(train_limit)
-    test_split = dataset.test.subset(test_limit)
+    source = data_source or {}
+    trained = load_trained_run(final, dataset=dataset if dataset is not None else
+                               source.get("dataset"), data_dir=source.get("data_dir"),
+                               cache_dir=source.get("cache_dir"), device=target, datasets=datasets)
+    ckpt = trained.checkpoint
+    train_split = trained.train.subset(train_limit)  # the run's training split, then the cap
+    test_split = trained.dataset.test.subset(test_limit)  # Table 1: the whole test set
+    model, preprocess = trained.model, trained.preprocess
     with torch.inference_mode():
         train_loss, train_acc = evaluate(model, train_split, preprocess, batch_size, target)
         test_loss, test_acc = evaluate(model, test_split, preprocess, batch_size, target)
@@ -153,12 +141,12 @@ def evaluate_runs(runs: Sequence[RunInfo], dataset=None, device: str | None = No
     from tqdm.auto import tqdm
 
     finished = [r for r in runs if r.paths.final.exists()]
-    loaded: dict = {}
+    datasets: dict = {}  # loaded once per data source, shared by the runs
     results = []
     for run in tqdm(finished, desc="evaluating", unit="run", disable=not progress,
                     dynamic_ncols=True):
         results.append(evaluate_run(run, dataset, device, batch_size, train_limit, test_limit,
-                                    cache_dir, data_source, loaded))
+                                    cache_dir, data_source, datasets))
     return results
 
 
@@ -198,8 +186,7 @@ def format_duration(seconds: float) -> str:
 
 def model_sort_key(model: str) -> tuple[int, int]:
     """The spec's order: CNN, then ResNets, then PlainNets, each by depth."""
-    order = {"cnn": 0, "resnet": 1, "plain": 2}
-    return order[model_family(model)], model_depth(model) or 0
+    return model_info(model).sort_key
 
 
 def group_by_model(metrics: Sequence[RunMetrics]) -> dict[str, list[RunMetrics]]:
@@ -277,16 +264,16 @@ def table2(metrics: Sequence[RunMetrics]) -> Table:
     """
     groups = group_by_model(metrics)
     depths = sorted({model_depth(m) for m in groups if model_depth(m) is not None})
-    families = [f for f in ("resnet", "plain") if any(model_family(m) == f for m in groups)]
+    present = [f for f in families(with_depth=True)
+               if any(model_family(m) == f.prefix for m in groups)]
     header = ["Depth"]
-    for f in families:
-        header.append(f"{FAMILY_LABELS[f]} Acc. (%)")
-    for f in families:
-        header += [f"{FAMILY_LABELS[f]} time", f"{FAMILY_LABELS[f]} time ratio",
-                   f"{FAMILY_LABELS[f]} gain (pp)"]
+    for f in present:
+        header.append(f"{f.label} Acc. (%)")
+    for f in present:
+        header += [f"{f.label} time", f"{f.label} time ratio", f"{f.label} gain (pp)"]
     csv_header = ["depth"]
-    for f in families:
-        name = "plainnet" if f == "plain" else f
+    for f in present:
+        name = f.file_name
         csv_header += [f"{name}_test_acc_mean", f"{name}_test_acc_std", f"{name}_n_seeds",
                        f"{name}_time_s_mean", f"{name}_time_s_std", f"{name}_time_ratio",
                        f"{name}_gain_pp"]
@@ -294,7 +281,7 @@ def table2(metrics: Sequence[RunMetrics]) -> Table:
     rows, csv_rows = [], []
     for depth in depths:
         acc_cells, time_cells, raw = [], [], [depth]
-        for f in families:
+        for f in (f.prefix for f in present):
             group = groups.get(f"{f}{depth}", [])
             acc = mean_std([m.test_acc for m in group])
             seconds = mean_std([m.train_time_s for m in group])

@@ -14,7 +14,8 @@ ORDER = 20
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a .pth file written by depthscape (or a bare state dict)")
     parser.add_argument("--model", default=None,
-                        help="architecture, needed for a bare state dict (e.g. resnet56)")
+                        help="architecture, needed for a bare state dict (e.g. resnet56); "
+                             "checked against a depthscape checkpoint's own")
     parser.add_argument("--split", choices=("test", "train"), default="test")
     parser.add_argument("--subset", type=positive_int, default=None,
                         help="evaluate on a fixed random subset of this many images")
@@ -25,16 +26,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from depthscape.core.checkpoint import checkpoint_dataset, eval_preprocess, model_from_checkpoint
     from depthscape.core.device import get_device
+    from depthscape.core.trained import load_trained_run
     from depthscape.training.evaluation import evaluate
 
-    model, checkpoint = model_from_checkpoint(args.checkpoint, args.model)
-    dataset = checkpoint_dataset(checkpoint, args.dataset, args.data_dir, args.cache_dir)
-    split = getattr(dataset, args.split).subset(args.subset)
     device = get_device(args.device)
-    loss, acc = evaluate(model.to(device), split, eval_preprocess(checkpoint, dataset),
-                         args.batch_size, device)
+    run = load_trained_run(args.checkpoint, model=args.model, dataset=args.dataset,
+                           data_dir=args.data_dir, cache_dir=args.cache_dir, device=device)
+    split = getattr(run.dataset, args.split).subset(args.subset)
+    loss, acc = evaluate(run.model, split, run.preprocess, args.batch_size, device)
     print(f"{args.split} loss {loss:.4f}  accuracy {acc:.2f}%  error {100 - acc:.2f}%  "
           f"({len(split)} images)")
     return 0

@@ -1,4 +1,4 @@
-"""`depthscape sharpness`: top Hessian eigenvalue and trace at every trained minimum."""
+"""`depthscape sharpness`: largest and smallest Hessian eigenvalue and trace at every trained minimum."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import argparse
 from depthscape.cli._common import add_run_data_arguments, positive_float, positive_int
 
 NAME = "sharpness"
-HELP = "measure the Hessian's top eigenvalue (power iteration) and trace (Hutchinson) per run"
+HELP = ("measure the Hessian's largest and smallest eigenvalue (Lanczos) and trace "
+        "(Hutchinson) per run")
 ORDER = 45
 
 
@@ -25,9 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=500,
                         help="images per Hessian-vector product chunk (default 500)")
     parser.add_argument("--power-iters", type=positive_int, default=20,
-                        help="most power iterations (default 20)")
+                        help="most Lanczos steps (Hessian-vector products) for the largest and "
+                             "smallest eigenvalue (default 20)")
     parser.add_argument("--power-tol", type=positive_float, default=1e-3,
-                        help="relative change that ends power iteration (default 1e-3)")
+                        help="relative change of both eigenvalues that ends Lanczos (default 1e-3)")
     parser.add_argument("--trace-samples", type=positive_int, default=50,
                         help="most Hutchinson probe vectors (default 50)")
     parser.add_argument("--trace-tol", type=positive_float, default=1e-2,

@@ -7,7 +7,8 @@ A checkpoint is a plain dict (loadable with ``torch.load(..., weights_only=True)
      "config": {...}, "state_dict": {...}, ...}
 
 Bare state dicts (e.g. from the spec's original scripts) load too when the architecture is
-given separately.
+given separately. Rebuilding a trained run from a checkpoint (model, recipe, preprocessing,
+data) is :func:`depthscape.core.trained.load_trained_run`'s job, and only its.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from torch import nn
 
 from depthscape.core.atomic import atomic_path
 from depthscape.core.errors import UserError
-from depthscape.core.models import canonical_name, get_model
 
 FORMAT = "depthscape"
 VERSION = 1
@@ -77,63 +77,3 @@ def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], sour
     for key in state_dict:
         if key not in expected:
             raise UserError(f"{source} does not match the architecture{what}: unexpected tensor {key!r}")
-
-
-def model_from_checkpoint(path: str | os.PathLike, model_name: str | None = None,
-                          map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild the model a checkpoint holds and load its weights.
-
-    ``model_name`` is needed for a bare state dict; given for a depthscape checkpoint it
-    must agree with the checkpoint's own (else a UserError naming the first mismatch).
-    Returns the model (on CPU, eval mode) and the checkpoint dict.
-    """
-    data = load_checkpoint(path, map_location="cpu")
-    stored = data.get("model")
-    name = canonical_name(model_name) if model_name else stored
-    if name is None:
-        raise UserError(f"{path} is a bare state dict: say which model it holds (e.g. --model resnet56)")
-    kwargs = dict(data.get("model_kwargs") or {})
-    model = get_model(name, **kwargs)
-    state = data["state_dict"]
-    check_state_dict(model, state, source=str(path), model_name=name)
-    model.load_state_dict(state)
-    model.to(map_location)
-    model.eval()
-    return model, data
-
-
-def eval_preprocess(checkpoint: dict, dataset=None, model_name: str | None = None):
-    """The evaluation preprocessing (no augmentation) a checkpoint's model was trained with.
-
-    Taken from the checkpoint's settings; a bare state dict falls back to its model's
-    recipe (``model_name`` or the checkpoint's own name; the ResNet recipe when neither
-    says), with ``dataset``'s pixel mean (CIFAR-10's when no dataset is given).
-    """
-    from dataclasses import replace
-
-    from depthscape.core.data import PIXEL_MEANS_255, Preprocess
-    from depthscape.core.recipes import recipe_for
-
-    stored = (checkpoint.get("config") or {}).get("preprocess")
-    if stored:
-        return Preprocess(scale=float(stored["scale"]), mean=tuple(float(m) for m in stored["mean"]),
-                          augment=False)
-    recipe = recipe_for(model_name or checkpoint.get("model") or "resnet20")
-    if dataset is not None:
-        from depthscape.core.recipes import preprocess_for
-
-        return replace(preprocess_for(recipe, dataset), augment=False)
-    mean = PIXEL_MEANS_255["cifar10"] if recipe.subtract_mean else (0.0,)
-    return Preprocess(scale=recipe.pixel_scale, mean=mean, augment=False)
-
-
-def checkpoint_dataset(checkpoint: dict, dataset: str | None = None, data_dir: str | None = None,
-                       cache_dir: str | None = None):
-    """Load the dataset a checkpoint was trained on, unless ``dataset``/``data_dir`` say otherwise."""
-    from depthscape.core.data import load_dataset
-
-    stored = (checkpoint.get("config") or {}).get("train") or {}
-    source = dataset or stored.get("dataset") or "cifar10"
-    if data_dir is None and dataset is None:
-        data_dir = stored.get("data_dir")
-    return load_dataset(source, data_dir, cache_dir or stored.get("cache_dir"))

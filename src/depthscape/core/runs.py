@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from depthscape.core.errors import UserError
-from depthscape.core.models import canonical_name, model_depth, model_family
+from depthscape.core.models import canonical_name, model_depth, model_family, model_info
 
 
 @dataclass(frozen=True)
@@ -35,18 +35,11 @@ def run_paths(out_dir: str | os.PathLike, model: str, seed: int = 0,
               dataset: str = "cifar10") -> RunPaths:
     """The files of the run of ``model`` with ``seed`` on ``dataset`` under ``out_dir``."""
     out = Path(out_dir)
-    name = canonical_name(model)
-    family, depth = model_family(name), model_depth(name)
+    info = model_info(model)  # the spec's file names come with the model's registry entry
     data_tag = "" if dataset == "cifar10" else f"_{dataset}"
     seed_tag = f"_seed{seed}" if seed else ""
-    if family == "cnn":
-        base, final = "cnn", f"cnn_{dataset}"
-    elif family == "resnet":
-        base, final = f"resnet{depth}", f"resnet-{depth}_{dataset}"
-    else:
-        base, final = f"plainnet{depth}", f"plainnet-{depth}.{dataset}"
-    run_name = f"{base}{data_tag}{seed_tag}"
-    final_stem = f"{final}{seed_tag}"
+    run_name = f"{info.run_name()}{data_tag}{seed_tag}"
+    final_stem = f"{info.checkpoint_name(dataset)}{seed_tag}"
     return RunPaths(
         run_name=run_name,
         log=out / "logs" / f"{run_name}_log.csv",
@@ -112,5 +105,4 @@ def find_runs(run_dir: str | os.PathLike) -> list[RunInfo]:
         paths = run_paths(run_dir, *key)
         if paths.log == log:
             found[key] = RunInfo(key[0], key[1], key[2], paths)
-    order = {"cnn": 0, "resnet": 1, "plain": 2}
-    return sorted(found.values(), key=lambda r: (order[r.family], r.depth or 0, r.seed, r.dataset))
+    return sorted(found.values(), key=lambda r: (*model_info(r.model).sort_key, r.seed, r.dataset))

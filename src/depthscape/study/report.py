@@ -20,10 +20,17 @@ from pathlib import Path
 
 import numpy as np
 
-from depthscape.core.atomic import atomic_write_text
 from depthscape.analysis.curves import display_name
-from depthscape.core.models import model_depth, model_family
-from depthscape.analysis.tables import Table, format_duration, group_by_model, mean_std, table1, table2
+from depthscape.analysis.tables import (
+    Table,
+    format_duration,
+    group_by_model,
+    mean_std,
+    table1,
+    table2,
+)
+from depthscape.core.atomic import atomic_write_text
+from depthscape.core.models import families, model_depth, model_family
 
 
 @dataclass
@@ -92,47 +99,89 @@ class SurfaceBlock:
 # The story the numbers tell
 
 
+def describe_trend(values: Sequence[float], digits: int = 2) -> str:
+    """What a sequence of numbers does, in words: ``rises``, ``falls``, ``rises then falls``,
+    ``falls then rises``, ``goes up and down`` or ``is unchanged``.
+
+    Values equal when rounded to ``digits`` (as the report prints them) count as unchanged,
+    so a step the reader cannot see is not called a rise.
+    """
+    rounded = [round(v, digits) for v in values]
+    moves: list[str] = []
+    for before, after in zip(rounded, rounded[1:]):
+        if after == before:
+            continue
+        move = "rises" if after > before else "falls"
+        if not moves or moves[-1] != move:
+            moves.append(move)
+    if not moves:
+        return "is unchanged"
+    if len(moves) == 1:
+        return moves[0]
+    if len(moves) == 2:
+        return f"{moves[0]} then {moves[1]}"
+    return "goes up and down"
+
+
+def describe_change(first: float, last: float, unit: str = "points", digits: int = 2) -> str:
+    """The net change end to end: ``up 3.20 points``, ``down 0.50 points`` or ``unchanged``."""
+    change = round(last, digits) - round(first, digits)
+    if change == 0:
+        return "unchanged end to end"
+    return f"{'up' if change > 0 else 'down'} {abs(change):.{digits}f} {unit} end to end"
+
+
 def observations(metrics, sharpness) -> list[str]:
     """Plain statements read off the results (no claim the numbers do not make)."""
     lines = []
     groups = group_by_model(metrics)
-    for family in ("resnet", "plain"):
+    depth_families = families(with_depth=True)
+    for family in depth_families:
         chain = [(model_depth(m), mean_std([r.test_acc for r in g])[0])
-                 for m, g in groups.items() if model_family(m) == family]
+                 for m, g in groups.items() if model_family(m) == family.prefix]
         if len(chain) >= 2:
             steps = " → ".join(f"{acc:.2f}% (depth {depth})" for depth, acc in chain)
-            change = chain[-1][1] - chain[0][1]
-            verb = "falls" if change < 0 else "rises"
-            name = "ResNet" if family == "resnet" else "PlainNet"
-            lines.append(f"{name} test accuracy {verb} by {abs(change):.2f} points from depth "
-                         f"{chain[0][0]} to {chain[-1][0]}: {steps}.")
+            accs = [acc for _, acc in chain]
+            lines.append(f"{family.label} test accuracy {describe_trend(accs)} from depth "
+                         f"{chain[0][0]} to {chain[-1][0]} "
+                         f"({describe_change(accs[0], accs[-1])}): {steps}.")
     depths = sorted({model_depth(m) for m in groups if model_depth(m)})
+    first, second = (depth_families + [None, None])[:2]
     gaps = []
     for depth in depths:
-        if f"resnet{depth}" in groups and f"plain{depth}" in groups:
-            gap = (mean_std([r.test_acc for r in groups[f"resnet{depth}"]])[0]
-                   - mean_std([r.test_acc for r in groups[f"plain{depth}"]])[0])
+        if first and second and f"{first.prefix}{depth}" in groups \
+                and f"{second.prefix}{depth}" in groups:
+            gap = (mean_std([r.test_acc for r in groups[f"{first.prefix}{depth}"]])[0]
+                   - mean_std([r.test_acc for r in groups[f"{second.prefix}{depth}"]])[0])
             gaps.append(f"{gap:+.2f} at depth {depth}")
     if gaps:
-        lines.append("ResNet minus PlainNet test accuracy: " + ", ".join(gaps) + " (points).")
-    if "cnn" in groups:
-        cnn = groups["cnn"]
-        train_acc = mean_std([r.train_acc for r in cnn])[0]
-        test_acc = mean_std([r.test_acc for r in cnn])[0]
-        lines.append(f"The CNN reaches {train_acc:.2f}% on its training data and {test_acc:.2f}% "
-                     f"on test data (a gap of {train_acc - test_acc:.2f} points).")
-    if sharpness:
-        by_model: dict[str, list[float]] = {}
+        lines.append(f"{first.label} minus {second.label} test accuracy: " + ", ".join(gaps)
+                     + " (points).")
+    for model, group in groups.items():  # models of fixed depth: the baseline CNN
+        if model_depth(model) is None:
+            train_acc = mean_std([r.train_acc for r in group])[0]
+            test_acc = mean_std([r.test_acc for r in group])[0]
+            lines.append(f"The {display_name(model)} reaches {train_acc:.2f}% on its training "
+                         f"data and {test_acc:.2f}% on test data (a gap of "
+                         f"{train_acc - test_acc:.2f} points).")
+    if sharpness and first and second:
+        by_model: dict[str, list] = {}
         for run, result in sharpness:
-            by_model.setdefault(run.model, []).append(result.top_eigenvalue)
-        pairs = []
-        for depth in depths:
-            r, p = by_model.get(f"resnet{depth}"), by_model.get(f"plain{depth}")
-            if r and p:
-                pairs.append(f"depth {depth}: ResNet {np.mean(r):.3g} vs PlainNet {np.mean(p):.3g}")
-        if pairs:
-            lines.append("Largest Hessian eigenvalue (higher = sharper) at each depth: "
-                         + "; ".join(pairs) + ".")
+            by_model.setdefault(run.model, []).append(result)
+        for field_name, what in (("largest_eigenvalue", "Largest Hessian eigenvalue (higher = "
+                                                        "sharper)"),
+                                 ("smallest_eigenvalue", "Smallest Hessian eigenvalue (negative "
+                                                         "= the loss still descends along some "
+                                                         "direction)")):
+            pairs = []
+            for depth in depths:
+                r, p = by_model.get(f"{first.prefix}{depth}"), by_model.get(f"{second.prefix}{depth}")
+                if r and p:
+                    pairs.append(f"depth {depth}: {first.label} "
+                                 f"{np.mean([getattr(x, field_name) for x in r]):.3g} vs "
+                                 f"{second.label} {np.mean([getattr(x, field_name) for x in p]):.3g}")
+            if pairs:
+                lines.append(f"{what} at each depth: " + "; ".join(pairs) + ".")
     return lines
 
 
@@ -177,8 +226,9 @@ def build_blocks(result, budget, settings: dict) -> list:
         blocks += [Heading("Sharpness of the minima"),
                    TableBlock(sharpness_table(result.sharpness),
                               f"Hessian of the training loss on {budget.sharpness_subset} "
-                              "training images, BatchNorm in eval mode: largest eigenvalue by "
-                              "power iteration, trace by Hutchinson's estimator.")]
+                              "training images, BatchNorm in eval mode: the largest and the "
+                              "smallest (algebraic) eigenvalue by Lanczos, the trace by "
+                              "Hutchinson's estimator.")]
     figures = {f.key: f for f in result.figures}
     curve_blocks = []
     for key, caption in (("cnn", "Figure 1: baseline CNN, training vs validation"),
@@ -245,7 +295,7 @@ def _budget_table(budget) -> TableBlock:
         ["landscape grid", f"{budget.landscape_resolution}x{budget.landscape_resolution} on "
                            f"{budget.landscape_subset or 'all'} test images"],
         ["sharpness", f"{budget.sharpness_subset} training images, <= "
-                      f"{budget.sharpness_power_iters} power iterations, <= "
+                      f"{budget.sharpness_power_iters} Lanczos steps, <= "
                       f"{budget.sharpness_trace_samples} Hutchinson probes"],
     ]
     table = Table("Budget", ["Setting", f"{budget.name}"], rows, ["setting", "value"], rows)

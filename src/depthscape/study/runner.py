@@ -58,8 +58,9 @@ class Budget:
         """The recipe ``model`` trains with under this budget (already scaled)."""
         from depthscape.core.recipes import recipe_for
 
-        name = canonical_name(model)
-        recipe = recipe_for(name).scaled(self.cnn_scale if name == "cnn" else self.scale)
+        recipe = recipe_for(canonical_name(model))
+        # cnn_scale is the budget's factor for epoch recipes (the CNN's), scale for the rest
+        recipe = recipe.scaled(self.cnn_scale if recipe.unit == "epoch" else self.scale)
         if self.warmup_iterations and recipe.unit == "iteration":
             recipe = replace(recipe, warmup_length=self.warmup_iterations,
                              warmup_lr=recipe.warmup_lr or recipe.lr / 10)
@@ -178,14 +179,15 @@ def training_configs(config: StudyConfig, budget: Budget, models: Sequence[str])
     configs = []
     for seed in range(config.seeds):
         for model in models:
+            # an epoch recipe (the CNN's) logs once per epoch and is evaluated at its end
+            per_epoch = budget.recipe(model).unit == "epoch"
             configs.append(TrainConfig(
                 model=model, dataset=config.dataset, data_dir=config.data_dir,
                 cache_dir=config.cache_dir, out_dir=str(config.out_dir), seed=seed,
                 device=config.device, recipe=budget.recipe(model), scale=1.0,
                 train_subset=budget.train_subset, test_subset=budget.test_subset,
-                # the CNN logs once per epoch and is evaluated at each epoch's end
-                eval_every=None if model == "cnn" else budget.eval_every,
-                log_every=None if model == "cnn" else budget.log_every,
+                eval_every=None if per_epoch else budget.eval_every,
+                log_every=None if per_epoch else budget.log_every,
                 checkpoint_every=budget.checkpoint_every, resume=True,
                 progress=config.progress))
     return configs
@@ -199,12 +201,11 @@ def _say(progress: bool, message: str) -> None:
 def run_study(config: StudyConfig) -> StudyResult:
     """Run (or finish) the study ``config`` describes and write its report; see the module doc."""
     from depthscape.analysis.curves import standard_figures
-    from depthscape.core.data import load_dataset
-    from depthscape.core.runs import RunInfo
-    from depthscape.study.report import write_report
-    from depthscape.core.runs import run_paths
-    from depthscape.study.launcher import run_trainings
     from depthscape.analysis.tables import evaluate_runs, table1, table2, write_table
+    from depthscape.core.data import load_dataset
+    from depthscape.core.runs import RunInfo, run_paths
+    from depthscape.study.launcher import run_trainings
+    from depthscape.study.report import write_report
 
     budget = get_budget(config.budget)
     if config.seeds < 1:

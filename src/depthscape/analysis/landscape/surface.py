@@ -42,10 +42,10 @@ from depthscape.analysis.landscape.storage import (
     read_state,
     write_surface,
 )
-from depthscape.core.checkpoint import eval_preprocess, model_from_checkpoint
-from depthscape.core.data import Dataset, Split, load_dataset
+from depthscape.core.data import Dataset, Split
 from depthscape.core.distributed import DistContext, setup
 from depthscape.core.errors import UserError
+from depthscape.core.trained import load_trained_run
 
 #: Seed of the fixed random evaluation subset (kept apart from the direction seed, so
 #: surfaces drawn with different directions are measured on the same images).
@@ -155,22 +155,6 @@ def default_surface_path(checkpoint: str | os.PathLike, config: LandscapeConfig,
     return root / "landscapes" / f"{checkpoint.stem}_{config.split}_{kind}_{_settings_hash(identity)}.h5"
 
 
-def _load_data(checkpoint: dict, config: LandscapeConfig) -> Dataset:
-    train = (checkpoint.get("config") or {}).get("train") or {}
-    if config.data_source is not None:
-        source, data_dir = config.data_source, config.data_dir
-    else:
-        source = train.get("dataset")
-        data_dir = config.data_dir if config.data_dir is not None else train.get("data_dir")
-    if source is None:
-        raise UserError("the checkpoint does not say which data it was trained on: pass --dataset "
-                        "(and --data-dir)")
-    cache_dir = config.cache_dir if config.cache_dir is not None else train.get("cache_dir")
-    try:
-        return load_dataset(source, data_dir, cache_dir)
-    except UserError as error:
-        raise UserError(f"{error} (loading the run's data; --dataset/--data-dir point elsewhere)") \
-            from None
 
 
 def compute_landscape(checkpoint: str | os.PathLike, config: LandscapeConfig | None = None,
@@ -202,16 +186,15 @@ def _compute(checkpoint: Path, config: LandscapeConfig, output, dataset: Dataset
 
     import depthscape
 
-    model, data = model_from_checkpoint(checkpoint, config.model)
-    model_name = config.model or data.get("model") or "unknown"
+    run = load_trained_run(checkpoint, model=config.model,  # the one loader and its rule
+                           dataset=dataset if dataset is not None else config.data_source,
+                           data_dir=config.data_dir, cache_dir=config.cache_dir)
+    model, model_name = run.model, run.model_name
     state = model.state_dict()
     target_model = None
-    if config.target is not None:
-        target_model, _ = model_from_checkpoint(config.target, model_name if data.get("model") or
-                                                config.model else None)
-    if dataset is None:
-        dataset = _load_data(data, config)
-    preprocess = eval_preprocess(data, dataset, model_name)
+    if config.target is not None:  # the same model (name checked), at other weights
+        target_model = load_trained_run(config.target, model=model_name).model
+    dataset, preprocess = run.dataset, run.preprocess
     split = (dataset.test if config.split == "test" else dataset.train).subset(config.subset, SUBSET_SEED)
     identity = {
         "model": model_name,

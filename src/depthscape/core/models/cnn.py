@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from depthscape.core.models.init import kaiming_init
-from depthscape.core.models.registry import register_model, set_data_kwargs
+from depthscape.core.models.registry import FamilyInfo, register_family, register_model
 
 
 class Net(nn.Module):
@@ -49,4 +49,9 @@ def cnn(in_channels: int = 3, num_classes: int = 10, image_size: int = 32) -> Ne
     return Net(in_channels=in_channels, num_classes=num_classes, image_size=image_size)
 
 
-set_data_kwargs("cnn", "image_size")  # its classifier's input size depends on it
+register_family(FamilyInfo(
+    prefix="cnn", label="CNN", file_name="cnn", run_name="cnn",
+    checkpoint_name="cnn_{dataset}", order=0,
+    curve_unit="epoch",  # its recipe trains and logs by epochs
+    data_kwargs=("image_size",),  # its classifier's input size depends on it
+))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -17,7 +18,19 @@ from depthscape.core.errors import UserError
 _FACTORIES: dict[str, Callable[..., nn.Module]] = {}
 #: Families built at any depth 6n+2: prefix -> factory(depth, in_channels=, num_classes=).
 _DEPTH_FAMILIES: dict[str, Callable[..., nn.Module]] = {}
-_FAMILY_RE = re.compile(r"^(resnet|plain)(\d+)$")
+_NAME_DEPTH_RE = re.compile(r"^([a-z]+?)(\d+)$")
+
+
+class _FamilyPattern:
+    """``{prefix}{depth}`` for the registered depth families (``resnet56``, ``plain110``)."""
+
+    @staticmethod
+    def match(text: str):
+        match = _NAME_DEPTH_RE.match(text)
+        return match if match and match.group(1) in _DEPTH_FAMILIES else None
+
+
+_FAMILY_RE = _FamilyPattern()
 
 
 def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
@@ -70,7 +83,7 @@ def canonical_name(name: str, depth: int | str | None = None) -> str:
     if match:
         depth_to_blocks(int(match.group(2)))
         return f"{match.group(1)}{int(match.group(2))}"
-    if text in ("resnet", "plain"):
+    if text in _DEPTH_FAMILIES:
         raise UserError(f"{name!r} needs a depth, e.g. '{name} 56'")
     known = ", ".join(list_models())
     raise UserError(f"unknown model {name!r}: choose one of {known}, or resnet/plainnet with a depth 6n+2")
@@ -89,19 +102,80 @@ def model_depth(name: str) -> int | None:
     return int(match.group(2)) if match else None
 
 
-#: Per model: which of the dataset's properties, beyond channels and classes, its factory takes.
-_DATA_KWARGS: dict[str, tuple[str, ...]] = {}
+@dataclass(frozen=True)
+class FamilyInfo:
+    """What is specific to a model family, as torchvision's weights metadata and timm's
+    default configs carry it: the analyses read these instead of testing model names."""
+
+    prefix: str  # canonical name (a fixed model) or name prefix (a depth family)
+    label: str  # display name, e.g. "PlainNet"
+    file_name: str  # in file names and CSV columns, e.g. "plainnet"
+    run_name: str  # run-name template, fields {depth}: e.g. "plainnet{depth}"
+    checkpoint_name: str  # final-checkpoint stem, fields {depth}, {dataset}
+    order: int  # position in the spec's tables and figures (CNN, ResNets, PlainNets)
+    curve_unit: str = "iteration"  # x-axis of its training curves: "iteration" or "epoch"
+    data_kwargs: tuple[str, ...] = ()  # dataset properties its factory takes beyond
+    # channels and classes (e.g. the CNN's image_size)
 
 
-def set_data_kwargs(name: str, *properties: str) -> None:
-    """Declare that model ``name``'s factory also takes these dataset properties (e.g. image_size)."""
-    _DATA_KWARGS[name] = properties
+@dataclass(frozen=True)
+class ModelInfo:
+    """One model's entry: its family's metadata plus its depth."""
+
+    name: str  # canonical, e.g. "resnet56"
+    family: FamilyInfo
+    depth: int | None  # None for a model of fixed depth (the CNN)
+
+    @property
+    def display_name(self) -> str:
+        """``ResNet-56``, ``PlainNet-110``, ``CNN``."""
+        return self.family.label if self.depth is None else f"{self.family.label}-{self.depth}"
+
+    @property
+    def curve_unit(self) -> str:
+        return self.family.curve_unit
+
+    @property
+    def sort_key(self) -> tuple[int, int]:
+        """The spec's order: CNN, then ResNets, then PlainNets, each by depth."""
+        return self.family.order, self.depth or 0
+
+    def run_name(self) -> str:
+        return self.family.run_name.format(depth=self.depth)
+
+    def checkpoint_name(self, dataset: str) -> str:
+        return self.family.checkpoint_name.format(depth=self.depth, dataset=dataset)
+
+
+_FAMILIES: dict[str, FamilyInfo] = {}
+
+
+def register_family(info: FamilyInfo) -> None:
+    """Register the metadata of a model family (or of one fixed model); a duplicate raises."""
+    if info.prefix in _FAMILIES:
+        raise ValueError(f"model family {info.prefix!r} is described twice")
+    _FAMILIES[info.prefix] = info
+
+
+def model_info(name: str) -> ModelInfo:
+    """The registry entry of model ``name`` (any spelling :func:`canonical_name` accepts)."""
+    name = canonical_name(name)
+    return ModelInfo(name, _FAMILIES[model_family(name)], model_depth(name))
+
+
+def families(with_depth: bool | None = None) -> list[FamilyInfo]:
+    """The registered families in the spec's order; ``with_depth`` keeps only the depth
+    families (True) or only the fixed models (False)."""
+    chosen = sorted(_FAMILIES.values(), key=lambda f: f.order)
+    if with_depth is None:
+        return chosen
+    return [f for f in chosen if (f.prefix in _DEPTH_FAMILIES) == with_depth]
 
 
 def model_kwargs_for(name: str, dataset) -> dict:
     """The keyword arguments that build model ``name`` for ``dataset`` (as stored in checkpoints)."""
     kwargs = {"in_channels": dataset.in_channels, "num_classes": dataset.num_classes}
-    for prop in _DATA_KWARGS.get(canonical_name(name), ()):
+    for prop in model_info(name).family.data_kwargs:
         kwargs[prop] = getattr(dataset, prop)
     return kwargs
 

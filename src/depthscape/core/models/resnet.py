@@ -13,7 +13,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from depthscape.core.models.init import kaiming_init
-from depthscape.core.models.registry import depth_to_blocks, register_depth_family, register_model
+from depthscape.core.models.registry import (
+    FamilyInfo,
+    depth_to_blocks,
+    register_depth_family,
+    register_family,
+    register_model,
+)
 
 
 def option_a_shortcut(x: torch.Tensor, out_channels: int, stride: int) -> torch.Tensor:
@@ -99,6 +105,14 @@ def _register(depth: int, shortcut: bool) -> None:
 
 register_depth_family("resnet", functools.partial(build_resnet, shortcut=True))
 register_depth_family("plain", functools.partial(build_resnet, shortcut=False))
+# The spec's file names: logs/resnet56_log.csv + models/resnet-56_cifar10.pth, and
+# logs/plainnet56_log.csv + models/plainnet-56.cifar10.pth (sic: a dot).
+register_family(FamilyInfo(prefix="resnet", label="ResNet", file_name="resnet",
+                           run_name="resnet{depth}", checkpoint_name="resnet-{depth}_{dataset}",
+                           order=1))
+register_family(FamilyInfo(prefix="plain", label="PlainNet", file_name="plainnet",
+                           run_name="plainnet{depth}",
+                           checkpoint_name="plainnet-{depth}.{dataset}", order=2))
 for _shortcut in (True, False):
     for _depth in (20, 56, 110):
         _register(_depth, _shortcut)

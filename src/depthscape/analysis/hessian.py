@@ -1,0 +1,214 @@
+"""The Hessian of a model's loss, by Hessian-vector products: its extreme eigenvalues and trace.
+
+Every quantity comes from products ``v -> H v`` (Pearlmutter's trick: the gradient of
+``g . v``), never from the Hessian itself, so they work for any model size:
+
+* :func:`hessian_extremes` / :func:`extreme_eigenvalues`: the largest and the smallest
+  (algebraic) eigenvalue, by the Lanczos method. Used by sharpness (at a trained minimum)
+  and by curvature maps (at every point of a landscape grid).
+* :func:`dominant_eigenvalue`: power iteration, the eigenvalue of largest magnitude
+  (which may be the most negative one: it is not "the largest").
+* :func:`hessian_trace`: Hutchinson's estimator ``E[v^T H v]`` with Rademacher ``v``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class HessianOperator:
+    """``v -> H v`` for the mean loss of ``model`` over ``(inputs, labels)``, model in eval mode.
+
+    The data is cut into chunks of ``batch_size``; each product sums the chunks' Hessian-
+    vector products weighted by their share of the samples. With a single chunk the
+    gradient graph is built once and reused by every product.
+    """
+
+    def __init__(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
+                 batch_size: int = 500,
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None):
+        self.model = model
+        self.model.eval()
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError("the model has no trainable parameters")
+        self.loss_fn = loss_fn or (lambda logits, y: F.cross_entropy(logits, y, reduction="sum"))
+        self.chunks = [(inputs[i:i + batch_size], labels[i:i + batch_size])
+                       for i in range(0, len(labels), batch_size)]
+        self.total = len(labels)
+        if self.total == 0:
+            raise ValueError("no data to measure the Hessian on")
+        self._cached_grads: list[torch.Tensor] | None = None
+        self.products = 0
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.params)
+
+    def _grads(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+        loss = self.loss_fn(self.model(x), y) / self.total
+        return list(torch.autograd.grad(loss, self.params, create_graph=True))
+
+    def __call__(self, vector: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        self.products += 1
+        if len(self.chunks) == 1:
+            if self._cached_grads is None:
+                self._cached_grads = self._grads(*self.chunks[0])
+            return self._product(self._cached_grads, vector, retain=True)
+        result = [torch.zeros_like(p) for p in self.params]
+        for x, y in self.chunks:
+            part = self._product(self._grads(x, y), vector, retain=False)
+            for r, h in zip(result, part):
+                r += h
+        return result
+
+    def _product(self, grads, vector, retain: bool) -> list[torch.Tensor]:
+        dot = sum((g * v).sum() for g, v in zip(grads, vector))
+        hv = torch.autograd.grad(dot, self.params, retain_graph=retain, allow_unused=True)
+        return [torch.zeros_like(p) if h is None else h.detach() for p, h in zip(self.params, hv)]
+
+
+def _dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
+    return float(sum((x.double() * y.double()).sum() for x, y in zip(a, b)))
+
+
+def _normalized(vector: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    norm = math.sqrt(_dot(vector, vector))
+    if norm == 0:
+        raise ArithmeticError("zero vector in power iteration")
+    return [v / norm for v in vector]
+
+
+def dominant_eigenvalue(operator: Callable, params: Sequence[torch.Tensor], iters: int = 20,
+                        tol: float = 1e-3, seed: int = 0) -> tuple[float, int, bool]:
+    """Power iteration on ``operator`` (a Hessian-vector product over ``params``' shapes).
+
+    Returns (the eigenvalue of largest *magnitude*, which may be negative; iterations used;
+    converged). Converged means the Rayleigh quotient moved by less than
+    ``tol * |eigenvalue|`` in the last iteration. For the largest and the smallest
+    eigenvalue use :func:`extreme_eigenvalues`.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    vector = _normalized([torch.randn(p.shape, generator=generator).to(p) for p in params])
+    eigenvalue = math.nan
+    for iteration in range(1, iters + 1):
+        product = operator(vector)
+        new = _dot(vector, product)  # Rayleigh quotient of the unit vector
+        try:
+            vector = _normalized(product)
+        except ArithmeticError:
+            return 0.0, iteration, True  # H v = 0: v lies in the null space
+        if math.isfinite(eigenvalue) and abs(new - eigenvalue) <= tol * max(abs(new), 1e-12):
+            return new, iteration, True
+        eigenvalue = new
+    return eigenvalue, iters, False
+
+
+@dataclass(frozen=True)
+class EigenExtremes:
+    """The two ends of a Hessian's spectrum and how their power iterations ended."""
+
+    largest: float  # largest (algebraic) eigenvalue: the sharpest upward curvature
+    smallest: float  # smallest (algebraic) eigenvalue: negative where the loss curves down
+    iterations: int  # Hessian-vector products (Lanczos steps) used
+    converged: bool  # both ends met the tolerance (or are exact)
+
+    @property
+    def ratio(self) -> float:
+        """``|smallest / largest|`` (Li et al.'s convexity measure; nan where largest is 0)."""
+        return abs(self.smallest / self.largest) if self.largest else math.nan
+
+
+def extreme_eigenvalues(operator: Callable, params: Sequence[torch.Tensor], iters: int = 20,
+                        tol: float = 1e-3, seed: int = 0) -> EigenExtremes:
+    """Largest and smallest eigenvalue of the symmetric ``operator`` (``v -> H v``), by Lanczos.
+
+    At most ``iters`` Hessian-vector products build an orthonormal Krylov basis (fully
+    reorthogonalised, so no eigenvalue repeats); the extreme eigenvalues of the small
+    tridiagonal matrix it yields (the Ritz values) approach both ends of the spectrum from
+    inside, far faster than power iteration where eigenvalues crowd near the ends. Stops
+    when both ends move by less than ``tol`` times the larger of their magnitudes in one
+    step (converged), or when the basis spans an invariant subspace (exact). Keeps
+    ``iters`` vectors of the parameters' size.
+    """
+    shapes = [p.shape for p in params]
+    sizes = [p.numel() for p in params]
+    like = params[0]
+
+    def apply(flat: torch.Tensor) -> torch.Tensor:
+        product = operator([t.view(shape) for t, shape in zip(flat.split(sizes), shapes)])
+        return torch.cat([h.reshape(-1) for h in product])
+
+    generator = torch.Generator().manual_seed(seed)
+    start = torch.randn(sum(sizes), generator=generator, dtype=torch.float64)
+    basis = torch.zeros(iters, sum(sizes), dtype=like.dtype, device=like.device)
+    basis[0] = (start / start.norm()).to(basis)
+    alphas: list[float] = []
+    betas: list[float] = []
+    ends = (math.nan, math.nan)
+    for step in range(iters):
+        w = apply(basis[step])
+        alphas.append(float(w.double() @ basis[step].double()))
+        done = basis[:step + 1]
+        for _ in range(2):  # twice is enough to keep the basis orthogonal in floating point
+            w = w - done.T @ (done @ w)
+        tridiagonal = (torch.diag(torch.tensor(alphas, dtype=torch.float64))
+                       + torch.diag(torch.tensor(betas, dtype=torch.float64), 1)
+                       + torch.diag(torch.tensor(betas, dtype=torch.float64), -1))
+        ritz = torch.linalg.eigvalsh(tridiagonal)
+        new = (float(ritz[0]), float(ritz[-1]))
+        scale = max(abs(new[0]), abs(new[1]), 1e-30)
+        beta = float(w.norm())
+        if step > 0 and max(abs(new[0] - ends[0]), abs(new[1] - ends[1])) <= tol * scale:
+            return EigenExtremes(new[1], new[0], step + 1, True)
+        if beta <= 1e-10 * scale:  # an invariant subspace: its Ritz values are exact
+            return EigenExtremes(new[1], new[0], step + 1, True)
+        ends = new
+        if step + 1 < iters:
+            betas.append(beta)
+            basis[step + 1] = w / beta
+    return EigenExtremes(ends[1], ends[0], iters, False)
+
+
+def hessian_extremes(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *,
+                     batch_size: int = 500,
+                     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                     iters: int = 20, tol: float = 1e-3, seed: int = 0) -> EigenExtremes:
+    """Largest and smallest Hessian eigenvalue of ``model``'s mean loss on ``(inputs, labels)``.
+
+    The model is put in eval mode (BatchNorm uses its running statistics); every trainable
+    parameter counts; ``loss_fn(logits, labels)`` must return the *summed* loss (default:
+    summed cross-entropy). ``batch_size`` cuts the data into chunks of that many samples.
+    For a point of a landscape, set the model's weights to the point first.
+    """
+    operator = HessianOperator(model, inputs, labels, batch_size, loss_fn)
+    return extreme_eigenvalues(operator, operator.params, iters, tol, seed)
+
+
+def hessian_trace(operator: Callable, params: Sequence[torch.Tensor], samples: int = 50,
+                  tol: float = 1e-2, min_samples: int = 5,
+                  seed: int = 0) -> tuple[float, float, int, bool]:
+    """Hutchinson's estimate of the trace: the mean of ``v^T H v`` over Rademacher ``v``.
+
+    Returns (trace, standard error of the mean, probes used, converged). Stops early once
+    at least ``min_samples`` probes give a standard error under ``tol * |trace|``.
+    """
+    generator = torch.Generator().manual_seed(seed + 7919)
+    values: list[float] = []
+    for _ in range(samples):
+        probe = [(torch.randint(0, 2, p.shape, generator=generator) * 2 - 1).to(p)
+                 for p in params]
+        values.append(_dot(probe, operator(probe)))
+        n = len(values)
+        mean = sum(values) / n
+        stderr = (math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
+                  if n > 1 else math.inf)
+        if n >= max(2, min_samples) and stderr <= tol * abs(mean):
+            return mean, stderr, n, True
+    return mean, stderr, len(values), False
