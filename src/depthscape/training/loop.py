@@ -45,6 +45,7 @@ from depthscape.core.distributed import DistContext, env_world_size, setup, shar
 from depthscape.core.errors import TrainingDiverged, UserError
 from depthscape.training.evaluation import evaluate
 from depthscape.training.fastpath import fast_path_for
+from depthscape.training.snapshots import SnapshotWriter, snapshot_path  # [snapshots]
 from depthscape.core.models import canonical_name, get_model, model_kwargs_for
 from depthscape.core.recipes import Recipe, preprocess_for, recipe_for
 from depthscape.core.runs import RunPaths, run_paths
@@ -77,6 +78,9 @@ class TrainConfig:
     amp: bool = False  # bf16 autocast
     compile: bool = False  # torch.compile the training model
     channels_last: bool = False  # NHWC weights and inputs
+    # [snapshots] weight snapshots every N iterations (epochs for epoch recipes) into
+    # models/<checkpoint>.snapshots.h5, for trajectories; None: none (training/snapshots.py)
+    snapshot_every: int | None = None
 
 
 @dataclass
@@ -485,6 +489,13 @@ def _train(config: TrainConfig, dataset: Dataset | None, ctx: DistContext) -> Tr
         return round(step * recipe.batch_size / len(train_split), 4)
 
     last_saved = step if state is not None else None
+    # [snapshots] begin: one writer per run; rank 0 writes (see training/snapshots.py)
+    snapshots = SnapshotWriter(
+        snapshot_path(paths.final), config.snapshot_every,
+        (config.snapshot_every or 1) * (epoch_steps if recipe.unit == "epoch" else 1),
+        total_steps, recipe.unit, model_name, step if state is not None else None, main)
+    snapshots.maybe_add(step, model)
+    # [snapshots] end
     rows_written: list[dict] = []
     trace: list[torch.Tensor] | None = [] if os.environ.get(TRACE_ENV) else None
     net.train()
@@ -529,6 +540,7 @@ def _train(config: TrainConfig, dataset: Dataset | None, ctx: DistContext) -> Tr
                 window_images += batch
                 step += 1
                 bar.update(1)
+                snapshots.maybe_add(step, model)  # [snapshots]
 
                 at_epoch_end = step % epoch_steps == 0 or step == total_steps
                 eval_now = bool(eval_every and step % eval_every == 0) or step == total_steps or (
@@ -576,6 +588,7 @@ def _train(config: TrainConfig, dataset: Dataset | None, ctx: DistContext) -> Tr
                 if step < total_steps and (checkpoint_now or stopping):
                     check_finite(synced)
                     per_rank = rank_states()
+                    snapshots.flush()  # [snapshots] never ahead of the checkpoint
                     if main:
                         save_checkpoint(paths.resume, checkpoint_payload(per_rank))
                     last_saved = step
@@ -598,6 +611,7 @@ def _train(config: TrainConfig, dataset: Dataset | None, ctx: DistContext) -> Tr
     metrics = {"train_loss": last.get("train_loss", math.nan),
                "train_acc": last.get("train_acc", math.nan),
                "test_loss": last_test[0], "test_acc": last_test[1], "elapsed_s": elapsed}
+    snapshots.flush()  # [snapshots]
     if main:
         save_checkpoint(paths.final, {"model": model_name, "model_kwargs": model_kwargs,
                                       "config": settings, "iteration": step, "metrics": metrics,
