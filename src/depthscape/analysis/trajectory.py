@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from depthscape.core.checkpoint import model_from_checkpoint
+from depthscape.analysis._run import _load_run
 from depthscape.core.data import Dataset
 from depthscape.core.device import get_device
 from depthscape.core.errors import UserError
@@ -78,14 +78,6 @@ class Trajectory:
     explained_variance: np.ndarray  # (2,) variance along each direction
     explained_variance_ratio: np.ndarray  # (2,) its share of the total variance
     directions: list[dict[str, torch.Tensor]]  # two unit directions keyed like the state
-
-
-def _load_run(checkpoint: str | os.PathLike, model_name: str | None = None):
-    """The model (CPU, eval mode) and checkpoint dict of a trained run.
-
-    The one place this module loads a run: to be switched to the shared run loader.
-    """
-    return model_from_checkpoint(checkpoint, model_name)
 
 
 def principal_directions(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
@@ -215,7 +207,7 @@ def compute_trajectory(checkpoint: str | os.PathLike, config: TrajectoryConfig |
     if not snapshots.is_file():
         raise UserError(f"the run of {checkpoint} has no weight snapshots ({snapshots} does not exist): "
                         "train it with --snapshot-every N")
-    model, data = _load_run(checkpoint, config.model)
+    model, data, _ = _load_run(checkpoint, config.model)
     trajectory = trajectory_from_snapshots(snapshots, model, get_device(config.device),
                                            data.get("iteration"))
     xrange, yrange = path_span(trajectory.path, config.margin)

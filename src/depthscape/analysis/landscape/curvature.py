@@ -1,0 +1,366 @@
+"""Curvature maps (Li et al. 2018, section 6; the original's ``plot_hessian_eigen.py``).
+
+A loss surface's 2-D picture can look convex while the loss in the millions of other
+directions is not. At each point ``theta* + a d1 + b d2`` of a coarse grid over a
+surface file's plane, :func:`compute_curvature` finds the Hessian's largest and smallest
+eigenvalues (:func:`hessian_eigen_extremes`: Lanczos on Hessian-vector products, over
+every trainable parameter, on a fixed subset of images, BatchNorm in eval mode as the
+landscape evaluates it) and stores them in the same HDF5 file as extra datasets::
+
+    f["curvature_xcoordinates"]  (nx,)      the grid (the surface's ranges, coarser)
+    f["curvature_ycoordinates"]  (ny,)
+    f["hessian_max_eig"]         (ny, nx)   largest (algebraic) eigenvalue; NaN = not yet
+    f["hessian_min_eig"]         (ny, nx)   smallest (algebraic) eigenvalue
+    f["curvature_ratio"]         (ny, nx)   |min / max|: near 0 locally convex, large where
+                                            negative curvature is strong
+    f["curvature_done"]          (ny, nx)   uint8, 1 where computed
+    f["curvature_settings"]      JSON string: the settings, the convex share and its rule
+
+A point counts as locally convex where ``lambda_min >= -CONVEX_TOL * |lambda_max|``: a
+negative eigenvalue under 1% of the largest is within what a few Lanczos steps at float32
+resolve (Li et al. read such points as blue, "convex", too).
+
+Resume: the file is rewritten atomically as points finish; running the same call again
+computes only the missing points, each by the same deterministic code (the same seeded
+start vector, data and settings), so a killed and rerun computation ends with the same
+file. Under torchrun the missing points are dealt out to the ranks; rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from depthscape.core.errors import UserError
+
+#: A negative curvature smaller than this fraction of the positive one counts as convex.
+CONVEX_TOL = 0.01
+
+#: Seed of the fixed random image subset the Hessian is measured on (as the landscape's).
+SUBSET_SEED = 0
+
+
+@dataclass(frozen=True)
+class CurvatureConfig:
+    """Settings of a curvature map.
+
+    ``resolution`` points per axis over the surface's ranges; the Hessian of the mean loss
+    on a fixed random ``subset`` of the ``split`` (None: the surface's split); at most
+    ``iterations`` Lanczos steps from a start vector drawn with ``seed``, stopping early
+    once both extremes move by less than ``tol`` (relative). ``batch_size`` (images per
+    Hessian-vector product chunk) and ``device`` change the speed, not the values.
+    """
+
+    resolution: int = 11
+    split: str | None = None
+    subset: int = 256
+    iterations: int = 20
+    tol: float = 1e-3
+    seed: int = 0
+    batch_size: int = 256
+    device: str | None = None
+
+    def validate(self) -> "CurvatureConfig":
+        """Check the settings; a bad one is a one-line UserError."""
+        if self.resolution < 2:
+            raise UserError(f"curvature resolution must be at least 2, got {self.resolution}")
+        if self.split not in (None, "train", "test"):
+            raise UserError(f"curvature split must be train or test, got {self.split!r}")
+        if self.subset <= 0 or self.iterations < 2 or self.batch_size <= 0:
+            raise UserError("curvature subset, batch size must be positive and iterations at least 2")
+        return self
+
+
+@dataclass
+class EigenExtremes:
+    """The largest and smallest (algebraic) eigenvalue of a symmetric operator."""
+
+    largest: float
+    smallest: float
+    iterations: int  # operator applications used
+    converged: bool
+
+
+def hessian_eigen_extremes(operator: Callable[[Sequence[torch.Tensor]], Sequence[torch.Tensor]],
+                           params: Sequence[torch.Tensor], iterations: int = 20, tol: float = 1e-3,
+                           seed: int = 0) -> EigenExtremes:
+    """Largest and smallest eigenvalue of ``operator`` (a Hessian-vector product) by Lanczos.
+
+    ``operator`` maps a list of tensors shaped like ``params`` to another. Lanczos with full
+    reorthogonalisation builds one Krylov space whose tridiagonal projection gives both
+    extremes at once (twice cheaper than two shifted power iterations, and faster to
+    converge). The start vector is Gaussian from a CPU generator seeded with ``seed``, so
+    the result does not depend on where it runs. Stops after ``iterations`` products, when
+    both extremes moved by less than ``tol`` times the larger magnitude, or when the Krylov
+    space is invariant (then the values are exact). With ``iterations`` at least the
+    number of parameters the result is the exact extreme eigenvalues.
+    """
+    shapes = [p.shape for p in params]
+    sizes = [p.numel() for p in params]
+    dtype, device = params[0].dtype, params[0].device
+
+    def unflat(vector):
+        return [part.view(shape) for part, shape in zip(torch.split(vector, sizes), shapes)]
+
+    generator = torch.Generator().manual_seed(seed)
+    q = torch.randn(sum(sizes), generator=generator, dtype=torch.float64).to(device, dtype)
+    q /= q.norm()
+    basis = [q]
+    alphas: list[float] = []
+    betas: list[float] = []
+    previous: tuple[float, float] | None = None
+    extremes = (math.nan, math.nan)
+    for step in range(1, iterations + 1):
+        w = torch.cat([h.reshape(-1) for h in operator(unflat(q))]).to(dtype)
+        alpha = float(torch.dot(w.double(), q.double()))
+        alphas.append(alpha)
+        for _ in range(2):  # full reorthogonalisation, twice ("twice is enough")
+            for v in basis:
+                w -= float(torch.dot(w.double(), v.double())) * v
+        values = _tridiagonal_eigenvalues(alphas, betas)
+        extremes = (values[-1], values[0])
+        beta = float(w.double().norm())
+        scale = max(abs(extremes[0]), abs(extremes[1]), 1e-30)
+        if beta <= 1e-10 * scale:  # invariant subspace: these are exact eigenvalues
+            return EigenExtremes(extremes[0], extremes[1], step, True)
+        if previous is not None and max(abs(extremes[0] - previous[0]),
+                                        abs(extremes[1] - previous[1])) <= tol * scale:
+            return EigenExtremes(extremes[0], extremes[1], step, True)
+        previous = extremes
+        betas.append(beta)
+        q = w / beta
+        basis.append(q)
+    return EigenExtremes(extremes[0], extremes[1], iterations, False)
+
+
+def _tridiagonal_eigenvalues(alphas: list[float], betas: list[float]) -> np.ndarray:
+    size = len(alphas)
+    matrix = np.diag(np.asarray(alphas, dtype=np.float64))
+    if size > 1:
+        off = np.asarray(betas[:size - 1], dtype=np.float64)
+        matrix += np.diag(off, 1) + np.diag(off, -1)
+    return np.linalg.eigvalsh(matrix)
+
+
+def curvature_at(model: nn.Module, base: dict[str, torch.Tensor],
+                 directions: Sequence[dict[str, torch.Tensor]], coefficients: Sequence[float],
+                 inputs: torch.Tensor, labels: torch.Tensor, config: CurvatureConfig
+                 ) -> EigenExtremes:
+    """Hessian eigen-extremes of ``model``'s mean loss on ``(inputs, labels)`` at
+    ``base + sum_i c_i d_i`` (``model`` is overwritten; BatchNorm in eval mode)."""
+    from depthscape.analysis.sharpness import HessianOperator
+
+    with torch.no_grad():
+        state = model.state_dict()
+        for name, value in base.items():
+            target = value.clone()
+            for c, direction in zip(coefficients, directions):
+                if name in direction and c != 0:
+                    target.add_(direction[name].to(target), alpha=float(c))
+            state[name].copy_(target)
+    model.eval()
+    operator = HessianOperator(model, inputs, labels, config.batch_size)
+    return hessian_eigen_extremes(operator, operator.params, config.iterations, config.tol,
+                                  config.seed)
+
+
+def convex_mask(largest: np.ndarray, smallest: np.ndarray) -> np.ndarray:
+    """Where the loss is locally convex: ``smallest >= -CONVEX_TOL * |largest|``."""
+    return smallest >= -CONVEX_TOL * np.abs(largest)
+
+
+def _ratio(largest: np.ndarray, smallest: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.abs(smallest / largest)
+
+
+def _settings_of(extra: dict) -> dict | None:
+    raw = extra.get("curvature_settings")
+    if raw is None:
+        return None
+    raw = raw.item() if isinstance(raw, np.ndarray) else raw
+    return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+
+
+def compute_curvature(surface_file: str | os.PathLike, checkpoint: str | os.PathLike,
+                      config: CurvatureConfig | None = None, dataset=None, progress: bool = True,
+                      *, overwrite: bool = False, save_every: float = 5.0,
+                      on_point: Callable[[int], None] | None = None, data_source: str | None = None,
+                      data_dir: str | None = None, cache_dir: str | None = None,
+                      model_name: str | None = None) -> Path:
+    """Compute (or finish) the curvature map of a 2-D surface file in place; returns it.
+
+    ``checkpoint`` is the run the surface was computed around (its weights are checked
+    against the file's). A map with other settings already in the file is refused unless
+    ``overwrite``. ``on_point(flat_index)`` is called after each point (tests use it to
+    interrupt). Under torchrun every rank calls this; rank 0 writes.
+    """
+    from tqdm.auto import tqdm
+
+    from depthscape.analysis._run import _load_run
+    from depthscape.analysis.landscape.points import full_float32
+    from depthscape.analysis.landscape.storage import read_state, write_surface
+    from depthscape.analysis.landscape.surface import (
+        _Ranks,
+        grid_coordinates,
+        split_fingerprint,
+        state_fingerprint,
+    )
+    from depthscape.core.checkpoint import eval_preprocess
+    from depthscape.core.device import get_device
+
+    config = (config or CurvatureConfig()).validate()
+    surface_file = Path(surface_file)
+    surface = read_state(surface_file)
+    if surface.dims != 2:
+        raise UserError(f"{surface_file} is a 1-D curve: a curvature map needs a 2-D surface")
+    model, data, dataset = _load_run(checkpoint, model_name or surface.identity.get("model"),
+                                     with_data=True, data_source=data_source, data_dir=data_dir,
+                                     cache_dir=cache_dir, dataset=dataset)
+    if state_fingerprint(model.state_dict()) != surface.identity.get("weights_sha256"):
+        raise UserError(f"{checkpoint} is not the checkpoint {surface_file} was computed around")
+    split_name = config.split or surface.split
+    split = (dataset.test if split_name == "test" else dataset.train).subset(config.subset, SUBSET_SEED)
+    preprocess = eval_preprocess(data, dataset, surface.identity.get("model"))
+    identity = {k: v for k, v in asdict(config).items() if k not in ("batch_size", "device")}
+    identity.update(split=split_name, samples=len(split), data_sha256=split_fingerprint(split),
+                    convex_tol=CONVEX_TOL, method="lanczos")
+    ranks = _Ranks(get_device(config.device))
+    stored = _settings_of(surface.extra)
+    shape = (config.resolution, config.resolution)
+    if stored is not None and not overwrite:
+        if stored.get("identity") != json.loads(json.dumps(identity)):
+            raise UserError(f"{surface_file} holds a curvature map with other settings; pass "
+                            "--overwrite to replace it")
+    if stored is None or overwrite or surface.extra.get("hessian_max_eig") is None:
+        x = grid_coordinates((float(surface.xcoordinates.min()), float(surface.xcoordinates.max())),
+                             config.resolution)
+        y = grid_coordinates((float(surface.ycoordinates.min()), float(surface.ycoordinates.max())),
+                             config.resolution)
+        surface.extra.update(curvature_xcoordinates=x, curvature_ycoordinates=y,
+                             hessian_max_eig=np.full(shape, np.nan), hessian_min_eig=np.full(shape, np.nan),
+                             curvature_done=np.zeros(shape, dtype=np.uint8))
+    extra = surface.extra
+    x, y = extra["curvature_xcoordinates"], extra["curvature_ycoordinates"]
+    largest, smallest = extra["hessian_max_eig"], extra["hessian_min_eig"]
+    done = extra["curvature_done"].astype(bool)
+    ranks.barrier()
+
+    def save():
+        extra["curvature_done"] = done.astype(np.uint8)
+        extra["curvature_ratio"] = _ratio(largest, smallest)
+        finished = largest[done]
+        share = float(convex_mask(finished, smallest[done]).mean()) if done.all() else None
+        extra["curvature_settings"] = np.bytes_(json.dumps(
+            {"identity": identity, "convex_share": share, "points_done": int(done.sum()),
+             "rule": f"convex where lambda_min >= -{CONVEX_TOL} * |lambda_max|"}, sort_keys=True))
+        write_surface(surface_file, surface)
+
+    missing = np.flatnonzero(~done.ravel())
+    if len(missing) == 0:
+        if ranks.rank == 0 and _settings_of(extra) is None:
+            save()
+        return surface_file
+    device = ranks.device
+    model = model.to(device)
+    base = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    directions = [{k: v.to(device) for k, v in d.items() if bool(v.ne(0).any())}
+                  for d in surface.directions]
+    inputs = preprocess.normalize(split.images.to(device))
+    labels = split.labels.to(device)
+    mine = missing[ranks.rank::ranks.world]
+    rounds = max(ranks.gather([len(mine)]))
+    bar = tqdm(total=done.size, initial=int(done.sum()), unit="point", dynamic_ncols=True,
+               desc=f"curvature {surface_file.stem}", disable=not progress or ranks.rank != 0)
+    last_save, unsaved = time.monotonic(), 0
+    try:
+        with full_float32():
+            for round_index in range(rounds):
+                results = []
+                if round_index < len(mine):
+                    index = int(mine[round_index])
+                    row, col = divmod(index, len(x))
+                    found = curvature_at(model, base, directions, (float(x[col]), float(y[row])),
+                                         inputs, labels, config)
+                    results.append((index, found.largest, found.smallest))
+                for index, high, low in ranks.gather(results):
+                    largest.flat[index], smallest.flat[index] = high, low
+                    done.flat[index] = True
+                    unsaved += 1
+                    bar.update(1)
+                    if on_point is not None:
+                        on_point(index)
+                if ranks.rank == 0 and unsaved and time.monotonic() - last_save >= save_every:
+                    save()
+                    last_save, unsaved = time.monotonic(), 0
+    finally:
+        bar.close()
+        if ranks.rank == 0 and unsaved:
+            save()
+    ranks.barrier()
+    return surface_file
+
+
+def read_curvature(surface_file: str | os.PathLike) -> dict:
+    """The curvature map of a surface file: ``x``, ``y``, ``largest``, ``smallest``, ``ratio``,
+    ``done``, ``complete``, ``convex`` (mask), ``convex_share`` and ``settings``."""
+    from depthscape.analysis.landscape.storage import read_state
+
+    state = read_state(surface_file, with_directions=False)
+    settings = _settings_of(state.extra)
+    if settings is None:
+        raise UserError(f"{surface_file} holds no curvature map: compute it with "
+                        "`depthscape landscape ... --curvature`")
+    extra = state.extra
+    done = extra["curvature_done"].astype(bool)
+    largest, smallest = extra["hessian_max_eig"], extra["hessian_min_eig"]
+    return {"x": extra["curvature_xcoordinates"], "y": extra["curvature_ycoordinates"],
+            "largest": largest, "smallest": smallest, "ratio": _ratio(largest, smallest),
+            "done": done, "complete": bool(done.all()), "convex": convex_mask(largest, smallest) & done,
+            "convex_share": settings.get("convex_share"), "settings": settings,
+            "model": state.identity.get("model")}
+
+
+#: The ratio's colour scale in every map, so maps of different models compare directly.
+RATIO_MAX = 1.0
+
+
+def draw_curvature(ax, curvature: dict, vmax: float = RATIO_MAX, colorbar: bool = True):
+    """Draw the |lambda_min / lambda_max| map on ``ax`` (fixed scale 0..``vmax``)."""
+    from depthscape.analysis.landscape.plots import CMAP
+
+    image = ax.pcolormesh(curvature["x"], curvature["y"], np.nan_to_num(curvature["ratio"], nan=vmax),
+                          cmap=CMAP, vmin=0.0, vmax=vmax, shading="nearest")
+    ax.set_xlabel("alpha (x direction)")
+    ax.set_ylabel("beta (y direction)")
+    share = curvature["convex_share"]
+    ax.set_title(f"{curvature['model']}: |λmin/λmax|"
+                 + (f", {100 * share:.0f}% locally convex" if share is not None else ""), fontsize=9)
+    if colorbar:
+        ax.figure.colorbar(image, ax=ax, extend="max", label="|λmin / λmax|")
+    return image
+
+
+def plot_curvature(surface_file: str | os.PathLike, out_dir: str | os.PathLike,
+                   vmax: float = RATIO_MAX, formats=("png", "pdf")) -> list[Path]:
+    """The curvature map as ``<stem>_curvature.<png|pdf>``; returns the files written."""
+    from matplotlib.figure import Figure
+
+    from depthscape.core.atomic import save_figure
+
+    curvature = read_curvature(surface_file)
+    if not curvature["complete"]:
+        raise UserError(f"the curvature map in {surface_file} is not finished: run the same "
+                        "command again")
+    fig = Figure(figsize=(6.0, 5.0))
+    draw_curvature(fig.add_subplot(), curvature, vmax)
+    return save_figure(fig, Path(out_dir) / f"{Path(surface_file).stem}_curvature", formats)
