@@ -293,3 +293,21 @@ def plot_trajectory(surface_file: str | os.PathLike, out_dir: str | os.PathLike,
     settings = trajectory["settings"]
     ax.set_title(f"{settings.get('model')}: optimization path ({len(trajectory['steps'])} snapshots)")
     return save_figure(fig, Path(out_dir) / f"{Path(surface_file).stem}_path", formats)
+
+
+def plot_trajectory_pair(surface_files, stem: str | os.PathLike, titles=None, log_scale: bool = True,
+                         formats=("png", "pdf")) -> list[Path]:
+    """Trajectories side by side in one figure (e.g. ResNet | PlainNet of one depth)."""
+    from matplotlib.figure import Figure
+
+    from depthscape.core.atomic import save_figure
+
+    fig = Figure(figsize=(6.0 * len(surface_files), 5.0))
+    for index, surface_file in enumerate(surface_files):
+        trajectory = read_trajectory(surface_file)
+        ax = fig.add_subplot(1, len(surface_files), index + 1)
+        draw_trajectory(ax, trajectory, log_scale)
+        title = titles[index] if titles else str(trajectory["settings"].get("model"))
+        ax.set_title(f"{title}: {len(trajectory['steps'])} snapshots", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, stem, formats)

@@ -364,3 +364,33 @@ def plot_curvature(surface_file: str | os.PathLike, out_dir: str | os.PathLike,
     fig = Figure(figsize=(6.0, 5.0))
     draw_curvature(fig.add_subplot(), curvature, vmax)
     return save_figure(fig, Path(out_dir) / f"{Path(surface_file).stem}_curvature", formats)
+
+
+def plot_curvature_grid(maps, stem: str | os.PathLike, vmax: float = RATIO_MAX,
+                        formats=("png", "pdf")) -> list[Path]:
+    """Several curvature maps (``(label, surface_file)`` pairs) in one figure, one row per
+    model family (CNN, ResNet, PlainNet, ...) and one colour scale for all."""
+    from matplotlib.figure import Figure
+
+    from depthscape.core.atomic import save_figure
+    from depthscape.core.models import model_family
+
+    rows: dict[str, list] = {}
+    for label, surface_file in maps:
+        rows.setdefault(model_family(label), []).append((label, surface_file))
+    ncols = max(len(r) for r in rows.values())
+    fig = Figure(figsize=(4.2 * ncols + 1.0, 3.6 * len(rows)))
+    axes = fig.subplots(len(rows), ncols, squeeze=False)
+    image = None
+    for r, row in enumerate(rows.values()):
+        for c in range(ncols):
+            ax = axes[r][c]
+            if c >= len(row):
+                ax.set_axis_off()
+                continue
+            curvature = read_curvature(row[c][1])
+            curvature["model"] = row[c][0]
+            image = draw_curvature(ax, curvature, vmax, colorbar=False)
+    if image is not None:
+        fig.colorbar(image, ax=axes.ravel().tolist(), extend="max", label="|λmin / λmax|")
+    return save_figure(fig, stem, formats)
