@@ -1,7 +1,7 @@
 """Curvature-map points per second, and one point's cost in forward-pass equivalents.
 
     python benchmarks/bench_curvature.py [--models resnet20 resnet56] [--images 32]
-        [--iterations 6] [--points 2] [--data PATH] [--device cpu]
+        [--iterations 6] [--points 2] [--data PATH] [--device cpu] [--threads N]
 
 For each model, on the same images (real CIFAR-10 training images if the JPEG archive is
 found, else synthetic ones) and the same two filter-normalised directions, in one run on
@@ -57,7 +57,10 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=2)
     parser.add_argument("--data", default=None)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     images, labels, source = _images(args.images, args.data)
     preprocess = Preprocess(scale=255.0, mean=PIXEL_MEANS_255["cifar10"], augment=False)

@@ -74,3 +74,11 @@ def test_rows_after_the_resume_checkpoint_are_dropped(tiny_data, cache_dir, tmp_
 def test_no_snapshots_unless_asked(tiny_data, cache_dir, tmp_path):
     result = train(config(tiny_data, tmp_path / "out", snapshot_every=None))
     assert not snapshot_path(result.paths.final).exists()
+
+
+def test_cnn_snapshots_count_epochs(tiny_data, cache_dir, tmp_path):
+    # 72 images in batches of 32: 3 steps per epoch; 2 epochs, a snapshot every epoch
+    result = train(config(tiny_data, tmp_path / "out", model="cnn", scale=2 / 50, snapshot_every=1))
+    data = contents(snapshot_path(result.paths.final))
+    assert data["steps"].tolist() == [0, 3, 6]
+    assert data["attrs"]["unit"] == "epoch" and data["attrs"]["every_steps"] == 3

@@ -89,7 +89,7 @@ class Budget:
 #: The quick budget's new views (set from timings of single stages, docs/study.md).
 QUICK_TRAJECTORY_RESOLUTION = 7
 QUICK_CURVATURE_RESOLUTION = 5
-QUICK_CURVATURE_ITERS = 6
+QUICK_CURVATURE_ITERS = 4
 
 BUDGETS: dict[str, Budget] = {
     # The spec's recipes: 64,000 iterations (ResNet/PlainNet), 50 epochs (CNN), all of the
@@ -120,7 +120,7 @@ BUDGETS: dict[str, Budget] = {
         sharpness_power_tol=1e-2, sharpness_trace_tol=0.1, warmup_iterations=200,
         # trajectories and curvature maps sized to ~5 min together (docs/study.md)
         snapshots=40, trajectory_resolution=QUICK_TRAJECTORY_RESOLUTION, trajectory_subset=100,
-        curvature_resolution=QUICK_CURVATURE_RESOLUTION, curvature_subset=32,
+        curvature_resolution=QUICK_CURVATURE_RESOLUTION, curvature_subset=16,
         curvature_iters=QUICK_CURVATURE_ITERS),
     # Seconds per model on tiny data: for tests and for trying the pipeline.
     "smoke": Budget(
