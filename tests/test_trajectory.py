@@ -87,6 +87,9 @@ def test_straight_line_trajectory_projects_to_a_straight_line(tmp_path):
     assert path[:, 0] == pytest.approx(np.array(ts) * norm, rel=1e-4, abs=1e-3)
     assert np.abs(path[:, 1]).max() < 1e-4 * norm  # no spread off the line
     assert trajectory.explained_variance_ratio[0] == pytest.approx(1.0, abs=1e-6)
+    flat = [torch.cat([d[n].reshape(-1) for n in d]).double() for d in trajectory.directions]
+    assert abs(float(flat[0] @ flat[1])) < 1e-5  # orthonormal even with a degenerate 2nd direction
+    assert float(flat[1].norm()) == pytest.approx(1.0, abs=1e-5)
     names = [n for n, p in model.named_parameters() if p.dim() > 1]
     assert list(trajectory.directions[0]) == names  # no biases, no BatchNorm
 

@@ -107,7 +107,9 @@ def principal_directions(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     for start in range(0, width, _CHUNK):
         block = matrix[:, start:start + _CHUNK].double()
         components[:count, start:start + _CHUNK] = (vectors[:, :count].T @ block).float()
-    for i in range(count):  # unit length (s_i > 0), re-normalised after the float32 cast
+    for i in range(count):  # unit length, re-normalised after the float32 cast
+        if i == 1:  # orthogonal to the first even where s_2 ~ 0 (a straight path): rounding only
+            components[1] -= float(components[1].double() @ components[0].double()) * components[0]
         norm = components[i].double().norm()
         if norm > 0:
             components[i] /= norm.float()
