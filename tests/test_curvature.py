@@ -183,3 +183,17 @@ def test_landscape_cli_with_curvature(tmp_path, capsys, monkeypatch):
     assert code != 0
     assert capsys.readouterr().err.strip() == \
         "depthscape: error: --curvature needs a 2-D surface (not --dims 1 or --target)"
+
+
+def test_worker_count_does_not_change_the_values(tmp_path):
+    checkpoint, surface, dataset = _surface(tmp_path)
+    files = []
+    for workers in (1, 2):
+        copy = tmp_path / f"workers{workers}.h5"
+        copy.write_bytes(surface.read_bytes())
+        compute_curvature(copy, checkpoint, CurvatureConfig(resolution=3, subset=8, iterations=4,
+                                                            device="cpu", workers=workers),
+                          dataset, progress=False)
+        files.append(read_curvature(copy))
+    assert np.array_equal(files[0]["largest"], files[1]["largest"])
+    assert np.array_equal(files[0]["smallest"], files[1]["smallest"])

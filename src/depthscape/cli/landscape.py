@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         curvature = CurvatureConfig(
             resolution=args.curvature_resolution, subset=args.curvature_subset,
             iterations=max(2, args.curvature_iters), split=args.curvature_split,
-            device=args.device).validate()
+            device=args.device, workers=args.workers).validate()
     surface = compute_landscape(checkpoint, config, output=args.output,
                                 progress=not args.no_progress, overwrite=args.overwrite)
     if curvature is not None:

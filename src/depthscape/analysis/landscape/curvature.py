@@ -28,6 +28,8 @@ file. Under torchrun the missing points are dealt out to the ranks; rank 0 write
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import math
 import os
@@ -57,7 +59,8 @@ class CurvatureConfig:
     on a fixed random ``subset`` of the ``split`` (None: the surface's split); at most
     ``iterations`` Lanczos steps from a start vector drawn with ``seed``, stopping early
     once both extremes move by less than ``tol`` (relative). ``batch_size`` (images per
-    Hessian-vector product chunk) and ``device`` change the speed, not the values.
+    Hessian-vector product chunk), ``device`` and ``workers`` change the speed, not the
+    values (on the CPU each point runs on one thread, whatever the worker count).
     """
 
     resolution: int = 11
@@ -68,6 +71,7 @@ class CurvatureConfig:
     seed: int = 0
     batch_size: int = 256
     device: str | None = None
+    workers: int | None = None  # points at once, one thread each (default: CPU threads; GPU 1)
 
     def validate(self) -> "CurvatureConfig":
         """Check the settings; a bad one is a one-line UserError."""
@@ -231,7 +235,8 @@ def compute_curvature(surface_file: str | os.PathLike, checkpoint: str | os.Path
     split_name = config.split or surface.split
     split = (dataset.test if split_name == "test" else dataset.train).subset(config.subset, SUBSET_SEED)
     preprocess = eval_preprocess(data, dataset, surface.identity.get("model"))
-    identity = {k: v for k, v in asdict(config).items() if k not in ("batch_size", "device")}
+    identity = {k: v for k, v in asdict(config).items()
+                if k not in ("batch_size", "device", "workers")}
     identity.update(split=split_name, samples=len(split), data_sha256=split_fingerprint(split),
                     convex_tol=CONVEX_TOL, method="lanczos")
     ranks = _Ranks(get_device(config.device))
@@ -278,20 +283,28 @@ def compute_curvature(surface_file: str | os.PathLike, checkpoint: str | os.Path
     inputs = preprocess.normalize(split.images.to(device))
     labels = split.labels.to(device)
     mine = missing[ranks.rank::ranks.world]
-    rounds = max(ranks.gather([len(mine)]))
+    # On the CPU, one point per core, each single-threaded (as the landscape's PointPool):
+    # small-batch Hessian-vector products do not scale over threads, and every value is
+    # then computed by the same one-thread code whatever the worker count (resume is exact).
+    workers = config.workers or (torch.get_num_threads() if device.type == "cpu" else 1)
+    workers = max(1, min(workers, len(mine)))
+    replicas = [model] + [copy.deepcopy(model) for _ in range(workers - 1)]
+    rounds = max(ranks.gather([math.ceil(len(mine) / workers)]))
     bar = tqdm(total=done.size, initial=int(done.sum()), unit="point", dynamic_ncols=True,
                desc=f"curvature {surface_file.stem}", disable=not progress or ranks.rank != 0)
     last_save, unsaved = time.monotonic(), 0
     try:
-        with full_float32():
+        with full_float32(), _one_thread_each(workers, device.type == "cpu") as pool:
             for round_index in range(rounds):
-                results = []
-                if round_index < len(mine):
-                    index = int(mine[round_index])
+                chunk = [int(k) for k in mine[round_index * workers:(round_index + 1) * workers]]
+
+                def point(replica, index):
                     row, col = divmod(index, len(x))
-                    found = curvature_at(model, base, directions, (float(x[col]), float(y[row])),
-                                         inputs, labels, config)
-                    results.append((index, found.largest, found.smallest))
+                    return curvature_at(replica, base, directions, (float(x[col]), float(y[row])),
+                                        inputs, labels, config)
+
+                found = pool(point, list(zip(replicas, chunk)))
+                results = [(index, f.largest, f.smallest) for index, f in zip(chunk, found)]
                 for index, high, low in ranks.gather(results):
                     largest.flat[index], smallest.flat[index] = high, low
                     done.flat[index] = True
@@ -308,6 +321,27 @@ def compute_curvature(surface_file: str | os.PathLike, checkpoint: str | os.Path
             save()
     ranks.barrier()
     return surface_file
+
+
+@contextlib.contextmanager
+def _one_thread_each(workers: int, cpu: bool):
+    """A map over ``(replica, index)`` pairs. On the CPU torch runs one intra-op thread and
+    ``workers`` points run at once, one per thread; elsewhere one after the other."""
+    if not cpu:
+        yield lambda fn, items: [fn(*item) for item in items]
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        if workers <= 1:
+            yield lambda fn, items: [fn(*item) for item in items]
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(workers, thread_name_prefix="curvature") as executor:
+            yield lambda fn, items: [f.result() for f in [executor.submit(fn, *item) for item in items]]
+    finally:
+        torch.set_num_threads(threads)
 
 
 def read_curvature(surface_file: str | os.PathLike) -> dict:
