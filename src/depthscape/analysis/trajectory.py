@@ -304,12 +304,11 @@ def plot_trajectory_pair(surface_files, stem: str | os.PathLike, titles=None, lo
 
     from depthscape.core.atomic import save_figure
 
-    fig = Figure(figsize=(6.0 * len(surface_files), 5.0))
+    fig = Figure(figsize=(6.0 * len(surface_files), 5.0), layout="constrained")
     for index, surface_file in enumerate(surface_files):
         trajectory = read_trajectory(surface_file)
         ax = fig.add_subplot(1, len(surface_files), index + 1)
         draw_trajectory(ax, trajectory, log_scale)
         title = titles[index] if titles else str(trajectory["settings"].get("model"))
         ax.set_title(f"{title}: {len(trajectory['steps'])} snapshots", fontsize=10)
-    fig.tight_layout()
     return save_figure(fig, stem, formats)

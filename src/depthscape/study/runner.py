@@ -453,7 +453,8 @@ def _trajectories(runs, budget: Budget, dataset, config: StudyConfig, out: Path,
 
             png = plot_dir / f"resnet_vs_plain_{depth}_path.png"
             if not (_newer(png, pair[0].data) and _newer(png, pair[1].data)):
-                plot_trajectory_pair([v.data for v in pair], png.with_suffix(""))
+                plot_trajectory_pair([v.data for v in pair], png.with_suffix(""),
+                                     titles=[f"ResNet-{depth}", f"PlainNet-{depth}"])
             result.trajectory_pairs.append((depth, png))
 
 

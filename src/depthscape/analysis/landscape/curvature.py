@@ -413,7 +413,9 @@ def plot_curvature_grid(maps, stem: str | os.PathLike, vmax: float = RATIO_MAX,
     for label, surface_file in maps:
         rows.setdefault(model_family(label), []).append((label, surface_file))
     ncols = max(len(r) for r in rows.values())
-    fig = Figure(figsize=(4.2 * ncols + 1.0, 3.6 * len(rows)))
+    from depthscape.analysis.curves import display_name
+
+    fig = Figure(figsize=(4.2 * ncols + 1.0, 3.6 * len(rows)), layout="constrained")
     axes = fig.subplots(len(rows), ncols, squeeze=False)
     image = None
     for r, row in enumerate(rows.values()):
@@ -423,7 +425,7 @@ def plot_curvature_grid(maps, stem: str | os.PathLike, vmax: float = RATIO_MAX,
                 ax.set_axis_off()
                 continue
             curvature = read_curvature(row[c][1])
-            curvature["model"] = row[c][0]
+            curvature["model"] = display_name(row[c][0])
             image = draw_curvature(ax, curvature, vmax, colorbar=False)
     if image is not None:
         fig.colorbar(image, ax=axes.ravel().tolist(), extend="max", label="|λmin / λmax|")
