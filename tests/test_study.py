@@ -50,6 +50,11 @@ def test_smoke_study_writes_every_artifact(smoke):
     assert (out / "tables" / "table2.md").read_text().count("8-layer") == 1
     assert {f.key for f in result.figures} >= {"resnet", "plain", "resnet_vs_plain_8"}
     assert len(result.landscapes) == 2 and len(result.sharpness) == 2
+    # trajectories (ResNet | PlainNet at depth 8) and curvature maps on one scale
+    assert [v.model for v in result.trajectories] == MODELS
+    assert [depth for depth, _ in result.trajectory_pairs] == [8]
+    assert result.trajectory_pairs[0][1].exists() and result.curvature_grid.exists()
+    assert [v.model for v in result.curvature] == MODELS and all(v.png.exists() for v in result.curvature)
     settings = json.loads((out / "study.json").read_text())
     assert settings["budget"]["name"] == "smoke" and settings["models"] == MODELS
 
@@ -58,7 +63,8 @@ def test_report_markdown_links_existing_files(smoke):
     _, result = smoke
     text = result.report_md.read_text()
     for heading in ("## Table 1", "## Table 2", "## Sharpness", "## Training curves",
-                    "## Loss landscapes", "### Interactive 3-D surfaces"):
+                    "## Loss landscapes", "### Interactive 3-D surfaces",
+                    "## Optimization trajectories", "## Curvature maps"):
         assert heading in text
     assert "ResNet-8" in text and "PlainNet-8" in text
     links = re.findall(r"\]\(([^)]+)\)", text)
@@ -75,7 +81,8 @@ def test_rerun_reuses_everything(smoke):
     config, first = smoke
     finals = {m: run_paths(first.out_dir, m, 0, "tiny").final for m in MODELS}
     before = {m: p.stat().st_mtime_ns for m, p in finals.items()}
-    surfaces = {p: p.stat().st_mtime_ns for p in (first.out_dir / "landscapes").glob("*.h5")}
+    surfaces = {p: p.stat().st_mtime_ns for folder in ("landscapes", "trajectories")
+                for p in (first.out_dir / folder).glob("*.h5")}
     second = run_study(config)
     assert {m: p.stat().st_mtime_ns for m, p in finals.items()} == before
     assert {p: p.stat().st_mtime_ns for p in surfaces} == surfaces

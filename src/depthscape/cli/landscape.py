@@ -50,6 +50,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "CPU thread on the CPU, 1 on a GPU)")
     speed.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
     speed.add_argument("--compile", action="store_true", help="torch.compile the folded network")
+    curvature = parser.add_argument_group(
+        "curvature map (Hessian eigenvalue extremes on a coarse grid, stored in the same file)")
+    curvature.add_argument("--curvature", action="store_true",
+                           help="also compute |lambda_min/lambda_max| at each point of a coarse grid")
+    curvature.add_argument("--curvature-resolution", type=positive_int, default=11,
+                           help="points per axis of the curvature grid (default 11)")
+    curvature.add_argument("--curvature-subset", type=positive_int, default=256,
+                           help="images the Hessian is measured on (default 256)")
+    curvature.add_argument("--curvature-iters", type=positive_int, default=20,
+                           help="most Lanczos steps (Hessian-vector products) per point (default 20)")
+    curvature.add_argument("--curvature-split", choices=("test", "train"), default=None,
+                           help="split of those images (default: the surface's --split)")
     output = parser.add_argument_group("output")
     output.add_argument("--output", default=None,
                         help="surface file (default <run>/landscapes/<checkpoint>_<split>_<kind>_<hash>.h5)")
@@ -96,8 +108,25 @@ def run(args: argparse.Namespace) -> int:
         dims=1 if args.target else args.dims, compile=args.compile, target=args.target,
         data_source=args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir, model=args.model,
     )
+    curvature = None
+    if args.curvature:  # checked before any work
+        from depthscape.analysis.landscape.curvature import CurvatureConfig
+        from depthscape.core.errors import UserError
+
+        if config.dims != 2:
+            raise UserError("--curvature needs a 2-D surface (not --dims 1 or --target)")
+        curvature = CurvatureConfig(
+            resolution=args.curvature_resolution, subset=args.curvature_subset,
+            iterations=max(2, args.curvature_iters), split=args.curvature_split,
+            device=args.device, workers=args.workers).validate()
     surface = compute_landscape(checkpoint, config, output=args.output,
                                 progress=not args.no_progress, overwrite=args.overwrite)
+    if curvature is not None:
+        from depthscape.analysis.landscape.curvature import compute_curvature
+
+        compute_curvature(surface, checkpoint, curvature, progress=not args.no_progress,
+                          overwrite=args.overwrite, data_source=args.dataset,
+                          data_dir=args.data_dir, cache_dir=args.cache_dir, model_name=args.model)
     import os
 
     if int(os.environ.get("RANK", "0")) != 0:
@@ -108,4 +137,9 @@ def run(args: argparse.Namespace) -> int:
             args.plots_dir = str(default_plots_dir(surface))
         for path in plot_from_args(surface, args):
             print(f"plot: {path}")
+        if curvature is not None:
+            from depthscape.analysis.landscape.curvature import plot_curvature
+
+            for path in plot_curvature(surface, args.plots_dir, formats=tuple(args.formats)):
+                print(f"plot: {path}")
     return 0

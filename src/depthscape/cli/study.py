@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser)
     parser.add_argument("--no-landscapes", action="store_true", help="skip the loss landscapes")
     parser.add_argument("--no-sharpness", action="store_true", help="skip the Hessian sharpness")
+    parser.add_argument("--no-trajectories", action="store_true",
+                        help="keep no weight snapshots and skip the optimization trajectories")
+    parser.add_argument("--no-curvature", action="store_true", help="skip the curvature maps")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -39,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
         budget=args.budget, seeds=args.seeds, out_dir=args.out or f"study-{args.budget}",
         dataset=args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir,
         device=args.device, models=args.models, landscapes=not args.no_landscapes,
-        sharpness=not args.no_sharpness, progress=not args.no_progress)
+        sharpness=not args.no_sharpness, trajectories=not args.no_trajectories,
+        curvature=not args.no_curvature, progress=not args.no_progress)
     result = run_study(config)
     print(f"report: {result.report_md}\n        {result.report_html}")
     return 0

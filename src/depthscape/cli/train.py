@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="iterations between CSV rows for iteration recipes (default 100)")
     sched.add_argument("--checkpoint-every", type=positive_int, default=1000,
                        help="iterations between resumable checkpoints (default 1000)")
+    sched.add_argument("--snapshot-every", type=positive_int, default=None, metavar="N",
+                       help="keep the weights every N iterations (epochs for the CNN) in "
+                            "models/<checkpoint>.snapshots.h5, for `depthscape trajectory`")
     sched.add_argument("--stop-after", type=positive_int, default=None,
                        help="stop resumably after this many iterations")
     run = parser.add_argument_group("run control")
@@ -63,6 +66,7 @@ def config_from_args(args: argparse.Namespace):
         checkpoint_every=args.checkpoint_every, resume=args.resume, overwrite=args.overwrite,
         stop_after=args.stop_after, progress=not args.no_progress,
         amp=args.amp, compile=args.compile, channels_last=args.channels_last,
+        snapshot_every=args.snapshot_every,
     )
 
 

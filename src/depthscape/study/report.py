@@ -51,6 +51,16 @@ class Landscape:
         return None
 
 
+@dataclass
+class View:
+    """One run's trajectory or curvature map: its data file and its drawing."""
+
+    model: str
+    run_name: str
+    data: Path  # HDF5 file
+    png: Path
+
+
 # ---------------------------------------------------------------------------------------
 # Blocks
 
@@ -263,6 +273,7 @@ def build_blocks(result, budget, settings: dict) -> list:
             blocks += [Heading("Figure 5: 3-D loss surfaces", 3), FigureGrid(surfaces)]
         blocks.append(Heading("Interactive 3-D surfaces", 3))
         blocks += [SurfaceBlock(ls, display_name(ls.model)) for ls in result.landscapes]
+    blocks += _view_blocks(result, budget)
     for note in result.notes:
         blocks.append(Paragraph(f"Note: {note}"))
     blocks += [Heading("How this report was made"), _budget_table(budget)]
@@ -274,6 +285,33 @@ def build_blocks(result, budget, settings: dict) -> list:
     blocks.append(Paragraph(f"Everything lies under `{out}`: `logs/` (CSV training logs), "
                             "`models/` (checkpoints), `plots/`, `tables/` (Markdown and CSV), "
                             "`landscapes/` (HDF5 surfaces, interactive pages), `sharpness/`."))
+    return blocks
+
+
+def _view_blocks(result, budget) -> list:
+    """Optimization trajectories (ResNet | PlainNet per depth) and the curvature maps."""
+    blocks: list = []
+    pairs = getattr(result, "trajectory_pairs", [])
+    if pairs:
+        blocks += [Heading("Optimization trajectories"), Paragraph(
+            f"Each run's weights were kept about {budget.snapshots} times during training; the "
+            "path is projected on the two principal directions of the snapshots' differences to "
+            "the final weights (explained variance in the axis labels), over log10 of the test "
+            f"loss on {budget.trajectory_subset or 'all'} test images "
+            f"({budget.trajectory_resolution}x{budget.trajectory_resolution} grid over the span "
+            "of the path). Square: start; star: final weights.")]
+        blocks += [FigureBlock(png, f"ResNet-{depth} (left) vs PlainNet-{depth} (right)")
+                   for depth, png in pairs]
+    grid = getattr(result, "curvature_grid", None)
+    if grid is not None and Path(grid).exists():
+        blocks += [Heading("Curvature maps"), Paragraph(
+            f"|λmin/λmax| of the Hessian of the training loss on {budget.curvature_subset} "
+            f"training images at each point of a {budget.curvature_resolution}x"
+            f"{budget.curvature_resolution} grid over the landscape's plane ({budget.curvature_iters} "
+            "Lanczos steps per point, BatchNorm in eval mode), on one colour scale: dark = "
+            "locally convex, bright = strong negative curvature. Titles give the share of the "
+            "grid that is locally convex (λmin ≥ -1% of λmax)."),
+            FigureBlock(Path(grid), "Curvature maps, one colour scale")]
     return blocks
 
 

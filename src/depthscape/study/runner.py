@@ -52,6 +52,15 @@ class Budget:
     # Iterations every ResNet/PlainNet starts at a tenth of its learning rate (the spec's
     # warm-up lr); None keeps each recipe's own warm-up, scaled with the schedule.
     warmup_iterations: int | None = None
+    # Views beyond random slices (Li et al. s. 6-7): weight snapshots per run for the
+    # optimization trajectories (None: no snapshots, no trajectories), the trajectory
+    # contour's grid, and the curvature map's grid, images and Lanczos steps per point.
+    snapshots: int | None = None
+    trajectory_resolution: int = 11
+    trajectory_subset: int | None = None
+    curvature_resolution: int = 11
+    curvature_subset: int = 256
+    curvature_iters: int = 20
     models: tuple[str, ...] = STUDY_MODELS
 
     def recipe(self, model: str):
@@ -66,11 +75,22 @@ class Budget:
                              warmup_lr=recipe.warmup_lr or recipe.lr / 10)
         return recipe
 
+    def snapshot_every(self, model: str) -> int | None:
+        """Iterations (epochs for the CNN) between weight snapshots: about ``snapshots`` per run."""
+        if not self.snapshots:
+            return None
+        return max(1, self.recipe(model).length // self.snapshots)
+
     def iterations(self, model: str) -> str:
         """Human-readable training length of ``model`` under this budget."""
         recipe = self.recipe(model)
         return f"{recipe.length} {recipe.unit}{'' if recipe.length == 1 else 's'}"
 
+
+#: The quick budget's new views (set from timings of single stages, docs/study.md).
+QUICK_TRAJECTORY_RESOLUTION = 7
+QUICK_CURVATURE_RESOLUTION = 5
+QUICK_CURVATURE_ITERS = 4
 
 BUDGETS: dict[str, Budget] = {
     # The spec's recipes: 64,000 iterations (ResNet/PlainNet), 50 epochs (CNN), all of the
@@ -82,7 +102,8 @@ BUDGETS: dict[str, Budget] = {
         table_train_limit=None, table_test_limit=None,
         landscape_resolution=51, landscape_subset=None,
         sharpness_subset=2000, sharpness_power_iters=50, sharpness_trace_samples=100,
-        sharpness_trace_tol=0.02),
+        sharpness_trace_tol=0.02, snapshots=40, trajectory_resolution=25, trajectory_subset=None,
+        curvature_resolution=11, curvature_subset=1000, curvature_iters=20),
     # Sized for a 2-core CPU on real CIFAR-10 (numbers and timings in docs/study.md): all
     # six ResNets/PlainNets train the same 400 iterations (the spec's schedule scaled by
     # 1/160: lr decays at 200 and 300) on a fixed 10,000-image subset, so depth and the
@@ -97,7 +118,11 @@ BUDGETS: dict[str, Budget] = {
         table_train_limit=5000, table_test_limit=None,
         landscape_resolution=11, landscape_subset=200,
         sharpness_subset=128, sharpness_power_iters=8, sharpness_trace_samples=6,
-        sharpness_power_tol=1e-2, sharpness_trace_tol=0.1, warmup_iterations=200),
+        sharpness_power_tol=1e-2, sharpness_trace_tol=0.1, warmup_iterations=200,
+        # trajectories and curvature maps sized to ~5 min together (docs/study.md)
+        snapshots=40, trajectory_resolution=QUICK_TRAJECTORY_RESOLUTION, trajectory_subset=100,
+        curvature_resolution=QUICK_CURVATURE_RESOLUTION, curvature_subset=16,
+        curvature_iters=QUICK_CURVATURE_ITERS),
     # Seconds per model on tiny data: for tests and for trying the pipeline.
     "smoke": Budget(
         name="smoke", description="a few iterations on a few images, to check the pipeline",
@@ -106,7 +131,9 @@ BUDGETS: dict[str, Budget] = {
         table_train_limit=128, table_test_limit=64,
         landscape_resolution=5, landscape_subset=32,
         sharpness_subset=16, sharpness_power_iters=2, sharpness_trace_samples=2,
-        sharpness_power_tol=1e-2, sharpness_trace_tol=0.5),
+        sharpness_power_tol=1e-2, sharpness_trace_tol=0.5, snapshots=4,
+        trajectory_resolution=3, trajectory_subset=32, curvature_resolution=2,
+        curvature_subset=8, curvature_iters=3),
 }
 
 
@@ -131,6 +158,8 @@ class StudyConfig:
     models: Sequence[str] | None = None  # default: the budget's (the seven of the spec)
     landscapes: bool = True
     sharpness: bool = True
+    trajectories: bool = True  # where the budget keeps snapshots
+    curvature: bool = True  # curvature maps on the landscapes' planes
     progress: bool = True
 
 
@@ -147,6 +176,10 @@ class StudyResult:
     sharpness: list = field(default_factory=list)  # (RunInfo, SharpnessResult)
     timings: dict = field(default_factory=dict)  # step -> seconds in this call
     notes: list = field(default_factory=list)
+    trajectories: list = field(default_factory=list)  # report.View (one per run)
+    trajectory_pairs: list = field(default_factory=list)  # (depth, PNG of ResNet | PlainNet)
+    curvature: list = field(default_factory=list)  # report.View (one per run)
+    curvature_grid: Path | None = None  # PNG: every map on one colour scale
 
 
 def _settings(config: StudyConfig, budget: Budget, models: list[str]) -> dict:
@@ -189,7 +222,8 @@ def training_configs(config: StudyConfig, budget: Budget, models: Sequence[str])
                 eval_every=None if per_epoch else budget.eval_every,
                 log_every=None if per_epoch else budget.log_every,
                 checkpoint_every=budget.checkpoint_every, resume=True,
-                progress=config.progress))
+                progress=config.progress,
+                snapshot_every=budget.snapshot_every(model) if config.trajectories else None))
     return configs
 
 
@@ -264,6 +298,12 @@ def run_study(config: StudyConfig) -> StudyResult:
 
     result = StudyResult(out, out / "report.md", out / "report.html", metrics, figures,
                          landscapes, sharpness, timings, notes)
+    if config.trajectories and budget.snapshots:
+        with step("trajectories"):
+            _trajectories(runs, budget, dataset, config, out, result)
+    if config.curvature and landscapes:
+        with step("curvature"):
+            _curvature(runs, landscapes, budget, dataset, config, out, result)
     with step("report"):
         write_report(result, budget, settings)
     _write_timings(out, timings)
@@ -380,6 +420,76 @@ def _sharpness(runs, budget: Budget, dataset, config: StudyConfig, out: Path) ->
     if results:
         write_table(sharpness_table(results), out / "sharpness", "sharpness")
     return results
+
+
+def _trajectories(runs, budget: Budget, dataset, config: StudyConfig, out: Path, result) -> None:
+    """Each run's (seed 0) trajectory surface and plot, and ResNet | PlainNet at each depth."""
+    from depthscape.analysis.trajectory import TrajectoryConfig, compute_trajectory, plot_trajectory
+    from depthscape.core.models import model_depth, model_family
+    from depthscape.study.report import View
+    from depthscape.training.snapshots import snapshot_path
+
+    plot_dir = out / "plots" / "trajectories"
+    by_model = {}
+    for run in runs:
+        if run.seed != 0 or not run.paths.final.exists() or not snapshot_path(run.paths.final).exists():
+            continue
+        _say(config.progress, f"trajectory of {run.paths.run_name} "
+                              f"({budget.trajectory_resolution}x{budget.trajectory_resolution})")
+        surface = Path(compute_trajectory(
+            run.paths.final, TrajectoryConfig(resolution=budget.trajectory_resolution,
+                                              subset=budget.trajectory_subset, device=config.device),
+            output=out / "trajectories" / f"{run.paths.run_name}.h5", dataset=dataset,
+            progress=config.progress))
+        png = plot_dir / f"{surface.stem}_path.png"
+        if not _newer(png, surface):
+            plot_trajectory(surface, plot_dir)
+        view = View(run.model, run.paths.run_name, surface, png)
+        result.trajectories.append(view)
+        by_model[run.model] = view
+    for depth in sorted({model_depth(m) for m in by_model if model_family(m) != "cnn"}):
+        pair = [by_model.get(f"resnet{depth}"), by_model.get(f"plain{depth}")]
+        if all(pair):
+            from depthscape.analysis.trajectory import plot_trajectory_pair
+
+            png = plot_dir / f"resnet_vs_plain_{depth}_path.png"
+            if not (_newer(png, pair[0].data) and _newer(png, pair[1].data)):
+                plot_trajectory_pair([v.data for v in pair], png.with_suffix(""),
+                                     titles=[f"ResNet-{depth}", f"PlainNet-{depth}"])
+            result.trajectory_pairs.append((depth, png))
+
+
+def _curvature(runs, landscapes, budget: Budget, dataset, config: StudyConfig, out: Path,
+               result) -> None:
+    """Curvature maps in each landscape's file, and all of them on one colour scale."""
+    from depthscape.analysis.landscape.curvature import (
+        CurvatureConfig,
+        compute_curvature,
+        plot_curvature,
+        plot_curvature_grid,
+    )
+    from depthscape.study.report import View
+
+    finals = {run.paths.run_name: run.paths.final for run in runs}
+    curvature_config = CurvatureConfig(
+        resolution=budget.curvature_resolution, split="train", subset=budget.curvature_subset,
+        iterations=budget.curvature_iters, batch_size=min(budget.curvature_subset, 256),
+        device=config.device)
+    plot_dir = out / "plots" / "curvature"
+    for landscape in landscapes:
+        _say(config.progress, f"curvature map of {landscape.run_name} "
+                              f"({budget.curvature_resolution}x{budget.curvature_resolution})")
+        surface = Path(compute_curvature(landscape.surface, finals[landscape.run_name],
+                                         curvature_config, dataset, progress=config.progress))
+        png = plot_dir / f"{surface.stem}_curvature.png"
+        if not _newer(png, surface):
+            plot_curvature(surface, plot_dir)
+        result.curvature.append(View(landscape.model, landscape.run_name, surface, png))
+    if result.curvature:
+        png = plot_dir / "curvature_maps.png"
+        if not all(_newer(png, v.data) for v in result.curvature):
+            plot_curvature_grid([(v.model, v.data) for v in result.curvature], png.with_suffix(""))
+        result.curvature_grid = png
 
 
 def describe_budgets() -> str:

@@ -58,6 +58,7 @@ from depthscape.core.recipes import Recipe, preprocess_for, recipe_for
 from depthscape.core.runs import RunPaths, run_paths
 from depthscape.training.evaluation import evaluate_sums, mean_metrics
 from depthscape.training.fastpath import FastPath, fast_path_for
+from depthscape.training.snapshots import SnapshotWriter, snapshot_path
 from depthscape.training.state import TrainState
 from depthscape.training.step import MetricSums, make_loss, make_train_step, set_learning_rate
 
@@ -89,6 +90,9 @@ class TrainConfig:
     amp: bool = False  # bf16 autocast
     compile: bool = False  # torch.compile the training model
     channels_last: bool = False  # NHWC weights and inputs
+    # weight snapshots every N iterations (epochs for epoch recipes) into
+    # models/<checkpoint>.snapshots.h5, for trajectories; None: none (training/snapshots.py)
+    snapshot_every: int | None = None
 
 
 @dataclass
@@ -467,6 +471,12 @@ class _Run:
         if saved is not None:
             self._resume(saved)
         self.files.start(self.settings, self.last_saved)
+        every_steps = (config.snapshot_every or 1) * (self.epoch_steps if self.recipe.unit == "epoch" else 1)
+        self.snapshots = SnapshotWriter(  # rank 0 writes; a resume continues the same file
+            snapshot_path(self.paths.final), config.snapshot_every, every_steps, self.total_steps,
+            self.recipe.unit, self.model_name, self.state.step if saved is not None else None,
+            dist.is_main)
+        self.snapshots.maybe_add(self.state.step, model)
         net = fast.compiled(dist.wrap_model(model))  # what the step calls; ``model`` is what is saved
         net.train()
         self.steps = {batch: make_train_step(net, optimizer, make_loss(dist.world_size, batch),
@@ -527,6 +537,7 @@ class _Run:
         ranks where the step was a sync point (None where it was not)."""
         self.bar.update(1)
         self.rate_images += images
+        self.snapshots.maybe_add(self.state.step, self.state.model)
         due = self.due()
         if not (any(due) or self.dist.signal_acts_alone(signalled)):
             return None
@@ -612,6 +623,7 @@ class _Run:
     def save_checkpoint(self) -> None:
         """Save the resumable checkpoint (a collective: every rank's RNG and window go in it)."""
         payload = self.state.state_dict()
+        self.snapshots.flush()  # never ahead of the checkpoint
         self.files.save_resume({**self.run_record(), **payload})
         self.last_saved = self.state.step
 
@@ -632,6 +644,7 @@ class _Run:
                    "train_acc": last.get("train_acc", math.nan),
                    "test_loss": state.last_test[0], "test_acc": state.last_test[1],
                    "elapsed_s": state.elapsed_s}
+        self.snapshots.flush()
         self.files.save_final({**self.run_record(), "iteration": state.step, "metrics": metrics,
                                "state_dict": state.model.state_dict()})
         self.dist.barrier()  # the final weights are on disk before any rank returns

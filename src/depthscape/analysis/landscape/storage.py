@@ -12,6 +12,9 @@ Layout (``f`` is the open file)::
     f["ydirection"]["0"], ...  direction-file layout); attribute "names" lists the tensors
     f["dir_file"]              this file's own name (the original points at its direction file)
     f.attrs["settings"]        JSON of every setting; each one also as its own attribute
+    f[name] for name in settings["extra"]   datasets other views add to the same file
+                                          (a trajectory's path, a curvature map), kept
+                                          as they are by every rewrite
 
 ``loss[j, i]`` is the value at ``(x[i], y[j])``: rows are y, as ``np.meshgrid(x, y)`` and the
 original's plotting and ParaView scripts read it. Points not yet computed hold NaN.
@@ -50,6 +53,7 @@ class SurfaceState:
     directions: list[dict[str, torch.Tensor]]
     identity: dict  # the settings that decide the values: must match to resume
     info: dict = field(default_factory=dict)  # how it was computed: free to differ
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # other views' datasets
 
     @property
     def dims(self) -> int:
@@ -110,8 +114,11 @@ def write_surface(path: str | os.PathLike, state: SurfaceState) -> Path:
                 group.attrs["names"] = json.dumps(names)
                 for index, name in enumerate(names):
                     group.create_dataset(str(index), data=direction[name].detach().cpu().numpy())
+            for name, values in state.extra.items():
+                f[name] = values
             settings = {"format": "depthscape-landscape", "format_version": FORMAT_VERSION,
-                        "split": state.split, "identity": state.identity, "info": state.info}
+                        "split": state.split, "identity": state.identity, "info": state.info,
+                        "extra": sorted(state.extra)}
             f.attrs["settings"] = json.dumps(settings, sort_keys=True)
             for key, value in {**state.info, **state.identity}.items():
                 f.attrs[key] = _to_attr(value)
@@ -149,6 +156,7 @@ def read_state(path: str | os.PathLike, with_directions: bool = True) -> Surface
                 loss=f[f"{split}_loss"][()], acc=f[f"{split}_acc"][()],
                 done=f["done"][()].astype(bool), directions=directions,
                 identity=settings["identity"], info=settings.get("info", {}),
+                extra={name: f[name][()] for name in settings.get("extra", [])},
             )
     except UserError:
         raise

@@ -160,7 +160,9 @@ def default_surface_path(checkpoint: str | os.PathLike, config: LandscapeConfig,
 def compute_landscape(checkpoint: str | os.PathLike, config: LandscapeConfig | None = None,
                       output: str | os.PathLike | None = None, dataset: Dataset | None = None,
                       progress: bool = True, *, overwrite: bool = False,
-                      save_every: float = 5.0) -> Path:
+                      save_every: float = 5.0, directions: list[dict[str, torch.Tensor]] | None = None,
+                      direction_identity: dict | None = None,
+                      extra: dict[str, np.ndarray] | None = None) -> Path:
     """Compute (or finish) the loss surface of ``checkpoint``; returns the HDF5 file.
 
     ``output`` defaults to :func:`default_surface_path`. An existing file with the same
@@ -170,18 +172,27 @@ def compute_landscape(checkpoint: str | os.PathLike, config: LandscapeConfig | N
     :class:`LandscapeConfig`). The file is rewritten atomically at most every
     ``save_every`` seconds and when the work ends or is interrupted. Under torchrun every
     rank calls this; rank 0 writes the file.
+
+    ``directions`` (two for ``dims=2``, keyed like the model's state) replace the random
+    ones, e.g. a trajectory's principal directions; ``direction_identity`` then says what
+    they are (stored with the settings, e.g. ``{"direction": "pca", ...}``: a rerun with
+    other directions must not resume this file), and ``extra`` holds datasets stored
+    alongside (see :mod:`depthscape.analysis.landscape.storage`).
     """
     config = (config or LandscapeConfig()).validate()
     checkpoint = Path(checkpoint)
     dist = setup(config.device)
     try:
-        return _compute(checkpoint, config, output, dataset, progress, overwrite, save_every, dist)
+        given = (directions, direction_identity, extra)
+        return _compute(checkpoint, config, output, dataset, progress, overwrite, save_every, dist,
+                        given)
     finally:
         dist.close()
 
 
 def _compute(checkpoint: Path, config: LandscapeConfig, output, dataset: Dataset | None,
-             progress: bool, overwrite: bool, save_every: float, dist: DistContext) -> Path:
+             progress: bool, overwrite: bool, save_every: float, dist: DistContext,
+             given: tuple = (None, None, None)) -> Path:
     from tqdm.auto import tqdm
 
     import depthscape
@@ -213,6 +224,11 @@ def _compute(checkpoint: Path, config: LandscapeConfig, output, dataset: Dataset
         "data_sha256": split_fingerprint(split),
         "preprocess": {"scale": preprocess.scale, "mean": list(preprocess.mean)},
     }
+    given_directions, given_identity, given_extra = given
+    if given_directions is not None:
+        if len(given_directions) != config.dims or target_model is not None:
+            raise ValueError(f"{len(given_directions)} directions given for dims={config.dims}")
+        identity.update({"norm": None, "seed": None, **(given_identity or {"direction": "given"})})
     path = Path(output) if output is not None else default_surface_path(checkpoint, config, identity)
     if path.exists() and path.is_dir():
         raise UserError(f"{path} is a directory; give a file name for the surface")
@@ -227,13 +243,16 @@ def _compute(checkpoint: Path, config: LandscapeConfig, output, dataset: Dataset
     dist.barrier()  # every rank has read the old file before rank 0 replaces it
 
     if surface is None:
-        if target_model is not None:
+        if given_directions is not None:
+            directions = [dict(d) for d in given_directions]
+        elif target_model is not None:
             directions = [interpolation_direction(state, target_model.state_dict())]
         else:
             directions = random_directions(model, config.dims, config.seed, config.norm)
         y = grid_coordinates(config.yrange, config.resolution) if config.dims == 2 else None
         surface = new_state(config.split, grid_coordinates(config.xrange, config.resolution), y,
                             directions, identity, {})
+        surface.extra.update(given_extra or {})
     surface.info = {
         "checkpoint": str(checkpoint), "target": str(config.target) if config.target else None,
         "dataset": dataset.name, "batch_size": config.batch_size, "device": str(dist.device),

@@ -1,0 +1,358 @@
+"""Curvature maps (Li et al. 2018, section 6; the original's ``plot_hessian_eigen.py``).
+
+A loss surface's 2-D picture can look convex while the loss in the millions of other
+directions is not. At each point ``theta* + a d1 + b d2`` of a coarse grid over a
+surface file's plane, :func:`compute_curvature` finds the Hessian's largest and smallest
+eigenvalues (:func:`depthscape.analysis.hessian.extreme_eigenvalues`: Lanczos on Hessian-vector products, over
+every trainable parameter, on a fixed subset of images, BatchNorm in eval mode as the
+landscape evaluates it) and stores them in the same HDF5 file as extra datasets::
+
+    f["curvature_xcoordinates"]  (nx,)      the grid (the surface's ranges, coarser)
+    f["curvature_ycoordinates"]  (ny,)
+    f["hessian_max_eig"]         (ny, nx)   largest (algebraic) eigenvalue; NaN = not yet
+    f["hessian_min_eig"]         (ny, nx)   smallest (algebraic) eigenvalue
+    f["curvature_ratio"]         (ny, nx)   |min / max|: near 0 locally convex, large where
+                                            negative curvature is strong
+    f["curvature_done"]          (ny, nx)   uint8, 1 where computed
+    f["curvature_settings"]      JSON string: the settings, the convex share and its rule
+
+A point counts as locally convex where ``lambda_min >= -CONVEX_TOL * |lambda_max|``: a
+negative eigenvalue under 1% of the largest is within what a few Lanczos steps at float32
+resolve (Li et al. read such points as blue, "convex", too).
+
+Resume: the file is rewritten atomically as points finish; running the same call again
+computes only the missing points, each by the same deterministic code (the same seeded
+start vector, data and settings), so a killed and rerun computation ends with the same
+file. Under torchrun the missing points are dealt out to the ranks; rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from depthscape.analysis.hessian import EigenExtremes, HessianOperator, extreme_eigenvalues
+from depthscape.core.distributed import setup
+from depthscape.core.errors import UserError
+from depthscape.core.trained import load_trained_run
+
+#: A negative curvature smaller than this fraction of the positive one counts as convex.
+CONVEX_TOL = 0.01
+
+#: Seed of the fixed random image subset the Hessian is measured on (as the landscape's).
+SUBSET_SEED = 0
+
+
+@dataclass(frozen=True)
+class CurvatureConfig:
+    """Settings of a curvature map.
+
+    ``resolution`` points per axis over the surface's ranges; the Hessian of the mean loss
+    on a fixed random ``subset`` of the ``split`` (None: the surface's split); at most
+    ``iterations`` Lanczos steps from a start vector drawn with ``seed``, stopping early
+    once both extremes move by less than ``tol`` (relative). ``batch_size`` (images per
+    Hessian-vector product chunk), ``device`` and ``workers`` change the speed, not the
+    values (on the CPU each point runs on one thread, whatever the worker count).
+    """
+
+    resolution: int = 11
+    split: str | None = None
+    subset: int = 256
+    iterations: int = 20
+    tol: float = 1e-3
+    seed: int = 0
+    batch_size: int = 256
+    device: str | None = None
+    workers: int | None = None  # points at once, one thread each (default: CPU threads; GPU 1)
+
+    def validate(self) -> "CurvatureConfig":
+        """Check the settings; a bad one is a one-line UserError."""
+        if self.resolution < 2:
+            raise UserError(f"curvature resolution must be at least 2, got {self.resolution}")
+        if self.split not in (None, "train", "test"):
+            raise UserError(f"curvature split must be train or test, got {self.split!r}")
+        if self.subset <= 0 or self.iterations < 2 or self.batch_size <= 0:
+            raise UserError("curvature subset, batch size must be positive and iterations at least 2")
+        return self
+
+
+def curvature_at(model: nn.Module, base: dict[str, torch.Tensor],
+                 directions: Sequence[dict[str, torch.Tensor]], coefficients: Sequence[float],
+                 inputs: torch.Tensor, labels: torch.Tensor, config: CurvatureConfig
+                 ) -> EigenExtremes:
+    """Hessian eigen-extremes of ``model``'s mean loss on ``(inputs, labels)`` at
+    ``base + sum_i c_i d_i`` (``model`` is overwritten; BatchNorm in eval mode)."""
+    with torch.no_grad():
+        state = model.state_dict()
+        for name, value in base.items():
+            target = value.clone()
+            for c, direction in zip(coefficients, directions):
+                if name in direction and c != 0:
+                    target.add_(direction[name].to(target), alpha=float(c))
+            state[name].copy_(target)
+    model.eval()
+    operator = HessianOperator(model, inputs, labels, config.batch_size)
+    return extreme_eigenvalues(operator, operator.params, config.iterations, config.tol,
+                               config.seed)
+
+
+def convex_mask(largest: np.ndarray, smallest: np.ndarray) -> np.ndarray:
+    """Where the loss is locally convex: ``smallest >= -CONVEX_TOL * |largest|``."""
+    return smallest >= -CONVEX_TOL * np.abs(largest)
+
+
+def _ratio(largest: np.ndarray, smallest: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.abs(smallest / largest)
+
+
+def _settings_of(extra: dict) -> dict | None:
+    raw = extra.get("curvature_settings")
+    if raw is None:
+        return None
+    raw = raw.item() if isinstance(raw, np.ndarray) else raw
+    return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+
+
+def compute_curvature(surface_file: str | os.PathLike, checkpoint: str | os.PathLike,
+                      config: CurvatureConfig | None = None, dataset=None, progress: bool = True,
+                      *, overwrite: bool = False, save_every: float = 5.0,
+                      on_point: Callable[[int], None] | None = None, data_source: str | None = None,
+                      data_dir: str | None = None, cache_dir: str | None = None,
+                      model_name: str | None = None) -> Path:
+    """Compute (or finish) the curvature map of a 2-D surface file in place; returns it.
+
+    ``checkpoint`` is the run the surface was computed around (its weights are checked
+    against the file's). A map with other settings already in the file is refused unless
+    ``overwrite``. ``on_point(flat_index)`` is called after each point (tests use it to
+    interrupt). Under torchrun every rank calls this; rank 0 writes.
+    """
+    from tqdm.auto import tqdm
+
+    from depthscape.analysis.landscape.points import full_float32
+    from depthscape.analysis.landscape.storage import read_state, write_surface
+    from depthscape.analysis.landscape.surface import (
+        grid_coordinates,
+        split_fingerprint,
+        state_fingerprint,
+    )
+
+    config = (config or CurvatureConfig()).validate()
+    surface_file = Path(surface_file)
+    surface = read_state(surface_file)
+    if surface.dims != 2:
+        raise UserError(f"{surface_file} is a 1-D curve: a curvature map needs a 2-D surface")
+    run = load_trained_run(checkpoint, model=model_name or surface.identity.get("model"),
+                           dataset=dataset if dataset is not None else data_source,
+                           data_dir=data_dir, cache_dir=cache_dir)
+    model, dataset, preprocess = run.model, run.dataset, run.preprocess
+    if state_fingerprint(model.state_dict()) != surface.identity.get("weights_sha256"):
+        raise UserError(f"{checkpoint} is not the checkpoint {surface_file} was computed around")
+    split_name = config.split or surface.split
+    split = (dataset.test if split_name == "test" else dataset.train).subset(config.subset, SUBSET_SEED)
+    identity = {k: v for k, v in asdict(config).items()
+                if k not in ("batch_size", "device", "workers")}
+    identity.update(split=split_name, samples=len(split), data_sha256=split_fingerprint(split),
+                    convex_tol=CONVEX_TOL, method="lanczos")
+    dist = setup(config.device)
+    stored = _settings_of(surface.extra)
+    shape = (config.resolution, config.resolution)
+    if stored is not None and not overwrite:
+        if stored.get("identity") != json.loads(json.dumps(identity)):
+            raise UserError(f"{surface_file} holds a curvature map with other settings; pass "
+                            "--overwrite to replace it")
+    if stored is None or overwrite or surface.extra.get("hessian_max_eig") is None:
+        x = grid_coordinates((float(surface.xcoordinates.min()), float(surface.xcoordinates.max())),
+                             config.resolution)
+        y = grid_coordinates((float(surface.ycoordinates.min()), float(surface.ycoordinates.max())),
+                             config.resolution)
+        surface.extra.update(curvature_xcoordinates=x, curvature_ycoordinates=y,
+                             hessian_max_eig=np.full(shape, np.nan), hessian_min_eig=np.full(shape, np.nan),
+                             curvature_done=np.zeros(shape, dtype=np.uint8))
+    extra = surface.extra
+    x, y = extra["curvature_xcoordinates"], extra["curvature_ycoordinates"]
+    largest, smallest = extra["hessian_max_eig"], extra["hessian_min_eig"]
+    done = extra["curvature_done"].astype(bool)
+    dist.barrier()
+
+    def save():
+        extra["curvature_done"] = done.astype(np.uint8)
+        extra["curvature_ratio"] = _ratio(largest, smallest)
+        finished = largest[done]
+        share = float(convex_mask(finished, smallest[done]).mean()) if done.all() else None
+        extra["curvature_settings"] = np.bytes_(json.dumps(
+            {"identity": identity, "convex_share": share, "points_done": int(done.sum()),
+             "rule": f"convex where lambda_min >= -{CONVEX_TOL} * |lambda_max|"}, sort_keys=True))
+        write_surface(surface_file, surface)
+
+    missing = np.flatnonzero(~done.ravel())
+    if len(missing) == 0:
+        if dist.rank == 0 and _settings_of(extra) is None:
+            save()
+        return surface_file
+    device = dist.device
+    model = model.to(device)
+    base = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    directions = [{k: v.to(device) for k, v in d.items() if bool(v.ne(0).any())}
+                  for d in surface.directions]
+    inputs = preprocess.normalize(split.images.to(device))
+    labels = split.labels.to(device)
+    mine = missing[dist.rank::dist.world_size]
+    # On the CPU, one point per core, each single-threaded (as the landscape's PointPool):
+    # small-batch Hessian-vector products do not scale over threads, and every value is
+    # then computed by the same one-thread code whatever the worker count (resume is exact).
+    workers = config.workers or (torch.get_num_threads() if device.type == "cpu" else 1)
+    workers = max(1, min(workers, len(mine)))
+    replicas = [model] + [copy.deepcopy(model) for _ in range(workers - 1)]
+    rounds = max(dist.gather_objects(math.ceil(len(mine) / workers)))
+    bar = tqdm(total=done.size, initial=int(done.sum()), unit="point", dynamic_ncols=True,
+               desc=f"curvature {surface_file.stem}", disable=not progress or dist.rank != 0)
+    last_save, unsaved = time.monotonic(), 0
+    try:
+        with full_float32(), _one_thread_each(workers, device.type == "cpu") as pool:
+            for round_index in range(rounds):
+                chunk = [int(k) for k in mine[round_index * workers:(round_index + 1) * workers]]
+
+                def point(replica, index):
+                    row, col = divmod(index, len(x))
+                    return curvature_at(replica, base, directions, (float(x[col]), float(y[row])),
+                                        inputs, labels, config)
+
+                found = pool(point, list(zip(replicas, chunk)))
+                results = [(index, f.largest, f.smallest) for index, f in zip(chunk, found)]
+                for index, high, low in [r for part in dist.gather_objects(results) for r in part]:
+                    largest.flat[index], smallest.flat[index] = high, low
+                    done.flat[index] = True
+                    unsaved += 1
+                    bar.update(1)
+                    if on_point is not None:
+                        on_point(index)
+                if dist.rank == 0 and unsaved and time.monotonic() - last_save >= save_every:
+                    save()
+                    last_save, unsaved = time.monotonic(), 0
+    finally:
+        bar.close()
+        if dist.rank == 0 and unsaved:
+            save()
+    dist.barrier()
+    return surface_file
+
+
+@contextlib.contextmanager
+def _one_thread_each(workers: int, cpu: bool):
+    """A map over ``(replica, index)`` pairs. On the CPU torch runs one intra-op thread and
+    ``workers`` points run at once, one per thread; elsewhere one after the other."""
+    if not cpu:
+        yield lambda fn, items: [fn(*item) for item in items]
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        if workers <= 1:
+            yield lambda fn, items: [fn(*item) for item in items]
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(workers, thread_name_prefix="curvature") as executor:
+            yield lambda fn, items: [f.result() for f in [executor.submit(fn, *item) for item in items]]
+    finally:
+        torch.set_num_threads(threads)
+
+
+def read_curvature(surface_file: str | os.PathLike) -> dict:
+    """The curvature map of a surface file: ``x``, ``y``, ``largest``, ``smallest``, ``ratio``,
+    ``done``, ``complete``, ``convex`` (mask), ``convex_share`` and ``settings``."""
+    from depthscape.analysis.landscape.storage import read_state
+
+    state = read_state(surface_file, with_directions=False)
+    settings = _settings_of(state.extra)
+    if settings is None:
+        raise UserError(f"{surface_file} holds no curvature map: compute it with "
+                        "`depthscape landscape ... --curvature`")
+    extra = state.extra
+    done = extra["curvature_done"].astype(bool)
+    largest, smallest = extra["hessian_max_eig"], extra["hessian_min_eig"]
+    return {"x": extra["curvature_xcoordinates"], "y": extra["curvature_ycoordinates"],
+            "largest": largest, "smallest": smallest, "ratio": _ratio(largest, smallest),
+            "done": done, "complete": bool(done.all()), "convex": convex_mask(largest, smallest) & done,
+            "convex_share": settings.get("convex_share"), "settings": settings,
+            "model": state.identity.get("model")}
+
+
+#: The ratio's colour scale in every map, so maps of different models compare directly.
+RATIO_MAX = 1.0
+
+
+def draw_curvature(ax, curvature: dict, vmax: float = RATIO_MAX, colorbar: bool = True):
+    """Draw the |lambda_min / lambda_max| map on ``ax`` (fixed scale 0..``vmax``)."""
+    from depthscape.analysis.landscape.plots import CMAP
+
+    image = ax.pcolormesh(curvature["x"], curvature["y"], np.nan_to_num(curvature["ratio"], nan=vmax),
+                          cmap=CMAP, vmin=0.0, vmax=vmax, shading="nearest")
+    ax.set_xlabel("alpha (x direction)")
+    ax.set_ylabel("beta (y direction)")
+    share = curvature["convex_share"]
+    ax.set_title(f"{curvature['model']}: |λmin/λmax|"
+                 + (f", {100 * share:.0f}% locally convex" if share is not None else ""), fontsize=9)
+    if colorbar:
+        ax.figure.colorbar(image, ax=ax, extend="max", label="|λmin / λmax|")
+    return image
+
+
+def plot_curvature(surface_file: str | os.PathLike, out_dir: str | os.PathLike,
+                   vmax: float = RATIO_MAX, formats=("png", "pdf")) -> list[Path]:
+    """The curvature map as ``<stem>_curvature.<png|pdf>``; returns the files written."""
+    from matplotlib.figure import Figure
+
+    from depthscape.core.atomic import save_figure
+
+    curvature = read_curvature(surface_file)
+    if not curvature["complete"]:
+        raise UserError(f"the curvature map in {surface_file} is not finished: run the same "
+                        "command again")
+    fig = Figure(figsize=(6.0, 5.0))
+    draw_curvature(fig.add_subplot(), curvature, vmax)
+    return save_figure(fig, Path(out_dir) / f"{Path(surface_file).stem}_curvature", formats)
+
+
+def plot_curvature_grid(maps, stem: str | os.PathLike, vmax: float = RATIO_MAX,
+                        formats=("png", "pdf")) -> list[Path]:
+    """Several curvature maps (``(label, surface_file)`` pairs) in one figure, one row per
+    model family (CNN, ResNet, PlainNet, ...) and one colour scale for all."""
+    from matplotlib.figure import Figure
+
+    from depthscape.core.atomic import save_figure
+    from depthscape.core.models import model_family
+
+    rows: dict[str, list] = {}
+    for label, surface_file in maps:
+        rows.setdefault(model_family(label), []).append((label, surface_file))
+    ncols = max(len(r) for r in rows.values())
+    from depthscape.analysis.curves import display_name
+
+    fig = Figure(figsize=(4.2 * ncols + 1.0, 3.6 * len(rows)), layout="constrained")
+    axes = fig.subplots(len(rows), ncols, squeeze=False)
+    image = None
+    for r, row in enumerate(rows.values()):
+        for c in range(ncols):
+            ax = axes[r][c]
+            if c >= len(row):
+                ax.set_axis_off()
+                continue
+            curvature = read_curvature(row[c][1])
+            curvature["model"] = display_name(row[c][0])
+            image = draw_curvature(ax, curvature, vmax, colorbar=False)
+    if image is not None:
+        fig.colorbar(image, ax=axes.ravel().tolist(), extend="max", label="|λmin / λmax|")
+    return save_figure(fig, stem, formats)

@@ -1,0 +1,315 @@
+"""Optimization trajectories (Li et al. 2018, section 7; the original's ``plot_trajectory.py``).
+
+A run trained with ``--snapshot-every`` keeps its weights along the way
+(:mod:`depthscape.training.snapshots`). Random directions almost never see that path:
+in millions of dimensions two random vectors are nearly orthogonal to it. The path's own
+principal directions do:
+
+* :func:`principal_directions`: PCA of the matrix whose rows are ``theta_i - theta_final``
+  for every snapshot but the last (parameters with two or more dimensions only, as the
+  landscape directions: biases and BatchNorm left out), centred as a PCA centres.
+  Computed on the device through the small ``k x k`` Gram matrix (``torch.linalg.eigh``,
+  float64) rather than an SVD of the ``k x D`` matrix, so the only ``D``-wide data held
+  is the snapshot matrix itself, once (k snapshots x D parameters x 4 bytes: 40 snapshots
+  of ResNet-110's 1.7 M weights are 275 MB) plus the two directions.
+* :func:`compute_trajectory`: the path projected onto the two unit directions
+  (coordinates in weight-space units, the final weights at the origin), then the loss over
+  the span the path covers, computed by the landscape engine
+  (:func:`depthscape.analysis.landscape.compute_landscape`: the same grid, HDF5 layout,
+  resume and torchrun sharding) with the principal directions in place of random ones.
+  The file also holds ``path_x``, ``path_y``, ``path_steps``, ``explained_variance`` and
+  ``explained_variance_ratio``.
+* :func:`plot_trajectory`: the contour with the path drawn on it, the explained variance
+  in the axis labels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from depthscape.core.data import Dataset
+from depthscape.core.device import get_device
+from depthscape.core.errors import UserError
+from depthscape.core.trained import load_trained_run
+from depthscape.training.snapshots import (
+    flatten_parameters,
+    read_snapshot_info,
+    read_snapshot_rows,
+    snapshot_path,
+)
+
+#: Columns of the snapshot matrix turned into the float64 Gram matrix at a time.
+_CHUNK = 1 << 16
+
+
+@dataclass(frozen=True)
+class TrajectoryConfig:
+    """Settings of a trajectory: the contour's grid and data (see LandscapeConfig).
+
+    The grid covers the path's span plus ``margin`` times that span on every side, with
+    ``resolution`` points per axis.
+    """
+
+    resolution: int = 21
+    margin: float = 0.2
+    split: str = "test"
+    subset: int | None = None
+    batch_size: int = 1000
+    device: str | None = None
+    workers: int | None = None
+    data_source: str | None = None
+    data_dir: str | None = None
+    cache_dir: str | None = None
+    model: str | None = None
+
+
+@dataclass
+class Trajectory:
+    """A run's path in the plane of its two principal directions."""
+
+    steps: np.ndarray  # (k,) training step of each snapshot
+    path: np.ndarray  # (k, 2) coordinates; the last one (the final weights) is (0, 0)
+    explained_variance: np.ndarray  # (2,) variance along each direction
+    explained_variance_ratio: np.ndarray  # (2,) its share of the total variance
+    directions: list[dict[str, torch.Tensor]]  # two unit directions keyed like the state
+
+
+def principal_directions(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                          torch.Tensor]:
+    """PCA of the rows of ``matrix`` (``n x D``, n >= 2), which is centred IN PLACE.
+
+    Returns ``(components, explained_variance, explained_variance_ratio, mean)``: the two
+    leading unit principal directions (``2 x D``, float32, orthonormal), the variance of
+    the rows along each (``s_i^2 / (n - 1)``, as sklearn's PCA), its share of the total,
+    and the row mean that was subtracted. Computed through the ``n x n`` Gram matrix in
+    float64, so nothing ``D``-wide is allocated beyond the two components and the mean.
+    """
+    n, width = matrix.shape
+    if n < 2:
+        raise ValueError("PCA needs at least two rows")
+    mean = matrix.mean(dim=0)
+    matrix -= mean
+    gram = torch.zeros(n, n, dtype=torch.float64, device=matrix.device)
+    for start in range(0, width, _CHUNK):
+        block = matrix[:, start:start + _CHUNK].double()
+        gram += block @ block.T
+    values, vectors = torch.linalg.eigh(gram)  # ascending
+    values, vectors = values.flip(0).clamp_min(0), vectors.flip(1)
+    total = float(values.sum())
+    count = min(2, n)
+    components = torch.zeros(2, width, dtype=torch.float32, device=matrix.device)
+    for start in range(0, width, _CHUNK):
+        block = matrix[:, start:start + _CHUNK].double()
+        components[:count, start:start + _CHUNK] = (vectors[:, :count].T @ block).float()
+    for i in range(count):  # unit length, re-normalised after the float32 cast
+        if i == 1:  # orthogonal to the first even where s_2 ~ 0 (a straight path): rounding only
+            components[1] -= float(components[1].double() @ components[0].double()) * components[0]
+        norm = components[i].double().norm()
+        if norm > 0:
+            components[i] /= norm.float()
+    variance = (values[:2] / max(1, n - 1)).cpu().numpy()
+    ratio = (values[:2] / total).cpu().numpy() if total > 0 else np.zeros(2)
+    if len(variance) < 2:
+        variance, ratio = np.pad(variance, (0, 2 - len(variance))), np.pad(ratio, (0, 2 - len(ratio)))
+    return components, variance, ratio, mean
+
+
+def trajectory_from_snapshots(snapshot_file: str | os.PathLike, final: torch.nn.Module,
+                              device: torch.device | str = "cpu", final_step: int | None = None
+                              ) -> Trajectory:
+    """PCA of a run's snapshots around its final weights (``final``); see the module doc.
+
+    The snapshot matrix is read row by row straight into one device tensor and centred in
+    place: it is the only ``D``-wide matrix held. ``final_step`` (the checkpoint's
+    iteration) is checked against the last snapshot.
+    """
+    info = read_snapshot_info(snapshot_file)
+    steps = np.asarray(info["steps"], dtype=np.int64)
+    names = [n for n, p in final.named_parameters() if p.dim() > 1]
+    shapes = [tuple(final.get_parameter(n).shape) for n in names]
+    if names != info["names"] or shapes != info["shapes"]:
+        raise UserError(f"{snapshot_file} holds snapshots of another architecture than the checkpoint")
+    if len(steps) < 3:
+        raise UserError(f"{snapshot_file} holds {len(steps)} snapshot(s); a trajectory needs at least 3 "
+                        "(train with a smaller --snapshot-every)")
+    if final_step is not None and int(steps[-1]) != int(final_step):
+        raise UserError(f"{snapshot_file} ends at step {int(steps[-1])} but the checkpoint is at "
+                        f"{final_step}: the run is unfinished or the snapshots are another run's")
+    device = torch.device(device)
+    theta = torch.from_numpy(flatten_parameters(final)).to(device)
+    last = read_snapshot_rows(snapshot_file, [len(steps) - 1],
+                              torch.empty(1, info["width"], device=device))[0]
+    if not torch.equal(last, theta):
+        raise UserError(f"the last snapshot in {snapshot_file} is not the checkpoint's weights: "
+                        "the snapshots belong to another run")
+    del last
+    rows = len(steps) - 1
+    matrix = read_snapshot_rows(snapshot_file, range(rows),
+                                torch.empty(rows, info["width"], dtype=torch.float32, device=device))
+    matrix -= theta
+    components, variance, ratio, mean = principal_directions(matrix)
+    # the path: (theta_i - theta_final) . d_j, the centred rows plus the mean's projection
+    path = (matrix.double() @ components.double().T + mean.double() @ components.double().T)
+    path = torch.cat([path, torch.zeros(1, 2, dtype=torch.float64, device=device)]).cpu().numpy()
+    del matrix
+    signs = np.where(path[0] < 0, -1.0, 1.0)  # the start on the positive side: a fixed sign
+    path = path * signs
+    components = components * torch.tensor(signs, dtype=torch.float32, device=device).view(2, 1)
+    directions = []
+    for component in components.cpu():
+        direction, offset = {}, 0
+        for name, shape in zip(names, shapes):
+            size = int(np.prod(shape))
+            direction[name] = component[offset:offset + size].reshape(shape).clone()
+            offset += size
+        directions.append(direction)
+    return Trajectory(steps, path, variance, ratio, directions)
+
+
+def path_span(path: np.ndarray, margin: float) -> tuple[tuple[float, float], tuple[float, float]]:
+    """x and y ranges covering ``path`` plus ``margin`` times its extent on every side."""
+    spans = []
+    extent = float(np.ptp(path, axis=0).max()) or 1.0
+    for axis in range(2):
+        low, high = float(path[:, axis].min()), float(path[:, axis].max())
+        pad = margin * max(high - low, 0.05 * extent)
+        spans.append((low - pad, high + pad))
+    return spans[0], spans[1]
+
+
+def default_trajectory_path(checkpoint: str | os.PathLike, split: str, key: str) -> Path:
+    """``<run dir>/landscapes/<checkpoint stem>_trajectory_<split>_<hash>.h5``."""
+    checkpoint = Path(checkpoint)
+    root = checkpoint.parent.parent if checkpoint.parent.name == "models" else checkpoint.parent
+    return root / "landscapes" / f"{checkpoint.stem}_trajectory_{split}_{key[:10]}.h5"
+
+
+def compute_trajectory(checkpoint: str | os.PathLike, config: TrajectoryConfig | None = None,
+                       output: str | os.PathLike | None = None, dataset: Dataset | None = None,
+                       progress: bool = True, *, overwrite: bool = False) -> Path:
+    """Compute (or finish) the trajectory surface of the run of ``checkpoint``; returns the file.
+
+    The snapshots are read from the run's snapshot file (see
+    :func:`depthscape.training.snapshots.snapshot_path`); a missing file is a one-line
+    UserError, raised before any other work. Resume and sharding are the landscape's.
+    """
+    from depthscape.analysis.landscape.surface import LandscapeConfig, compute_landscape
+
+    config = config or TrajectoryConfig()
+    if not config.margin >= 0:
+        raise UserError(f"margin must be non-negative, got {config.margin}")
+    checkpoint = Path(checkpoint)
+    snapshots = snapshot_path(checkpoint)
+    if not snapshots.is_file():
+        raise UserError(f"the run of {checkpoint} has no weight snapshots ({snapshots} does not exist): "
+                        "train it with --snapshot-every N")
+    run = load_trained_run(checkpoint, model=config.model)
+    model, data = run.model, run.checkpoint
+    trajectory = trajectory_from_snapshots(snapshots, model, get_device(config.device),
+                                           data.get("iteration"))
+    xrange, yrange = path_span(trajectory.path, config.margin)
+    digest = hashlib.sha256()
+    for direction in trajectory.directions:
+        for name in direction:
+            digest.update(direction[name].numpy().tobytes())
+    key = digest.hexdigest()
+    landscape = LandscapeConfig(
+        resolution=config.resolution, xrange=xrange, yrange=yrange, split=config.split,
+        subset=config.subset, batch_size=config.batch_size, device=config.device,
+        workers=config.workers, data_source=config.data_source, data_dir=config.data_dir,
+        cache_dir=config.cache_dir, model=config.model, dims=2)
+    extra = {"path_x": trajectory.path[:, 0], "path_y": trajectory.path[:, 1],
+             "path_steps": trajectory.steps,
+             "explained_variance": np.asarray(trajectory.explained_variance, dtype=np.float64),
+             "explained_variance_ratio": np.asarray(trajectory.explained_variance_ratio,
+                                                    dtype=np.float64)}
+    output = Path(output) if output is not None else default_trajectory_path(checkpoint, config.split, key)
+    return compute_landscape(checkpoint, landscape, output, dataset, progress, overwrite=overwrite,
+                             directions=trajectory.directions,
+                             direction_identity={"direction": "pca", "directions_sha256": key,
+                                                 "snapshots": len(trajectory.steps),
+                                                 "margin": config.margin},
+                             extra=extra)
+
+
+def read_trajectory(surface_file: str | os.PathLike) -> dict:
+    """A trajectory file as arrays: :func:`read_surface`'s keys plus ``path`` (k, 2),
+    ``steps``, ``explained_variance`` and ``explained_variance_ratio``."""
+    from depthscape.analysis.landscape.storage import read_state
+    from depthscape.analysis.landscape.surface import read_surface
+
+    surface = read_surface(surface_file)
+    extra = read_state(surface_file, with_directions=False).extra
+    if "path_x" not in extra:
+        raise UserError(f"{surface_file} is a loss surface without a trajectory")
+    surface.update(path=np.stack([extra["path_x"], extra["path_y"]], axis=1),
+                   steps=extra["path_steps"], explained_variance=extra["explained_variance"],
+                   explained_variance_ratio=extra["explained_variance_ratio"])
+    return surface
+
+
+def draw_trajectory(ax, trajectory: dict, log_scale: bool = True, levels: int = 25,
+                    colorbar: bool = True):
+    """Draw the contour of ``trajectory`` (from :func:`read_trajectory`) and its path on ``ax``."""
+    from depthscape.analysis.landscape.plots import CMAP, surface_values
+
+    values = surface_values(trajectory, "loss", log_scale)
+    x, y = np.meshgrid(trajectory["x"], trajectory["y"])
+    low, high = float(values.min()), float(values.max())
+    contour = ax.contour(x, y, values, levels=np.linspace(low, high if high > low else low + 1e-9,
+                                                          levels), cmap=CMAP)
+    ax.clabel(contour, inline=True, fontsize=6, fmt="%.2g")
+    path = trajectory["path"]
+    ax.plot(path[:, 0], path[:, 1], "-o", color="tab:red", markersize=3, linewidth=1.2)
+    ax.plot(path[0, 0], path[0, 1], "s", color="tab:red", markersize=6, label="start")
+    ax.plot(path[-1, 0], path[-1, 1], "*", color="black", markersize=10, label="final weights")
+    ratio = trajectory["explained_variance_ratio"]
+    ax.set_xlabel(f"1st PC: {100 * ratio[0]:.2f} %")
+    ax.set_ylabel(f"2nd PC: {100 * ratio[1]:.2f} %")
+    ax.legend(loc="best", fontsize=7)
+    if colorbar:
+        label = f"{'log10 ' if log_scale else ''}{trajectory['split']} loss"
+        ax.figure.colorbar(contour, ax=ax, label=label)
+    return contour
+
+
+def plot_trajectory(surface_file: str | os.PathLike, out_dir: str | os.PathLike,
+                    log_scale: bool = True, levels: int = 25,
+                    formats=("png", "pdf")) -> list[Path]:
+    """The contour with the path drawn on it, as ``<stem>_path.<png|pdf>``; returns the files."""
+    from matplotlib.figure import Figure
+
+    from depthscape.core.atomic import save_figure
+
+    trajectory = read_trajectory(surface_file)
+    if not trajectory["complete"]:
+        raise UserError(f"{surface_file} is not finished: run the same trajectory command again")
+    fig = Figure(figsize=(6.4, 5.2))
+    ax = fig.add_subplot()
+    draw_trajectory(ax, trajectory, log_scale, levels)
+    settings = trajectory["settings"]
+    ax.set_title(f"{settings.get('model')}: optimization path ({len(trajectory['steps'])} snapshots)")
+    return save_figure(fig, Path(out_dir) / f"{Path(surface_file).stem}_path", formats)
+
+
+def plot_trajectory_pair(surface_files, stem: str | os.PathLike, titles=None, log_scale: bool = True,
+                         formats=("png", "pdf")) -> list[Path]:
+    """Trajectories side by side in one figure (e.g. ResNet | PlainNet of one depth)."""
+    from matplotlib.figure import Figure
+
+    from depthscape.core.atomic import save_figure
+
+    fig = Figure(figsize=(6.0 * len(surface_files), 5.0), layout="constrained")
+    for index, surface_file in enumerate(surface_files):
+        trajectory = read_trajectory(surface_file)
+        ax = fig.add_subplot(1, len(surface_files), index + 1)
+        draw_trajectory(ax, trajectory, log_scale)
+        title = titles[index] if titles else str(trajectory["settings"].get("model"))
+        ax.set_title(f"{title}: {len(trajectory['steps'])} snapshots", fontsize=10)
+    return save_figure(fig, stem, formats)

@@ -1,0 +1,76 @@
+"""`depthscape trajectory RUN_OR_CHECKPOINT`: a run's optimization path on its loss contour."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from depthscape.cli._common import positive_int
+from depthscape.cli.landscape import resolve_checkpoint
+from depthscape.cli.plot import default_plots_dir
+
+NAME = "trajectory"
+HELP = "optimization path of a run (PCA of its weight snapshots) drawn on its loss contour"
+ORDER = 37
+
+
+def _margin(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", metavar="RUN_OR_CHECKPOINT",
+                        help="a checkpoint file, or a model (resnet 56, plainnet110) whose run lies "
+                             "in --out; the run must have been trained with --snapshot-every")
+    parser.add_argument("depth", nargs="?", default=None, help="depth, with a model family name")
+    parser.add_argument("--out", default=".", help="output root of the runs (default .)")
+    parser.add_argument("--run-seed", type=int, default=0, help="seed of the run to load (default 0)")
+    parser.add_argument("--model", default=None, help="architecture of a bare state dict")
+    grid = parser.add_argument_group("contour grid (over the span of the path)")
+    grid.add_argument("--resolution", type=positive_int, default=21, help="points per axis (default 21)")
+    grid.add_argument("--margin", type=_margin, default=0.2,
+                      help="extend the path's span by this fraction on every side (default 0.2)")
+    data = parser.add_argument_group("data (default: what the run was trained on)")
+    data.add_argument("--split", choices=("test", "train"), default="test")
+    data.add_argument("--subset", type=positive_int, default=None,
+                      help="a fixed random subset of this many samples of the split")
+    data.add_argument("--dataset", default=None)
+    data.add_argument("--data-dir", default=None)
+    data.add_argument("--cache-dir", default=None)
+    speed = parser.add_argument_group("speed (values do not depend on these)")
+    speed.add_argument("--batch-size", type=positive_int, default=1000)
+    speed.add_argument("--workers", type=positive_int, default=None)
+    speed.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
+    output = parser.add_argument_group("output")
+    output.add_argument("--output", default=None,
+                        help="surface file (default <run>/landscapes/<checkpoint>_trajectory_<split>_<hash>.h5)")
+    output.add_argument("--overwrite", action="store_true",
+                        help="replace an --output file that holds other settings")
+    output.add_argument("--no-plots", action="store_true", help="compute only")
+    output.add_argument("--plots-dir", default=None, help="where the picture goes (default <run>/plots)")
+    output.add_argument("--linear", action="store_true", help="contour the loss, not log10(loss)")
+    output.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from depthscape.analysis.trajectory import TrajectoryConfig, compute_trajectory, plot_trajectory
+
+    checkpoint = resolve_checkpoint(args.run, args.depth, args.out, args.run_seed, args.dataset)
+    config = TrajectoryConfig(
+        resolution=args.resolution, margin=args.margin, split=args.split, subset=args.subset,
+        batch_size=args.batch_size, device=args.device, workers=args.workers,
+        data_source=args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir, model=args.model)
+    surface = compute_trajectory(checkpoint, config, output=args.output,
+                                 progress=not args.no_progress, overwrite=args.overwrite)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    print(f"trajectory: {surface}")
+    if not args.no_plots:
+        plots_dir = Path(args.plots_dir) if args.plots_dir else default_plots_dir(surface)
+        for path in plot_trajectory(surface, plots_dir, log_scale=not args.linear):
+            print(f"plot: {path}")
+    return 0
