@@ -23,9 +23,24 @@ def _command_modules():
     return [importlib.import_module(f"depthscape.cli.{name}") for name in names]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with our error format: one line ``depthscape: error: ...``, exit 2.
+
+    argparse's own prints the usage first (two lines and more); every user error of every
+    command is one line, whether argparse or the command finds it.
+    """
+
+    def error(self, message: str):
+        command = self.prog.split(" ", 1)[1] if " " in self.prog else None
+        where = f" (see depthscape {command} --help)" if command else " (see depthscape --help)"
+        if _speaks():
+            print(f"depthscape: error: {message}{where}", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="depthscape",
         description="Train CNNs, ResNets and PlainNets on CIFAR-10 and measure their loss landscapes.",
     )

@@ -29,8 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from depthscape.analysis.tables import make_tables, table1, table2
+    from pathlib import Path
 
+    from depthscape.analysis.tables import make_tables, table1, table2
+    from depthscape.core.atomic import ensure_writable_dir
+
+    ensure_writable_dir(args.out or Path(args.run_dir) / "tables", create=False)
     source = {"dataset": args.dataset, "data_dir": args.data_dir, "cache_dir": args.cache_dir}
     metrics, written = make_tables(
         args.run_dir, args.out, models=args.models or None, device=args.device,

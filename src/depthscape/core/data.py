@@ -142,10 +142,14 @@ def _load_torchvision(name: str, class_name: str, root: Path, download: bool) ->
 
     dataset_class = getattr(tvd, class_name)
     splits = {}
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        pass
+    if not download and not root.is_dir():  # a --data-dir is read, never created
+        raise UserError(f"data directory {root} does not exist" if not root.exists()
+                        else f"--data-dir {root} is not a directory")
+    if download:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass
     for train in (True, False):
         try:
             ds = dataset_class(str(root), train=train, download=False)

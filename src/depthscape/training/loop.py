@@ -18,6 +18,7 @@ fast path of :mod:`depthscape.training.fastpath` applies; elsewhere the loop is 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -43,6 +44,7 @@ from depthscape.core.data import (
 )
 from depthscape.core.distributed import DistContext, env_world_size, setup, shard_bounds
 from depthscape.core.errors import TrainingDiverged, UserError
+from depthscape.core.locking import claim_run
 from depthscape.training.evaluation import evaluate
 from depthscape.training.fastpath import fast_path_for
 from depthscape.core.models import canonical_name, get_model, model_kwargs_for
@@ -246,7 +248,9 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> TrainResult:
                         f"{world} processes: use a process count that divides it")
     ctx = setup(config.device)
     try:
-        return _train(config, dataset, ctx)
+        # issue 11: the run's lock (taken in _train) lives as long as this call
+        with contextlib.ExitStack() as held:
+            return _train(config, dataset, ctx, held)
     finally:
         ctx.close()
 
@@ -284,7 +288,8 @@ def _write_trace(steps: list[torch.Tensor], run_name: str, rank: int) -> None:
     torch.save(earlier + steps, path)
 
 
-def _train(config: TrainConfig, dataset: Dataset | None, ctx: DistContext) -> TrainResult:
+def _train(config: TrainConfig, dataset: Dataset | None, ctx: DistContext,
+           held: contextlib.ExitStack) -> TrainResult:
     model_name = canonical_name(config.model)
     recipe = (config.recipe or recipe_for(model_name)).scaled(config.scale)
     device = ctx.device
@@ -297,6 +302,9 @@ def _train(config: TrainConfig, dataset: Dataset | None, ctx: DistContext) -> Tr
     if dataset is None:
         dataset = _load_data(config, ctx)
     paths = run_paths(out_dir, model_name, config.seed, dataset.name)
+    # issue 11: one writer per run (rank 0 holds the lock); --overwrite clears the old run
+    held.enter_context(claim_run(paths, overwrite=config.overwrite and not config.resume,
+                                 owner=main, agree=ctx.all_true if ctx.enabled else None))
     train_split = dataset.train.subset(config.train_subset)
     test_split = dataset.test.subset(config.test_subset)
     last_batch = len(train_split) % recipe.batch_size

@@ -18,6 +18,7 @@ in eval mode with the trained running statistics at every point.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -33,6 +34,7 @@ from depthscape.core.checkpoint import eval_preprocess, model_from_checkpoint
 from depthscape.core.data import Dataset, Split, load_dataset
 from depthscape.core.device import get_device
 from depthscape.core.errors import UserError
+from depthscape.core.locking import claim_output
 from depthscape.analysis.landscape.directions import NORMS, interpolation_direction, random_directions
 from depthscape.analysis.landscape.points import PointEvaluator, PointPool
 from depthscape.analysis.landscape.storage import (
@@ -231,13 +233,17 @@ def compute_landscape(checkpoint: str | os.PathLike, config: LandscapeConfig | N
     checkpoint = Path(checkpoint)
     ranks = _Ranks(get_device(config.device))
     try:
-        return _compute(checkpoint, config, output, dataset, progress, overwrite, save_every, ranks)
+        # issue 11: the surface's lock (taken in _compute) lives as long as this call
+        with contextlib.ExitStack() as held:
+            return _compute(checkpoint, config, output, dataset, progress, overwrite, save_every,
+                            ranks, held)
     finally:
         ranks.close()
 
 
 def _compute(checkpoint: Path, config: LandscapeConfig, output, dataset: Dataset | None,
-             progress: bool, overwrite: bool, save_every: float, ranks: _Ranks) -> Path:
+             progress: bool, overwrite: bool, save_every: float, ranks: _Ranks,
+             held: contextlib.ExitStack) -> Path:
     from tqdm.auto import tqdm
 
     import depthscape
@@ -273,6 +279,9 @@ def _compute(checkpoint: Path, config: LandscapeConfig, output, dataset: Dataset
     path = Path(output) if output is not None else default_surface_path(checkpoint, config, identity)
     if path.exists() and path.is_dir():
         raise UserError(f"{path} is a directory; give a file name for the surface")
+    # issue 11: one writer per surface (rank 0 holds the lock); stale temporaries go
+    held.enter_context(claim_output(path, f"surface {path}", owner=ranks.rank == 0,
+                                    agree=lambda ok: all(ranks.gather([ok]))))
 
     surface: SurfaceState | None = None
     if path.exists() and not overwrite:
