@@ -34,6 +34,7 @@ from depthscape.core.checkpoint import eval_preprocess, model_from_checkpoint
 from depthscape.core.data import Dataset, Split, load_dataset
 from depthscape.core.device import get_device
 from depthscape.core.errors import UserError
+from depthscape.core.limits import require_fits
 from depthscape.core.locking import claim_output
 from depthscape.analysis.landscape.directions import NORMS, interpolation_direction, random_directions
 from depthscape.analysis.landscape.points import PointEvaluator, PointPool
@@ -106,6 +107,9 @@ class LandscapeConfig:
             raise UserError(f"batch size must be positive, got {self.batch_size}")
         if self.target is not None and self.dims != 1:
             raise UserError("a target checkpoint gives a 1-D line: use dims=1 with it")
+        # loss (float64), accuracy (float64) and done (bool) per point, held in memory at once
+        points = self.resolution ** self.dims
+        require_fits(points * 17, f"a grid of {self.resolution}^{self.dims} = {points} points")
         return replace(self, xrange=(float(self.xrange[0]), float(self.xrange[1])),
                        yrange=(float(self.yrange[0]), float(self.yrange[1])))
 
