@@ -42,9 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--dataset", default=None, help="cifar10, mnist, fashion-mnist or an ImageFolder path")
     data.add_argument("--data-dir", default=None, help="data already on disk (torchvision files or ImageFolder)")
     data.add_argument("--cache-dir", default=None, help="where decoded data is cached")
-    speed = parser.add_argument_group("speed (values do not depend on these)")
+    speed = parser.add_argument_group("speed (values do not depend on these but in the "
+                                      "last digits, on the batch size)")
     speed.add_argument("--batch-size", type=positive_int, default=1000,
-                       help="images per forward pass on a GPU (default 1000; the CPU caps it at 128)")
+                       help="images per forward pass on a GPU (default 1000; the CPU caps it at "
+                            "128); changes the last digits, so it is recorded with the surface")
     speed.add_argument("--workers", type=int_in(1, 4096), default=None,
                        help="grid points evaluated at once, one thread each (default: one per "
                             "CPU thread on the CPU, 1 on a GPU)")

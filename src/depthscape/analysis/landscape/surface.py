@@ -37,7 +37,7 @@ from depthscape.core.errors import UserError
 from depthscape.core.limits import require_fits
 from depthscape.core.locking import claim_output
 from depthscape.analysis.landscape.directions import NORMS, interpolation_direction, random_directions
-from depthscape.analysis.landscape.points import PointEvaluator, PointPool
+from depthscape.analysis.landscape.points import PointEvaluator, PointPool, effective_batch_size
 from depthscape.analysis.landscape.storage import (
     SurfaceState,
     identity_difference,
@@ -62,9 +62,10 @@ class LandscapeConfig:
     it, ``x = 0`` at the checkpoint and ``x = 1`` at the target. ``data_source``,
     ``data_dir`` and ``cache_dir`` override where the run's data is read from (default:
     as stored in the checkpoint); ``model`` names the architecture of a bare state dict.
-    ``batch_size``, ``device``, ``compile`` and ``workers`` (points evaluated at once,
-    one thread each; default: one per CPU thread on the CPU, 1 on a GPU) change the speed,
-    not the values.
+    ``device``, ``compile`` and ``workers`` (points evaluated at once, one thread each;
+    default: one per CPU thread on the CPU, 1 on a GPU) change the speed, not the values.
+    ``batch_size`` changes the values' last digits (a convolution's arithmetic depends on
+    the batch's shape), so the batch used is part of the surface's identity.
     """
 
     resolution: int = 21
@@ -279,6 +280,8 @@ def _compute(checkpoint: Path, config: LandscapeConfig, output, dataset: Dataset
         "samples": len(split),
         "data_sha256": split_fingerprint(split),
         "preprocess": {"scale": preprocess.scale, "mean": list(preprocess.mean)},
+        # a convolution's last digits depend on the batch's shape: one surface, one batch size
+        "batch_size": effective_batch_size(config.batch_size, ranks.device),
     }
     path = Path(output) if output is not None else default_surface_path(checkpoint, config, identity)
     if path.exists() and path.is_dir():
