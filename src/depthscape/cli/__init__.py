@@ -11,6 +11,7 @@ import argparse
 import importlib
 import pkgutil
 import sys
+import warnings
 
 from depthscape import __version__
 from depthscape.core.errors import UserError
@@ -61,16 +62,34 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
-    try:
-        return int(args._run(args) or 0)
-    except UserError as error:
-        if _speaks():
-            print(f"depthscape: error: {error}", file=sys.stderr)
-        return error.exit_code
-    except KeyboardInterrupt:
-        if _speaks():
-            print("depthscape: interrupted", file=sys.stderr)
-        return 130
+    # Warnings (torch's among them, e.g. a failed CUDA probe) are held back while the
+    # command runs: a user error is then its one line alone, and otherwise each warning
+    # follows as one line of its own.
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            code = int(args._run(args) or 0)
+        except UserError as error:
+            if _speaks():
+                print(f"depthscape: error: {error}", file=sys.stderr)
+            return error.exit_code
+        except KeyboardInterrupt:
+            if _speaks():
+                print("depthscape: interrupted", file=sys.stderr)
+            return 130
+        except BaseException:
+            _show(caught)  # a bug: everything that may explain it, then the traceback
+            raise
+    _show(caught)
+    return code
+
+
+def _show(caught: list) -> None:
+    """Each held-back warning as one line ``depthscape: warning: ...``."""
+    if not _speaks():
+        return
+    for warning in caught:
+        text = " ".join(str(warning.message).split())
+        print(f"depthscape: warning: {text} ({warning.category.__name__})", file=sys.stderr)
 
 
 def _speaks() -> bool:

@@ -42,12 +42,17 @@ def run(args: argparse.Namespace) -> int:
     )
     from depthscape.core.atomic import ensure_writable_dir
     from depthscape.core.errors import UserError
+    from depthscape.core.locking import claim_folder
+    from depthscape.core.runs import find_runs
 
     out = ensure_writable_dir(Path(args.out) if args.out else Path(args.run_dir) / "plots",
                               create=False)
     if not args.runs or [r.lower() for r in args.runs] == ["all"]:
-        figures = standard_figures(args.run_dir, out, seed=args.seed, dataset=args.dataset,
-                                   ema_factor=args.ema, formats=args.format)
+        if not find_runs(args.run_dir):  # before the plots folder is made
+            raise UserError(f"no training logs found in {Path(args.run_dir) / 'logs'}")
+        with claim_folder(out, f"plots folder {out}"):
+            figures = standard_figures(args.run_dir, out, seed=args.seed, dataset=args.dataset,
+                                       ema_factor=args.ema, formats=args.format)
         if not figures:
             raise UserError(f"no training logs found in {Path(args.run_dir) / 'logs'}")
         for figure in figures:
@@ -55,10 +60,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     curves = [load_curve(path) for path in resolve_runs(args.runs, args.run_dir, args.seed,
                                                         args.dataset)]
-    for curve in curves:
-        print(f"{curve.label}: {plot_run(curve, out, args.ema, args.format)[0]}")
-    if args.compare and len(curves) > 1:
-        stem = out / ("_vs_".join(c.run_name for c in curves) + "_curves")
-        title = " vs ".join(c.label for c in curves)
-        print(f"{title}: {plot_comparison(curves, stem, title, args.ema, args.format)[0]}")
+    with claim_folder(out, f"plots folder {out}"):
+        for curve in curves:
+            print(f"{curve.label}: {plot_run(curve, out, args.ema, args.format)[0]}")
+        if args.compare and len(curves) > 1:
+            stem = out / ("_vs_".join(c.run_name for c in curves) + "_curves")
+            title = " vs ".join(c.label for c in curves)
+            print(f"{title}: {plot_comparison(curves, stem, title, args.ema, args.format)[0]}")
     return 0

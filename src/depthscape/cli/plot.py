@@ -49,11 +49,13 @@ def default_plots_dir(surface: Path) -> Path:
 def plot_from_args(surface: Path, args: argparse.Namespace) -> list[Path]:
     """Draw ``surface`` with the picture options in ``args``."""
     from depthscape.analysis.landscape import plot_landscape
+    from depthscape.core.locking import claim_folder
 
     plots_dir = Path(args.plots_dir) if args.plots_dir else default_plots_dir(surface)
-    return plot_landscape(surface, plots_dir, kinds=args.kinds, log_scale=args.log,
-                          quantity=args.quantity, levels=args.levels, zmin=args.zmin,
-                          zmax=args.zmax, smooth=args.smooth, formats=tuple(args.formats))
+    with claim_folder(plots_dir, f"plots folder {plots_dir}"):
+        return plot_landscape(surface, plots_dir, kinds=args.kinds, log_scale=args.log,
+                              quantity=args.quantity, levels=args.levels, zmin=args.zmin,
+                              zmax=args.zmax, smooth=args.smooth, formats=tuple(args.formats))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from depthscape.analysis.sharpness import SharpnessConfig, measure_runs, sharpness_table
     from depthscape.analysis.tables import write_table
     from depthscape.core.atomic import ensure_writable_dir
+    from depthscape.core.locking import claim_folder
 
     config = SharpnessConfig(split=args.split, subset=args.subset, batch_size=args.batch_size,
                              power_iters=args.power_iters, power_tol=args.power_tol,
@@ -52,10 +53,11 @@ def run(args: argparse.Namespace) -> int:
     out = ensure_writable_dir(Path(args.out) if args.out else Path(args.run_dir) / "sharpness",
                               create=False)
     source = {"dataset": args.dataset, "data_dir": args.data_dir, "cache_dir": args.cache_dir}
-    results = measure_runs(args.run_dir, out, args.models or None, config,
-                           data_source=source, progress=not args.no_progress)
-    table = sharpness_table(results)
-    written = write_table(table, out, "sharpness")
+    with claim_folder(out, f"sharpness folder {out}"):
+        results = measure_runs(args.run_dir, out, args.models or None, config,
+                               data_source=source, progress=not args.no_progress)
+        table = sharpness_table(results)
+        written = write_table(table, out, "sharpness")
     print(f"{table.title}\n\n{table.markdown()}")
     print("written: " + ", ".join(str(p) for p in written))
     return 0

@@ -180,3 +180,20 @@ def claim_output(target: str | os.PathLike, what: str, owner: bool = True,
         if owner:
             remove_stale_temporaries([target])
         yield
+
+
+@contextlib.contextmanager
+def claim_folder(folder: str | os.PathLike, what: str) -> Iterator[Path]:
+    """Hold the lock of an output folder (plots, tables, sharpness) while a command writes there.
+
+    The folder is created; under its lock the temporaries (``.NAME.XXXX.tmp``) an
+    interrupted atomic write left in it are removed, since no other writer can be mid-write.
+    """
+    from depthscape.core.atomic import ensure_writable_dir
+
+    folder = ensure_writable_dir(folder)
+    with claim(folder / ".depthscape.lock", what):
+        for tmp in folder.rglob(".*.tmp"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        yield folder
