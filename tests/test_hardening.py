@@ -122,7 +122,7 @@ def test_truncate_log_keeps_rows_up_to_the_checkpoint(tmp_path):
 @pytest.mark.parametrize("damage,fragment", [
     (lambda text: text.replace("2.0", "two", 1), "train_loss is 'two', not a number"),
     (lambda text: text.rstrip("\n") + ",extra\n", "11 cells where the header has 10"),
-    (lambda text: text.replace("iteration", "step", 1), "no header with an 'iteration' column"),
+    (lambda text: text.replace("iteration", "step", 1), "is not a depthscape training log"),
     (lambda text: text.replace("8,", "3,", 1), "iteration '3' does not follow 4"),
     (lambda text: text.replace("4,", "4.5,", 1), "iteration '4.5'"),
 ])

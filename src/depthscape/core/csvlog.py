@@ -70,7 +70,8 @@ def _parse(filepath: str | os.PathLike, hint: str) -> tuple[list[str], list[list
     except (UnicodeDecodeError, csv.Error) as error:
         raise _damaged(path, "not a CSV file", str(error).splitlines()[0], hint) from None
     if not lines or "iteration" not in lines[0]:
-        raise _damaged(path, "line 1", "no header with an 'iteration' column", hint)
+        raise DamagedLog(f"{path} is not a depthscape training log: its first line has no "
+                         f"'iteration' column; {hint}")
     header, raw = lines[0], []
     rows: list[dict[str, float]] = []
     column, previous = header.index("iteration"), None
