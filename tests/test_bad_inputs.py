@@ -100,17 +100,20 @@ CASES = [
     ("tables", ["--batch-size", "0"], 2, "argument --batch-size: must be between 1"),
     ("tables", ["--train-limit", "nan"], 2, "argument --train-limit: must be a whole number"),
     ("tables", ["--run-dir", "{out}", "--out", "{blocked}"], 2, "cannot write to output directory"),
+    ("tables", ["--test-limit", "-1"], 2, "argument --test-limit: must be between 1"),
     # --- sharpness --------------------------------------------------------------------------
     ("sharpness", ["--power-tol", "0"], 2, "argument --power-tol: must be in (0"),
     ("sharpness", ["--trace-tol", "inf"], 2, "argument --trace-tol: must be a finite number"),
     ("sharpness", ["--trace-samples", "0"], 2, "argument --trace-samples: must be between 1"),
     ("sharpness", ["--seed", "-1"], 2, "argument --seed: must be between 0"),
+    ("sharpness", ["--subset", "0"], 2, "argument --subset: must be between 1"),
     ("sharpness", ["--run-dir", "{out}", "--out", "{blocked}"], 2, "cannot write to output directory"),
     # --- study ------------------------------------------------------------------------------
     ("study", ["--seeds", "0"], 2, "argument --seeds: must be between 1 and 1000"),
     ("study", ["--seeds", "1e9"], 2, "argument --seeds: must be a whole number"),
     ("study", ["--budget", "huge"], 2, "argument --budget: invalid choice"),
     ("study", ["--out", "{blocked}"], 2, "cannot write to output directory"),
+    ("study", ["--models", "vgg16", "--out", "{out}/study"], 2, "unknown model 'vgg16'"),
     # --- no command -------------------------------------------------------------------------
     ("", ["frobnicate"], 2, "invalid choice: 'frobnicate'"),
 ]
