@@ -255,7 +255,9 @@ def test_rerunning_a_finished_surface_computes_nothing(surface, checkpoint, data
         raise AssertionError("a finished surface must not be evaluated again")
 
     monkeypatch.setattr(PointEvaluator, "evaluate", fail)
-    config = LandscapeConfig(resolution=5, xrange=(-1.0, 1.0), yrange=(-0.5, 0.5), batch_size=7)
+    # workers change only the speed; the batch size is part of the identity (issue 11)
+    config = LandscapeConfig(resolution=5, xrange=(-1.0, 1.0), yrange=(-0.5, 0.5), batch_size=20,
+                             workers=2)
     assert compute_landscape(checkpoint, config, dataset=data, progress=False) == surface
 
 

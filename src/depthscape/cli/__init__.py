@@ -11,6 +11,7 @@ import argparse
 import importlib
 import pkgutil
 import sys
+import warnings
 
 from depthscape import __version__
 from depthscape.core.errors import UserError
@@ -23,9 +24,24 @@ def _command_modules():
     return [importlib.import_module(f"depthscape.cli.{name}") for name in names]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with our error format: one line ``depthscape: error: ...``, exit 2.
+
+    argparse's own prints the usage first (two lines and more); every user error of every
+    command is one line, whether argparse or the command finds it.
+    """
+
+    def error(self, message: str):
+        command = self.prog.split(" ", 1)[1] if " " in self.prog else None
+        where = f" (see depthscape {command} --help)" if command else " (see depthscape --help)"
+        if _speaks():
+            print(f"depthscape: error: {message}{where}", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="depthscape",
         description="Train CNNs, ResNets and PlainNets on CIFAR-10 and measure their loss landscapes.",
     )
@@ -46,16 +62,34 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
-    try:
-        return int(args._run(args) or 0)
-    except UserError as error:
-        if _speaks():
-            print(f"depthscape: error: {error}", file=sys.stderr)
-        return error.exit_code
-    except KeyboardInterrupt:
-        if _speaks():
-            print("depthscape: interrupted", file=sys.stderr)
-        return 130
+    # Warnings (torch's among them, e.g. a failed CUDA probe) are held back while the
+    # command runs: a user error is then its one line alone, and otherwise each warning
+    # follows as one line of its own.
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            code = int(args._run(args) or 0)
+        except UserError as error:
+            if _speaks():
+                print(f"depthscape: error: {error}", file=sys.stderr)
+            return error.exit_code
+        except KeyboardInterrupt:
+            if _speaks():
+                print("depthscape: interrupted", file=sys.stderr)
+            return 130
+        except BaseException:
+            _show(caught)  # a bug: everything that may explain it, then the traceback
+            raise
+    _show(caught)
+    return code
+
+
+def _show(caught: list) -> None:
+    """Each held-back warning as one line ``depthscape: warning: ...``."""
+    if not _speaks():
+        return
+    for warning in caught:
+        text = " ".join(str(warning.message).split())
+        print(f"depthscape: warning: {text} ({warning.category.__name__})", file=sys.stderr)
 
 
 def _speaks() -> bool:

@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from depthscape.cli._common import float_in, seed_int
+
 NAME = "curves"
 HELP = "plot training vs validation accuracy, loss and error from the training logs"
 ORDER = 30
-
-
-def ema_factor(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,9 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", default=".",
                         help="training output root holding logs/ (default .)")
     parser.add_argument("--out", default=None, help="where plots go (default <run-dir>/plots)")
-    parser.add_argument("--ema", type=ema_factor, default=0.6,
+    parser.add_argument("--ema", type=float_in(0.0, 1.0, hi_open=True), default=0.6,
                         help="EMA smoothing factor in [0, 1); 0 draws the raw values (default 0.6)")
-    parser.add_argument("--seed", type=int, default=0, help="which seed's logs (default 0)")
+    parser.add_argument("--seed", type=seed_int, default=0, help="which seed's logs (default 0)")
     parser.add_argument("--dataset", default=None,
                         help="dataset of the runs (default cifar10, else the one found)")
     parser.add_argument("--format", nargs="+", default=["png", "pdf"], choices=["png", "pdf", "svg"],
@@ -45,12 +40,19 @@ def run(args: argparse.Namespace) -> int:
         resolve_runs,
         standard_figures,
     )
+    from depthscape.core.atomic import ensure_writable_dir
     from depthscape.core.errors import UserError
+    from depthscape.core.locking import claim_folder
+    from depthscape.core.runs import find_runs
 
-    out = Path(args.out) if args.out else Path(args.run_dir) / "plots"
+    out = ensure_writable_dir(Path(args.out) if args.out else Path(args.run_dir) / "plots",
+                              create=False)
     if not args.runs or [r.lower() for r in args.runs] == ["all"]:
-        figures = standard_figures(args.run_dir, out, seed=args.seed, dataset=args.dataset,
-                                   ema_factor=args.ema, formats=args.format)
+        if not find_runs(args.run_dir):  # before the plots folder is made
+            raise UserError(f"no training logs found in {Path(args.run_dir) / 'logs'}")
+        with claim_folder(out, f"plots folder {out}"):
+            figures = standard_figures(args.run_dir, out, seed=args.seed, dataset=args.dataset,
+                                       ema_factor=args.ema, formats=args.format)
         if not figures:
             raise UserError(f"no training logs found in {Path(args.run_dir) / 'logs'}")
         for figure in figures:
@@ -58,10 +60,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     curves = [load_curve(path) for path in resolve_runs(args.runs, args.run_dir, args.seed,
                                                         args.dataset)]
-    for curve in curves:
-        print(f"{curve.label}: {plot_run(curve, out, args.ema, args.format)[0]}")
-    if args.compare and len(curves) > 1:
-        stem = out / ("_vs_".join(c.run_name for c in curves) + "_curves")
-        title = " vs ".join(c.label for c in curves)
-        print(f"{title}: {plot_comparison(curves, stem, title, args.ema, args.format)[0]}")
+    with claim_folder(out, f"plots folder {out}"):
+        for curve in curves:
+            print(f"{curve.label}: {plot_run(curve, out, args.ema, args.format)[0]}")
+        if args.compare and len(curves) > 1:
+            stem = out / ("_vs_".join(c.run_name for c in curves) + "_curves")
+            title = " vs ".join(c.label for c in curves)
+            print(f"{title}: {plot_comparison(curves, stem, title, args.ema, args.format)[0]}")
     return 0

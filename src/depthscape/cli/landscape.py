@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from depthscape.cli._common import positive_int
+from depthscape.cli._common import finite_float, int_in, model_name, positive_int, seed_int
 from depthscape.cli.plot import add_plot_arguments, default_plots_dir, plot_from_args
 
 NAME = "landscape"
@@ -19,20 +19,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "run lies in --out")
     parser.add_argument("depth", nargs="?", default=None, help="depth, with a model family name")
     parser.add_argument("--out", default=".", help="output root of the runs (default .)")
-    parser.add_argument("--run-seed", type=int, default=0, help="seed of the run to load (default 0)")
+    parser.add_argument("--run-seed", type=seed_int, default=0, help="seed of the run to load (default 0)")
     parser.add_argument("--model", default=None,
                         help="architecture of a bare state dict (e.g. resnet56); checked against "
                              "a depthscape checkpoint's own")
     grid = parser.add_argument_group("grid and directions")
-    grid.add_argument("--resolution", type=positive_int, default=21,
+    grid.add_argument("--resolution", type=int_in(2, 10**6), default=21,
                       help="points per axis (default 21; the original tool's figures use 51)")
-    grid.add_argument("--xrange", nargs=2, type=float, default=(-1.0, 1.0), metavar=("MIN", "MAX"))
-    grid.add_argument("--yrange", nargs=2, type=float, default=(-1.0, 1.0), metavar=("MIN", "MAX"))
+    grid.add_argument("--xrange", nargs=2, type=finite_float, default=(-1.0, 1.0), metavar=("MIN", "MAX"))
+    grid.add_argument("--yrange", nargs=2, type=finite_float, default=(-1.0, 1.0), metavar=("MIN", "MAX"))
     grid.add_argument("--dims", type=int, choices=(1, 2), default=2,
                       help="2: surface over two directions (default); 1: curve along one")
     grid.add_argument("--target", default=None, metavar="CHECKPOINT",
                       help="1-D line from the run's weights (x=0) to this checkpoint's (x=1)")
-    grid.add_argument("--seed", type=int, default=0, help="seed of the random directions (default 0)")
+    grid.add_argument("--seed", type=seed_int, default=0, help="seed of the random directions (default 0)")
     grid.add_argument("--norm", choices=("filter", "layer"), default="filter",
                       help="direction normalisation (default filter)")
     data = parser.add_argument_group("data (default: what the run was trained on)")
@@ -42,10 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--dataset", default=None, help="cifar10, mnist, fashion-mnist or an ImageFolder path")
     data.add_argument("--data-dir", default=None, help="data already on disk (torchvision files or ImageFolder)")
     data.add_argument("--cache-dir", default=None, help="where decoded data is cached")
-    speed = parser.add_argument_group("speed (values do not depend on these)")
+    speed = parser.add_argument_group("speed (values do not depend on these but in the "
+                                      "last digits, on the batch size)")
     speed.add_argument("--batch-size", type=positive_int, default=1000,
-                       help="images per forward pass on a GPU (default 1000; the CPU caps it at 128)")
-    speed.add_argument("--workers", type=positive_int, default=None,
+                       help="images per forward pass on a GPU (default 1000; the CPU caps it at "
+                            "128); changes the last digits, so it is recorded with the surface")
+    speed.add_argument("--workers", type=int_in(1, 4096), default=None,
                        help="grid points evaluated at once, one thread each (default: one per "
                             "CPU thread on the CPU, 1 on a GPU)")
     speed.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
@@ -76,7 +78,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def resolve_checkpoint(run: str, depth: str | None, out: str, run_seed: int, dataset: str | None) -> Path:
     """A checkpoint file as given, or the final checkpoint of the named run under ``out``."""
     from depthscape.core.errors import UserError
-    from depthscape.core.models import canonical_name
     from depthscape.core.runs import run_paths
 
     given = Path(run).expanduser()
@@ -84,7 +85,7 @@ def resolve_checkpoint(run: str, depth: str | None, out: str, run_seed: int, dat
         return given
     if depth is None and (given.suffix in (".pth", ".pt") or "/" in run):
         raise UserError(f"checkpoint not found: {given}")
-    name = canonical_name(run, depth)
+    name = model_name(run, depth)
     tag = "cifar10"
     if dataset is not None:
         known = {"cifar10": "cifar10", "cifar-10": "cifar10", "mnist": "mnist",
@@ -99,8 +100,15 @@ def resolve_checkpoint(run: str, depth: str | None, out: str, run_seed: int, dat
 
 def run(args: argparse.Namespace) -> int:
     from depthscape.analysis.landscape import LandscapeConfig, compute_landscape
+    from depthscape.core.atomic import ensure_writable_dir
 
     checkpoint = resolve_checkpoint(args.run, args.depth, args.out, args.run_seed, args.dataset)
+    # every output location is checked before the grid is computed
+    root = checkpoint.parent.parent if checkpoint.parent.name == "models" else checkpoint.parent
+    ensure_writable_dir(Path(args.output).parent if args.output else root / "landscapes",
+                        create=False)
+    if not args.no_plots:
+        ensure_writable_dir(args.plots_dir or root / "plots", create=False)
     config = LandscapeConfig(
         resolution=args.resolution, xrange=tuple(args.xrange), yrange=tuple(args.yrange),
         split=args.split, subset=args.subset, seed=args.seed, norm=args.norm,

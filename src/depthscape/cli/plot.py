@@ -5,23 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from depthscape.cli._common import finite_float, float_in, int_in
+
 NAME = "plot"
 HELP = "draw a loss surface file: contours, heatmap, 3-D surface, 1-D curve, .vtp, HTML"
 ORDER = 36
-
-
-def _nonnegative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
-
-
-def _levels(text: str) -> int:
-    value = int(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"needs at least 2 contour levels, got {text}")
-    return value
 
 
 def add_plot_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,11 +22,11 @@ def add_plot_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--quantity", choices=("loss", "acc"), default="loss",
                        help="plot the loss (default) or the accuracy")
     group.add_argument("--log", action="store_true", help="log10 scale for the loss")
-    group.add_argument("--levels", type=_levels, default=30, help="contour levels (default 30)")
-    group.add_argument("--zmin", type=float, default=None, help="clip values below this")
-    group.add_argument("--zmax", type=float, default=None,
+    group.add_argument("--levels", type=int_in(2, 1000), default=30, help="contour levels (default 30)")
+    group.add_argument("--zmin", type=finite_float, default=None, help="clip values below this")
+    group.add_argument("--zmax", type=finite_float, default=None,
                        help="clip values above this (e.g. 10, so huge edge losses keep the basin visible)")
-    group.add_argument("--smooth", type=_nonnegative_float, default=0.0,
+    group.add_argument("--smooth", type=float_in(0.0, 1000.0), default=0.0,
                        help="Gaussian smoothing width in grid cells (default 0: as computed)")
     group.add_argument("--formats", nargs="+", default=["png", "pdf"], choices=("png", "pdf", "svg"),
                        help="image formats (default png pdf)")
@@ -61,14 +49,19 @@ def default_plots_dir(surface: Path) -> Path:
 def plot_from_args(surface: Path, args: argparse.Namespace) -> list[Path]:
     """Draw ``surface`` with the picture options in ``args``."""
     from depthscape.analysis.landscape import plot_landscape
+    from depthscape.core.locking import claim_folder
 
     plots_dir = Path(args.plots_dir) if args.plots_dir else default_plots_dir(surface)
-    return plot_landscape(surface, plots_dir, kinds=args.kinds, log_scale=args.log,
-                          quantity=args.quantity, levels=args.levels, zmin=args.zmin,
-                          zmax=args.zmax, smooth=args.smooth, formats=tuple(args.formats))
+    with claim_folder(plots_dir, f"plots folder {plots_dir}"):
+        return plot_landscape(surface, plots_dir, kinds=args.kinds, log_scale=args.log,
+                              quantity=args.quantity, levels=args.levels, zmin=args.zmin,
+                              zmax=args.zmax, smooth=args.smooth, formats=tuple(args.formats))
 
 
 def run(args: argparse.Namespace) -> int:
+    from depthscape.core.atomic import ensure_writable_dir
+
+    ensure_writable_dir(args.plots_dir or default_plots_dir(Path(args.surface)), create=False)
     written = plot_from_args(Path(args.surface), args)
     for path in written:
         print(path)

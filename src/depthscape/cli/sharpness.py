@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from depthscape.cli._common import add_run_data_arguments, positive_float, positive_int
+from depthscape.cli._common import add_run_data_arguments, float_in, int_in, positive_int, seed_int
 
 NAME = "sharpness"
 HELP = ("measure the Hessian's largest and smallest eigenvalue (Lanczos) and trace "
@@ -25,16 +25,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fixed random subset of that split (default 1000)")
     parser.add_argument("--batch-size", type=positive_int, default=500,
                         help="images per Hessian-vector product chunk (default 500)")
-    parser.add_argument("--power-iters", type=positive_int, default=20,
+    parser.add_argument("--power-iters", type=int_in(1, 10**6), default=20,
                         help="most Lanczos steps (Hessian-vector products) for the largest and "
                              "smallest eigenvalue (default 20)")
-    parser.add_argument("--power-tol", type=positive_float, default=1e-3,
+    parser.add_argument("--power-tol", type=float_in(0.0, 1.0, lo_open=True), default=1e-3,
                         help="relative change of both eigenvalues that ends Lanczos (default 1e-3)")
-    parser.add_argument("--trace-samples", type=positive_int, default=50,
+    parser.add_argument("--trace-samples", type=int_in(1, 10**6), default=50,
                         help="most Hutchinson probe vectors (default 50)")
-    parser.add_argument("--trace-tol", type=positive_float, default=1e-2,
+    parser.add_argument("--trace-tol", type=float_in(0.0, 1e3, lo_open=True), default=1e-2,
                         help="standard error / |trace| that ends Hutchinson early (default 0.01)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the subset and probes")
+    parser.add_argument("--seed", type=seed_int, default=0, help="seed of the subset and probes")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps")
     add_run_data_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -45,17 +45,21 @@ def run(args: argparse.Namespace) -> int:
 
     from depthscape.analysis.sharpness import SharpnessConfig, measure_runs, sharpness_table
     from depthscape.analysis.tables import write_table
+    from depthscape.core.atomic import ensure_writable_dir
+    from depthscape.core.locking import claim_folder
 
     config = SharpnessConfig(split=args.split, subset=args.subset, batch_size=args.batch_size,
                              power_iters=args.power_iters, power_tol=args.power_tol,
                              trace_samples=args.trace_samples, trace_tol=args.trace_tol,
                              seed=args.seed, device=args.device)
-    out = Path(args.out) if args.out else Path(args.run_dir) / "sharpness"
+    out = ensure_writable_dir(Path(args.out) if args.out else Path(args.run_dir) / "sharpness",
+                              create=False)
     source = {"dataset": args.dataset, "data_dir": args.data_dir, "cache_dir": args.cache_dir}
-    results = measure_runs(args.run_dir, out, args.models or None, config,
-                           data_source=source, progress=not args.no_progress)
-    table = sharpness_table(results)
-    written = write_table(table, out, "sharpness")
+    with claim_folder(out, f"sharpness folder {out}"):
+        results = measure_runs(args.run_dir, out, args.models or None, config,
+                               data_source=source, progress=not args.no_progress)
+        table = sharpness_table(results)
+        written = write_table(table, out, "sharpness")
     print(f"{table.title}\n\n{table.markdown()}")
     print("written: " + ", ".join(str(p) for p in written))
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from depthscape.cli._common import add_data_arguments, positive_int
+from depthscape.cli._common import add_data_arguments, int_in
 
 NAME = "study"
 HELP = ("run the whole comparison: train the seven models, plot, measure landscapes and "
@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--budget", choices=list(BUDGETS), default="quick",
                         help="how much of the spec's work to do (default quick)")
-    parser.add_argument("--seeds", type=positive_int, default=1,
+    parser.add_argument("--seeds", type=int_in(1, 1000), default=1,
                         help="runs per model, seeds 0..N-1; tables show mean ± std (default 1)")
     parser.add_argument("--out", default=None,
                         help="output folder (default study-<budget>); rerunning continues it")
@@ -36,7 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from depthscape.core.atomic import ensure_writable_dir
     from depthscape.study.runner import StudyConfig, run_study
+
+    ensure_writable_dir(args.out or f"study-{args.budget}", create=False)
 
     config = StudyConfig(
         budget=args.budget, seeds=args.seeds, out_dir=args.out or f"study-{args.budget}",

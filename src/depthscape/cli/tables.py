@@ -29,13 +29,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from depthscape.analysis.tables import make_tables, table1, table2
+    from pathlib import Path
 
+    from depthscape.analysis.tables import make_tables, table1, table2
+    from depthscape.core.atomic import ensure_writable_dir
+    from depthscape.core.locking import claim_folder
+
+    out = ensure_writable_dir(args.out or Path(args.run_dir) / "tables", create=False)
     source = {"dataset": args.dataset, "data_dir": args.data_dir, "cache_dir": args.cache_dir}
-    metrics, written = make_tables(
-        args.run_dir, args.out, models=args.models or None, device=args.device,
-        batch_size=args.batch_size, train_limit=args.train_limit, test_limit=args.test_limit,
-        data_source=source, progress=not args.no_progress)
+    with claim_folder(out, f"tables folder {out}"):
+        metrics, written = make_tables(
+            args.run_dir, out, models=args.models or None, device=args.device,
+            batch_size=args.batch_size, train_limit=args.train_limit, test_limit=args.test_limit,
+            data_source=source, progress=not args.no_progress)
     for table in (table1(metrics), table2(metrics)):
         print(f"{table.title}\n\n{table.markdown()}")
     print("written: " + ", ".join(str(p) for p in written))

@@ -7,8 +7,10 @@ import argparse
 from depthscape.cli._common import (
     add_data_arguments,
     add_model_arguments,
-    positive_float,
+    float_in,
+    model_name,
     positive_int,
+    seed_int,
 )
 
 NAME = "train"
@@ -20,10 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     add_data_arguments(parser)
     parser.add_argument("--out", default=".", help="output root holding logs/ and models/ (default .)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_int, default=0)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
     sched = parser.add_argument_group("schedule (the spec's full recipe is the default)")
-    sched.add_argument("--scale", type=positive_float, default=1.0,
+    sched.add_argument("--scale", type=float_in(0.0, 1000.0, lo_open=True), default=1.0,
                        help="multiply total iterations/epochs, warm-up and decay points by this")
     sched.add_argument("--train-subset", type=positive_int, default=None,
                        help="train on a fixed random subset of this many images")
@@ -54,11 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """A TrainConfig from parsed arguments (the one place a Namespace becomes typed settings)."""
-    from depthscape.core.models import canonical_name
     from depthscape.training.loop import TrainConfig
 
     return TrainConfig(
-        model=canonical_name(args.model, args.depth),
+        model=model_name(args.model, args.depth),
         dataset=args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir,
         out_dir=args.out, seed=args.seed, device=args.device, scale=args.scale,
         train_subset=args.train_subset, test_subset=args.test_subset,
@@ -71,10 +72,16 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from depthscape.core.device import get_device
     from depthscape.core.distributed import is_main_process
+    from depthscape.core.limits import check_model_fits
+    from depthscape.core.recipes import recipe_for
     from depthscape.training.loop import train
 
-    result = train(config_from_args(args))
+    config = config_from_args(args)
+    recipe = recipe_for(config.model).scaled(config.scale)
+    check_model_fits(config.model, recipe.batch_size, get_device(config.device))
+    result = train(config)
     if not is_main_process():  # under torchrun rank 0 speaks for every rank
         return 0
     if not result.finished:

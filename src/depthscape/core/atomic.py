@@ -10,16 +10,56 @@ from pathlib import Path
 from depthscape.core.errors import UserError
 
 
-def ensure_writable_dir(path: str | os.PathLike) -> Path:
-    """Create ``path`` (and parents) and check it can be written; a UserError otherwise."""
-    path = Path(path)
+def ensure_writable_dir(path: str | os.PathLike, create: bool = True) -> Path:
+    """Check ``path`` can hold output files; a one-line UserError otherwise.
+
+    Every command calls this for each of its output locations before any work, so a bad
+    path never costs a computation. ``create``: make the folder (and parents) now; else
+    only check that the nearest existing ancestor is a writable folder, creating nothing.
+    """
+    path = Path(path).expanduser()
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-            pass
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+                pass
+        else:
+            existing = path
+            while not existing.exists() and existing != existing.parent:
+                existing = existing.parent
+            if not existing.is_dir():
+                raise NotADirectoryError(20, "Not a directory")
+            if not os.access(existing, os.W_OK | os.X_OK):
+                raise PermissionError(13, "Permission denied")
     except OSError as error:
         raise UserError(f"cannot write to output directory {path}: {error.strerror or error}") from None
     return path
+
+
+def remove_stale_temporaries(targets) -> list[Path]:
+    """Remove the temporaries (``.NAME.XXXX.tmp``) an interrupted atomic write of ``targets`` left.
+
+    Call it only while holding the lock of the output these belong to (see
+    :mod:`depthscape.core.locking`): then no other writer can be mid-write. Returns what
+    was removed.
+    """
+    removed = []
+    for target in targets:
+        target = Path(target)
+        if not target.parent.is_dir():
+            continue
+        for tmp in target.parent.glob(f".{glob_escape(target.name)}.*.tmp"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    """``name`` with glob's special characters quoted."""
+    import glob
+
+    return glob.escape(name)
 
 
 @contextlib.contextmanager

@@ -47,9 +47,18 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # any failure to unpickle an untrusted file means "unreadable"
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        text = str(error).strip()
+        first = text.splitlines()[0] if text else type(error).__name__
+        if text.startswith("Weights only load failed"):
+            # torch's message is paragraphs of advice around one line of reason: keep that
+            reasons = [p.strip() for p in text.split("\n\n")[1:]
+                       if p.strip() and not p.strip().startswith("Check the documentation")]
+            first = " ".join(reasons[0].split()) if reasons else "unsupported content"
+            if "GLOBAL" in first:
+                raise UserError(f"{path} holds Python objects that are not loaded, for safety "
+                                f"(weights_only=True): {first}") from None
         raise UserError(f"{path} is not a readable checkpoint (corrupt, truncated or not a "
-                        f"PyTorch file): {first[:160]}") from None
+                        f"PyTorch file): {first}") from None
     if not isinstance(data, dict):
         raise UserError(f"{path} is not a checkpoint: it holds a {type(data).__name__}, not a dict")
     if data.get("format") == FORMAT:

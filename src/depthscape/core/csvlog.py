@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from depthscape.core.atomic import atomic_path
+from depthscape.core.errors import UserError
 
 #: Columns of every training log, CNN (one row per epoch) and ResNet/PlainNet (one row per
 #: ``log_every`` iterations) alike. Accuracy and error are in percent; test columns hold the
@@ -43,23 +44,78 @@ def _format(value) -> str:
     return str(value)
 
 
+class DamagedLog(UserError):
+    """A CSV log that is not what depthscape wrote: one line naming the file and the row."""
+
+
+#: What to do about a damaged log: reading it (curves), or resuming the run it belongs to.
+_READ_HINT = "restore it from a backup, or move it away"
+_RESUME_HINT = "restore it from a backup, or rerun with --overwrite instead of --resume to start over"
+
+
+def _damaged(path: Path, where: str, what: str, hint: str) -> DamagedLog:
+    return DamagedLog(f"the training log {path} is damaged ({where}: {what}); {hint}")
+
+
+def _parse(filepath: str | os.PathLike, hint: str) -> tuple[list[str], list[list[str]], list[dict[str, float]]]:
+    """Header, raw rows and numeric rows of a log; a DamagedLog naming the row where it is not one.
+
+    Checked: a header naming an ``iteration`` column, every row as many cells as the
+    header, every cell a number or blank, and iterations whole and strictly increasing.
+    """
+    path = Path(filepath)
+    try:
+        with open(path, newline="") as handle:
+            lines = list(csv.reader(handle))
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise _damaged(path, "not a CSV file", str(error).splitlines()[0], hint) from None
+    if not lines or "iteration" not in lines[0]:
+        raise DamagedLog(f"{path} is not a depthscape training log: its first line has no "
+                         f"'iteration' column; {hint}")
+    header, raw = lines[0], []
+    rows: list[dict[str, float]] = []
+    column, previous = header.index("iteration"), None
+    for number, cells in enumerate(lines[1:], start=2):
+        if not cells:
+            continue  # a blank line carries no row
+        if len(cells) != len(header):
+            raise _damaged(path, f"row on line {number}",
+                           f"{len(cells)} cells where the header has {len(header)}", hint)
+        values = {}
+        for name, cell in zip(header, cells):
+            try:
+                values[name] = float(cell) if cell != "" else math.nan
+            except ValueError:
+                raise _damaged(path, f"row on line {number}",
+                               f"{name} is {cell!r}, not a number", hint) from None
+        iteration = values["iteration"]
+        if not (math.isfinite(iteration) and iteration == int(iteration)) or (
+                previous is not None and iteration <= previous):
+            raise _damaged(path, f"row on line {number}",
+                           f"iteration {cells[column]!r} does not follow {previous:g}"
+                           if previous is not None else f"iteration {cells[column]!r}", hint)
+        previous = iteration
+        raw.append(cells)
+        rows.append(values)
+    return header, raw, rows
+
+
 def read_log(filepath: str | os.PathLike) -> list[dict[str, float]]:
-    """Read a log back as a list of rows, numbers as floats (blank cells as NaN)."""
-    rows = []
-    with open(filepath, newline="") as handle:
-        for row in csv.DictReader(handle):
-            rows.append({k: float(v) if v not in ("", None) else math.nan for k, v in row.items()})
-    return rows
+    """Read a log back as a list of rows, numbers as floats (blank cells as NaN).
+
+    A damaged log (not what depthscape wrote) is a :class:`DamagedLog` naming the row.
+    """
+    return _parse(filepath, _READ_HINT)[2]
 
 
 def truncate_log(filepath: str | os.PathLike, last_iteration: int) -> None:
-    """Drop the rows after ``last_iteration`` (rows a killed run wrote past its checkpoint)."""
+    """Drop the rows after ``last_iteration`` (rows a killed run wrote past its checkpoint).
+
+    A damaged log is refused (:class:`DamagedLog`), never repaired by dropping rows.
+    """
     path = Path(filepath)
-    with open(path, newline="") as handle:
-        lines = list(csv.reader(handle))
-    header, rows = lines[0], lines[1:]
-    column = header.index("iteration")
-    kept = [r for r in rows if r and int(float(r[column])) <= last_iteration]
+    header, raw, rows = _parse(path, _RESUME_HINT)
+    kept = [cells for cells, row in zip(raw, rows) if row["iteration"] <= last_iteration]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)

@@ -16,6 +16,7 @@ import hashlib
 import io
 import os
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,10 +143,14 @@ def _load_torchvision(name: str, class_name: str, root: Path, download: bool) ->
 
     dataset_class = getattr(tvd, class_name)
     splits = {}
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        pass
+    if not download and not root.is_dir():  # a --data-dir is read, never created
+        raise UserError(f"data directory {root} does not exist" if not root.exists()
+                        else f"--data-dir {root} is not a directory")
+    if download:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass
     for train in (True, False):
         try:
             ds = dataset_class(str(root), train=train, download=False)
@@ -237,13 +242,24 @@ def load_image_folder(path: str | os.PathLike, cache_dir: str | os.PathLike | No
     return dataset
 
 
-def _decode(data: bytes | Path) -> np.ndarray:
+def _first_line(error: BaseException) -> str:
+    """An exception's message on one line (tarfile's and PIL's span several)."""
+    text = " ".join(str(error).split())
+    return text[:200] or type(error).__name__
+
+
+def _decode(data: bytes | Path, where: str) -> np.ndarray:
+    """An image as a CxHxW uint8 array; ``where`` names it (file, or archive and member)."""
     from PIL import Image
 
-    with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
-        if image.mode not in ("L", "RGB"):
-            image = image.convert("RGB")
-        array = np.asarray(image, dtype=np.uint8)
+    try:
+        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
+            if image.mode not in ("L", "RGB"):
+                image = image.convert("RGB")
+            array = np.asarray(image, dtype=np.uint8)
+    except Exception as error:  # PIL raises many types for damaged files
+        raise UserError(f"cannot decode the image {where}: {_first_line(error)}; "
+                        "replace or remove it") from None
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
@@ -273,7 +289,7 @@ def _decode_tree(root: Path) -> tuple[dict[str, Split], list[str]]:
                 continue
             for file in folder.iterdir():
                 if file.suffix.lower() in _IMAGE_SUFFIXES:
-                    items.append((class_name, file.name, _decode(file)))
+                    items.append((class_name, file.name, _decode(file, str(file))))
         splits[split] = _stack(items, classes, split)
     return splits, classes
 
@@ -281,18 +297,25 @@ def _decode_tree(root: Path) -> tuple[dict[str, Split], list[str]]:
 def _decode_archive(path: Path) -> tuple[dict[str, Split], list[str]]:
     try:
         archive = tarfile.open(path)
-    except (tarfile.TarError, OSError) as error:
-        raise UserError(f"cannot read {path} as a tar archive: {error}") from None
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
+        raise UserError(f"cannot read {path} as a tar archive (.tar, .tar.gz): "
+                        f"{_first_line(error)}") from None
     found: dict[str, list[tuple[str, str, np.ndarray]]] = {"train": [], "test": []}
+    last = None  # the last member read whole, to say where a damaged archive breaks off
     with archive:
-        for member in archive:
-            if not member.isfile() or not member.name.lower().endswith(_IMAGE_SUFFIXES):
-                continue
-            parts = Path(member.name).parts
-            if len(parts) < 3 or parts[-3] not in found:
-                continue
-            data = archive.extractfile(member).read()
-            found[parts[-3]].append((parts[-2], parts[-1], _decode(data)))
+        try:
+            for member in archive:
+                if member.isfile() and member.name.lower().endswith(_IMAGE_SUFFIXES):
+                    parts = Path(member.name).parts
+                    if len(parts) >= 3 and parts[-3] in found:
+                        data = archive.extractfile(member).read()
+                        found[parts[-3]].append(
+                            (parts[-2], parts[-1], _decode(data, f"{member.name} in {path}")))
+                last = member.name
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
+            after = f"after member {last}" if last else "at its first member"
+            raise UserError(f"{path} is damaged or truncated: reading it failed {after} "
+                            f"({_first_line(error)}); download or copy it again") from None
     classes = sorted({c for c, _, _ in found["train"]})
     if not classes:
         raise UserError(f"{path} holds no train/<class>/<image> files (ImageFolder layout expected)")

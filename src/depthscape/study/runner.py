@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from depthscape.core.atomic import atomic_write_text, ensure_writable_dir
+from depthscape.core.atomic import atomic_write_text, ensure_writable_dir, remove_stale_temporaries
 from depthscape.core.errors import UserError
 from depthscape.core.models import canonical_name
 
@@ -233,7 +233,20 @@ def _say(progress: bool, message: str) -> None:
 
 
 def run_study(config: StudyConfig) -> StudyResult:
-    """Run (or finish) the study ``config`` describes and write its report; see the module doc."""
+    """Run (or finish) the study ``config`` describes and write its report; see the module doc.
+
+    The study folder is locked while it runs: a second study in it is refused (one line
+    naming the holder); the temporaries an interrupted write left in it are removed.
+    """
+    from depthscape.core.locking import claim
+
+    out = ensure_writable_dir(config.out_dir)
+    with claim(out / ".study.lock", f"study folder {out}"):
+        remove_stale_temporaries([*study_paths(out).values(), out / "study.json"])
+        return _run_study(config)
+
+
+def _run_study(config: StudyConfig) -> StudyResult:
     from depthscape.analysis.curves import standard_figures
     from depthscape.analysis.tables import evaluate_runs, table1, table2, write_table
     from depthscape.core.data import load_dataset

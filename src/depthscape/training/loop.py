@@ -27,6 +27,7 @@ applies; elsewhere the loop is the plain one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -53,6 +54,7 @@ from depthscape.core.data import (
 )
 from depthscape.core.distributed import DistContext, env_world_size, setup, shard_bounds
 from depthscape.core.errors import TrainingDiverged, UserError
+from depthscape.core.locking import claim_run
 from depthscape.core.models import canonical_name, get_model, model_kwargs_for
 from depthscape.core.recipes import Recipe, preprocess_for, recipe_for
 from depthscape.core.runs import RunPaths, run_paths
@@ -267,7 +269,8 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> TrainResult:
                         f"{world} processes: use a process count that divides it")
     dist = setup(config.device)
     try:
-        return _train(config, dataset, dist)
+        with contextlib.ExitStack() as held:  # the run's lock lives as long as this call
+            return _train(config, dataset, dist, held)
     finally:
         dist.close()
 
@@ -303,7 +306,8 @@ def _write_trace(steps: list[torch.Tensor], run_name: str, rank: int) -> None:
     torch.save(earlier + steps, path)
 
 
-def _train(config: TrainConfig, dataset: Dataset | None, dist: DistContext) -> TrainResult:
+def _train(config: TrainConfig, dataset: Dataset | None, dist: DistContext,
+           held: contextlib.ExitStack) -> TrainResult:
     """Set up, resume or start, then ``batch -> step -> events`` until the run is done."""
     model_name = canonical_name(config.model)
     recipe = (config.recipe or recipe_for(model_name)).scaled(config.scale)
@@ -314,6 +318,9 @@ def _train(config: TrainConfig, dataset: Dataset | None, dist: DistContext) -> T
     out_dir = ensure_writable_dir(config.out_dir)
     dataset = dataset if dataset is not None else _load_data(config, dist)
     run = _Run(config, recipe, model_name, dataset, dist, fast, out_dir)
+    # one writer per run (rank 0 holds the lock); --overwrite clears the old run's files first
+    held.enter_context(claim_run(run.paths, overwrite=config.overwrite and not config.resume,
+                                 owner=dist.is_main, agree=dist.all_true))
     saved = run.saved_state()
     if isinstance(saved, TrainResult):  # resuming a run that had finished
         return saved

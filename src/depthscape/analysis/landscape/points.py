@@ -242,6 +242,15 @@ def build_folded_model(model: nn.Module, example: torch.Tensor) -> FoldedModel:
     return folded
 
 
+def effective_batch_size(batch_size: int, device: torch.device | str) -> int:
+    """The batch a :class:`PointEvaluator` uses: as asked on a GPU, at most CPU_BATCH on the CPU.
+
+    Values differ in their last digits between batch sizes (a convolution's arithmetic
+    depends on the batch's shape), so a surface records this in its identity.
+    """
+    return int(batch_size) if torch.device(device).type != "cpu" else min(int(batch_size), CPU_BATCH)
+
+
 class PointEvaluator:
     """Loss and accuracy of ``model`` at ``theta + sum_i c_i d_i`` on one split.
 
@@ -254,7 +263,7 @@ class PointEvaluator:
                  fold: bool = True, compile: bool = False, channels_last: bool | None = None):
         device = torch.device(device) if device is not None else torch.device("cpu")
         self.device = device
-        self.batch_size = int(batch_size) if device.type != "cpu" else min(int(batch_size), CPU_BATCH)
+        self.batch_size = effective_batch_size(batch_size, device)
         self.compiled = compile
         model = copy.deepcopy(model).to(device).eval()
         if channels_last is None:
@@ -342,15 +351,17 @@ class PointEvaluator:
     def evaluate_async(self, coefficients) -> torch.Tensor:
         """``[mean loss, accuracy %]`` at the point, as a float64 tensor left on the device."""
         self.folded.load(self.state_at(coefficients), self.rewrite)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        # Per-sample losses in float64, summed once over the whole split: the reduction
+        # then does not depend on how the split was cut into batches.
+        losses = torch.empty(self.count, dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         for start in range(0, self.count, self.batch_size):
             stop = min(start + self.batch_size, self.count)
             logits = self.network(self._batch(start, stop))
             y = self.labels[start:stop]
-            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
+            losses[start:stop] = F.cross_entropy(logits.double(), y, reduction="none")
             correct += (logits.argmax(1) == y).sum()
-        return torch.stack([loss_sum / self.count, correct.double() * 100.0 / self.count])
+        return torch.stack([losses.sum() / self.count, correct.double() * 100.0 / self.count])
 
     def evaluate(self, coefficients) -> tuple[float, float]:
         """Mean cross-entropy loss and accuracy (percent) at the point (one host sync)."""

@@ -18,6 +18,7 @@ in eval mode with the trained running statistics at every point.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -34,7 +35,7 @@ from depthscape.analysis.landscape.directions import (
     interpolation_direction,
     random_directions,
 )
-from depthscape.analysis.landscape.points import PointEvaluator, PointPool
+from depthscape.analysis.landscape.points import PointEvaluator, PointPool, effective_batch_size
 from depthscape.analysis.landscape.storage import (
     SurfaceState,
     identity_difference,
@@ -45,6 +46,8 @@ from depthscape.analysis.landscape.storage import (
 from depthscape.core.data import Dataset, Split
 from depthscape.core.distributed import DistContext, setup
 from depthscape.core.errors import UserError
+from depthscape.core.limits import require_fits
+from depthscape.core.locking import claim_output
 from depthscape.core.trained import load_trained_run
 
 #: Seed of the fixed random evaluation subset (kept apart from the direction seed, so
@@ -63,9 +66,10 @@ class LandscapeConfig:
     it, ``x = 0`` at the checkpoint and ``x = 1`` at the target. ``data_source``,
     ``data_dir`` and ``cache_dir`` override where the run's data is read from (default:
     as stored in the checkpoint); ``model`` names the architecture of a bare state dict.
-    ``batch_size``, ``device``, ``compile`` and ``workers`` (points evaluated at once,
-    one thread each; default: one per CPU thread on the CPU, 1 on a GPU) change the speed,
-    not the values.
+    ``device``, ``compile`` and ``workers`` (points evaluated at once, one thread each;
+    default: one per CPU thread on the CPU, 1 on a GPU) change the speed, not the values.
+    ``batch_size`` changes the values' last digits (a convolution's arithmetic depends on
+    the batch's shape), so the batch used is part of the surface's identity.
     """
 
     resolution: int = 21
@@ -108,6 +112,9 @@ class LandscapeConfig:
             raise UserError(f"batch size must be positive, got {self.batch_size}")
         if self.target is not None and self.dims != 1:
             raise UserError("a target checkpoint gives a 1-D line: use dims=1 with it")
+        # loss (float64), accuracy (float64) and done (bool) per point, held in memory at once
+        points = self.resolution ** self.dims
+        require_fits(points * 17, f"a grid of {self.resolution}^{self.dims} = {points} points")
         return replace(self, xrange=(float(self.xrange[0]), float(self.xrange[1])),
                        yrange=(float(self.yrange[0]), float(self.yrange[1])))
 
@@ -184,15 +191,17 @@ def compute_landscape(checkpoint: str | os.PathLike, config: LandscapeConfig | N
     dist = setup(config.device)
     try:
         given = (directions, direction_identity, extra)
-        return _compute(checkpoint, config, output, dataset, progress, overwrite, save_every, dist,
-                        given)
+        # issue 11: the surface's lock (taken in _compute) lives as long as this call
+        with contextlib.ExitStack() as held:
+            return _compute(checkpoint, config, output, dataset, progress, overwrite, save_every,
+                            dist, held, given)
     finally:
         dist.close()
 
 
 def _compute(checkpoint: Path, config: LandscapeConfig, output, dataset: Dataset | None,
              progress: bool, overwrite: bool, save_every: float, dist: DistContext,
-             given: tuple = (None, None, None)) -> Path:
+             held: contextlib.ExitStack, given: tuple = (None, None, None)) -> Path:
     from tqdm.auto import tqdm
 
     import depthscape
@@ -223,6 +232,8 @@ def _compute(checkpoint: Path, config: LandscapeConfig, output, dataset: Dataset
         "samples": len(split),
         "data_sha256": split_fingerprint(split),
         "preprocess": {"scale": preprocess.scale, "mean": list(preprocess.mean)},
+        # a convolution's last digits depend on the batch's shape: one surface, one batch size
+        "batch_size": effective_batch_size(config.batch_size, dist.device),
     }
     given_directions, given_identity, given_extra = given
     if given_directions is not None:
@@ -232,6 +243,9 @@ def _compute(checkpoint: Path, config: LandscapeConfig, output, dataset: Dataset
     path = Path(output) if output is not None else default_surface_path(checkpoint, config, identity)
     if path.exists() and path.is_dir():
         raise UserError(f"{path} is a directory; give a file name for the surface")
+    # issue 11: one writer per surface (rank 0 holds the lock); stale temporaries go
+    held.enter_context(claim_output(path, f"surface {path}", owner=dist.is_main,
+                                    agree=dist.all_true))
 
     surface: SurfaceState | None = None
     if path.exists() and not overwrite:

@@ -1,0 +1,237 @@
+"""Every command's bad inputs: one line ``depthscape: error: ...`` on stderr, a non-zero exit.
+
+One table (command, arguments, exit code, fragment of the line); each case is a real
+``python -m depthscape`` subprocess. The cases start together on a thread pool (python with
+torch takes seconds to start) and each test reads its own case's result.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import write_image_folder
+
+#: Placeholders in the table's argv, filled in by the ``world`` fixture.
+#:   {data}: a good tiny ImageFolder   {ckpt}: a trained ResNet-8 checkpoint
+#:   {blocked}: a path below a regular file (no folder can be made there)
+#:   {missing}: a path that does not exist   {corrupt}: ImageFolder with one damaged image
+#:   {truncated}: a .tar.gz cut in half     {fake}: a text file named .tar.gz
+#:   {evil}: a checkpoint holding a pickled function call   {junk}: bytes, not a checkpoint
+#:   {logs_bad_cell} / {logs_bad_count} / {logs_bad_order}: run folders with a damaged log
+CASES = [
+    # --- train ------------------------------------------------------------------------------
+    ("train", ["resnet", "abc"], 2, "depth 'abc' of resnet is not a number"),
+    ("train", ["resnet", "-4"], 2, "got -4"),
+    ("train", ["resnet", "21"], 2, "6n+2"),
+    ("train", ["vgg", "16"], 2, "unknown model"),
+    ("train", ["resnet", "60002", "--out", "{missing}"], 2, "needs about"),
+    ("train", ["resnet", "8", "--scale", "inf"], 2, "argument --scale: must be a finite number"),
+    ("train", ["resnet", "8", "--scale", "nan"], 2, "argument --scale: must be a finite number"),
+    ("train", ["resnet", "8", "--scale", "1e999"], 2, "argument --scale: must be a finite number"),
+    ("train", ["resnet", "8", "--scale", "0"], 2, "argument --scale: must be in (0"),
+    ("train", ["resnet", "8", "--seed", "-1"], 2, "argument --seed: must be between 0 and"),
+    ("train", ["resnet", "8", "--seed", "99999999999999999999999"], 2, "argument --seed: must be between"),
+    ("train", ["resnet", "8", "--train-subset", "0"], 2, "argument --train-subset: must be between 1"),
+    ("train", ["resnet", "8", "--checkpoint-every", "1e3"], 2, "must be a whole number, got '1e3'"),
+    ("train", ["resnet", "8", "--log-every", "nan"], 2, "argument --log-every: must be a whole number"),
+    ("train", ["resnet", "8", "--dataset", "{data}", "--out", "{blocked}"], 2,
+     "cannot write to output directory"),
+    ("train", ["resnet", "8", "--data-dir", "{missing}", "--out", "{out}"], 2,
+     "data directory {missing} does not exist"),
+    ("train", ["resnet", "8", "--dataset", "{corrupt}", "--out", "{out}"], 2,
+     "cannot decode the image {corrupt}/train/dog/0003.png"),
+    ("train", ["resnet", "8", "--dataset", "{truncated}", "--out", "{out}"], 2,
+     "is damaged or truncated: reading it failed after member"),
+    ("train", ["resnet", "8", "--dataset", "{fake}", "--out", "{out}"], 2,
+     "cannot read {fake} as a tar archive"),
+    ("train", ["resnet", "8", "--dataset", "{data}", "--out", "{logs_bad_cell}", "--resume",
+               "--log-every", "1", "--scale", "0.0000625", "--eval-every", "100"], 2,
+     "train_loss is 'abc', not a number"),
+    ("train", ["resnet", "8", "--dataset", "{data}", "--out", "{logs_bad_count}", "--resume",
+               "--log-every", "1", "--scale", "0.0000625", "--eval-every", "100"], 2,
+     "cells where the header has 10"),
+    ("train", ["resnet", "8", "--dataset", "{data}", "--out", "{logs_bad_order}", "--resume",
+               "--log-every", "1", "--scale", "0.0000625", "--eval-every", "100"], 2,
+     "iteration '1' does not follow 2"),
+    # --- eval -------------------------------------------------------------------------------
+    ("eval", ["{missing}"], 2, "checkpoint not found"),
+    ("eval", ["{ckpt}", "--batch-size", "0"], 2, "argument --batch-size: must be between 1"),
+    ("eval", ["{ckpt}", "--batch-size", "inf"], 2, "argument --batch-size: must be a whole number"),
+    ("eval", ["{ckpt}", "--subset", "-5"], 2, "argument --subset: must be between 1"),
+    ("eval", ["{junk}"], 2, "is not a readable checkpoint"),
+    ("eval", ["{evil}"], 2, "not loaded, for safety (weights_only=True): Trying to load unsupported GLOBAL"),
+    ("eval", ["{ckpt}", "--split", "val"], 2, "argument --split: invalid choice"),
+    # --- curves -----------------------------------------------------------------------------
+    ("curves", ["--ema", "1"], 2, "argument --ema: must be in [0, 1)"),
+    ("curves", ["--ema", "nan"], 2, "argument --ema: must be a finite number"),
+    ("curves", ["--seed", "abc"], 2, "argument --seed: must be a whole number"),
+    ("curves", ["--run-dir", "{logs_bad_cell}", "--out", "{blocked}"], 2,
+     "cannot write to output directory"),
+    ("curves", ["resnet8", "--run-dir", "{logs_bad_cell}", "--out", "{out}"], 2,
+     "is damaged (row on line 3: train_loss is 'abc'"),
+    ("curves", ["--run-dir", "{missing}"], 2, "no training logs found"),
+    # --- landscape --------------------------------------------------------------------------
+    ("landscape", ["{ckpt}", "--resolution", "1"], 2, "argument --resolution: must be between 2"),
+    ("landscape", ["{ckpt}", "--resolution", "100000", "--no-plots"], 2,
+     "a grid of 100000^2 = 10000000000 points needs about"),
+    ("landscape", ["{ckpt}", "--xrange", "1", "nan"], 2, "argument --xrange: must be a finite number"),
+    ("landscape", ["{ckpt}", "--xrange", "1", "-1"], 2, "xrange must be two finite numbers MIN < MAX"),
+    ("landscape", ["{ckpt}", "--workers", "0"], 2, "argument --workers: must be between 1"),
+    ("landscape", ["{ckpt}", "--batch-size", "-1"], 2, "argument --batch-size: must be between 1"),
+    ("landscape", ["{ckpt}", "--seed", "1.5"], 2, "argument --seed: must be a whole number"),
+    ("landscape", ["{ckpt}", "--output", "{blocked}/s.h5"], 2, "cannot write to output directory"),
+    ("landscape", ["{ckpt}", "--plots-dir", "{blocked}"], 2, "cannot write to output directory"),
+    ("landscape", ["resnet", "abc"], 2, "depth 'abc' of resnet is not a number"),
+    ("landscape", ["{missing}"], 2, "not found"),
+    # --- plot -------------------------------------------------------------------------------
+    ("plot", ["{missing}", "--levels", "1"], 2, "argument --levels: must be between 2"),
+    ("plot", ["{missing}", "--smooth", "-1"], 2, "argument --smooth: must be in [0"),
+    ("plot", ["{missing}", "--zmax", "inf"], 2, "argument --zmax: must be a finite number"),
+    ("plot", ["{missing}", "--plots-dir", "{blocked}"], 2, "cannot write to output directory"),
+    ("plot", ["{missing}", "--plots-dir", "{out}"], 2, "surface file not found"),
+    # --- tables -----------------------------------------------------------------------------
+    ("tables", ["--batch-size", "0"], 2, "argument --batch-size: must be between 1"),
+    ("tables", ["--train-limit", "nan"], 2, "argument --train-limit: must be a whole number"),
+    ("tables", ["--run-dir", "{out}", "--out", "{blocked}"], 2, "cannot write to output directory"),
+    ("tables", ["--test-limit", "-1"], 2, "argument --test-limit: must be between 1"),
+    # --- sharpness --------------------------------------------------------------------------
+    ("sharpness", ["--power-tol", "0"], 2, "argument --power-tol: must be in (0"),
+    ("sharpness", ["--trace-tol", "inf"], 2, "argument --trace-tol: must be a finite number"),
+    ("sharpness", ["--trace-samples", "0"], 2, "argument --trace-samples: must be between 1"),
+    ("sharpness", ["--seed", "-1"], 2, "argument --seed: must be between 0"),
+    ("sharpness", ["--subset", "0"], 2, "argument --subset: must be between 1"),
+    ("sharpness", ["--run-dir", "{out}", "--out", "{blocked}"], 2, "cannot write to output directory"),
+    # --- study ------------------------------------------------------------------------------
+    ("study", ["--seeds", "0"], 2, "argument --seeds: must be between 1 and 1000"),
+    ("study", ["--seeds", "1e9"], 2, "argument --seeds: must be a whole number"),
+    ("study", ["--budget", "huge"], 2, "argument --budget: invalid choice"),
+    ("study", ["--out", "{blocked}"], 2, "cannot write to output directory"),
+    ("study", ["--models", "vgg16", "--out", "{out}/study"], 2, "unknown model 'vgg16'"),
+    # --- no command -------------------------------------------------------------------------
+    ("", ["frobnicate"], 2, "invalid choice: 'frobnicate'"),
+]
+
+
+def _damaged_run(template: Path, target: Path, edit) -> Path:
+    """A copy of the stopped run ``template`` whose log ``edit`` (lines -> lines) damaged."""
+    import shutil
+
+    shutil.copytree(template, target)
+    log = next((target / "logs").glob("*_log.csv"))
+    log.write_text("\n".join(edit(log.read_text().splitlines())) + "\n")
+    return target
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict[str, str]:
+    """The files the table's placeholders name."""
+    from depthscape.training.loop import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("bad_inputs")
+    cache = root / "cache"
+    os.environ.setdefault("DEPTHSCAPE_DATA", str(cache))  # the in-process training below
+    data = write_image_folder(root / "data")
+    corrupt = write_image_folder(root / "corrupt")
+    (corrupt / "train" / "dog" / "0003.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+    archive = root / "data.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(data, arcname="data")
+    truncated = root / "truncated.tar.gz"
+    truncated.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    fake = root / "fake.tar.gz"
+    fake.write_text("this is not an archive\n" * 5)
+    (root / "cwd").mkdir()  # where commands with default output folders run
+    blocker = root / "a-file"
+    blocker.write_text("not a folder")
+    junk = root / "junk.pth"
+    junk.write_bytes(b"not a checkpoint" * 50)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.getcwd, ())
+
+    evil = root / "evil.pth"
+    torch.save({"state_dict": Evil()}, evil)
+
+    trained = train(TrainConfig(model="resnet8", dataset=str(data), out_dir=str(root / "trained"),
+                                scale=2 / 64_000, progress=False, cache_dir=str(cache)))
+    stopped = root / "stopped"
+    train(TrainConfig(model="resnet8", dataset=str(data), out_dir=str(stopped), scale=4 / 64_000,
+                      log_every=1, eval_every=100, stop_after=2, progress=False,
+                      cache_dir=str(cache)))
+
+    def bad_cell(lines):
+        cells = lines[2].split(",")
+        cells[3] = "abc"
+        return [*lines[:2], ",".join(cells), *lines[3:]]
+
+    return {
+        "data": str(data), "ckpt": str(trained.paths.final), "blocked": str(blocker / "sub"),
+        "missing": str(root / "missing" / "nothing"), "corrupt": str(corrupt),
+        "truncated": str(truncated), "fake": str(fake), "evil": str(evil), "junk": str(junk),
+        "out": str(root / "out"), "cache": str(cache), "cwd": str(root / "cwd"),
+        "logs_bad_cell": str(_damaged_run(stopped, root / "bad_cell", bad_cell)),
+        "logs_bad_count": str(_damaged_run(stopped, root / "bad_count",
+                                           lambda lines: [*lines[:2], lines[2] + ",1,2"])),
+        "logs_bad_order": str(_damaged_run(stopped, root / "bad_order",
+                                           lambda lines: [lines[0], lines[2], lines[1]])),
+    }
+
+
+def _fill(text: str, world: dict[str, str]) -> str:
+    return text.format(**world)
+
+
+@pytest.fixture(scope="module")
+def results(world) -> dict[int, subprocess.CompletedProcess]:
+    """Every case run at once, each as ``python -m depthscape COMMAND ARGS``."""
+    env = {**os.environ, "DEPTHSCAPE_DATA": world["cache"], "CUDA_VISIBLE_DEVICES": ""}
+    logs = {key: (Path(world[key]) / "logs").glob("*_log.csv")
+            for key in world if key.startswith("logs_")}
+    before = {p: p.read_bytes() for paths in logs.values() for p in paths}
+
+    def one(index: int) -> tuple[int, subprocess.CompletedProcess]:
+        command, argv, _code, _fragment = CASES[index]
+        args = ([command] if command else []) + [_fill(a, world) for a in argv]
+        result = subprocess.run([sys.executable, "-m", "depthscape", *args], capture_output=True,
+                                text=True, env=env, timeout=600, cwd=world["cwd"])
+        return index, result
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        done = dict(pool.map(one, range(len(CASES))))
+    # refusing a damaged log must leave it as it was (no row dropped or repaired)
+    for path, content in before.items():
+        assert path.read_bytes() == content, path
+    return done
+
+
+@pytest.mark.parametrize("index", range(len(CASES)),
+                         ids=[f"{c[0] or 'main'}-{'_'.join(c[1])[:40]}" for c in CASES])
+def test_bad_input_is_one_line(index, results, world):
+    command, argv, code, fragment = CASES[index]
+    result = results[index]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == code, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("depthscape: error: "), lines[0]
+    assert _fill(fragment, world) in lines[0], lines[0]
+
+
+def test_missing_data_dir_is_not_created(results, world):
+    """A --data-dir that does not exist is reported, never created."""
+    assert not Path(world["missing"]).exists()
+    assert not Path(world["missing"]).parent.exists()
+
+
+def test_every_command_has_bad_input_cases():
+    from depthscape.cli import _command_modules
+
+    covered = {c[0] for c in CASES}
+    assert {m.NAME for m in _command_modules()} <= covered
