@@ -78,6 +78,17 @@ CASES = [
      "is damaged (row on line 3: train_loss is 'abc'"),
     ("curves", ["--run-dir", "{missing}"], 2, "no training logs found"),
     # --- landscape --------------------------------------------------------------------------
+    ("landscape", ["{ckpt}", "--curvature", "--curvature-iters", "1"], 2,
+     "argument --curvature-iters: must be between 2"),
+    ("landscape", ["{ckpt}", "--curvature", "--dims", "1", "--no-plots"], 2, "--curvature needs a 2-D surface"),
+    # --- trajectory -------------------------------------------------------------------------
+    ("trajectory", ["{ckpt}", "--resolution", "1"], 2, "argument --resolution: must be between 2"),
+    ("trajectory", ["{ckpt}", "--margin", "-0.5"], 2, "argument --margin: must be in [0"),
+    ("trajectory", ["{ckpt}", "--margin", "nan"], 2, "argument --margin: must be a finite number"),
+    ("trajectory", ["{ckpt}", "--no-plots"], 2, "has no weight snapshots"),
+    ("trajectory", ["{ckpt}", "--plots-dir", "{blocked}"], 2, "cannot write to output directory"),
+    ("trajectory", ["{missing}"], 2, "not found"),
+    ("trajectory", ["resnet", "abc"], 2, "depth 'abc' of resnet is not a number"),
     ("landscape", ["{ckpt}", "--resolution", "1"], 2, "argument --resolution: must be between 2"),
     ("landscape", ["{ckpt}", "--resolution", "100000", "--no-plots"], 2,
      "a grid of 100000^2 = 10000000000 points needs about"),

@@ -56,11 +56,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "curvature map (Hessian eigenvalue extremes on a coarse grid, stored in the same file)")
     curvature.add_argument("--curvature", action="store_true",
                            help="also compute |lambda_min/lambda_max| at each point of a coarse grid")
-    curvature.add_argument("--curvature-resolution", type=positive_int, default=11,
+    curvature.add_argument("--curvature-resolution", type=int_in(2, 1000), default=11,
                            help="points per axis of the curvature grid (default 11)")
     curvature.add_argument("--curvature-subset", type=positive_int, default=256,
                            help="images the Hessian is measured on (default 256)")
-    curvature.add_argument("--curvature-iters", type=positive_int, default=20,
+    curvature.add_argument("--curvature-iters", type=int_in(2, 10_000), default=20,
                            help="most Lanczos steps (Hessian-vector products) per point (default 20)")
     curvature.add_argument("--curvature-split", choices=("test", "train"), default=None,
                            help="split of those images (default: the surface's --split)")
@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("--curvature needs a 2-D surface (not --dims 1 or --target)")
         curvature = CurvatureConfig(
             resolution=args.curvature_resolution, subset=args.curvature_subset,
-            iterations=max(2, args.curvature_iters), split=args.curvature_split,
+            iterations=args.curvature_iters, split=args.curvature_split,
             device=args.device, workers=args.workers).validate()
     surface = compute_landscape(checkpoint, config, output=args.output,
                                 progress=not args.no_progress, overwrite=args.overwrite)
