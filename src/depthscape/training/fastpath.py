@@ -45,8 +45,11 @@ class FastPath:
 
     def autocast(self):
         """The autocast context of the forward pass (a no-op unless ``amp``)."""
-        if self.amp:
-            return torch.autocast(device_type=self.device_type, dtype=torch.bfloat16)
+        if self.arithmetic == "bf16":
+            # No cast cache under a graph (as PyTorch advises for graphed callables): each
+            # weight is used once per forward here, so the cache saves nothing anyway.
+            return torch.autocast(device_type=self.device_type, dtype=torch.bfloat16,
+                                  cache_enabled=not self.cuda_graph)
         return contextlib.nullcontext()
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
