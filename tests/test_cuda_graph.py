@@ -9,6 +9,7 @@ from conftest import write_image_folder
 
 from depthscape.core.checkpoint import load_checkpoint
 from depthscape.training import graph
+from depthscape.training.fastpath import tf32_enabled
 from depthscape.training.loop import TrainConfig, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -92,4 +93,4 @@ def test_cuda_defaults_are_bf16_channels_last_and_the_graph(data, tmp_path, cach
     runtime = load_checkpoint(result.paths.final)["config"]["runtime"]
     assert runtime["precision"] == "bf16" and runtime["amp"] == "bf16"
     assert runtime["channels_last"] is True and runtime["cuda_graph"] is True
-    assert torch.backends.cudnn.allow_tf32 is False  # bf16 and fp32 run with TF32 explicitly off
+    assert not tf32_enabled()  # bf16 and fp32 run with TF32 explicitly off

@@ -50,6 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "CPU thread on the CPU, 1 on a GPU)")
     speed.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
     speed.add_argument("--compile", action="store_true", help="torch.compile the folded network")
+    speed.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32",
+                       help="on CUDA: fp32 with TF32 off (default, exact), tf32, or bf16 autocast "
+                            "with channels-last (faster, recorded in the surface file); the CPU "
+                            "always computes fp32")
     output = parser.add_argument_group("output")
     output.add_argument("--output", default=None,
                         help="surface file (default <run>/landscapes/<checkpoint>_<split>_<kind>_<hash>.h5)")
@@ -95,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, device=args.device, workers=args.workers,
         dims=1 if args.target else args.dims, compile=args.compile, target=args.target,
         data_source=args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir, model=args.model,
+        precision=args.precision,
     )
     surface = compute_landscape(checkpoint, config, output=args.output,
                                 progress=not args.no_progress, overwrite=args.overwrite)

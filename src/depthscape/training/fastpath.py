@@ -87,9 +87,27 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 def set_tf32(enabled: bool) -> None:
-    """TF32 for CUDA matmuls and cuDNN convolutions, on or off (process-wide)."""
-    torch.backends.cuda.matmul.allow_tf32 = enabled
-    torch.backends.cudnn.allow_tf32 = enabled
+    """TF32 for CUDA matmuls and cuDNN convolutions, on or off (process-wide).
+
+    Uses the ``fp32_precision`` settings where this PyTorch has them (as the landscape's
+    ``full_float32`` does): PyTorch refuses to read the flags once the legacy
+    ``allow_tf32`` and the new API have been mixed.
+    """
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        conv.fp32_precision = "tf32" if enabled else "ieee"
+        torch.backends.cuda.matmul.fp32_precision = "tf32" if enabled else "ieee"
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = enabled
+        torch.backends.cudnn.allow_tf32 = enabled
+
+
+def tf32_enabled() -> bool:
+    """Whether cuDNN convolutions may use TF32 now (either API)."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        return conv.fp32_precision == "tf32"
+    return bool(torch.backends.cudnn.allow_tf32)
 
 
 def fast_path_for(device: torch.device | str, amp: bool = False, channels_last: bool | None = False,
