@@ -94,3 +94,29 @@ def test_cuda_defaults_are_bf16_channels_last_and_the_graph(data, tmp_path, cach
     assert runtime["precision"] == "bf16" and runtime["amp"] == "bf16"
     assert runtime["channels_last"] is True and runtime["cuda_graph"] is True
     assert not tf32_enabled()  # bf16 and fp32 run with TF32 explicitly off
+
+
+def test_landscape_precision_is_part_of_a_cuda_surfaces_identity(tmp_path):
+    from dataclasses import replace
+
+    import h5py
+    import numpy as np
+    from _landscape_tools import calibrated_model, tiny_dataset, write_checkpoint
+
+    from depthscape.analysis.landscape import LandscapeConfig, compute_landscape, read_surface
+    from depthscape.core.errors import UserError
+
+    data = tiny_dataset()
+    checkpoint = write_checkpoint(tmp_path / "m.pth", calibrated_model("resnet8", dataset=data))
+    config = LandscapeConfig(resolution=3, device="cuda", precision="bf16", batch_size=20)
+    bf16 = compute_landscape(checkpoint, config, output=tmp_path / "bf16.h5", dataset=data,
+                             progress=False)
+    with h5py.File(bf16, "r") as f:
+        assert f.attrs["precision"] == "bf16"
+    with pytest.raises(UserError, match="precision"):  # a resume never mixes two precisions
+        compute_landscape(checkpoint, replace(config, precision="fp32"), output=bf16, dataset=data,
+                          progress=False)
+    fp32 = compute_landscape(checkpoint, replace(config, precision="fp32"), output=tmp_path / "fp32.h5",
+                             dataset=data, progress=False)
+    a, b = read_surface(bf16)["loss"], read_surface(fp32)["loss"]
+    assert np.allclose(a, b, rtol=5e-2, atol=5e-2) and not np.array_equal(a, b)

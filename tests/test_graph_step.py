@@ -170,3 +170,43 @@ def test_amp_with_another_precision_is_one_line_error(tmp_path, capsys):
     code = main(["train", "resnet", "8", "--dataset", str(tmp_path), "--amp", "--precision", "fp32"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1 and err[0].startswith("depthscape: error: --amp means")
+
+
+def test_tf32_switch_uses_one_api_and_reads_back():
+    from depthscape.training.fastpath import set_tf32, tf32_enabled
+
+    before = tf32_enabled()
+    try:
+        set_tf32(True)
+        assert tf32_enabled()
+        set_tf32(False)
+        assert not tf32_enabled()
+        torch.backends.cudnn.is_available()  # reading the flags after the switch must not raise
+    finally:
+        set_tf32(before)
+
+
+def test_study_passes_the_gpu_switches_to_every_training_and_landscape(monkeypatch, tmp_path):
+    import depthscape.study.runner as runner
+    from depthscape.study.runner import StudyConfig, get_budget, training_configs
+
+    seen = {}
+
+    def fake_run_study(config):
+        seen["config"] = config
+        raise SystemExit(0)
+
+    monkeypatch.setattr(runner, "run_study", fake_run_study)
+    with pytest.raises(SystemExit):
+        main(["study", "--out", str(tmp_path), "--precision", "tf32", "--no-cuda-graph",
+              "--no-channels-last", "--compile", "--runs-per-gpu", "3", "--landscape-precision", "bf16"])
+    config = seen["config"]
+    assert (config.precision, config.cuda_graph, config.channels_last, config.compile) == (
+        "tf32", False, False, True)
+    assert config.runs_per_gpu == 3 and config.landscape_precision == "bf16"
+    for train_config in training_configs(config, get_budget("quick"), ["resnet20", "cnn"]):
+        assert (train_config.precision, train_config.cuda_graph, train_config.channels_last,
+                train_config.compile) == ("tf32", False, False, True)
+    # the paper budget leaves every switch to the device's defaults (on CUDA: graph, bf16, NHWC)
+    (paper,) = training_configs(StudyConfig(out_dir="x"), get_budget("paper"), ["resnet20"])
+    assert (paper.precision, paper.cuda_graph, paper.channels_last) == (None, None, None)
