@@ -111,7 +111,9 @@ def ours(dataset: Dataset, iterations: int, model_name: str = "resnet20", device
                               device=device, precision=precision,
                               eval_every=10**9, checkpoint_every=10**9), dataset=small_test)
             rates.append(time.perf_counter() - start)
-    # The difference of the two runs removes start-up and the final evaluation.
+    # The difference of the two runs removes start-up, capture and the final evaluation.
+    if rates[1] <= rates[0]:
+        raise SystemExit("the two timed runs differ by less than their noise: use more --iterations")
     return iterations * 128 / (rates[1] - rates[0])
 
 

@@ -66,7 +66,7 @@ fi
 if wants bench_train; then
     # decode the archive into the cache first, so neither benchmark nor training pays for it
     stage data 90 "$PY" -c "import sys; from depthscape.core.data import load_dataset; load_dataset('cifar10', sys.argv[1])" "$ARCHIVE"
-    if [ "$DEVICE" = cpu ]; then models="resnet20"; iters=2; else models="resnet20 resnet56 resnet110"; iters=30; fi
+    if [ "$DEVICE" = cpu ]; then models="resnet20"; iters=8; else models="resnet20 resnet56 resnet110"; iters=30; fi
     stage bench_train 90 "$PY" benchmarks/bench_train.py --device "$DEVICE" --models $models \
         --iterations "$iters" --data-dir "$ARCHIVE"
 fi
@@ -120,12 +120,13 @@ for family in ("resnet", "plainnet"):
         m = saved.get("metrics", {})
         print(f"{name}: finished, iteration {saved.get('iteration')}, final test accuracy "
               f"{m.get('test_acc', float('nan')):.2f} %, {m.get('elapsed_s', 0):.0f} s training")
-    elif rows:
-        last = rows[-1]
-        print(f"{name}: NOT finished, last row iteration {last['iteration']}, test accuracy "
-              f"{float(last['test_acc']):.2f} %, {float(last['elapsed_s']):.0f} s (rerun to resume)")
+    elif paths.resume.exists():
+        saved = torch.load(paths.resume, map_location="cpu", weights_only=True)
+        last = f", last row: test accuracy {float(rows[-1]['test_acc']):.2f} %" if rows else ""
+        print(f"{name}: NOT finished, stopped at iteration {saved['iteration']}{last} "
+              f"(rerun with GPU_CHECK_STAGES=train to resume)")
     else:
-        print(f"{name}: no log")
+        print(f"{name}: did not start (see its log)")
 EOF
 } > "$SUMMARY" 2>&1
 cp "$OUT"/runs/logs/*_log.csv "$OUT"/ 2>/dev/null

@@ -81,7 +81,7 @@ class TrainConfig:
     eval_every: int | None = None  # iterations between test evaluations; None: once per epoch
     log_every: int | None = None  # iterations between CSV rows (iteration recipes); None: 100
     checkpoint_every: int = 1000  # iterations between resumable checkpoints
-    eval_batch_size: int = 1000
+    eval_batch_size: int | None = None  # None: 1000 on the CPU, 5000 on CUDA (one read per evaluation)
     resume: bool = False
     overwrite: bool = False
     stop_after: int | None = None  # stop (resumably) once this many iterations are done
@@ -604,8 +604,8 @@ class _Run:
         lo, hi = self.dist.shard(len(self.test_split))
         part = Split(self.test_split.images[lo:hi], self.test_split.labels[lo:hi])
         with self.fast.autocast():
-            sums = evaluate_sums(model, part, self.preprocess, self.config.eval_batch_size,
-                                 prepare=self.fast.prepare_input)
+            batch = self.config.eval_batch_size or (5000 if self.dist.device.type == "cuda" else 1000)
+            sums = evaluate_sums(model, part, self.preprocess, batch, prepare=self.fast.prepare_input)
         self.state.last_test = mean_metrics(self.dist.all_sum(sums))
 
     def log_row(self, window: _Window, lr: float) -> None:
