@@ -60,14 +60,17 @@ class CapturedStep:
 def use_tensor_lr(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
     """Hold each param group's learning rate as a float32 tensor on ``device`` (in place).
 
-    Adam that is not fused is made ``capturable`` (its step counts move to the device);
-    fused SGD/Adam take a tensor learning rate as it is.
+    Adam is made ``capturable``: its ``step()`` refuses a capture otherwise (fused or not),
+    and the unfused kernel then keeps its step counts on the device. Its warning about a
+    capturable optimizer stepping outside a graph is silenced: the warm-up and an epoch's
+    smaller last batch do that on purpose. Fused SGD takes a tensor learning rate as it is.
     """
     for group in optimizer.param_groups:
         lr = group["lr"]
         group["lr"] = torch.tensor(float(lr), dtype=torch.float32, device=device)
-        if isinstance(optimizer, torch.optim.Adam) and not group.get("fused"):
+        if "capturable" in group:
             group["capturable"] = True
+            optimizer._warned_capturable_if_run_uncaptured = True
 
 
 def use_float_lr(optimizer: torch.optim.Optimizer) -> None:
