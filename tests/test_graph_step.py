@@ -210,3 +210,18 @@ def test_study_passes_the_gpu_switches_to_every_training_and_landscape(monkeypat
     # the paper budget leaves every switch to the device's defaults (on CUDA: graph, bf16, NHWC)
     (paper,) = training_configs(StudyConfig(out_dir="x"), get_budget("paper"), ["resnet20"])
     assert (paper.precision, paper.cuda_graph, paper.channels_last) == (None, None, None)
+
+
+def test_the_graph_is_off_under_torchrun_and_with_compile_with_one_notice():
+    from depthscape.training.fastpath import FastPath
+    from depthscape.training.graph import graph_allowed
+
+    on = FastPath(device_type="cuda", cuda_graph=True, precision="bf16", amp=True)
+    assert graph_allowed(on, distributed=False) == (on, None)
+    off, notice = graph_allowed(on, distributed=True)
+    assert not off.cuda_graph and off.amp and "torchrun" in notice
+    off, notice = graph_allowed(FastPath(device_type="cuda", cuda_graph=True, compile=True), False)
+    assert not off.cuda_graph and "--compile" in notice
+    plain = FastPath(device_type="cpu")
+    assert graph_allowed(plain, distributed=True) == (plain, None)  # nothing to turn off: no notice
+    assert on.to_dict()["precision"] == "bf16" and FastPath(amp=True).arithmetic == "bf16"

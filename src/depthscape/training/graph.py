@@ -179,13 +179,13 @@ def capture_or_eager(steps: dict[int, TrainStep], batch: int, model: nn.Module,
     return {**steps, batch: captured}, None
 
 
-def graph_allowed(fast: FastPath, distributed: bool, explicit: bool = False) -> tuple[FastPath, str | None]:
+def graph_allowed(fast: FastPath, distributed: bool) -> tuple[FastPath, str | None]:
     """``fast`` with the captured step turned off where it cannot run here, and a notice.
 
     Under torchrun the step runs eager: DistributedDataParallel's bucketed all-reduce can
     be captured only with settings this loop does not make, so it is not attempted.
     ``torch.compile`` makes graphs of its own, so with ``--compile`` the step is not
-    captured a second time. The notice is printed where the graph was on by default or asked for.
+    captured a second time.
     """
     if not fast.cuda_graph:
         return fast, None

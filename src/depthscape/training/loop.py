@@ -319,7 +319,7 @@ def _train(config: TrainConfig, dataset: Dataset | None, dist: DistContext) -> T
                                  cuda_graph=config.cuda_graph)
     if notice:
         _notice(dist, notice)
-    fast, notice = graph_allowed(fast, dist.enabled, explicit=config.cuda_graph is True)
+    fast, notice = graph_allowed(fast, dist.enabled)
     if notice:
         _notice(dist, notice)
     out_dir = ensure_writable_dir(config.out_dir)
