@@ -38,7 +38,8 @@ mkdir -p "$OUT" "$DEPTHSCAPE_DATA"
 OUT=$(cd "$OUT" && pwd)
 START=$(date +%s)
 STAGE_LINES="$OUT/stages.txt"
-: > "$STAGE_LINES"
+# appended: a rerun that resumes the trainings keeps the earlier stages' lines
+echo "-- $(date -u '+%H:%M:%S UTC'): $STAGES (device $DEVICE, budget ${BUDGET} s)" >> "$STAGE_LINES"
 
 left() { echo $(( BUDGET - ($(date +%s) - START) )); }
 wants() { case " $STAGES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
