@@ -242,8 +242,9 @@ def run_study(config: StudyConfig) -> StudyResult:
     with step("training"):
         _say(config.progress, f"training {len(runs)} run(s) ({budget.name} budget)")
         try:
-            run_trainings(training_configs(config, budget, models), dataset=dataset,
-                          runs_per_device=config.runs_per_gpu)
+            # runs per GPU only where asked: else run_trainings' own default ($DEPTHSCAPE_RUNS_PER_GPU)
+            per_gpu = {} if config.runs_per_gpu is None else {"runs_per_device": config.runs_per_gpu}
+            run_trainings(training_configs(config, budget, models), dataset=dataset, **per_gpu)
         except UserError as error:
             if error.exit_code != 130:
                 raise
