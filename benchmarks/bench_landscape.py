@@ -1,7 +1,7 @@
 """Grid points per second: depthscape's landscape evaluator vs the original tool's way.
 
     python benchmarks/bench_landscape.py [--models resnet20 resnet56] [--images 1000]
-        [--points 4] [--data PATH] [--device cpu]
+        [--points 4] [--data PATH] [--device cpu] [--precision fp32|tf32|bf16]
 
 For each model, on the same 1,000 test images (real CIFAR-10 if the JPEG archive is
 found, else synthetic images), the same two filter-normalised directions and the same
@@ -16,7 +16,9 @@ grid points, one after the other on this machine in one run:
   BatchNorm folded, channels-last and cache-sized batches on the CPU, one point per CPU
   thread through :class:`~depthscape.analysis.landscape.points.PointPool`).
 
-Prints both rates, their ratio and the largest absolute difference of the losses.
+Prints both rates, their ratio and the largest absolute difference of the losses. The
+baseline always computes exact fp32 (TF32 off); ``--precision`` sets depthscape's arithmetic
+on CUDA (fp32 must stay within 1e-4 of the baseline; tf32/bf16 print their difference).
 The weights are a trained run's (``--runs DIR``, points over [-1, 1]^2) or else the seeded
 initial ones with BatchNorm statistics measured on the images (points over [-0.3, 0.3]^2,
 where the losses stay moderate). The speed does not depend on the values.
@@ -37,7 +39,7 @@ from torch.utils.data import Dataset as TorchDataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from depthscape.analysis.landscape.directions import random_directions  # noqa: E402
-from depthscape.analysis.landscape.points import PointEvaluator, PointPool  # noqa: E402
+from depthscape.analysis.landscape.points import PointEvaluator, PointPool, full_float32  # noqa: E402
 from depthscape.core.data import PIXEL_MEANS_255, Preprocess, Split, load_dataset  # noqa: E402
 from depthscape.core.models import get_model  # noqa: E402
 from depthscape.core.runs import run_paths  # noqa: E402
@@ -111,6 +113,8 @@ def main(argv=None) -> int:
     parser.add_argument("--points", type=int, default=6, help="grid points timed per method")
     parser.add_argument("--data", default=None, help="CIFAR-10 JPEG archive (default ../shared/data)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32",
+                        help="depthscape's arithmetic on CUDA (the baseline is always exact fp32)")
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--compile", action="store_true", help="torch.compile the folded network")
     parser.add_argument("--workers", type=int, default=None,
@@ -149,7 +153,7 @@ def main(argv=None) -> int:
         base = {k: v.detach().clone().to(device) for k, v in model.named_parameters()}
 
         fast = PointEvaluator(model, directions, split, preprocess, args.batch_size, device,
-                              compile=args.compile)
+                              compile=args.compile, precision=args.precision)
         workers = args.workers or (torch.get_num_threads() if device.type == "cpu" else 1)
         with PointPool(fast, workers) as pool:
             pool.evaluate(coords[:workers])  # warm-up (and compilation)
@@ -162,10 +166,11 @@ def main(argv=None) -> int:
         eager.load_state_dict(model.state_dict())
         loader = DataLoader(PerSampleDataset(split, preprocess), batch_size=128, shuffle=False,
                             num_workers=0)
-        baseline_point(eager, base, directions, loader, coords[0], device)  # warm-up
-        start = time.perf_counter()
-        base_losses = [baseline_point(eager, base, directions, loader, c, device)[0] for c in coords]
-        base_time = time.perf_counter() - start
+        with full_float32():  # the exact reference: no TF32 (PyTorch's default for convolutions)
+            baseline_point(eager, base, directions, loader, coords[0], device)  # warm-up
+            start = time.perf_counter()
+            base_losses = [baseline_point(eager, base, directions, loader, c, device)[0] for c in coords]
+            base_time = time.perf_counter() - start
 
         diff = max(abs(a - b) for a, b in zip(fast_losses, base_losses))
         if args.verbose:
@@ -174,8 +179,9 @@ def main(argv=None) -> int:
         base_rate, fast_rate = len(coords) / base_time, len(coords) / fast_time
         print(f"{name}: baseline {base_rate:.3f} points/s, depthscape {fast_rate:.3f} points/s, "
               f"ratio {fast_rate / base_rate:.2f}x, max |loss difference| {diff:.2e} "
-              f"({len(fast.folded_pairs)} BatchNorms folded, {workers} workers)")
-        if diff >= 1e-4:
+              f"(precision {fast.precision}, {len(fast.folded_pairs)} BatchNorms folded, "
+              f"{workers} workers)")
+        if diff >= 1e-4 and fast.precision == "fp32":
             print(f"{name}: loss difference {diff:.2e} is not below 1e-4", file=sys.stderr)
             return 1
     return 0

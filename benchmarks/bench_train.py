@@ -1,12 +1,16 @@
-"""ResNet-20 training throughput: depthscape's loop vs the usual torchvision pipeline.
+"""Training throughput: depthscape's loop vs the usual torchvision pipeline, on one device.
 
-Baseline: what the spec's scripts do - a torchvision-style dataset that hands out PIL
-images, ``RandomCrop(32, 4)`` + ``RandomHorizontalFlip`` + ``ToTensor`` + x255 +
-``Normalize`` per image, a shuffling ``DataLoader``, SGD steps. Ours: ``depthscape.training.loop``
-itself (uint8 data on the device, whole-batch crop/flip, metrics read once per row).
-Same model, recipe, batch size and machine, one run; prints both rates and the ratio.
+Baseline (the seed-style loop): a torchvision-style dataset that hands out PIL images,
+``RandomCrop(32, 4)`` + ``RandomHorizontalFlip`` + ``ToTensor`` + x255 + ``Normalize`` per
+image, a shuffling ``DataLoader`` (workers; ``pin_memory`` on CUDA), an eager model on the
+same device (``cudnn.benchmark`` on CUDA), SGD steps and ``loss.item()`` every step. Ours:
+``depthscape.training.loop.train`` itself with the device's defaults (uint8 data on the
+device, whole-batch crop/flip, metrics read once per row; on CUDA the captured step, bf16
+and channels-last). Same model, recipe, batch size and device; prints both rates and the
+ratio per model.
 
-    python benchmarks/bench_train.py [--iterations 40] [--data-dir ../shared/data/cifar10-jpeg.tar.gz]
+    python benchmarks/bench_train.py [--device cuda] [--models resnet20 resnet56 resnet110]
+        [--iterations 40] [--data-dir ../shared/data/cifar10-jpeg.tar.gz]
 """
 
 from __future__ import annotations
@@ -38,8 +42,9 @@ def load(data_dir: Path | None) -> Dataset:
     return Dataset("cifar10", split(50_000), split(1_000), [str(i) for i in range(10)])
 
 
-def baseline(dataset: Dataset, iterations: int, workers: int) -> float:
-    """Images/s of the DataLoader + PIL transforms loop (after 3 warm-up steps)."""
+def baseline(dataset: Dataset, iterations: int, workers: int, model_name: str = "resnet20",
+             device: str = "cpu") -> float:
+    """Images/s of the DataLoader + PIL transforms loop on ``device`` (after 3 warm-up steps)."""
     from PIL import Image
     from torchvision import transforms
 
@@ -60,12 +65,15 @@ def baseline(dataset: Dataset, iterations: int, workers: int) -> float:
         transforms.ToTensor(), transforms.Lambda(lambda x: x * 255),
         transforms.Normalize([125, 123, 114], [1, 1, 1]),
     ])
+    cuda = torch.device(device).type == "cuda"
     loader = torch.utils.data.DataLoader(PilCifar(dataset.train, transform), batch_size=128,
                                          shuffle=True, num_workers=workers, drop_last=True,
-                                         persistent_workers=workers > 0)
+                                         persistent_workers=workers > 0, pin_memory=cuda)
+    if cuda:
+        torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
-    model = get_model("resnet20")
-    recipe = recipe_for("resnet20")
+    model = get_model(model_name).to(device)
+    recipe = recipe_for(model_name)
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9, weight_decay=1e-4)
     criterion = torch.nn.CrossEntropyLoss()
     model.train()
@@ -74,6 +82,7 @@ def baseline(dataset: Dataset, iterations: int, workers: int) -> float:
         for x, y in loader:
             if steps == 3:
                 start, images = time.perf_counter(), 0
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             loss = criterion(model(x), y)
             optimizer.zero_grad()
             loss.backward()
@@ -86,35 +95,52 @@ def baseline(dataset: Dataset, iterations: int, workers: int) -> float:
     return images / (time.perf_counter() - start)
 
 
-def ours(dataset: Dataset, iterations: int) -> float:
+def ours(dataset: Dataset, iterations: int, model_name: str = "resnet20", device: str = "cpu",
+         precision: str | None = None) -> float:
     """Images/s of depthscape.training.loop for the same number of iterations (after a warm-up run)."""
     small_test = replace(dataset, test=dataset.test.subset(256))
     rates = []
     for length in (3, iterations + 3):
-        recipe = replace(recipe_for("resnet20"), length=length, milestones=())
+        recipe = replace(recipe_for(model_name), length=length, milestones=(), warmup_lr=None,
+                         warmup_length=0)
         with tempfile.TemporaryDirectory() as out:
+            if torch.device(device).type == "cuda":
+                torch.cuda.synchronize()
             start = time.perf_counter()
-            train(TrainConfig(model="resnet20", out_dir=out, recipe=recipe, progress=False,
+            train(TrainConfig(model=model_name, out_dir=out, recipe=recipe, progress=False,
+                              device=device, precision=precision,
                               eval_every=10**9, checkpoint_every=10**9), dataset=small_test)
             rates.append(time.perf_counter() - start)
-    # The difference of the two runs removes start-up and the final evaluation.
+    # The difference of the two runs removes start-up, capture and the final evaluation.
+    if rates[1] <= rates[0]:
+        raise SystemExit("the two timed runs differ by less than their noise: use more --iterations")
     return iterations * 128 / (rates[1] - rates[0])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where both loops run (default: cuda if available)")
+    parser.add_argument("--models", nargs="+", default=None,
+                        help="default: resnet20 resnet56 resnet110 on CUDA, resnet20 on the CPU")
     parser.add_argument("--iterations", type=int, default=40)
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the baseline")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="DataLoader workers of the baseline (default: 8 on CUDA, 2 on the CPU)")
+    parser.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default=None,
+                        help="depthscape's precision (default: the device's, bf16 on CUDA)")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    cuda = torch.device(args.device).type == "cuda"
+    models = args.models or (["resnet20", "resnet56", "resnet110"] if cuda else ["resnet20"])
+    workers = args.workers if args.workers is not None else (8 if cuda else 2)
     dataset = load(args.data_dir)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, ResNet-20, batch 128, "
-          f"{args.iterations} iterations each")
-    base = baseline(dataset, args.iterations, args.workers)
-    print(f"baseline (DataLoader + PIL transforms, {args.workers} workers): {base:8.1f} img/s")
-    fast = ours(dataset, args.iterations)
-    print(f"depthscape.training.loop:                                {fast:8.1f} img/s")
-    print(f"ratio: {fast / base:.2f}x")
+    where = torch.cuda.get_device_name(args.device) if cuda else f"cpu, {torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {where}, batch 128, {args.iterations} iterations each")
+    for name in models:
+        base = baseline(dataset, args.iterations, workers, name, args.device)
+        fast = ours(dataset, args.iterations, name, args.device, args.precision)
+        print(f"{name}: baseline (DataLoader + PIL transforms, {workers} workers) {base:8.1f} img/s, "
+              f"depthscape.training.loop {fast:8.1f} img/s, ratio {fast / base:.2f}x", flush=True)
 
 
 if __name__ == "__main__":

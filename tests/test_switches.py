@@ -78,7 +78,7 @@ def test_fast_path_off_cuda_is_the_plain_path():
 def test_resume_refuses_another_precision_but_not_another_layout_or_process_count():
     base = {"model": "resnet8", "recipe": {}, "dataset": {}, "preprocess": {}, "train": {"seed": 0}}
     saved = {**base, "runtime": {"amp": "bf16", "compile": True, "channels_last": True, "world_size": 4}}
-    assert _matches(saved, {**base, "runtime": {"amp": None}}) == "amp"
+    assert _matches(saved, {**base, "runtime": {"amp": None}}) == "precision"
     assert _matches(saved, {**base, "runtime": {"amp": "bf16", "compile": False,
                                                 "channels_last": False, "world_size": 1}}) is None
     assert _matches(base, {**base, "runtime": {"amp": None}}) is None  # checkpoints from before

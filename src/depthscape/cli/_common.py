@@ -105,3 +105,27 @@ def add_run_data_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dataset", default=None)
     group.add_argument("--data-dir", default=None)
     group.add_argument("--cache-dir", default=None)
+
+
+def add_gpu_arguments(parser: argparse.ArgumentParser) -> None:
+    """The training GPU switches (train and study): CUDA defaults, ignored with a notice elsewhere."""
+    fast = parser.add_argument_group(
+        "GPU fast path (CUDA only; ignored with a notice on CPU/MPS, where results never change)")
+    fast.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default=None,
+                      help="arithmetic of the forward pass (default on CUDA: bf16 autocast)")
+    fast.add_argument("--amp", action="store_true", help="the same as --precision bf16")
+    fast.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                      help="capture the training step as one CUDA graph (default on CUDA: on)")
+    fast.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                      help="NHWC memory layout for weights and inputs (default on CUDA: on)")
+    fast.add_argument("--compile", action="store_true", help="torch.compile the model (needs Triton)")
+
+
+def gpu_settings(args: argparse.Namespace) -> dict:
+    """The TrainConfig fields of :func:`add_gpu_arguments`' options (checked: --amp is bf16)."""
+    from depthscape.core.errors import UserError
+
+    if args.amp and args.precision not in (None, "bf16"):
+        raise UserError(f"--amp means --precision bf16, not {args.precision}: pass one of them")
+    return {"amp": args.amp, "precision": args.precision, "cuda_graph": args.cuda_graph,
+            "channels_last": args.channels_last, "compile": args.compile}

@@ -52,6 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "CPU thread on the CPU, 1 on a GPU)")
     speed.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
     speed.add_argument("--compile", action="store_true", help="torch.compile the folded network")
+    speed.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32",
+                       help="on CUDA: fp32 with TF32 off (default, exact), tf32, or bf16 autocast "
+                            "with channels-last (faster, recorded in the surface file); the CPU "
+                            "always computes fp32")
     curvature = parser.add_argument_group(
         "curvature map (Hessian eigenvalue extremes on a coarse grid, stored in the same file)")
     curvature.add_argument("--curvature", action="store_true",
@@ -115,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, device=args.device, workers=args.workers,
         dims=1 if args.target else args.dims, compile=args.compile, target=args.target,
         data_source=args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir, model=args.model,
+        precision=args.precision,
     )
     curvature = None
     if args.curvature:  # checked before any work

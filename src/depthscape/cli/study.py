@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from depthscape.cli._common import add_data_arguments, int_in
+from depthscape.cli._common import (
+    add_data_arguments,
+    add_gpu_arguments,
+    gpu_settings,
+    int_in,
+    positive_int,
+)
 
 NAME = "study"
 HELP = ("run the whole comparison: train the seven models, plot, measure landscapes and "
@@ -33,6 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep no weight snapshots and skip the optimization trajectories")
     parser.add_argument("--no-curvature", action="store_true", help="skip the curvature maps")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_gpu_arguments(parser)
+    parser.add_argument("--runs-per-gpu", type=positive_int, default=None,
+                        help="trainings run at once on each GPU (default $DEPTHSCAPE_RUNS_PER_GPU or 1)")
+    parser.add_argument("--landscape-precision", choices=("fp32", "tf32", "bf16"), default="fp32",
+                        help="arithmetic of the landscapes on CUDA (default fp32, exact)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,7 +57,11 @@ def run(args: argparse.Namespace) -> int:
         dataset=args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir,
         device=args.device, models=args.models, landscapes=not args.no_landscapes,
         sharpness=not args.no_sharpness, trajectories=not args.no_trajectories,
-        curvature=not args.no_curvature, progress=not args.no_progress)
+        curvature=not args.no_curvature, progress=not args.no_progress,
+        runs_per_gpu=args.runs_per_gpu, landscape_precision=args.landscape_precision,
+        **{k: v for k, v in gpu_settings(args).items() if k != "amp"})
+    if args.amp:  # --amp is the older name of --precision bf16
+        config.precision = "bf16"
     result = run_study(config)
     print(f"report: {result.report_md}\n        {result.report_html}")
     return 0

@@ -6,8 +6,10 @@ import argparse
 
 from depthscape.cli._common import (
     add_data_arguments,
+    add_gpu_arguments,
     add_model_arguments,
     float_in,
+    gpu_settings,
     model_name,
     positive_int,
     seed_int,
@@ -46,12 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--resume", action="store_true", help="continue an interrupted run")
     run.add_argument("--overwrite", action="store_true", help="start over, replacing an earlier run")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    fast = parser.add_argument_group(
-        "GPU fast path (CUDA only; ignored with a notice on CPU/MPS, where results never change)")
-    fast.add_argument("--amp", action="store_true", help="bf16 autocast for the forward pass")
-    fast.add_argument("--compile", action="store_true", help="torch.compile the model (needs Triton)")
-    fast.add_argument("--channels-last", action="store_true",
-                      help="NHWC memory layout for weights and inputs")
+    add_gpu_arguments(parser)
 
 
 def config_from_args(args: argparse.Namespace):
@@ -66,7 +63,7 @@ def config_from_args(args: argparse.Namespace):
         eval_every=args.eval_every, log_every=args.log_every,
         checkpoint_every=args.checkpoint_every, resume=args.resume, overwrite=args.overwrite,
         stop_after=args.stop_after, progress=not args.no_progress,
-        amp=args.amp, compile=args.compile, channels_last=args.channels_last,
+        **gpu_settings(args),
         snapshot_every=args.snapshot_every,
     )
 

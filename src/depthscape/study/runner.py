@@ -161,6 +161,14 @@ class StudyConfig:
     trajectories: bool = True  # where the budget keeps snapshots
     curvature: bool = True  # curvature maps on the landscapes' planes
     progress: bool = True
+    # GPU switches passed to every training (None: the device's defaults, on CUDA the
+    # captured step, bf16 and channels-last) and to the landscapes; see docs/scaling.md
+    precision: str | None = None
+    cuda_graph: bool | None = None
+    channels_last: bool | None = None
+    compile: bool = False
+    runs_per_gpu: int | None = None  # concurrent trainings per GPU (None: $DEPTHSCAPE_RUNS_PER_GPU or 1)
+    landscape_precision: str = "fp32"
 
 
 @dataclass
@@ -222,7 +230,9 @@ def training_configs(config: StudyConfig, budget: Budget, models: Sequence[str])
                 eval_every=None if per_epoch else budget.eval_every,
                 log_every=None if per_epoch else budget.log_every,
                 checkpoint_every=budget.checkpoint_every, resume=True,
-                progress=config.progress,
+                progress=config.progress, precision=config.precision,
+                cuda_graph=config.cuda_graph, channels_last=config.channels_last,
+                compile=config.compile,
                 snapshot_every=budget.snapshot_every(model) if config.trajectories else None))
     return configs
 
@@ -279,7 +289,9 @@ def _run_study(config: StudyConfig) -> StudyResult:
     with step("training"):
         _say(config.progress, f"training {len(runs)} run(s) ({budget.name} budget)")
         try:
-            run_trainings(training_configs(config, budget, models), dataset=dataset)
+            # runs per GPU only where asked: else run_trainings' own default ($DEPTHSCAPE_RUNS_PER_GPU)
+            per_gpu = {} if config.runs_per_gpu is None else {"runs_per_device": config.runs_per_gpu}
+            run_trainings(training_configs(config, budget, models), dataset=dataset, **per_gpu)
         except UserError as error:
             if error.exit_code != 130:
                 raise
@@ -375,7 +387,7 @@ def _landscapes(runs, budget: Budget, dataset, config: StudyConfig, out: Path,
         surface_config = LandscapeConfig(
             resolution=budget.landscape_resolution, xrange=(-1.0, 1.0), yrange=(-1.0, 1.0),
             split="test", subset=budget.landscape_subset, seed=0, norm="filter",
-            device=config.device)
+            device=config.device, precision=config.landscape_precision)
         target = out / "landscapes" / f"{run.paths.run_name}.h5"
         _say(config.progress, f"landscape of {run.paths.run_name} "
                               f"({budget.landscape_resolution}x{budget.landscape_resolution})")

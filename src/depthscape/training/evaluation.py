@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -11,11 +13,14 @@ from depthscape.core.data import Preprocess, Split
 
 @torch.inference_mode()
 def evaluate_sums(model: nn.Module, split: Split, preprocess: Preprocess, batch_size: int = 1000,
-                  device: torch.device | str | None = None) -> torch.Tensor:
+                  device: torch.device | str | None = None,
+                  prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """``[summed cross-entropy, correct predictions, samples]`` of ``model`` in eval mode on
     ``split``, as one float64 tensor on the device (exact counts; sums over processes add up).
 
-    The split is moved to ``device`` (default: the model's) once; nothing is read back.
+    The split is moved to ``device`` (default: the model's) once; nothing is read back
+    (on CUDA no batch waits for the host). ``prepare`` puts each batch in the model's
+    memory layout (the fast path's channels-last).
     The model's train/eval mode is restored. An empty split gives zeros.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -26,6 +31,7 @@ def evaluate_sums(model: nn.Module, split: Split, preprocess: Preprocess, batch_
     correct = torch.zeros((), dtype=torch.int64, device=device)
     for start in range(0, len(labels), batch_size):
         x = preprocess.normalize(images[start:start + batch_size])
+        x = prepare(x) if prepare is not None else x
         y = labels[start:start + batch_size]
         logits = model(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()

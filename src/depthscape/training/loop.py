@@ -60,6 +60,7 @@ from depthscape.core.recipes import Recipe, preprocess_for, recipe_for
 from depthscape.core.runs import RunPaths, run_paths
 from depthscape.training.evaluation import evaluate_sums, mean_metrics
 from depthscape.training.fastpath import FastPath, fast_path_for
+from depthscape.training.graph import capture_or_eager, graph_allowed
 from depthscape.training.snapshots import SnapshotWriter, snapshot_path
 from depthscape.training.state import TrainState
 from depthscape.training.step import MetricSums, make_loss, make_train_step, set_learning_rate
@@ -83,15 +84,18 @@ class TrainConfig:
     eval_every: int | None = None  # iterations between test evaluations; None: once per epoch
     log_every: int | None = None  # iterations between CSV rows (iteration recipes); None: 100
     checkpoint_every: int = 1000  # iterations between resumable checkpoints
-    eval_batch_size: int = 1000
+    eval_batch_size: int | None = None  # None: 1000 on the CPU, 5000 on CUDA (one read per evaluation)
     resume: bool = False
     overwrite: bool = False
     stop_after: int | None = None  # stop (resumably) once this many iterations are done
     progress: bool = True
-    # GPU fast-path switches: act only on CUDA, ignored (with a notice) elsewhere.
-    amp: bool = False  # bf16 autocast
+    # GPU fast-path switches: act only on CUDA, ignored (with a notice) elsewhere; None is
+    # the device's default (on CUDA: bf16, channels-last, the captured step; docs/scaling.md).
+    amp: bool = False  # bf16 autocast: the older name of precision="bf16"
     compile: bool = False  # torch.compile the training model
-    channels_last: bool = False  # NHWC weights and inputs
+    channels_last: bool | None = None  # NHWC weights and inputs
+    precision: str | None = None  # fp32 | tf32 | bf16
+    cuda_graph: bool | None = None  # the step captured as one CUDA graph and replayed
     # weight snapshots every N iterations (epochs for epoch recipes) into
     # models/<checkpoint>.snapshots.h5, for trajectories; None: none (training/snapshots.py)
     snapshot_every: int | None = None
@@ -226,7 +230,8 @@ def _config_dict(config: TrainConfig, recipe: Recipe, dataset: Dataset, preproce
     """The settings stored beside (and inside) the run's files."""
     settings = asdict(config)
     for transient in ("resume", "overwrite", "stop_after", "progress", "device", "recipe",
-                      "amp", "compile", "channels_last"):  # switches in effect: "runtime"
+                      "amp", "compile", "channels_last", "precision",
+                      "cuda_graph"):  # switches in effect: "runtime"
         settings.pop(transient)
     return {
         "model": model_name,
@@ -250,11 +255,17 @@ def _matches(saved: dict, current: dict) -> str | None:
     for key, value in current["train"].items():
         if key not in ignore and saved.get("train", {}).get(key) != value:
             return key
-    # bf16 changes the arithmetic; the other runtime settings (layout, compile, process
-    # count) only change speed and rounding, so a run may resume with others.
-    if (saved.get("runtime") or {}).get("amp") != (current.get("runtime") or {}).get("amp"):
-        return "amp"
+    # The precision changes the arithmetic; the other runtime settings (layout, graph,
+    # compile, process count) only change speed and rounding, so a run may resume with others.
+    if runtime_precision(saved.get("runtime")) != runtime_precision(current.get("runtime")):
+        return "precision"
     return None
+
+
+def runtime_precision(runtime: dict | None) -> str:
+    """The precision a run's saved "runtime" records (older runs record only ``amp``)."""
+    runtime = runtime or {}
+    return runtime.get("precision") or ("bf16" if runtime.get("amp") else "fp32")
 
 
 def train(config: TrainConfig, dataset: Dataset | None = None) -> TrainResult:
@@ -312,7 +323,11 @@ def _train(config: TrainConfig, dataset: Dataset | None, dist: DistContext,
     model_name = canonical_name(config.model)
     recipe = (config.recipe or recipe_for(model_name)).scaled(config.scale)
     fast, notice = fast_path_for(dist.device, amp=config.amp, channels_last=config.channels_last,
-                                 compile=config.compile)
+                                 compile=config.compile, precision=config.precision,
+                                 cuda_graph=config.cuda_graph)
+    if notice:
+        _notice(dist, notice)
+    fast, notice = graph_allowed(fast, dist.enabled)
     if notice:
         _notice(dist, notice)
     out_dir = ensure_writable_dir(config.out_dir)
@@ -477,7 +492,6 @@ class _Run:
         self.state = TrainState(model, optimizer, augment, dist, MetricSums.on(dist.device))
         if saved is not None:
             self._resume(saved)
-        self.files.start(self.settings, self.last_saved)
         every_steps = (config.snapshot_every or 1) * (self.epoch_steps if self.recipe.unit == "epoch" else 1)
         self.snapshots = SnapshotWriter(  # rank 0 writes; a resume continues the same file
             snapshot_path(self.paths.final), config.snapshot_every, every_steps, self.total_steps,
@@ -489,7 +503,20 @@ class _Run:
         self.steps = {batch: make_train_step(net, optimizer, make_loss(dist.world_size, batch),
                                              self.state.sums, fast.autocast)
                       for batch in self.schedule.batch_sizes()}
+        if fast.cuda_graph:  # the full batch's step becomes one replayed graph (training/graph.py)
+            self.steps, notice = capture_or_eager(self.steps, self.recipe.batch_size, model, optimizer,
+                                                  self.state.sums, *self.example_batch())
+            if notice:
+                _notice(dist, notice)
+                self.settings["runtime"]["cuda_graph"] = False  # the config records what ran
+        self.files.start(self.settings, self.last_saved)
         return self.state
+
+    def example_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A full training batch without augmentation (the graph's warm-up data; draws no RNG)."""
+        index = torch.arange(self.recipe.batch_size, device=self.dist.device) % len(self.images)
+        x = self.fast.prepare_input(self.preprocess.normalize(self.images[index]))
+        return x, self.labels[index]
 
     def _resume(self, saved: dict) -> None:
         check_state_dict(self.state.model, saved["model_state"], str(self.paths.resume), self.model_name)
@@ -595,7 +622,8 @@ class _Run:
         lo, hi = self.dist.shard(len(self.test_split))
         part = Split(self.test_split.images[lo:hi], self.test_split.labels[lo:hi])
         with self.fast.autocast():
-            sums = evaluate_sums(model, part, self.preprocess, self.config.eval_batch_size)
+            batch = self.config.eval_batch_size or (5000 if self.dist.device.type == "cuda" else 1000)
+            sums = evaluate_sums(model, part, self.preprocess, batch, prepare=self.fast.prepare_input)
         self.state.last_test = mean_metrics(self.dist.all_sum(sums))
 
     def log_row(self, window: _Window, lr: float) -> None:

@@ -91,7 +91,7 @@ class TrainState:
             per_rank["rng_cuda"], per_rank["rng_cuda_ranks"] = ranks[0][1], [r[1] for r in ranks]
         return {
             "iteration": self.step, "elapsed_s": self.elapsed_s,
-            "model_state": self.model.state_dict(), "optimizer_state": self.optimizer.state_dict(),
+            "model_state": self.model.state_dict(), "optimizer_state": _portable(self.optimizer.state_dict()),
             "rng_augment": self.augment.get_state().cpu(), **per_rank,
             "window_seen": self.window_seen, "window_from": self.window_from,
             "last_test": list(self.last_test),
@@ -110,6 +110,8 @@ class TrainState:
         fused = bool(self.optimizer.defaults.get("fused"))
         for group in self.optimizer.param_groups:  # this device's kernel, not the saving one's
             group["fused"], group["foreach"] = (True if fused else None), None
+            if "capturable" in group:  # a captured run's Adam is capturable; this one may not be
+                group["capturable"] = bool(self.optimizer.defaults.get("capturable", False))
         if fused:  # fused Adam keeps its step counts on the device, as float32
             for slot in self.optimizer.state.values():
                 if torch.is_tensor(slot.get("step")):
@@ -138,3 +140,15 @@ class TrainState:
             return (state["rng_cpu"], state.get("rng_cuda"), float(state["window_loss"]),
                     int(state["window_correct"]))
         return None, None, 0.0, 0
+
+
+def _portable(optimizer_state: dict) -> dict:
+    """An optimizer state dict with plain float learning rates.
+
+    A captured step holds each learning rate as a device tensor (:mod:`depthscape.training.graph`);
+    the checkpoint stores the number, so any run (eager, another device) resumes from it.
+    """
+    for group in optimizer_state["param_groups"]:  # fresh dicts: the optimizer's own are untouched
+        if torch.is_tensor(group.get("lr")):
+            group["lr"] = float(group["lr"])
+    return optimizer_state

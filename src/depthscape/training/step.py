@@ -63,9 +63,16 @@ def make_loss(world_size: int = 1, global_batch: int = 1) -> LossFn:
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Use ``lr`` for the next step (the recipe's schedule is a pure function of the step)."""
+    """Use ``lr`` for the next step (the recipe's schedule is a pure function of the step).
+
+    A learning rate held as a device tensor (a captured step reads it there) is updated in
+    place, so the graph sees the new value without a re-capture.
+    """
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        if torch.is_tensor(group["lr"]):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
 
 
 def make_train_step(net: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn,

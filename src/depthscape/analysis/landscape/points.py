@@ -46,20 +46,21 @@ _PRECOMPUTE_BYTES = 2 * 1024**3
 
 
 @contextlib.contextmanager
-def full_float32():
+def full_float32(tf32: bool = False):
     """Convolutions and matrix products in full float32 (no TF32 on NVIDIA GPUs).
 
     TF32 (cuDNN's default for convolutions) rounds inputs to 10 mantissa bits: a surface
-    would then differ from the CPU's by ~1e-3 and the fold check would fail.
+    would then differ from the CPU's by ~1e-3 and the fold check would fail. ``tf32=True``
+    turns TF32 on instead (``--precision tf32``); the old settings come back on exit.
     """
     settings = []
     for owner in (getattr(torch.backends.cudnn, "conv", None), torch.backends.cuda.matmul):
         if owner is not None and hasattr(owner, "fp32_precision"):
-            settings.append((owner, "fp32_precision", owner.fp32_precision, "ieee"))
+            settings.append((owner, "fp32_precision", owner.fp32_precision, "tf32" if tf32 else "ieee"))
         elif owner is torch.backends.cuda.matmul:
-            settings.append((owner, "allow_tf32", owner.allow_tf32, False))
+            settings.append((owner, "allow_tf32", owner.allow_tf32, tf32))
     if not any(owner is not torch.backends.cuda.matmul for owner, *_ in settings):
-        settings.append((torch.backends.cudnn, "allow_tf32", torch.backends.cudnn.allow_tf32, False))
+        settings.append((torch.backends.cudnn, "allow_tf32", torch.backends.cudnn.allow_tf32, tf32))
     try:
         for owner, name, _, value in settings:
             setattr(owner, name, value)
@@ -260,14 +261,17 @@ class PointEvaluator:
 
     def __init__(self, model: nn.Module, directions: list[dict[str, torch.Tensor]], split: Split,
                  preprocess: Preprocess, batch_size: int = 1000, device: torch.device | None = None,
-                 fold: bool = True, compile: bool = False, channels_last: bool | None = None):
+                 fold: bool = True, compile: bool = False, channels_last: bool | None = None,
+                 precision: str = "fp32"):
         device = torch.device(device) if device is not None else torch.device("cpu")
         self.device = device
+        # fp32 (exact, TF32 off), tf32 or bf16 (autocast, channels-last) act on CUDA only
+        self.precision = precision if device.type == "cuda" else "fp32"
         self.batch_size = effective_batch_size(batch_size, device)
         self.compiled = compile
         model = copy.deepcopy(model).to(device).eval()
         if channels_last is None:
-            channels_last = device.type == "cpu"
+            channels_last = device.type == "cpu" or self.precision == "bf16"
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.labels = split.labels.to(device)
         self.count = len(split)
@@ -357,11 +361,18 @@ class PointEvaluator:
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         for start in range(0, self.count, self.batch_size):
             stop = min(start + self.batch_size, self.count)
-            logits = self.network(self._batch(start, stop))
+            with self._autocast():
+                logits = self.network(self._batch(start, stop))
             y = self.labels[start:stop]
             losses[start:stop] = F.cross_entropy(logits.double(), y, reduction="none")
             correct += (logits.argmax(1) == y).sum()
         return torch.stack([losses.sum() / self.count, correct.double() * 100.0 / self.count])
+
+    def _autocast(self):
+        """bf16 autocast under ``precision="bf16"`` (entered per call: it is per thread)."""
+        if self.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def evaluate(self, coefficients) -> tuple[float, float]:
         """Mean cross-entropy loss and accuracy (percent) at the point (one host sync)."""
@@ -386,7 +397,7 @@ class PointPool:
         self._threads = None
 
     def __enter__(self) -> "PointPool":
-        self._precision = full_float32()
+        self._precision = full_float32(tf32=self.replicas[0].precision == "tf32")
         self._precision.__enter__()
         if self.workers > 1:
             from concurrent.futures import ThreadPoolExecutor

@@ -23,6 +23,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -89,6 +90,7 @@ class LandscapeConfig:
     data_dir: str | None = None
     cache_dir: str | None = None
     model: str | None = None
+    precision: str = "fp32"  # fp32 (exact, TF32 off) | tf32 | bf16: on CUDA only, the CPU is fp32
 
     def validate(self) -> "LandscapeConfig":
         """Check the settings; a bad one is a one-line UserError. Returns self normalised."""
@@ -108,6 +110,8 @@ class LandscapeConfig:
             raise UserError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
         if self.workers is not None and self.workers <= 0:
             raise UserError(f"workers must be positive, got {self.workers}")
+        if self.precision not in ("fp32", "tf32", "bf16"):
+            raise UserError(f"precision must be fp32, tf32 or bf16, got {self.precision!r}")
         if self.batch_size <= 0:
             raise UserError(f"batch size must be positive, got {self.batch_size}")
         if self.target is not None and self.dims != 1:
@@ -189,6 +193,9 @@ def compute_landscape(checkpoint: str | os.PathLike, config: LandscapeConfig | N
     config = (config or LandscapeConfig()).validate()
     checkpoint = Path(checkpoint)
     dist = setup(config.device)
+    if config.precision != "fp32" and dist.device.type != "cuda" and dist.is_main:
+        print(f"depthscape: notice: --precision {config.precision} acts only on CUDA; ignored on "
+              f"{dist.device.type}, which computes fp32", file=sys.stderr, flush=True)
     try:
         given = (directions, direction_identity, extra)
         # issue 11: the surface's lock (taken in _compute) lives as long as this call
@@ -240,6 +247,9 @@ def _compute(checkpoint: Path, config: LandscapeConfig, output, dataset: Dataset
         if len(given_directions) != config.dims or target_model is not None:
             raise ValueError(f"{len(given_directions)} directions given for dims={config.dims}")
         identity.update({"norm": None, "seed": None, **(given_identity or {"direction": "given"})})
+    precision = config.precision if dist.device.type == "cuda" else "fp32"
+    if precision != "fp32":  # fp32 surfaces (all earlier ones) keep their identity
+        identity["precision"] = precision
     path = Path(output) if output is not None else default_surface_path(checkpoint, config, identity)
     if path.exists() and path.is_dir():
         raise UserError(f"{path} is a directory; give a file name for the surface")
@@ -272,14 +282,14 @@ def _compute(checkpoint: Path, config: LandscapeConfig, output, dataset: Dataset
         "dataset": dataset.name, "batch_size": config.batch_size, "device": str(dist.device),
         "world_size": dist.world_size, "compile": config.compile,
         "depthscape_version": depthscape.__version__, "torch_version": torch.__version__,
-        "subset_seed": SUBSET_SEED,
+        "subset_seed": SUBSET_SEED, "precision": precision,
     }
 
     missing = np.flatnonzero(~surface.done.ravel())
     if len(missing) == 0:
         return path
     evaluator = PointEvaluator(model, surface.directions, split, preprocess, config.batch_size,
-                               dist.device, compile=config.compile)
+                               dist.device, compile=config.compile, precision=precision)
     surface.info["batchnorms_folded"] = len(evaluator.folded_pairs)
     workers = config.workers or (torch.get_num_threads() if dist.device.type == "cpu" else 1)
     workers = 1 if config.compile else workers  # one compiled network is enough to wait for
