@@ -85,13 +85,14 @@ def test_interrupted_atomic_write_leaves_a_temporary_that_cleanup_finds(tmp_path
 
 def test_overwrite_removes_every_file_of_the_old_run_before_training(tmp_path):
     paths = run_paths(tmp_path, "resnet8", 0, "data")
-    for path in (paths.log, paths.config, paths.final, paths.resume):
+    files = (paths.log, paths.config, paths.final, paths.resume, paths.snapshots)
+    for path in files:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("old run")
     with claim_run(paths, overwrite=False):
-        assert all(p.exists() for p in (paths.log, paths.config, paths.final, paths.resume))
+        assert all(p.exists() for p in files)
     with claim_run(paths, overwrite=True):
-        assert not any(p.exists() for p in (paths.log, paths.config, paths.final, paths.resume))
+        assert not any(p.exists() for p in files)
 
 
 def test_second_claim_of_a_run_in_one_process_is_refused(tmp_path):
@@ -183,6 +184,22 @@ def test_a_locked_surface_is_refused(tiny_checkpoint, tmp_path):
             compute_landscape(tiny_checkpoint, LandscapeConfig(resolution=3), output=output,
                               progress=False)
     assert not output.exists()
+
+
+def test_a_curvature_map_waits_for_no_one_holding_its_surface(tiny_checkpoint, tmp_path):
+    """The curvature map rewrites the surface file: it takes the surface's lock, as landscape does."""
+    from depthscape.analysis.landscape import LandscapeConfig, compute_landscape
+    from depthscape.analysis.landscape.curvature import CurvatureConfig, compute_curvature
+
+    output = compute_landscape(tiny_checkpoint, LandscapeConfig(resolution=3, subset=4),
+                               output=tmp_path / "s.h5", progress=False)
+    before = output.read_bytes()
+    with exclusive_lock(output_lock_path(output), "surface"):
+        with pytest.raises(LockHeld):
+            compute_curvature(output, tiny_checkpoint, CurvatureConfig(resolution=2, subset=4,
+                                                                       iterations=2),
+                              progress=False)
+    assert output.read_bytes() == before
 
 
 def test_one_surface_holds_one_batch_size(tiny_checkpoint, tmp_path):

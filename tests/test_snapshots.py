@@ -7,7 +7,9 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 
+from depthscape.core.errors import UserError
 from depthscape.core.trained import load_trained_run
 from depthscape.training.loop import TrainConfig, train
 from depthscape.training.snapshots import flatten_parameters, snapshot_path
@@ -69,6 +71,14 @@ def test_rows_after_the_resume_checkpoint_are_dropped(tiny_data, cache_dir, tmp_
     a, b = contents(snapshot_path(whole.paths.final)), contents(snapshot_path(first.paths.final))
     assert a["steps"].tolist() == b["steps"].tolist() == [0, 3, 6, 9, 12]
     assert np.array_equal(a["weights"], b["weights"])
+
+
+def test_a_resume_without_its_snapshot_file_is_refused(tiny_data, cache_dir, tmp_path):
+    """Restarting the file silently would lose the snapshots before the resume point."""
+    first = train(config(tiny_data, tmp_path / "parts", stop_after=7))
+    snapshot_path(first.paths.final).unlink()
+    with pytest.raises(UserError, match="snapshots.h5 is missing"):
+        train(config(tiny_data, tmp_path / "parts", resume=True))
 
 
 def test_no_snapshots_unless_asked(tiny_data, cache_dir, tmp_path):

@@ -72,6 +72,18 @@ def test_a_recorded_run_loads_as_trained(recorded_run):
     assert run.checkpoint["iteration"] == 3 and "state_dict" not in run.checkpoint
 
 
+def test_a_resume_checkpoint_loads_its_weights(recorded_run, tmp_path):
+    """A run's resumable checkpoint keeps its weights under model_state, not state_dict."""
+    path, _ = recorded_run
+    data = torch.load(path, weights_only=True)
+    weights = data.pop("state_dict")
+    weights = {k: v + 1 if v.is_floating_point() else v for k, v in weights.items()}
+    resume = tmp_path / "run.resume.pth"
+    save_checkpoint(resume, {**data, "model_state": weights, "optimizer_state": {}})
+    run = load_trained_run(resume)
+    assert all(torch.equal(run.model.state_dict()[k], weights[k]) for k in weights)
+
+
 def test_a_given_dataset_wins_but_the_models_preprocessing_stays(recorded_run, tmp_path):
     path, _ = recorded_run
     other = write_image_folder(tmp_path / "other", train_per_class=5, seed=1)

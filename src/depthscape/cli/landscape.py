@@ -13,16 +13,45 @@ HELP = "loss landscape of a trained run: filter-normalised directions, 2-D grid 
 ORDER = 35
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", metavar="RUN_OR_CHECKPOINT",
-                        help="a checkpoint file, or a model (cnn, resnet 56, plainnet110) whose "
-                             "run lies in --out")
+def add_run_arguments(parser: argparse.ArgumentParser, run_help: str) -> None:
+    """Which trained run: a checkpoint, or a model whose run lies in --out (landscape, trajectory)."""
+    parser.add_argument("run", metavar="RUN_OR_CHECKPOINT", help=run_help)
     parser.add_argument("depth", nargs="?", default=None, help="depth, with a model family name")
     parser.add_argument("--out", default=".", help="output root of the runs (default .)")
     parser.add_argument("--run-seed", type=seed_int, default=0, help="seed of the run to load (default 0)")
     parser.add_argument("--model", default=None,
                         help="architecture of a bare state dict (e.g. resnet56); checked against "
                              "a depthscape checkpoint's own")
+
+
+def add_surface_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The images a surface is measured on (default: what the run was trained on)."""
+    data = parser.add_argument_group("data (default: what the run was trained on)")
+    data.add_argument("--split", choices=("test", "train"), default="test")
+    data.add_argument("--subset", type=positive_int, default=None,
+                      help="a fixed random subset of this many samples of the split")
+    data.add_argument("--dataset", default=None, help="cifar10, mnist, fashion-mnist or an ImageFolder path")
+    data.add_argument("--data-dir", default=None, help="data already on disk (torchvision files or ImageFolder)")
+    data.add_argument("--cache-dir", default=None, help="where decoded data is cached")
+
+
+def checkpoint_with_outputs_checked(args: argparse.Namespace) -> Path:
+    """The run's checkpoint, after checking every output location (--output's folder, the
+    plots folder), so a bad path never costs a computation."""
+    from depthscape.core.atomic import ensure_writable_dir
+
+    checkpoint = resolve_checkpoint(args.run, args.depth, args.out, args.run_seed, args.dataset)
+    root = checkpoint.parent.parent if checkpoint.parent.name == "models" else checkpoint.parent
+    ensure_writable_dir(Path(args.output).parent if args.output else root / "landscapes",
+                        create=False)
+    if not args.no_plots:
+        ensure_writable_dir(args.plots_dir or root / "plots", create=False)
+    return checkpoint
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_run_arguments(parser, "a checkpoint file, or a model (cnn, resnet 56, plainnet110) whose "
+                              "run lies in --out")
     grid = parser.add_argument_group("grid and directions")
     grid.add_argument("--resolution", type=int_in(2, 10**6), default=21,
                       help="points per axis (default 21; the original tool's figures use 51)")
@@ -35,13 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     grid.add_argument("--seed", type=seed_int, default=0, help="seed of the random directions (default 0)")
     grid.add_argument("--norm", choices=("filter", "layer"), default="filter",
                       help="direction normalisation (default filter)")
-    data = parser.add_argument_group("data (default: what the run was trained on)")
-    data.add_argument("--split", choices=("test", "train"), default="test")
-    data.add_argument("--subset", type=positive_int, default=None,
-                      help="a fixed random subset of this many samples of the split")
-    data.add_argument("--dataset", default=None, help="cifar10, mnist, fashion-mnist or an ImageFolder path")
-    data.add_argument("--data-dir", default=None, help="data already on disk (torchvision files or ImageFolder)")
-    data.add_argument("--cache-dir", default=None, help="where decoded data is cached")
+    add_surface_data_arguments(parser)
     speed = parser.add_argument_group("speed (values do not depend on these but in the "
                                       "last digits, on the batch size)")
     speed.add_argument("--batch-size", type=positive_int, default=1000,
@@ -104,15 +127,8 @@ def resolve_checkpoint(run: str, depth: str | None, out: str, run_seed: int, dat
 
 def run(args: argparse.Namespace) -> int:
     from depthscape.analysis.landscape import LandscapeConfig, compute_landscape
-    from depthscape.core.atomic import ensure_writable_dir
 
-    checkpoint = resolve_checkpoint(args.run, args.depth, args.out, args.run_seed, args.dataset)
-    # every output location is checked before the grid is computed
-    root = checkpoint.parent.parent if checkpoint.parent.name == "models" else checkpoint.parent
-    ensure_writable_dir(Path(args.output).parent if args.output else root / "landscapes",
-                        create=False)
-    if not args.no_plots:
-        ensure_writable_dir(args.plots_dir or root / "plots", create=False)
+    checkpoint = checkpoint_with_outputs_checked(args)
     config = LandscapeConfig(
         resolution=args.resolution, xrange=tuple(args.xrange), yrange=tuple(args.yrange),
         split=args.split, subset=args.subset, seed=args.seed, norm=args.norm,

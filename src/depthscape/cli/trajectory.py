@@ -6,8 +6,12 @@ import argparse
 import os
 from pathlib import Path
 
-from depthscape.cli._common import float_in, int_in, positive_int, seed_int
-from depthscape.cli.landscape import resolve_checkpoint
+from depthscape.cli._common import float_in, int_in, positive_int
+from depthscape.cli.landscape import (
+    add_run_arguments,
+    add_surface_data_arguments,
+    checkpoint_with_outputs_checked,
+)
 from depthscape.cli.plot import default_plots_dir
 
 NAME = "trajectory"
@@ -16,24 +20,13 @@ ORDER = 37
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", metavar="RUN_OR_CHECKPOINT",
-                        help="a checkpoint file, or a model (resnet 56, plainnet110) whose run lies "
-                             "in --out; the run must have been trained with --snapshot-every")
-    parser.add_argument("depth", nargs="?", default=None, help="depth, with a model family name")
-    parser.add_argument("--out", default=".", help="output root of the runs (default .)")
-    parser.add_argument("--run-seed", type=seed_int, default=0, help="seed of the run to load (default 0)")
-    parser.add_argument("--model", default=None, help="architecture of a bare state dict")
+    add_run_arguments(parser, "a checkpoint file, or a model (resnet 56, plainnet110) whose run "
+                              "lies in --out; the run must have been trained with --snapshot-every")
     grid = parser.add_argument_group("contour grid (over the span of the path)")
     grid.add_argument("--resolution", type=int_in(2, 10_000), default=21, help="points per axis (default 21)")
     grid.add_argument("--margin", type=float_in(0.0, 100.0), default=0.2,
                       help="extend the path's span by this fraction on every side (default 0.2)")
-    data = parser.add_argument_group("data (default: what the run was trained on)")
-    data.add_argument("--split", choices=("test", "train"), default="test")
-    data.add_argument("--subset", type=positive_int, default=None,
-                      help="a fixed random subset of this many samples of the split")
-    data.add_argument("--dataset", default=None)
-    data.add_argument("--data-dir", default=None)
-    data.add_argument("--cache-dir", default=None)
+    add_surface_data_arguments(parser)
     speed = parser.add_argument_group("speed (values do not depend on these)")
     speed.add_argument("--batch-size", type=positive_int, default=1000)
     speed.add_argument("--workers", type=positive_int, default=None)
@@ -51,15 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from depthscape.analysis.trajectory import TrajectoryConfig, compute_trajectory, plot_trajectory
-    from depthscape.core.atomic import ensure_writable_dir
 
-    checkpoint = resolve_checkpoint(args.run, args.depth, args.out, args.run_seed, args.dataset)
-    # every output location is checked before the PCA and the contour are computed
-    root = checkpoint.parent.parent if checkpoint.parent.name == "models" else checkpoint.parent
-    ensure_writable_dir(Path(args.output).parent if args.output else root / "landscapes",
-                        create=False)
-    if not args.no_plots:
-        ensure_writable_dir(args.plots_dir or root / "plots", create=False)
+    checkpoint = checkpoint_with_outputs_checked(args)
     config = TrajectoryConfig(
         resolution=args.resolution, margin=args.margin, split=args.split, subset=args.subset,
         batch_size=args.batch_size, device=args.device, workers=args.workers,

@@ -134,7 +134,7 @@ def claim_run(paths, *, overwrite: bool = False, owner: bool = True,
 
     ``paths`` is the run's :class:`~depthscape.core.runs.RunPaths`. Under the lock the
     temporaries an interrupted atomic write left are removed, and with ``overwrite``
-    every file of the old run (resume and final checkpoint, log, config) is removed before
+    every file of the old run (resume and final checkpoint, log, config, snapshots) is removed before
     the new run writes anything, so an interrupted overwrite cannot resume the old run.
     Under torchrun (``owner`` only on rank 0, ``agree`` a collective, see :func:`claim`)
     the other ranks pass ``agree`` only once rank 0 has removed the old files.
@@ -144,7 +144,7 @@ def claim_run(paths, *, overwrite: bool = False, owner: bool = True,
         if owner:
             try:
                 stack.enter_context(exclusive_lock(run_lock_path(paths), f"run {paths.run_name}"))
-                files = (paths.resume, paths.final, paths.log, paths.config)
+                files = (paths.resume, paths.final, paths.log, paths.config, paths.snapshots)
                 remove_stale_temporaries(files)
                 if overwrite:
                     for file in files:  # the resume checkpoint first: --resume reads it

@@ -29,6 +29,7 @@ class RunPaths:
     config: Path  # JSON settings of the run (also inside each checkpoint)
     final: Path  # final weights + config
     resume: Path  # periodic resumable checkpoint (removed once the run finishes)
+    snapshots: Path  # weight snapshots for trajectories (train --snapshot-every)
 
 
 def run_paths(out_dir: str | os.PathLike, model: str, seed: int = 0,
@@ -46,7 +47,15 @@ def run_paths(out_dir: str | os.PathLike, model: str, seed: int = 0,
         config=out / "logs" / f"{run_name}_config.json",
         final=out / "models" / f"{final_stem}.pth",
         resume=out / "models" / f"{final_stem}.resume.pth",
+        snapshots=snapshot_path(out / "models" / f"{final_stem}.pth"),
     )
+
+
+def snapshot_path(checkpoint: str | os.PathLike) -> Path:
+    """The snapshot file of the run whose final checkpoint is ``checkpoint``."""
+    checkpoint = Path(checkpoint)
+    stem = checkpoint.name[:-len(checkpoint.suffix)] if checkpoint.suffix else checkpoint.name
+    return checkpoint.with_name(f"{stem}.snapshots.h5")
 
 
 _SEED_RE = re.compile(r"_seed(\d+)$")

@@ -184,7 +184,11 @@ def load_trained_run(checkpoint_or_run: str | os.PathLike | Any, *, model: str |
     # a bare state dict records no shape: CIFAR-10's (the spec's original scripts' data)
     kwargs = dict(data.get("model_kwargs") or model_kwargs_for(name, _CIFAR10_SHAPE))
     network = get_model(name, **kwargs)
-    state = data.pop("state_dict")  # the weights live in the model, not twice in memory
+    # the weights live in the model, not twice in memory (a resume checkpoint names them model_state)
+    state = data.pop("state_dict", None)
+    state = state if state is not None else data.pop("model_state", None)
+    if state is None:
+        raise UserError(f"{path} holds no model weights (neither state_dict nor model_state)")
     check_state_dict(network, state, source=str(path), model_name=name)
     network.load_state_dict(state)
     network.to(torch.device(device) if device is not None else torch.device("cpu"))

@@ -35,16 +35,10 @@ from torch import nn
 
 from depthscape.core.atomic import atomic_path
 from depthscape.core.errors import UserError
+from depthscape.core.runs import snapshot_path  # noqa: F401  (re-exported)
 
 FORMAT = "depthscape-snapshots"
 FORMAT_VERSION = 1
-
-
-def snapshot_path(checkpoint: str | os.PathLike) -> Path:
-    """The snapshot file of the run whose final checkpoint is ``checkpoint``."""
-    checkpoint = Path(checkpoint)
-    stem = checkpoint.name[:-len(checkpoint.suffix)] if checkpoint.suffix else checkpoint.name
-    return checkpoint.with_name(f"{stem}.snapshots.h5")
 
 
 def trajectory_parameters(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
@@ -83,7 +77,10 @@ class SnapshotWriter:
         self.last_step = -1
         if not self.enabled:
             return
-        if resume_step is not None and self.path.exists():
+        if resume_step is not None and not self.path.exists():
+            raise UserError(f"{self.path} is missing: the run being resumed kept weight snapshots "
+                            "there; restore it, or rerun with --overwrite to start over")
+        if resume_step is not None:
             steps = read_snapshot_steps(self.path)
             self.on_disk = len(steps)
             self.kept = int(np.searchsorted(steps, resume_step, side="right"))

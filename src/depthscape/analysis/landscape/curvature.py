@@ -45,6 +45,7 @@ from torch import nn
 from depthscape.analysis.hessian import EigenExtremes, HessianOperator, extreme_eigenvalues
 from depthscape.core.distributed import setup
 from depthscape.core.errors import UserError
+from depthscape.core.locking import claim_output
 from depthscape.core.trained import load_trained_run
 
 #: A negative curvature smaller than this fraction of the positive one counts as convex.
@@ -136,8 +137,26 @@ def compute_curvature(surface_file: str | os.PathLike, checkpoint: str | os.Path
     ``checkpoint`` is the run the surface was computed around (its weights are checked
     against the file's). A map with other settings already in the file is refused unless
     ``overwrite``. ``on_point(flat_index)`` is called after each point (tests use it to
-    interrupt). Under torchrun every rank calls this; rank 0 writes.
+    interrupt). Under torchrun every rank calls this; rank 0 writes, holding the surface
+    file's lock (the one ``landscape`` takes), so no other command rewrites it meanwhile.
     """
+    config = (config or CurvatureConfig()).validate()
+    surface_file = Path(surface_file)
+    dist = setup(config.device)
+    try:
+        with claim_output(surface_file, f"surface {surface_file}", owner=dist.is_main,
+                          agree=dist.all_true):
+            return _compute_curvature(surface_file, checkpoint, config, dataset, progress,
+                                      overwrite, save_every, on_point, data_source, data_dir,
+                                      cache_dir, model_name, dist)
+    finally:
+        dist.close()
+
+
+def _compute_curvature(surface_file: Path, checkpoint, config: CurvatureConfig, dataset,
+                       progress: bool, overwrite: bool, save_every: float, on_point,
+                       data_source, data_dir, cache_dir, model_name, dist) -> Path:
+    """:func:`compute_curvature` under the surface's lock (read, compute, write)."""
     from tqdm.auto import tqdm
 
     from depthscape.analysis.landscape.points import full_float32
@@ -148,8 +167,6 @@ def compute_curvature(surface_file: str | os.PathLike, checkpoint: str | os.Path
         state_fingerprint,
     )
 
-    config = (config or CurvatureConfig()).validate()
-    surface_file = Path(surface_file)
     surface = read_state(surface_file)
     if surface.dims != 2:
         raise UserError(f"{surface_file} is a 1-D curve: a curvature map needs a 2-D surface")
@@ -161,11 +178,10 @@ def compute_curvature(surface_file: str | os.PathLike, checkpoint: str | os.Path
         raise UserError(f"{checkpoint} is not the checkpoint {surface_file} was computed around")
     split_name = config.split or surface.split
     split = (dataset.test if split_name == "test" else dataset.train).subset(config.subset, SUBSET_SEED)
-    identity = {k: v for k, v in asdict(config).items()
-                if k not in ("batch_size", "device", "workers")}
+    # the Hessian-vector products' chunk size changes the last digits, as a surface's batch does
+    identity = {k: v for k, v in asdict(config).items() if k not in ("device", "workers")}
     identity.update(split=split_name, samples=len(split), data_sha256=split_fingerprint(split),
                     convex_tol=CONVEX_TOL, method="lanczos")
-    dist = setup(config.device)
     stored = _settings_of(surface.extra)
     shape = (config.resolution, config.resolution)
     if stored is not None and not overwrite:
