@@ -30,6 +30,8 @@ CASES = [
     ("train", ["resnet", "abc"], 2, "depth 'abc' of resnet is not a number"),
     ("train", ["resnet", "-4"], 2, "got -4"),
     ("train", ["resnet", "21"], 2, "6n+2"),
+    ("train", ["resnet", "8", "--resume", "--overwrite"], 2,
+     "argument --overwrite: not allowed with argument --resume"),
     ("train", ["vgg", "16"], 2, "unknown model"),
     ("train", ["resnet", "60002", "--out", "{missing}"], 2, "needs about"),
     ("train", ["resnet", "8", "--scale", "inf"], 2, "argument --scale: must be a finite number"),

@@ -45,8 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sched.add_argument("--stop-after", type=positive_int, default=None,
                        help="stop resumably after this many iterations")
     run = parser.add_argument_group("run control")
-    run.add_argument("--resume", action="store_true", help="continue an interrupted run")
-    run.add_argument("--overwrite", action="store_true", help="start over, replacing an earlier run")
+    either = run.add_mutually_exclusive_group()  # continue the old run, or replace it: not both
+    either.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    either.add_argument("--overwrite", action="store_true", help="start over, replacing an earlier run")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_gpu_arguments(parser)
 
