@@ -198,3 +198,15 @@ def test_sharpness_cli(tmp_path, tiny_data, cache_dir, capsys):
     assert exit_info.value.code == 2
     assert main(["sharpness", "--run-dir", str(tmp_path / "empty")]) == 2
     assert "no finished runs" in capsys.readouterr().err
+
+
+def test_an_overflowing_hessian_gives_nan_extremes_not_an_error():
+    """A deep PlainNet far from its minimum overflows float32 (the quick study met it)."""
+    from depthscape.analysis.hessian import extreme_eigenvalues
+
+    params = [torch.zeros(6)]
+    for bad in (math.inf, math.nan):
+        found = extreme_eigenvalues(lambda v, bad=bad: [v[0] * bad], params, iters=5)
+        assert math.isnan(found.largest) and math.isnan(found.smallest) and not found.converged
+    finite = extreme_eigenvalues(lambda v: [v[0] * 3.0], params, iters=5)
+    assert finite.largest == pytest.approx(3.0) and finite.converged

@@ -155,13 +155,20 @@ def extreme_eigenvalues(operator: Callable, params: Sequence[torch.Tensor], iter
     for step in range(iters):
         w = apply(basis[step])
         alphas.append(float(w.double() @ basis[step].double()))
+        if not math.isfinite(alphas[-1]) or not bool(torch.isfinite(w).all()):
+            # Far from a minimum a deep PlainNet's loss reaches 1e20 and its curvature
+            # overflows float32: no eigenvalue is defined there (nan, not converged).
+            return EigenExtremes(math.nan, math.nan, step + 1, False)
         done = basis[:step + 1]
         for _ in range(2):  # twice is enough to keep the basis orthogonal in floating point
             w = w - done.T @ (done @ w)
         tridiagonal = (torch.diag(torch.tensor(alphas, dtype=torch.float64))
                        + torch.diag(torch.tensor(betas, dtype=torch.float64), 1)
                        + torch.diag(torch.tensor(betas, dtype=torch.float64), -1))
-        ritz = torch.linalg.eigvalsh(tridiagonal)
+        try:
+            ritz = torch.linalg.eigvalsh(tridiagonal)
+        except torch.linalg.LinAlgError:  # a tridiagonal LAPACK cannot diagonalise: as above
+            return EigenExtremes(math.nan, math.nan, step + 1, False)
         new = (float(ritz[0]), float(ritz[-1]))
         scale = max(abs(new[0]), abs(new[1]), 1e-30)
         beta = float(w.norm())
