@@ -24,6 +24,7 @@ from depthscape.analysis.landscape.curvature import (
     read_curvature,
 )
 from depthscape.cli import main
+from depthscape.core.errors import UserError
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _landscape_tools import calibrated_model, one_thread, tiny_dataset, write_checkpoint  # noqa: E402,F401
@@ -197,3 +198,21 @@ def test_worker_count_does_not_change_the_values(tmp_path):
         files.append(read_curvature(copy))
     assert np.array_equal(files[0]["largest"], files[1]["largest"])
     assert np.array_equal(files[0]["smallest"], files[1]["smallest"])
+
+
+def test_a_study_replaces_only_a_map_of_other_settings(tmp_path):
+    """``overwrite="other-settings"``: a finished map with the same settings is kept as it is
+    (a rerun computes nothing); one with other settings is recomputed instead of refused."""
+    checkpoint, surface, dataset = _surface(tmp_path)
+    config = CurvatureConfig(resolution=2, subset=4, iterations=3, device="cpu")
+    compute_curvature(surface, checkpoint, config, dataset, progress=False)
+    points = []
+    compute_curvature(surface, checkpoint, config, dataset, progress=False,
+                      overwrite="other-settings", on_point=points.append)
+    assert points == []  # kept
+    other = CurvatureConfig(resolution=2, subset=4, iterations=4, device="cpu")
+    with pytest.raises(UserError, match="other settings"):
+        compute_curvature(surface, checkpoint, other, dataset, progress=False)
+    compute_curvature(surface, checkpoint, other, dataset, progress=False,
+                      overwrite="other-settings", on_point=points.append)
+    assert len(points) == 4 and read_curvature(surface)["settings"]["identity"]["iterations"] == 4

@@ -504,8 +504,11 @@ def _curvature(runs, landscapes, budget: Budget, dataset, config: StudyConfig, o
     for landscape in landscapes:
         _say(config.progress, f"curvature map of {landscape.run_name} "
                               f"({budget.curvature_resolution}x{budget.curvature_resolution})")
+        # the study owns its surface files: a map of other settings (an earlier version's,
+        # another budget's) is recomputed, one with these settings kept or finished
         surface = Path(compute_curvature(landscape.surface, finals[landscape.run_name],
-                                         curvature_config, dataset, progress=config.progress))
+                                         curvature_config, dataset, progress=config.progress,
+                                         overwrite="other-settings"))
         png = plot_dir / f"{surface.stem}_curvature.png"
         if not _newer(png, surface):
             plot_curvature(surface, plot_dir)

@@ -128,7 +128,7 @@ def _settings_of(extra: dict) -> dict | None:
 
 def compute_curvature(surface_file: str | os.PathLike, checkpoint: str | os.PathLike,
                       config: CurvatureConfig | None = None, dataset=None, progress: bool = True,
-                      *, overwrite: bool = False, save_every: float = 5.0,
+                      *, overwrite: bool | str = False, save_every: float = 5.0,
                       on_point: Callable[[int], None] | None = None, data_source: str | None = None,
                       data_dir: str | None = None, cache_dir: str | None = None,
                       model_name: str | None = None) -> Path:
@@ -136,7 +136,8 @@ def compute_curvature(surface_file: str | os.PathLike, checkpoint: str | os.Path
 
     ``checkpoint`` is the run the surface was computed around (its weights are checked
     against the file's). A map with other settings already in the file is refused unless
-    ``overwrite``. ``on_point(flat_index)`` is called after each point (tests use it to
+    ``overwrite`` (``"other-settings"``: replaced only where its settings differ, so a
+    finished map with these settings is kept). ``on_point(flat_index)`` is called after each point (tests use it to
     interrupt). Under torchrun every rank calls this; rank 0 writes, holding the surface
     file's lock (the one ``landscape`` takes), so no other command rewrites it meanwhile.
     """
@@ -154,7 +155,7 @@ def compute_curvature(surface_file: str | os.PathLike, checkpoint: str | os.Path
 
 
 def _compute_curvature(surface_file: Path, checkpoint, config: CurvatureConfig, dataset,
-                       progress: bool, overwrite: bool, save_every: float, on_point,
+                       progress: bool, overwrite: bool | str, save_every: float, on_point,
                        data_source, data_dir, cache_dir, model_name, dist) -> Path:
     """:func:`compute_curvature` under the surface's lock (read, compute, write)."""
     from tqdm.auto import tqdm
@@ -184,10 +185,12 @@ def _compute_curvature(surface_file: Path, checkpoint, config: CurvatureConfig, 
                     convex_tol=CONVEX_TOL, method="lanczos")
     stored = _settings_of(surface.extra)
     shape = (config.resolution, config.resolution)
-    if stored is not None and not overwrite:
-        if stored.get("identity") != json.loads(json.dumps(identity)):
-            raise UserError(f"{surface_file} holds a curvature map with other settings; pass "
-                            "--overwrite to replace it")
+    differs = stored is not None and stored.get("identity") != json.loads(json.dumps(identity))
+    if overwrite == "other-settings":  # the caller owns the file (a study): replace only those
+        overwrite = differs
+    if differs and not overwrite:
+        raise UserError(f"{surface_file} holds a curvature map with other settings; pass "
+                        "--overwrite to replace it")
     if stored is None or overwrite or surface.extra.get("hessian_max_eig") is None:
         x = grid_coordinates((float(surface.xcoordinates.min()), float(surface.xcoordinates.max())),
                              config.resolution)
