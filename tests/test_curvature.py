@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.func import functional_call
 
 from depthscape.analysis.hessian import extreme_eigenvalues
@@ -27,20 +26,13 @@ from depthscape.cli import main
 from depthscape.core.errors import UserError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _landscape_tools import calibrated_model, one_thread, tiny_dataset, write_checkpoint  # noqa: E402,F401
-
-
-class TinyNet(nn.Module):
-    """Conv + BatchNorm + tanh + linear: curved in every parameter, 61 parameters."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(1, 2, 3, padding=1)
-        self.bn = nn.BatchNorm2d(2)
-        self.fc = nn.Linear(2 * 4 * 4, 3)
-
-    def forward(self, x):
-        return self.fc(torch.tanh(self.bn(self.conv(x))).flatten(1))
+from _landscape_tools import (  # noqa: E402,F401
+    TinyNet,
+    calibrated_model,
+    one_thread,
+    tiny_dataset,
+    write_checkpoint,
+)
 
 
 def exact_extremes(model, inputs, labels) -> tuple[float, float]:

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from _landscape_tools import TinyNet  # noqa: E402  (tests/ is on sys.path, as conftest is)
 from torch.func import functional_call
 
 from depthscape.analysis.sharpness import (
@@ -20,19 +20,6 @@ from depthscape.analysis.sharpness import (
     hessian_trace,
     model_sharpness,
 )
-
-
-class TinyNet(nn.Module):
-    """Conv + BatchNorm + tanh + linear: curved in every parameter, BN has running stats."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(1, 2, 3, padding=1)
-        self.bn = nn.BatchNorm2d(2)
-        self.fc = nn.Linear(2 * 4 * 4, 3)
-
-    def forward(self, x):
-        return self.fc(torch.tanh(self.bn(self.conv(x))).flatten(1))
 
 
 @pytest.fixture(scope="module")
