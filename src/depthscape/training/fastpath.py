@@ -1,4 +1,4 @@
-"""The GPU fast path: switches that act only on CUDA, so CPU results never change.
+"""The fast path: the CUDA switches, and channels-last and bf16 on the CPU.
 
 On CUDA, training always uses ``cudnn.benchmark`` and the fused SGD/Adam kernels; the
 switches, with their CUDA defaults:
@@ -11,9 +11,12 @@ switches, with their CUDA defaults:
   (default on; :mod:`depthscape.training.graph`);
 * ``compile``: ``torch.compile`` of the training model (off; needs Triton).
 
-Anywhere else (CPU, MPS) every switch is ignored and :func:`fast_path_for` returns a
-one-line notice saying so, so the caller can print it: results there are exactly those of
-the plain eager path. Landscape evaluation uses the same :class:`FastPath` object.
+On the CPU two of them act: ``channels_last`` (default on: NHWC is faster for these
+convolutions in oneDNN; exact float32, only the memory layout differs) and ``precision
+bf16`` (autocast, fp32 master weights; off by default and refused where the CPU has no
+native bf16). TF32, the captured step and compile are CUDA-only and ignored there with a
+one-line notice from :func:`fast_path_for`. On MPS every switch is ignored: the plain path.
+Training and its evaluations use the :class:`FastPath` object.
 """
 
 from __future__ import annotations
@@ -110,22 +113,40 @@ def tf32_enabled() -> bool:
     return bool(torch.backends.cudnn.allow_tf32)
 
 
+def cpu_bf16_supported() -> bool:
+    """Whether this CPU runs bf16 natively (oneDNN's check: AVX-512 BF16 or AMX)."""
+    check = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(check()) if check is not None else False
+    except (RuntimeError, AttributeError):
+        return False
+
+
 def fast_path_for(device: torch.device | str, amp: bool = False, channels_last: bool | None = False,
                   compile: bool = False, cudnn_benchmark: bool | None = None,
                   fused_optimizer: bool | None = None, precision: str | None = None,
                   cuda_graph: bool | None = False) -> tuple[FastPath, str | None]:
     """The fast path on ``device`` for the switches asked for, and a notice (or None).
 
-    ``precision`` None means the device's default (bf16 on CUDA, or bf16 where ``amp``);
-    ``channels_last`` and ``cuda_graph`` None mean the device's default (on for CUDA).
-    ``cudnn_benchmark`` and ``fused_optimizer`` default to on for CUDA (the benchmark
-    script turns them off to measure the plain path). The notice names the switches that
-    were asked for but cannot act here, and why; None where everything asked for applies.
-    Off CUDA everything is off and the arithmetic is fp32, exactly the plain path.
+    ``precision`` None means the device's default (bf16 on CUDA, fp32 on the CPU; bf16
+    wherever ``amp``); ``channels_last`` None means the device's default (on for CUDA and
+    the CPU), ``cuda_graph`` None the CUDA default (on). ``cudnn_benchmark`` and
+    ``fused_optimizer`` default to on for CUDA (the benchmark script turns them off to
+    measure the plain path). The notice names the switches that were asked for but
+    cannot act here, and why; None where everything asked for applies.
+
+    On the CPU, channels-last (exact float32, only the memory layout changes) and bf16
+    autocast (``precision="bf16"``, where the CPU has native bf16: :func:`cpu_bf16_supported`;
+    a UserError otherwise) apply; TF32, the captured step and compile are CUDA-only and
+    ignored with the notice. Elsewhere (MPS) everything is off: the plain fp32 path.
     """
     device = torch.device(device)
     if precision is not None and precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if amp:
+        precision = "bf16"
+    if device.type == "cpu":
+        return _cpu_fast_path(channels_last, compile, precision, cuda_graph)
     asked = [name for name, on in (("--amp", amp), ("--channels-last", channels_last is True),
                                    ("--compile", compile),
                                    (f"--precision {precision}", precision in ("tf32", "bf16")),
@@ -152,3 +173,22 @@ def fast_path_for(device: torch.device | str, amp: bool = False, channels_last: 
         fused_optimizer=True if fused_optimizer is None else fused_optimizer,
         precision=precision, cuda_graph=cuda_graph is not False,
     ), notice
+
+
+def _cpu_fast_path(channels_last: bool | None, compile: bool, precision: str | None,
+                   cuda_graph: bool | None) -> tuple[FastPath, str | None]:
+    """The CPU's fast path: channels-last (default on) and bf16 where asked and supported."""
+    from depthscape.core.errors import UserError
+
+    if precision == "bf16" and not cpu_bf16_supported():
+        raise UserError("--precision bf16: this CPU has no native bf16 support (oneDNN finds "
+                        "neither AVX-512 BF16 nor AMX); use --precision fp32")
+    asked = [name for name, on in (("--compile", compile), ("--precision tf32", precision == "tf32"),
+                                   ("--cuda-graph", cuda_graph is True)) if on]
+    notice = None
+    if asked:
+        notice = (f"{', '.join(asked)} {'acts' if len(asked) == 1 else 'act'} only on CUDA; "
+                  "ignored on cpu")
+    bf16 = precision == "bf16"
+    return FastPath(device_type="cpu", amp=bf16, channels_last=channels_last is not False,
+                    precision="bf16" if bf16 else "fp32"), notice

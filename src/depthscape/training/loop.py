@@ -35,7 +35,7 @@ import signal
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -339,6 +339,8 @@ def _train(config: TrainConfig, dataset: Dataset | None, dist: DistContext,
     saved = run.saved_state()
     if isinstance(saved, TrainResult):  # resuming a run that had finished
         return saved
+    if saved is not None:
+        run.keep_saved_layout(saved)
     dist.barrier()  # every rank has looked at the files before rank 0 writes any
     state = run.build_state(saved)
 
@@ -473,6 +475,18 @@ class _Run:
             raise UserError(f"{existing} already exists: pass --resume to continue that run "
                             "or --overwrite to start over")
         return None
+
+    def keep_saved_layout(self, saved: dict) -> None:
+        """A resumed run keeps the memory layout it started with, unless one is asked for.
+
+        (Runs before channels-last on the CPU recorded ``channels_last: false``: they resume
+        in NCHW, so their steps stay bit-exact with an uninterrupted run.)
+        """
+        runtime = saved.get("config", {}).get("runtime") or {}
+        was = bool(runtime.get("channels_last", False))
+        if self.config.channels_last is None and was != self.fast.channels_last:
+            self.fast = replace(self.fast, channels_last=was)
+            self.settings["runtime"] = {**self.fast.to_dict(), "world_size": self.dist.world_size}
 
     def build_state(self, saved: dict | None) -> TrainState:
         """Model, optimizer, data on the device and the steps; continued from ``saved`` if given."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from depthscape.core.models.init import kaiming_init
 from depthscape.core.models.registry import FamilyInfo, register_family, register_model
 
 
@@ -13,7 +12,8 @@ class Net(nn.Module):
     """Four Conv3x3(same) -> ReLU -> BN -> MaxPool2 blocks, then 1024 -> 256 -> 10.
 
     Channels 3 -> 32 -> 64 -> 128 -> 256; a 32x32 input leaves 256x2x2 = 1024 features.
-    654,346 parameters for CIFAR-10 input.
+    654,346 parameters for CIFAR-10 input. The layers keep PyTorch's default
+    initialisation (the family's ``init``: the spec changes nothing about it).
     """
 
     def __init__(self, in_channels: int = 3, num_classes: int = 10, image_size: int = 32):
@@ -36,7 +36,6 @@ class Net(nn.Module):
             nn.Dropout(0.5),
             nn.Linear(256, num_classes),
         )
-        kaiming_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)
@@ -54,4 +53,5 @@ register_family(FamilyInfo(
     checkpoint_name="cnn_{dataset}", order=0,
     curve_unit="epoch",  # its recipe trains and logs by epochs
     data_kwargs=("image_size",),  # its classifier's input size depends on it
+    init="pytorch-default",  # the spec's plain PyTorch module: no initialisation of its own
 ))

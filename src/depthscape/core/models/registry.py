@@ -116,6 +116,8 @@ class FamilyInfo:
     curve_unit: str = "iteration"  # x-axis of its training curves: "iteration" or "epoch"
     data_kwargs: tuple[str, ...] = ()  # dataset properties its factory takes beyond
     # channels and classes (e.g. the CNN's image_size)
+    init: str = "pytorch-default"  # weight initialisation (core/models/init.py INIT_SCHEMES),
+    # applied by get_model after the factory builds the layers
 
 
 @dataclass(frozen=True)
@@ -182,9 +184,13 @@ def model_kwargs_for(name: str, dataset) -> dict:
 
 def get_model(name: str, in_channels: int = 3, num_classes: int = 10, **kwargs) -> nn.Module:
     """Build the model called ``name`` (any spelling :func:`canonical_name` accepts)."""
+    from depthscape.core.models.init import initialise
+
     name = canonical_name(name)
     if name in _FACTORIES:
-        return _FACTORIES[name](in_channels=in_channels, num_classes=num_classes, **kwargs)
-    family, depth = _FAMILY_RE.match(name).groups()
-    return _DEPTH_FAMILIES[family](int(depth), in_channels=in_channels, num_classes=num_classes,
-                                   **kwargs)
+        model = _FACTORIES[name](in_channels=in_channels, num_classes=num_classes, **kwargs)
+    else:
+        family, depth = _FAMILY_RE.match(name).groups()
+        model = _DEPTH_FAMILIES[family](int(depth), in_channels=in_channels,
+                                        num_classes=num_classes, **kwargs)
+    return initialise(model, model_info(name).family.init)

@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from depthscape.core.models.init import kaiming_init
 from depthscape.core.models.registry import (
     FamilyInfo,
     depth_to_blocks,
@@ -72,7 +71,6 @@ class CifarResNet(nn.Module):
         self.layer2 = self._make_layer(16, 32, blocks_per_group, stride=2)
         self.layer3 = self._make_layer(32, 64, blocks_per_group, stride=2)
         self.fc = nn.Linear(64, num_classes)
-        kaiming_init(self)
 
     def _make_layer(self, in_channels: int, out_channels: int, blocks: int, stride: int):
         layers = [BasicBlock(in_channels, out_channels, stride, self.shortcut)]
@@ -89,7 +87,8 @@ class CifarResNet(nn.Module):
 
 
 def build_resnet(depth: int, shortcut: bool = True, in_channels: int = 3, num_classes: int = 10):
-    """A ResNet (``shortcut=True``) or PlainNet of ``depth`` = 6n+2."""
+    """A ResNet (``shortcut=True``) or PlainNet of ``depth`` = 6n+2, with PyTorch's default
+    initialisation: ``get_model`` then applies the family's Kaiming-normal scheme."""
     return CifarResNet(depth_to_blocks(depth), shortcut, in_channels, num_classes)
 
 
@@ -109,10 +108,11 @@ register_depth_family("plain", functools.partial(build_resnet, shortcut=False))
 # logs/plainnet56_log.csv + models/plainnet-56.cifar10.pth (sic: a dot).
 register_family(FamilyInfo(prefix="resnet", label="ResNet", file_name="resnet",
                            run_name="resnet{depth}", checkpoint_name="resnet-{depth}_{dataset}",
-                           order=1))
+                           order=1, init="kaiming-normal"))
 register_family(FamilyInfo(prefix="plain", label="PlainNet", file_name="plainnet",
                            run_name="plainnet{depth}",
-                           checkpoint_name="plainnet-{depth}.{dataset}", order=2))
+                           checkpoint_name="plainnet-{depth}.{dataset}", order=2,
+                           init="kaiming-normal"))
 for _shortcut in (True, False):
     for _depth in (20, 56, 110):
         _register(_depth, _shortcut)
