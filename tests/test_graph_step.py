@@ -142,17 +142,17 @@ def test_tensor_lrs_round_trip_as_floats_and_adam_is_capturable_only_while_captu
     assert isinstance(optimizer.param_groups[0]["lr"], float)
 
 
-def test_precision_and_cuda_graph_on_cpu_are_ignored_with_a_notice_and_identical_results(
+def test_tf32_and_cuda_graph_on_cpu_are_ignored_with_a_notice_and_identical_results(
         tmp_path, cache_dir, capsys, one_thread):
     data = write_image_folder(tmp_path / "data", size=16)
     common = ["train", "resnet", "8", "--dataset", str(data), "--device", "cpu", "--scale",
-              repr(6 / 64_000), "--log-every", "3", "--eval-every", "3", "--no-progress"]
+              repr(6 / 64_000), "--log-every", "3", "--eval-every", "3", "--no-progress",
+              "--no-channels-last"]
     assert main([*common, "--out", str(tmp_path / "plain")]) == 0
     assert "notice" not in capsys.readouterr().err
-    assert main([*common, "--out", str(tmp_path / "gpu"), "--precision", "bf16", "--cuda-graph",
-                 "--no-channels-last"]) == 0
+    assert main([*common, "--out", str(tmp_path / "gpu"), "--precision", "tf32", "--cuda-graph"]) == 0
     notices = [line for line in capsys.readouterr().err.splitlines() if "notice" in line]
-    assert len(notices) == 1 and "--precision bf16" in notices[0] and "--cuda-graph" in notices[0]
+    assert len(notices) == 1 and "--precision tf32" in notices[0] and "--cuda-graph" in notices[0]
     assert "--channels-last" not in notices[0]  # turning a switch off is never a notice
     name = "resnet-8_data.pth"
     plain = load_checkpoint(tmp_path / "plain" / "models" / name)["state_dict"]

@@ -325,13 +325,13 @@ def test_data_the_model_was_not_trained_on_is_a_user_error(checkpoint, tmp_path)
     assert not (tmp_path / "x.h5").exists()
 
 
-def test_precision_on_the_cpu_is_ignored_with_a_notice_and_the_same_surface(checkpoint, data,
-                                                                            surface, tmp_path, capsys):
+def test_tf32_on_the_cpu_is_ignored_with_a_notice_and_the_same_surface(checkpoint, data,
+                                                                       surface, tmp_path, capsys):
     config = LandscapeConfig(resolution=5, xrange=(-1.0, 1.0), yrange=(-0.5, 0.5), batch_size=20,
-                             precision="bf16")
-    path = compute_landscape(checkpoint, config, output=tmp_path / "bf16.h5", dataset=data,
+                             precision="tf32")
+    path = compute_landscape(checkpoint, config, output=tmp_path / "tf32.h5", dataset=data,
                              progress=False)
-    assert "--precision bf16 acts only on CUDA" in capsys.readouterr().err
+    assert "--precision tf32 acts only on CUDA" in capsys.readouterr().err
     assert np.array_equal(read_surface(path)["loss"], read_surface(surface)["loss"])
     with h5py.File(path, "r") as f:
         assert f.attrs["precision"] == "fp32"  # what ran

@@ -11,7 +11,7 @@ from conftest import write_image_folder
 from depthscape.cli import main
 from depthscape.core.checkpoint import load_checkpoint
 from depthscape.core.csvlog import read_log
-from depthscape.training.fastpath import FastPath, fast_path_for
+from depthscape.training.fastpath import FastPath, cpu_bf16_supported, fast_path_for
 from depthscape.training.loop import _matches
 
 OPTIONS = ["--scale", repr(8 / 64_000), "--log-every", "4", "--eval-every", "4",
@@ -33,11 +33,12 @@ def test_switches_on_cpu_are_ignored_with_one_notice_and_identical_results(
     assert main([*common, "--out", str(tmp_path / "plain")]) == 0
     plain_err = capsys.readouterr().err
     assert "notice" not in plain_err
-    assert main([*common, "--out", str(tmp_path / "fast"), "--amp", "--compile",
-                 "--channels-last"]) == 0
+    # CUDA-only switches (channels-last and bf16 act on the CPU: tests/test_cpu_fastpath.py)
+    assert main([*common, "--out", str(tmp_path / "fast"), "--precision", "tf32", "--compile",
+                 "--cuda-graph"]) == 0
     notices = [line for line in capsys.readouterr().err.splitlines() if "notice" in line]
     assert len(notices) == 1
-    assert all(flag in notices[0] for flag in ("--amp", "--compile", "--channels-last"))
+    assert all(flag in notices[0] for flag in ("--precision tf32", "--compile", "--cuda-graph"))
     assert "ignored on cpu" in notices[0]
 
     name = "resnet-8_data.pth"
@@ -45,7 +46,6 @@ def test_switches_on_cpu_are_ignored_with_one_notice_and_identical_results(
     fast = load_checkpoint(tmp_path / "fast" / "models" / name)
     for key, tensor in plain["state_dict"].items():
         assert torch.equal(tensor, fast["state_dict"][key]), key
-        assert tensor.is_contiguous() and fast["state_dict"][key].is_contiguous()  # not NHWC
 
     def rows(out):
         return [{k: v for k, v in r.items() if k != "elapsed_s"}
@@ -53,18 +53,18 @@ def test_switches_on_cpu_are_ignored_with_one_notice_and_identical_results(
 
     assert rows("plain") == rows("fast") and len(rows("plain")) == 2
     runtime = json.loads((tmp_path / "fast" / "logs" / "resnet8_data_config.json").read_text())["runtime"]
-    assert runtime["amp"] is None and runtime["compile"] is False
-    assert runtime["channels_last"] is False and runtime["device_type"] == "cpu"
+    assert runtime["amp"] is None and runtime["compile"] is False and runtime["precision"] == "fp32"
+    assert runtime["cuda_graph"] is False and runtime["device_type"] == "cpu"
     # resuming the finished plain run with the (ignored) switches is the same run: no error
-    assert main([*common, "--out", str(tmp_path / "plain"), "--resume", "--amp"]) == 0
+    assert main([*common, "--out", str(tmp_path / "plain"), "--resume", "--compile"]) == 0
 
 
-def test_fast_path_off_cuda_is_the_plain_path():
-    fast, notice = fast_path_for("cpu", amp=True, channels_last=True, compile=True)
-    assert fast == FastPath(device_type="cpu")
+def test_fast_path_off_cuda_and_the_cpu_is_the_plain_path():
+    fast, notice = fast_path_for("mps", amp=True, channels_last=True, compile=True)
+    assert fast == FastPath(device_type="mps")
     assert "only on CUDA" in notice
-    assert fast_path_for("cpu") == (FastPath(device_type="cpu"), None)
-    _, single = fast_path_for("cpu", amp=True)
+    assert fast_path_for("mps") == (FastPath(device_type="mps"), None)
+    _, single = fast_path_for("mps", amp=True)
     assert single.startswith("--amp acts only on CUDA")
     x = torch.ones(2, 3, 4, 4)
     assert fast.prepare_input(x) is x
@@ -73,6 +73,19 @@ def test_fast_path_off_cuda_is_the_plain_path():
     model = torch.nn.Conv2d(3, 4, 3)
     model_c = fast.compiled(fast.prepare_model(model))
     assert model_c is model and model.weight.is_contiguous()
+
+
+def test_on_the_cpu_compile_is_ignored_and_the_layout_and_bf16_act():
+    fast, notice = fast_path_for("cpu", channels_last=True, compile=True)
+    assert fast.channels_last and not fast.compile and fast.arithmetic == "fp32"
+    assert notice.startswith("--compile acts only on CUDA")
+    x = torch.ones(2, 3, 4, 4)
+    assert fast.prepare_input(x).is_contiguous(memory_format=torch.channels_last)
+    if cpu_bf16_supported():
+        fast, notice = fast_path_for("cpu", amp=True)
+        assert fast.arithmetic == "bf16" and notice is None
+        with fast.autocast():
+            assert torch.is_autocast_enabled("cpu")
 
 
 def test_resume_refuses_another_precision_but_not_another_layout_or_process_count():

@@ -21,19 +21,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from depthscape.core.runtime import autocast
+
 
 class HessianOperator:
     """``v -> H v`` for the mean loss of ``model`` over ``(inputs, labels)``, model in eval mode.
 
     The data is cut into chunks of ``batch_size``; each product sums the chunks' Hessian-
-    vector products weighted by their share of the samples. With a single chunk the
+    vector products weighted by their share of the samples. ``precision="bf16"`` runs the
+    forward pass under bf16 autocast (the loss and the products stay float32). With a single chunk the
     gradient graph is built once and reused by every product.
     """
 
     def __init__(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
                  batch_size: int = 500,
-                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None):
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                 precision: str = "fp32"):
         self.model = model
+        self.precision = precision  # core.runtime: bf16 autocasts the forward pass
         self.model.eval()
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
@@ -52,7 +57,11 @@ class HessianOperator:
         return sum(p.numel() for p in self.params)
 
     def _grads(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
-        loss = self.loss_fn(self.model(x), y) / self.total
+        with autocast(x.device.type, self.precision):
+            logits = self.model(x)
+        if logits.dtype == torch.bfloat16:  # the loss in float32 (autocast leaves bf16 logits)
+            logits = logits.float()
+        loss = self.loss_fn(logits, y) / self.total
         return list(torch.autograd.grad(loss, self.params, create_graph=True))
 
     def __call__(self, vector: Sequence[torch.Tensor]) -> list[torch.Tensor]:

@@ -20,8 +20,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -37,6 +38,7 @@ from depthscape.analysis.hessian import (  # noqa: F401  (re-exported: sharpness
 )
 from depthscape.core.atomic import atomic_write_text
 from depthscape.core.errors import UserError
+from depthscape.core.runtime import resolve_precision
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class SharpnessConfig:
     min_trace_samples: int = 5  # probes before the trace may stop early
     seed: int = 0
     device: str | None = None
+    precision: str = "fp32"  # core.runtime.PRECISIONS: bf16 autocasts the forward passes
 
 
 @dataclass
@@ -75,7 +78,8 @@ def model_sharpness(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor
                     config: SharpnessConfig = SharpnessConfig()) -> SharpnessResult:
     """Largest and smallest eigenvalue and trace of the Hessian of ``model``'s mean loss on
     the given data."""
-    operator = HessianOperator(model, inputs, labels, config.batch_size)
+    operator = HessianOperator(model, inputs, labels, config.batch_size,
+                               precision=config.precision)
     params = operator.params
     ends = extreme_eigenvalues(operator, params, config.power_iters, config.power_tol, config.seed)
     trace, stderr, count, trace_ok = hessian_trace(
@@ -105,9 +109,16 @@ def measure_sharpness(checkpoint: str | os.PathLike, config: SharpnessConfig = S
         raise UserError(f"split must be train or test, got {config.split!r}")
     if not checkpoint.exists():
         raise UserError(f"checkpoint not found: {checkpoint}")
+    device = get_device(config.device)
+    precision, notice = resolve_precision(config.precision, device)  # bf16 unsupported: UserError
+    if notice:
+        print(f"depthscape: notice: {notice}", file=sys.stderr, flush=True)
+    config = replace(config, precision=precision)
     stat = checkpoint.stat()
     settings = asdict(config)
     settings.pop("device")
+    if settings["precision"] == "fp32":  # fp32 results (all earlier ones) keep their key
+        settings.pop("precision")
     key = {"checkpoint": checkpoint.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
            "settings": settings}
     if output is not None and Path(output).exists():
@@ -117,7 +128,6 @@ def measure_sharpness(checkpoint: str | os.PathLike, config: SharpnessConfig = S
                 return SharpnessResult(**stored["result"])
         except (OSError, ValueError, TypeError):
             pass  # damaged: measure again
-    device = get_device(config.device)
     source = data_source or {}
     run = load_trained_run(checkpoint, dataset=dataset if dataset is not None else
                            source.get("dataset"), data_dir=source.get("data_dir"),

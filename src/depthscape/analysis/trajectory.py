@@ -67,6 +67,7 @@ class TrajectoryConfig:
     data_dir: str | None = None
     cache_dir: str | None = None
     model: str | None = None
+    precision: str = "fp32"  # of the contour's grid points (core.runtime.PRECISIONS)
 
 
 @dataclass
@@ -223,13 +224,16 @@ def compute_trajectory(checkpoint: str | os.PathLike, config: TrajectoryConfig |
         resolution=config.resolution, xrange=xrange, yrange=yrange, split=config.split,
         subset=config.subset, batch_size=config.batch_size, device=config.device,
         workers=config.workers, data_source=config.data_source, data_dir=config.data_dir,
-        cache_dir=config.cache_dir, model=config.model, dims=2)
+        cache_dir=config.cache_dir, model=config.model, dims=2, precision=config.precision)
     extra = {"path_x": trajectory.path[:, 0], "path_y": trajectory.path[:, 1],
              "path_steps": trajectory.steps,
              "explained_variance": np.asarray(trajectory.explained_variance, dtype=np.float64),
              "explained_variance_ratio": np.asarray(trajectory.explained_variance_ratio,
                                                     dtype=np.float64)}
-    output = Path(output) if output is not None else default_trajectory_path(checkpoint, config.split, key)
+    if output is None:  # a contour of another precision is another file (its own identity)
+        tag = "" if config.precision == "fp32" else f"_{config.precision}"
+        output = default_trajectory_path(checkpoint, config.split, key[:10] + tag)
+    output = Path(output)
     return compute_landscape(checkpoint, landscape, output, dataset, progress, overwrite=overwrite,
                              directions=trajectory.directions,
                              direction_identity={"direction": "pca", "directions_sha256": key,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import math
 
+from depthscape.core.runtime import PRECISIONS
+
 #: Upper bounds of counts and seeds: what every library below can represent (a torch
 #: generator seed is 64-bit and seeds are multiplied by ~1e6; counts index tensors).
 MAX_COUNT = 2**31 - 1
@@ -108,16 +110,19 @@ def add_run_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_gpu_arguments(parser: argparse.ArgumentParser) -> None:
-    """The training GPU switches (train and study): CUDA defaults, ignored with a notice elsewhere."""
+    """The training speed switches (train and study): device defaults, a notice where ignored."""
     fast = parser.add_argument_group(
-        "GPU fast path (CUDA only; ignored with a notice on CPU/MPS, where results never change)")
-    fast.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default=None,
-                      help="arithmetic of the forward pass (default on CUDA: bf16 autocast)")
+        "fast path (CUDA: all of them; the CPU: --precision fp32|bf16 and --channels-last; "
+        "the others are ignored there with a notice)")
+    fast.add_argument("--precision", choices=PRECISIONS, default=None,
+                      help="arithmetic of the forward pass (default: bf16 autocast on CUDA, fp32 "
+                           "on the CPU; bf16 on the CPU needs native bf16, AVX-512 BF16 or AMX)")
     fast.add_argument("--amp", action="store_true", help="the same as --precision bf16")
     fast.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                       help="capture the training step as one CUDA graph (default on CUDA: on)")
     fast.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                      help="NHWC memory layout for weights and inputs (default on CUDA: on)")
+                      help="NHWC memory layout for weights and inputs (default: on; a resumed "
+                           "run keeps the layout it started with)")
     fast.add_argument("--compile", action="store_true", help="torch.compile the model (needs Triton)")
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from depthscape.cli._common import finite_float, int_in, model_name, positive_int, seed_int
 from depthscape.cli.plot import add_plot_arguments, default_plots_dir, plot_from_args
+from depthscape.core.runtime import PRECISIONS
 
 NAME = "landscape"
 HELP = "loss landscape of a trained run: filter-normalised directions, 2-D grid or 1-D curve"
@@ -75,10 +76,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "CPU thread on the CPU, 1 on a GPU)")
     speed.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
     speed.add_argument("--compile", action="store_true", help="torch.compile the folded network")
-    speed.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32",
-                       help="on CUDA: fp32 with TF32 off (default, exact), tf32, or bf16 autocast "
-                            "with channels-last (faster, recorded in the surface file); the CPU "
-                            "always computes fp32")
+    speed.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                       help="fp32 (default, exact; TF32 off on CUDA), tf32 (CUDA), or bf16 "
+                            "autocast with channels-last (CUDA, or a CPU with native bf16; "
+                            "faster, recorded in the surface file)")
     curvature = parser.add_argument_group(
         "curvature map (Hessian eigenvalue extremes on a coarse grid, stored in the same file)")
     curvature.add_argument("--curvature", action="store_true",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from depthscape.cli._common import add_run_data_arguments, float_in, int_in, positive_int, seed_int
+from depthscape.core.runtime import PRECISIONS
 
 NAME = "sharpness"
 HELP = ("measure the Hessian's largest and smallest eigenvalue (Lanczos) and trace "
@@ -37,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=seed_int, default=0, help="seed of the subset and probes")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps")
     add_run_data_arguments(parser)
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="arithmetic of the forward passes: fp32 (default), bf16 autocast "
+                             "(CUDA, or a CPU with native bf16), tf32 (CUDA)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -51,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     config = SharpnessConfig(split=args.split, subset=args.subset, batch_size=args.batch_size,
                              power_iters=args.power_iters, power_tol=args.power_tol,
                              trace_samples=args.trace_samples, trace_tol=args.trace_tol,
-                             seed=args.seed, device=args.device)
+                             seed=args.seed, device=args.device,
+                             precision=args.precision)
     out = ensure_writable_dir(Path(args.out) if args.out else Path(args.run_dir) / "sharpness",
                               create=False)
     source = {"dataset": args.dataset, "data_dir": args.data_dir, "cache_dir": args.cache_dir}

@@ -11,6 +11,7 @@ from depthscape.cli._common import (
     int_in,
     positive_int,
 )
+from depthscape.core.runtime import PRECISIONS
 
 NAME = "study"
 HELP = ("run the whole comparison: train the seven models, plot, measure landscapes and "
@@ -42,8 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_gpu_arguments(parser)
     parser.add_argument("--runs-per-gpu", type=positive_int, default=None,
                         help="trainings run at once on each GPU (default $DEPTHSCAPE_RUNS_PER_GPU or 1)")
-    parser.add_argument("--landscape-precision", choices=("fp32", "tf32", "bf16"), default="fp32",
-                        help="arithmetic of the landscapes on CUDA (default fp32, exact)")
+    parser.add_argument("--landscape-precision", choices=PRECISIONS, default="fp32",
+                        help="arithmetic of the landscapes and trajectories (default fp32, "
+                             "exact; bf16 on CUDA or a CPU with native bf16)")
 
 
 def run(args: argparse.Namespace) -> int:

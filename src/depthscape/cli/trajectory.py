@@ -13,6 +13,7 @@ from depthscape.cli.landscape import (
     checkpoint_with_outputs_checked,
 )
 from depthscape.cli.plot import default_plots_dir
+from depthscape.core.runtime import PRECISIONS
 
 NAME = "trajectory"
 HELP = "optimization path of a run (PCA of its weight snapshots) drawn on its loss contour"
@@ -31,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     speed.add_argument("--batch-size", type=positive_int, default=1000)
     speed.add_argument("--workers", type=positive_int, default=None)
     speed.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
+    speed.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                       help="arithmetic of the grid points: fp32 (default, exact), bf16 autocast "
+                            "(CUDA, or a CPU with native bf16), tf32 (CUDA)")
     output = parser.add_argument_group("output")
     output.add_argument("--output", default=None,
                         help="surface file (default <run>/landscapes/<checkpoint>_trajectory_<split>_<hash>.h5)")
@@ -49,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     config = TrajectoryConfig(
         resolution=args.resolution, margin=args.margin, split=args.split, subset=args.subset,
         batch_size=args.batch_size, device=args.device, workers=args.workers,
-        data_source=args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir, model=args.model)
+        data_source=args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir, model=args.model,
+        precision=args.precision)
     surface = compute_trajectory(checkpoint, config, output=args.output,
                                  progress=not args.no_progress, overwrite=args.overwrite)
     if int(os.environ.get("RANK", "0")) != 0:

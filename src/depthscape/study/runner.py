@@ -161,8 +161,9 @@ class StudyConfig:
     trajectories: bool = True  # where the budget keeps snapshots
     curvature: bool = True  # curvature maps on the landscapes' planes
     progress: bool = True
-    # GPU switches passed to every training (None: the device's defaults, on CUDA the
-    # captured step, bf16 and channels-last) and to the landscapes; see docs/scaling.md
+    # switches passed to every training (None: the device's defaults; on CUDA the captured
+    # step, bf16 and channels-last, on the CPU channels-last fp32; bf16 where asked);
+    # landscape_precision goes to the landscapes and trajectories; see docs/scaling.md
     precision: str | None = None
     cuda_graph: bool | None = None
     channels_last: bool | None = None
@@ -463,7 +464,8 @@ def _trajectories(runs, budget: Budget, dataset, config: StudyConfig, out: Path,
                               f"({budget.trajectory_resolution}x{budget.trajectory_resolution})")
         surface = Path(compute_trajectory(
             run.paths.final, TrajectoryConfig(resolution=budget.trajectory_resolution,
-                                              subset=budget.trajectory_subset, device=config.device),
+                                              subset=budget.trajectory_subset, device=config.device,
+                                              precision=config.landscape_precision),
             output=out / "trajectories" / f"{run.paths.run_name}.h5", dataset=dataset,
             progress=config.progress))
         png = plot_dir / f"{surface.stem}_path.png"

@@ -21,11 +21,19 @@ Training and its evaluations use the :class:`FastPath` object.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 from dataclasses import asdict, dataclass
 
 import torch
+
+from depthscape.core.runtime import (  # noqa: F401  (re-exported: the training switches' tools)
+    PRECISIONS,
+    autocast,
+    cpu_bf16_supported,
+    resolve_precision,
+    set_tf32,
+    tf32_enabled,
+)
 
 
 @dataclass(frozen=True)
@@ -48,12 +56,9 @@ class FastPath:
 
     def autocast(self):
         """The autocast context of the forward pass (a no-op unless ``amp``)."""
-        if self.arithmetic == "bf16":
-            # No cast cache under a graph (as PyTorch advises for graphed callables): each
-            # weight is used once per forward here, so the cache saves nothing anyway.
-            return torch.autocast(device_type=self.device_type, dtype=torch.bfloat16,
-                                  cache_enabled=not self.cuda_graph)
-        return contextlib.nullcontext()
+        # No cast cache under a graph (as PyTorch advises for graphed callables): each
+        # weight is used once per forward here, so the cache saves nothing anyway.
+        return autocast(self.device_type, self.arithmetic, cache_enabled=not self.cuda_graph)
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """Put ``model``'s weights in the chosen memory layout (in place); returns it."""
@@ -86,42 +91,6 @@ class FastPath:
         return data
 
 
-PRECISIONS = ("fp32", "tf32", "bf16")
-
-
-def set_tf32(enabled: bool) -> None:
-    """TF32 for CUDA matmuls and cuDNN convolutions, on or off (process-wide).
-
-    Uses the ``fp32_precision`` settings where this PyTorch has them (as the landscape's
-    ``full_float32`` does): PyTorch refuses to read the flags once the legacy
-    ``allow_tf32`` and the new API have been mixed.
-    """
-    conv = getattr(torch.backends.cudnn, "conv", None)
-    if conv is not None and hasattr(conv, "fp32_precision"):
-        conv.fp32_precision = "tf32" if enabled else "ieee"
-        torch.backends.cuda.matmul.fp32_precision = "tf32" if enabled else "ieee"
-    else:
-        torch.backends.cuda.matmul.allow_tf32 = enabled
-        torch.backends.cudnn.allow_tf32 = enabled
-
-
-def tf32_enabled() -> bool:
-    """Whether cuDNN convolutions may use TF32 now (either API)."""
-    conv = getattr(torch.backends.cudnn, "conv", None)
-    if conv is not None and hasattr(conv, "fp32_precision"):
-        return conv.fp32_precision == "tf32"
-    return bool(torch.backends.cudnn.allow_tf32)
-
-
-def cpu_bf16_supported() -> bool:
-    """Whether this CPU runs bf16 natively (oneDNN's check: AVX-512 BF16 or AMX)."""
-    check = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
-    try:
-        return bool(check()) if check is not None else False
-    except (RuntimeError, AttributeError):
-        return False
-
-
 def fast_path_for(device: torch.device | str, amp: bool = False, channels_last: bool | None = False,
                   compile: bool = False, cudnn_benchmark: bool | None = None,
                   fused_optimizer: bool | None = None, precision: str | None = None,
@@ -143,10 +112,9 @@ def fast_path_for(device: torch.device | str, amp: bool = False, channels_last: 
     device = torch.device(device)
     if precision is not None and precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-    if amp:
-        precision = "bf16"
+    wanted = "bf16" if amp else precision  # --amp is the older name of --precision bf16
     if device.type == "cpu":
-        return _cpu_fast_path(channels_last, compile, precision, cuda_graph)
+        return _cpu_fast_path(channels_last, compile, wanted, cuda_graph)
     asked = [name for name, on in (("--amp", amp), ("--channels-last", channels_last is True),
                                    ("--compile", compile),
                                    (f"--precision {precision}", precision in ("tf32", "bf16")),
@@ -157,16 +125,13 @@ def fast_path_for(device: torch.device | str, amp: bool = False, channels_last: 
             notice = (f"{', '.join(asked)} {'acts' if len(asked) == 1 else 'act'} only on CUDA; "
                       f"ignored on {device.type}, so results are those of the plain path")
         return FastPath(device_type=device.type), notice
-    skipped = []
-    precision = precision or "bf16"  # --amp alone is bf16 too
-    if precision == "bf16" and not torch.cuda.is_bf16_supported():
-        precision = "fp32"
-        skipped.append("bf16 (this GPU has no bf16 support; fp32 runs)")
+    precision, fallback = resolve_precision(wanted, device, default_cuda="bf16")
+    skipped = [fallback] if fallback else []
     amp = precision == "bf16"
     if compile and importlib.util.find_spec("triton") is None:
         compile = False
-        skipped.append("--compile (Triton is not installed)")
-    notice = f"ignored {', '.join(skipped)}" if skipped else None
+        skipped.append("ignored --compile (Triton is not installed)")
+    notice = "; ".join(skipped) if skipped else None
     return FastPath(
         device_type="cuda", amp=amp, channels_last=channels_last is not False, compile=compile,
         cudnn_benchmark=True if cudnn_benchmark is None else cudnn_benchmark,
@@ -178,17 +143,12 @@ def fast_path_for(device: torch.device | str, amp: bool = False, channels_last: 
 def _cpu_fast_path(channels_last: bool | None, compile: bool, precision: str | None,
                    cuda_graph: bool | None) -> tuple[FastPath, str | None]:
     """The CPU's fast path: channels-last (default on) and bf16 where asked and supported."""
-    from depthscape.core.errors import UserError
-
-    if precision == "bf16" and not cpu_bf16_supported():
-        raise UserError("--precision bf16: this CPU has no native bf16 support (oneDNN finds "
-                        "neither AVX-512 BF16 nor AMX); use --precision fp32")
-    asked = [name for name, on in (("--compile", compile), ("--precision tf32", precision == "tf32"),
-                                   ("--cuda-graph", cuda_graph is True)) if on]
-    notice = None
+    precision, notice = resolve_precision(precision, "cpu")  # bf16 unsupported: UserError
+    asked = [name for name, on in (("--compile", compile), ("--cuda-graph", cuda_graph is True))
+             if on]
     if asked:
-        notice = (f"{', '.join(asked)} {'acts' if len(asked) == 1 else 'act'} only on CUDA; "
-                  "ignored on cpu")
-    bf16 = precision == "bf16"
-    return FastPath(device_type="cpu", amp=bf16, channels_last=channels_last is not False,
-                    precision="bf16" if bf16 else "fp32"), notice
+        ignored = (f"{', '.join(asked)} {'acts' if len(asked) == 1 else 'act'} only on CUDA; "
+                   "ignored on cpu")
+        notice = ignored if notice is None else f"{notice}; {ignored}"
+    return FastPath(device_type="cpu", amp=precision == "bf16",
+                    channels_last=channels_last is not False, precision=precision), notice

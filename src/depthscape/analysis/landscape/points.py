@@ -21,7 +21,6 @@ evaluator falls back to the unfolded model.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import warnings
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from torch import nn
 
 from depthscape.core.data import Preprocess, Split
 from depthscape.core.errors import UserError
+from depthscape.core.runtime import autocast, tf32_scope
 
 _FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -45,29 +45,11 @@ CPU_BATCH = 128
 _PRECOMPUTE_BYTES = 2 * 1024**3
 
 
-@contextlib.contextmanager
 def full_float32(tf32: bool = False):
-    """Convolutions and matrix products in full float32 (no TF32 on NVIDIA GPUs).
-
-    TF32 (cuDNN's default for convolutions) rounds inputs to 10 mantissa bits: a surface
-    would then differ from the CPU's by ~1e-3 and the fold check would fail. ``tf32=True``
-    turns TF32 on instead (``--precision tf32``); the old settings come back on exit.
-    """
-    settings = []
-    for owner in (getattr(torch.backends.cudnn, "conv", None), torch.backends.cuda.matmul):
-        if owner is not None and hasattr(owner, "fp32_precision"):
-            settings.append((owner, "fp32_precision", owner.fp32_precision, "tf32" if tf32 else "ieee"))
-        elif owner is torch.backends.cuda.matmul:
-            settings.append((owner, "allow_tf32", owner.allow_tf32, tf32))
-    if not any(owner is not torch.backends.cuda.matmul for owner, *_ in settings):
-        settings.append((torch.backends.cudnn, "allow_tf32", torch.backends.cudnn.allow_tf32, tf32))
-    try:
-        for owner, name, _, value in settings:
-            setattr(owner, name, value)
-        yield
-    finally:
-        for owner, name, old, _ in settings:
-            setattr(owner, name, old)
+    """Convolutions and matrix products in full float32 (no TF32 on NVIDIA GPUs) inside the
+    block; ``tf32=True`` turns TF32 on instead (``--precision tf32``). See
+    :func:`depthscape.core.runtime.tf32_scope`."""
+    return tf32_scope(tf32)
 
 
 @dataclass(frozen=True)
@@ -265,8 +247,9 @@ class PointEvaluator:
                  precision: str = "fp32"):
         device = torch.device(device) if device is not None else torch.device("cpu")
         self.device = device
-        # fp32 (exact, TF32 off), tf32 or bf16 (autocast, channels-last) act on CUDA only
-        self.precision = precision if device.type == "cuda" else "fp32"
+        # fp32 (exact, TF32 off), tf32 (CUDA) or bf16 (autocast, channels-last): as the caller
+        # resolved it for this device (core.runtime.resolve_precision)
+        self.precision = precision
         self.batch_size = effective_batch_size(batch_size, device)
         self.compiled = compile
         model = copy.deepcopy(model).to(device).eval()
@@ -370,9 +353,7 @@ class PointEvaluator:
 
     def _autocast(self):
         """bf16 autocast under ``precision="bf16"`` (entered per call: it is per thread)."""
-        if self.precision == "bf16":
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.device.type, self.precision)
 
     def evaluate(self, coefficients) -> tuple[float, float]:
         """Mean cross-entropy loss and accuracy (percent) at the point (one host sync)."""

@@ -49,6 +49,7 @@ from depthscape.core.distributed import DistContext, setup
 from depthscape.core.errors import UserError
 from depthscape.core.limits import require_fits
 from depthscape.core.locking import claim_output
+from depthscape.core.runtime import PRECISIONS, resolve_precision
 from depthscape.core.trained import load_trained_run
 
 #: Seed of the fixed random evaluation subset (kept apart from the direction seed, so
@@ -90,7 +91,7 @@ class LandscapeConfig:
     data_dir: str | None = None
     cache_dir: str | None = None
     model: str | None = None
-    precision: str = "fp32"  # fp32 (exact, TF32 off) | tf32 | bf16: on CUDA only, the CPU is fp32
+    precision: str = "fp32"  # core.runtime.PRECISIONS: fp32 (exact, TF32 off) | tf32 (CUDA) | bf16
 
     def validate(self) -> "LandscapeConfig":
         """Check the settings; a bad one is a one-line UserError. Returns self normalised."""
@@ -110,8 +111,9 @@ class LandscapeConfig:
             raise UserError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
         if self.workers is not None and self.workers <= 0:
             raise UserError(f"workers must be positive, got {self.workers}")
-        if self.precision not in ("fp32", "tf32", "bf16"):
-            raise UserError(f"precision must be fp32, tf32 or bf16, got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, "
+                            f"got {self.precision!r}")
         if self.batch_size <= 0:
             raise UserError(f"batch size must be positive, got {self.batch_size}")
         if self.target is not None and self.dims != 1:
@@ -193,10 +195,11 @@ def compute_landscape(checkpoint: str | os.PathLike, config: LandscapeConfig | N
     config = (config or LandscapeConfig()).validate()
     checkpoint = Path(checkpoint)
     dist = setup(config.device)
-    if config.precision != "fp32" and dist.device.type != "cuda" and dist.is_main:
-        print(f"depthscape: notice: --precision {config.precision} acts only on CUDA; ignored on "
-              f"{dist.device.type}, which computes fp32", file=sys.stderr, flush=True)
     try:
+        precision, notice = resolve_precision(config.precision, dist.device)  # what runs here
+        if notice and dist.is_main:
+            print(f"depthscape: notice: {notice}", file=sys.stderr, flush=True)
+        config = replace(config, precision=precision)
         given = (directions, direction_identity, extra)
         # issue 11: the surface's lock (taken in _compute) lives as long as this call
         with contextlib.ExitStack() as held:
@@ -247,7 +250,7 @@ def _compute(checkpoint: Path, config: LandscapeConfig, output, dataset: Dataset
         if len(given_directions) != config.dims or target_model is not None:
             raise ValueError(f"{len(given_directions)} directions given for dims={config.dims}")
         identity.update({"norm": None, "seed": None, **(given_identity or {"direction": "given"})})
-    precision = config.precision if dist.device.type == "cuda" else "fp32"
+    precision = config.precision  # resolved for this device by compute_landscape
     if precision != "fp32":  # fp32 surfaces (all earlier ones) keep their identity
         identity["precision"] = precision
     path = Path(output) if output is not None else default_surface_path(checkpoint, config, identity)
