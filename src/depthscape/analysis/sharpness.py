@@ -69,6 +69,20 @@ class SharpnessResult:
     trace_converged: bool
     subset_size: int
     num_parameters: int
+    # Each end's own convergence, its last Lanczos change and its Ritz residual (see
+    # EigenExtremes); None where not recorded (results stored before they were kept).
+    largest_converged: bool | None = None
+    smallest_converged: bool | None = None
+    largest_change: float | None = None
+    smallest_change: float | None = None
+    largest_residual: float | None = None
+    smallest_residual: float | None = None
+
+    def end_converged(self, end: str) -> bool:
+        """Whether the ``"largest"`` or ``"smallest"`` eigenvalue converged (where the end's
+        own flag was not recorded, the run's: both ends)."""
+        own = getattr(self, f"{end}_converged")
+        return self.eigen_converged if own is None else bool(own)
 
 
 def model_sharpness(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
@@ -82,7 +96,9 @@ def model_sharpness(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor
         operator, params, config.trace_samples, config.trace_tol, config.min_trace_samples,
         config.seed)
     return SharpnessResult(ends.largest, ends.smallest, ends.iterations, ends.converged, trace,
-                           stderr, count, trace_ok, len(labels), operator.num_parameters)
+                           stderr, count, trace_ok, len(labels), operator.num_parameters,
+                           ends.largest_converged, ends.smallest_converged, ends.largest_change,
+                           ends.smallest_change, ends.largest_residual, ends.smallest_residual)
 
 
 def measure_sharpness(checkpoint: str | os.PathLike, config: SharpnessConfig = SharpnessConfig(),
