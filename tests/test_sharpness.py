@@ -124,6 +124,38 @@ def test_each_end_of_the_spectrum_reports_its_own_convergence():
     assert one.largest_change is None and one.smallest_change is None  # nothing to compare
 
 
+def test_sharpness_table_marks_what_did_not_converge():
+    from depthscape.analysis.sharpness import SharpnessResult, sharpness_table
+    from depthscape.core.runs import RunInfo, run_paths
+
+    def run(model, seed=0):
+        return RunInfo(model, seed, "cifar10", run_paths(".", model, seed))
+
+    open_end = SharpnessResult(591.7, 0.000992, 8, False, 40.0, 9.5, 6, False, 128, 1000,
+                               largest_converged=True, smallest_converged=False,
+                               largest_change=0.02, smallest_change=3.25,
+                               largest_residual=0.4, smallest_residual=12.5)
+    settled = SharpnessResult(330.0, -7.0, 12, True, 50.0, 1.0, 6, True, 128, 100)
+    table = sharpness_table([(run("resnet20"), open_end), (run("plain20"), settled)])
+    assert table.rows[0] == ["ResNet-20", "591.7", "0.000992†", "40†", "0.04†"]
+    assert table.rows[1] == ["PlainNet-20", "330", "-7", "50", "0.5"]
+    [note] = table.notes
+    assert note.startswith("† Did not converge within the budget, so not a result: ")
+    assert ("ResNet-20 smallest eigenvalue (8 Lanczos steps, last change 3.25, residual 12.5); "
+            "ResNet-20 trace (6 Hutchinson probes, standard error 9.5)") in note
+    assert "PlainNet-20" not in note and "largest eigenvalue (" not in note
+    assert table.markdown().rstrip().endswith(note)
+    csv = dict(zip(table.csv_header, table.csv_rows[0]))
+    assert csv["all_largest_converged"] and not csv["all_smallest_converged"]
+    assert not csv["all_eigen_converged"] and not csv["all_trace_converged"]
+    clean = sharpness_table([(run("plain20"), settled)])
+    assert clean.notes == [] and "†" not in clean.markdown()
+    # several seeds: one unconverged seed marks the mean, and the note names the seed
+    two = sharpness_table([(run("plain20", 1), open_end), (run("plain20", 0), settled)])
+    assert two.rows[0][2].endswith("†") and not two.rows[0][1].endswith("†")
+    assert "PlainNet-20 smallest eigenvalue (seed 1: 8 Lanczos steps" in two.notes[0]
+
+
 def test_power_iteration_reports_non_convergence(setup):
     model, inputs, labels, _ = setup
     operator = HessianOperator(model, inputs, labels)
@@ -214,7 +246,13 @@ def test_sharpness_cli(tmp_path, tiny_data, cache_dir, capsys):
     table = (tmp_path / "sharpness" / "sharpness.md").read_text()
     assert "PlainNet-8" in table and "Largest eigenvalue" in table
     assert "Smallest eigenvalue" in table
-    capsys.readouterr()
+    # one Lanczos step and one probe converge nothing: every number carries the mark, in
+    # the written table and in what the command prints, with the same note
+    row = next(line for line in table.splitlines() if line.startswith("| PlainNet-8"))
+    assert row.count("†") == 4
+    assert "† Did not converge within the budget" in table and "1 Lanczos step" in table
+    printed = capsys.readouterr().out
+    assert row in printed and "† Did not converge within the budget" in printed
     with pytest.raises(SystemExit) as exit_info:
         main(["sharpness", "--run-dir", str(tmp_path), "--subset", "0"])
     assert exit_info.value.code == 2
