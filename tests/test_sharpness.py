@@ -150,6 +150,10 @@ def test_sharpness_table_marks_what_did_not_converge():
     assert not csv["all_eigen_converged"] and not csv["all_trace_converged"]
     clean = sharpness_table([(run("plain20"), settled)])
     assert clean.notes == [] and "†" not in clean.markdown()
+    rough_trace = SharpnessResult(330.0, -7.0, 12, True, 50.0, 30.0, 6, False, 128, 100)
+    [trace_only] = sharpness_table([(run("plain20"), rough_trace)]).notes
+    assert "PlainNet-20 trace (6 Hutchinson probes, standard error 30)" in trace_only
+    assert "Lanczos" not in trace_only  # nothing about eigenvalues where none is marked
     # several seeds: one unconverged seed marks the mean, and the note names the seed
     two = sharpness_table([(run("plain20", 1), open_end), (run("plain20", 0), settled)])
     assert two.rows[0][2].endswith("†") and not two.rows[0][1].endswith("†")

@@ -227,11 +227,15 @@ def unconverged_note(entries: Sequence[tuple[str, str, Sequence[tuple[int, str]]
         details = "; ".join(f"seed {seed}: {text}" if several_seeds else text
                             for seed, text in seeds)
         items.append(f"{name} {quantity} ({details})")
-    return (f"{UNCONVERGED_MARK} Did not converge within the budget, so not a result: "
-            + "; ".join(items) + ". Last change: how far the last Lanczos step moved the "
-            "value; residual ||Hv - θv||: some Hessian eigenvalue lies within it of the "
-            "value, not necessarily the extreme one. Lanczos approaches both ends from inside: "
-            "the true smallest eigenvalue is at most the value shown, the true largest at least.")
+    note = (f"{UNCONVERGED_MARK} Did not converge within the budget, so not a result: "
+            + "; ".join(items) + ".")
+    if any(quantity != "trace" for _, quantity, _ in entries):
+        note += (" Last change: how far the last Lanczos step moved the value; residual "
+                 "||Hv - θv||: some Hessian eigenvalue lies within it of the value, not "
+                 "necessarily the extreme one. Lanczos approaches both ends from inside: the "
+                 "true smallest eigenvalue is at most the value shown, the true largest at "
+                 "least.")
+    return note
 
 
 def sharpness_table(results: Sequence[tuple[object, SharpnessResult]]):
