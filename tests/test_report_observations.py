@@ -58,3 +58,76 @@ def test_observations_name_both_ends_of_the_hessian_spectrum():
            "PlainNet 9." in lines
     smallest = next(line for line in lines if line.startswith("Smallest Hessian eigenvalue"))
     assert "ResNet -0.5 vs PlainNet -7" in smallest
+
+
+def _run(model: str, seed: int = 0) -> RunInfo:
+    return RunInfo(model, seed, "cifar10", run_paths(".", model, seed))
+
+
+def _unconverged(largest: float, smallest: float, steps: int = 8) -> SharpnessResult:
+    """Lanczos stopped at its step limit: the largest end settled, the smallest did not."""
+    return SharpnessResult(largest, smallest, steps, False, 1.0, 0.1, 5, True, 128, 100,
+                           largest_converged=True, smallest_converged=False,
+                           largest_change=0.01, smallest_change=3.25, largest_residual=0.5,
+                           smallest_residual=12.5)
+
+
+def test_unconverged_eigenvalues_are_no_observation():
+    """The quick study said "smallest Hessian eigenvalue 0.000992" for ResNet-20 from 8
+    Lanczos steps that had not converged (23 converged steps give -11.76)."""
+    sharp = [(_run("resnet20"), _unconverged(591.7, 0.000992)),
+             (_run("plain20"), _unconverged(330.0, -0.25))]
+    lines = observations([metrics("resnet20", 50.0), metrics("plain20", 40.0)], sharp)
+    assert not any("0.000992" in line or "-0.25" in line for line in lines)
+    smallest = next(line for line in lines if line.startswith("Smallest Hessian eigenvalue"))
+    assert "not resolved at any depth" in smallest and "8 Lanczos steps" in smallest
+    assert "ResNet-20, PlainNet-20" in smallest and "†" in smallest
+    largest = next(line for line in lines if line.startswith("Largest Hessian eigenvalue"))
+    assert "ResNet 592 vs PlainNet 330" in largest  # its own end converged: stated
+    assert "†" not in largest and "not resolved" not in largest
+
+
+def test_one_unconverged_side_leaves_that_depth_unresolved():
+    converged = SharpnessResult(5.0, -0.5, 5, True, 1.0, 0.1, 5, True, 8, 100)
+    sharp = [(_run("resnet20"), converged), (_run("plain20"), converged),
+             (_run("resnet56"), converged), (_run("plain56"), _unconverged(9.0, 0.003, 6))]
+    runs = [metrics(m, 50.0) for m in ("resnet20", "plain20", "resnet56", "plain56")]
+    smallest = next(line for line in observations(runs, sharp)
+                    if line.startswith("Smallest Hessian eigenvalue"))
+    assert "depth 20: ResNet -0.5 vs PlainNet -0.5" in smallest
+    assert "depth 56: not resolved (PlainNet-56 did not converge in 6 Lanczos steps)" \
+        in smallest
+    assert "0.003" not in smallest and "marked † in the sharpness table" in smallest
+
+
+def test_results_stored_without_per_end_flags_count_as_the_run_ended():
+    """Results cached before each end had its own flag: an unconverged run marks both."""
+    old = SharpnessResult(591.7, 0.000992, 8, False, 1.0, 0.1, 5, True, 128, 100)
+    assert not old.end_converged("largest") and not old.end_converged("smallest")
+    sharp = [(_run("resnet20"), old), (_run("plain20"), old)]
+    lines = observations([metrics("resnet20", 50.0), metrics("plain20", 40.0)], sharp)
+    assert not any("592" in line or "0.000992" in line for line in lines)
+
+
+def test_report_marks_unconverged_numbers_in_both_formats(tmp_path):
+    from depthscape.study.report import build_blocks, render_html, render_markdown
+    from depthscape.study.runner import StudyResult, get_budget
+
+    sharp = [(_run("resnet20"), _unconverged(591.7, 0.000992)),
+             (_run("plain20"), SharpnessResult(330.0, -7.0, 12, True, 50.0, 1.0, 6, True, 128,
+                                               100))]
+    result = StudyResult(tmp_path, tmp_path / "report.md", tmp_path / "report.html",
+                         [metrics("resnet20", 50.0), metrics("plain20", 40.0)], sharpness=sharp)
+    blocks = build_blocks(result, get_budget("quick"), {"seeds": 1, "dataset": "cifar10"})
+    markdown = render_markdown(blocks, tmp_path)
+    assert "| ResNet-20 | 591.7 | 0.000992† | 1 | 0.01 |" in markdown
+    assert "| PlainNet-20 | 330 | -7 | 50 | 0.5 |" in markdown  # converged: unmarked
+    note = next(line for line in markdown.splitlines() if line.startswith("† "))
+    assert "ResNet-20 smallest eigenvalue (8 Lanczos steps, last change 3.25, residual 12.5)" \
+        in note
+    assert "PlainNet-20" not in note and "largest eigenvalue" not in note
+    page = render_html(blocks)
+    assert "<td>0.000992†</td>" in page and "<td>-7</td>" in page
+    assert '<p class="note">† Did not converge' in page and "last change 3.25" in page
+    observed = markdown[markdown.index("## Observations"):markdown.index("## Table 1")]
+    assert "0.000992" not in observed and "-7" not in observed

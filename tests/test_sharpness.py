@@ -82,6 +82,7 @@ def test_extreme_eigenvalues_match_the_exact_hessian(setup):
     assert eigenvalues[0] < 0 < eigenvalues[-1]  # not a minimum: both ends matter
     ends = hessian_extremes(model, inputs, labels, iters=200, tol=1e-10)
     assert ends.converged and ends.iterations <= sum(p.numel() for p in model.parameters())
+    assert ends.largest_converged and ends.smallest_converged
     scale = float(eigenvalues.abs().max())
     assert ends.largest == pytest.approx(float(eigenvalues[-1]), abs=1e-8 * scale)
     assert ends.smallest == pytest.approx(float(eigenvalues[0]), abs=1e-8 * scale)
@@ -101,6 +102,62 @@ def test_extreme_eigenvalues_name_each_end_for_what_it_is(diagonal, largest, sma
     assert ends.converged
     assert ends.largest == pytest.approx(largest, abs=1e-6)
     assert ends.smallest == pytest.approx(smallest, abs=1e-6)
+
+
+def test_each_end_of_the_spectrum_reports_its_own_convergence():
+    """An isolated top eigenvalue settles in a few Lanczos steps, a crowded bottom does not
+    (the quick study's Hessians: the largest end converged in 8 steps, the smallest not)."""
+    spectrum = torch.cat([torch.tensor([100.0]), torch.linspace(-1, 1, 199)]).double()
+    params = [torch.zeros(200, dtype=torch.float64)]
+    ends = extreme_eigenvalues(lambda v: [spectrum * v[0]], params, iters=6, tol=1e-8)
+    assert ends.iterations == 6 and not ends.converged
+    assert ends.largest_converged and not ends.smallest_converged
+    assert ends.largest == pytest.approx(100.0, rel=1e-9)
+    assert ends.largest_change <= 1e-8 * 100 and ends.largest_residual < 1e-6
+    assert ends.smallest_change > 1e-8 * 100
+    assert -1.0 < ends.smallest < -0.5  # approached from inside: above the true -1
+    # the residual bounds the distance to some eigenvalue (here the dense part's)
+    assert float((spectrum - ends.smallest).abs().min()) <= ends.smallest_residual
+    assert 0.01 < ends.smallest_residual < 1.0
+    one = extreme_eigenvalues(lambda v: [spectrum * v[0]], params, iters=1, tol=1e-8)
+    assert not one.converged and not one.largest_converged and not one.smallest_converged
+    assert one.largest_change is None and one.smallest_change is None  # nothing to compare
+
+
+def test_sharpness_table_marks_what_did_not_converge():
+    from depthscape.analysis.sharpness import SharpnessResult, sharpness_table
+    from depthscape.core.runs import RunInfo, run_paths
+
+    def run(model, seed=0):
+        return RunInfo(model, seed, "cifar10", run_paths(".", model, seed))
+
+    open_end = SharpnessResult(591.7, 0.000992, 8, False, 40.0, 9.5, 6, False, 128, 1000,
+                               largest_converged=True, smallest_converged=False,
+                               largest_change=0.02, smallest_change=3.25,
+                               largest_residual=0.4, smallest_residual=12.5)
+    settled = SharpnessResult(330.0, -7.0, 12, True, 50.0, 1.0, 6, True, 128, 100)
+    table = sharpness_table([(run("resnet20"), open_end), (run("plain20"), settled)])
+    assert table.rows[0] == ["ResNet-20", "591.7", "0.000992†", "40†", "0.04†"]
+    assert table.rows[1] == ["PlainNet-20", "330", "-7", "50", "0.5"]
+    [note] = table.notes
+    assert note.startswith("† Did not converge within the budget, so not a result: ")
+    assert ("ResNet-20 smallest eigenvalue (8 Lanczos steps, last change 3.25, residual 12.5); "
+            "ResNet-20 trace (6 Hutchinson probes, standard error 9.5)") in note
+    assert "PlainNet-20" not in note and "largest eigenvalue (" not in note
+    assert table.markdown().rstrip().endswith(note)
+    csv = dict(zip(table.csv_header, table.csv_rows[0]))
+    assert csv["all_largest_converged"] and not csv["all_smallest_converged"]
+    assert not csv["all_eigen_converged"] and not csv["all_trace_converged"]
+    clean = sharpness_table([(run("plain20"), settled)])
+    assert clean.notes == [] and "†" not in clean.markdown()
+    rough_trace = SharpnessResult(330.0, -7.0, 12, True, 50.0, 30.0, 6, False, 128, 100)
+    [trace_only] = sharpness_table([(run("plain20"), rough_trace)]).notes
+    assert "PlainNet-20 trace (6 Hutchinson probes, standard error 30)" in trace_only
+    assert "Lanczos" not in trace_only  # nothing about eigenvalues where none is marked
+    # several seeds: one unconverged seed marks the mean, and the note names the seed
+    two = sharpness_table([(run("plain20", 1), open_end), (run("plain20", 0), settled)])
+    assert two.rows[0][2].endswith("†") and not two.rows[0][1].endswith("†")
+    assert "PlainNet-20 smallest eigenvalue (seed 1: 8 Lanczos steps" in two.notes[0]
 
 
 def test_power_iteration_reports_non_convergence(setup):
@@ -159,9 +216,23 @@ def test_measure_sharpness_on_a_checkpoint_is_cached(tmp_path, tiny_data, cache_
     assert first.subset_size == 8 and first.eigen_steps <= 2
     assert first.trace_samples <= 2
     assert first.smallest_eigenvalue <= first.largest_eigenvalue and math.isfinite(first.trace)
+    assert first.largest_converged is not None and first.smallest_converged is not None
     monkeypatch.setattr(sharpness, "model_sharpness",
                         lambda *a, **k: pytest.fail("measured again despite the cache"))
     assert sharpness.measure_sharpness(paths.final, config, dataset, out) == first
+    # a result stored before each end had its own flag still loads; both ends follow the
+    # run's flag
+    import json
+
+    stored = json.loads(out.read_text())
+    for name in ("largest", "smallest"):
+        for what in ("converged", "change", "residual"):
+            del stored["result"][f"{name}_{what}"]
+    stored["result"]["eigen_converged"] = False
+    out.write_text(json.dumps(stored))
+    old = sharpness.measure_sharpness(paths.final, config, dataset, out)
+    assert old.largest_converged is None and not old.end_converged("largest")
+    assert not old.end_converged("smallest")
     with pytest.raises(pytest.fail.Exception):  # other settings: measured again
         sharpness.measure_sharpness(paths.final, SharpnessConfig(subset=8), dataset, out)
 
@@ -179,7 +250,13 @@ def test_sharpness_cli(tmp_path, tiny_data, cache_dir, capsys):
     table = (tmp_path / "sharpness" / "sharpness.md").read_text()
     assert "PlainNet-8" in table and "Largest eigenvalue" in table
     assert "Smallest eigenvalue" in table
-    capsys.readouterr()
+    # one Lanczos step and one probe converge nothing: every number carries the mark, in
+    # the written table and in what the command prints, with the same note
+    row = next(line for line in table.splitlines() if line.startswith("| PlainNet-8"))
+    assert row.count("†") == 4
+    assert "† Did not converge within the budget" in table and "1 Lanczos step" in table
+    printed = capsys.readouterr().out
+    assert row in printed and "† Did not converge within the budget" in printed
     with pytest.raises(SystemExit) as exit_info:
         main(["sharpness", "--run-dir", str(tmp_path), "--subset", "0"])
     assert exit_info.value.code == 2

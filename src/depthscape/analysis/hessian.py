@@ -121,12 +121,27 @@ def dominant_eigenvalue(operator: Callable, params: Sequence[torch.Tensor], iter
 
 @dataclass(frozen=True)
 class EigenExtremes:
-    """The two ends of a Hessian's spectrum and how their power iterations ended."""
+    """The two ends of a Hessian's spectrum and how their Lanczos run ended.
+
+    The per-end fields say which end settled where the run as a whole did not (the largest
+    end usually converges in few steps, the smallest does not): ``*_converged`` is that
+    end's own share of the stopping rule (``None``: not recorded, read ``converged``),
+    ``*_change`` how much the last step moved it (absolute; ``None``: unknown, e.g. after
+    one step) and ``*_residual`` the Ritz residual ``||H v - theta v||`` of its Ritz pair:
+    some eigenvalue of the Hessian lies within it of the value (a small residual alone does
+    not prove it is the extreme one).
+    """
 
     largest: float  # largest (algebraic) eigenvalue: the sharpest upward curvature
     smallest: float  # smallest (algebraic) eigenvalue: negative where the loss curves down
     iterations: int  # Hessian-vector products (Lanczos steps) used
     converged: bool  # both ends met the tolerance (or are exact)
+    largest_converged: bool | None = None
+    smallest_converged: bool | None = None
+    largest_change: float | None = None
+    smallest_change: float | None = None
+    largest_residual: float | None = None
+    smallest_residual: float | None = None
 
     @property
     def ratio(self) -> float:
@@ -161,13 +176,17 @@ def extreme_eigenvalues(operator: Callable, params: Sequence[torch.Tensor], iter
     alphas: list[float] = []
     betas: list[float] = []
     ends = (math.nan, math.nan)
+
+    def failed(steps: int) -> EigenExtremes:
+        # Far from a minimum a deep PlainNet's loss reaches 1e20 and its curvature
+        # overflows float32: no eigenvalue is defined there (nan, not converged).
+        return EigenExtremes(math.nan, math.nan, steps, False, False, False)
+
     for step in range(iters):
         w = apply(basis[step])
         alphas.append(float(w.double() @ basis[step].double()))
         if not math.isfinite(alphas[-1]) or not bool(torch.isfinite(w).all()):
-            # Far from a minimum a deep PlainNet's loss reaches 1e20 and its curvature
-            # overflows float32: no eigenvalue is defined there (nan, not converged).
-            return EigenExtremes(math.nan, math.nan, step + 1, False)
+            return failed(step + 1)
         done = basis[:step + 1]
         for _ in range(2):  # twice is enough to keep the basis orthogonal in floating point
             w = w - done.T @ (done @ w)
@@ -175,21 +194,26 @@ def extreme_eigenvalues(operator: Callable, params: Sequence[torch.Tensor], iter
                        + torch.diag(torch.tensor(betas, dtype=torch.float64), 1)
                        + torch.diag(torch.tensor(betas, dtype=torch.float64), -1))
         try:
-            ritz = torch.linalg.eigvalsh(tridiagonal)
+            ritz, vectors = torch.linalg.eigh(tridiagonal)
         except torch.linalg.LinAlgError:  # a tridiagonal LAPACK cannot diagonalise: as above
-            return EigenExtremes(math.nan, math.nan, step + 1, False)
+            return failed(step + 1)
         new = (float(ritz[0]), float(ritz[-1]))
         scale = max(abs(new[0]), abs(new[1]), 1e-30)
         beta = float(w.norm())
-        if step > 0 and max(abs(new[0] - ends[0]), abs(new[1] - ends[1])) <= tol * scale:
-            return EigenExtremes(new[1], new[0], step + 1, True)
-        if beta <= 1e-10 * scale:  # an invariant subspace: its Ritz values are exact
-            return EigenExtremes(new[1], new[0], step + 1, True)
+        # the Ritz residual of a pair is beta times the last entry of its eigenvector
+        residual = (beta * abs(float(vectors[-1, 0])), beta * abs(float(vectors[-1, -1])))
+        change = ((abs(new[0] - ends[0]), abs(new[1] - ends[1])) if step > 0
+                  else (None, None))
+        settled = tuple(c is not None and c <= tol * scale for c in change)
+        exact = beta <= 1e-10 * scale  # an invariant subspace: its Ritz values are exact
+        if all(settled) or exact or step + 1 == iters:
+            ok = (True, True) if all(settled) or exact else settled
+            return EigenExtremes(new[1], new[0], step + 1, all(ok), ok[1], ok[0], change[1],
+                                 change[0], residual[1], residual[0])
         ends = new
-        if step + 1 < iters:
-            betas.append(beta)
-            basis[step + 1] = w / beta
-    return EigenExtremes(ends[1], ends[0], iters, False)
+        betas.append(beta)
+        basis[step + 1] = w / beta
+    raise AssertionError("unreachable: the loop returns at its last step")  # pragma: no cover
 
 
 def hessian_extremes(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *,

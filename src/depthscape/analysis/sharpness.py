@@ -72,6 +72,20 @@ class SharpnessResult:
     trace_converged: bool
     subset_size: int
     num_parameters: int
+    # Each end's own convergence, its last Lanczos change and its Ritz residual (see
+    # EigenExtremes); None where not recorded (results stored before they were kept).
+    largest_converged: bool | None = None
+    smallest_converged: bool | None = None
+    largest_change: float | None = None
+    smallest_change: float | None = None
+    largest_residual: float | None = None
+    smallest_residual: float | None = None
+
+    def end_converged(self, end: str) -> bool:
+        """Whether the ``"largest"`` or ``"smallest"`` eigenvalue converged (where the end's
+        own flag was not recorded, the run's: both ends)."""
+        own = getattr(self, f"{end}_converged")
+        return self.eigen_converged if own is None else bool(own)
 
 
 def model_sharpness(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
@@ -86,7 +100,9 @@ def model_sharpness(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor
         operator, params, config.trace_samples, config.trace_tol, config.min_trace_samples,
         config.seed)
     return SharpnessResult(ends.largest, ends.smallest, ends.iterations, ends.converged, trace,
-                           stderr, count, trace_ok, len(labels), operator.num_parameters)
+                           stderr, count, trace_ok, len(labels), operator.num_parameters,
+                           ends.largest_converged, ends.smallest_converged, ends.largest_change,
+                           ends.smallest_change, ends.largest_residual, ends.smallest_residual)
 
 
 def measure_sharpness(checkpoint: str | os.PathLike, config: SharpnessConfig = SharpnessConfig(),
@@ -176,41 +192,114 @@ def measure_runs(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
     return results
 
 
+#: Marks a number that did not converge within its budget: shown, never a result.
+UNCONVERGED_MARK = "†"  # a dagger
+
+
+def mark_unconverged(text: str, converged: bool) -> str:
+    """``text`` with :data:`UNCONVERGED_MARK` appended unless ``converged``."""
+    return text if converged else f"{text}{UNCONVERGED_MARK}"
+
+
+def unconverged_details(result: SharpnessResult, quantity: str) -> str | None:
+    """What is known about an estimate that did not converge, or None if it did.
+
+    ``quantity``: ``"largest"`` or ``"smallest"`` (eigenvalue) or ``"trace"``.
+    """
+    if quantity == "trace":
+        if result.trace_converged:
+            return None
+        return (f"{result.trace_samples} Hutchinson probe{'s' * (result.trace_samples != 1)}, "
+                f"standard error {result.trace_stderr:.3g}")
+    if result.end_converged(quantity):
+        return None
+    parts = [f"{result.eigen_steps} Lanczos step{'s' * (result.eigen_steps != 1)}"]
+    for label, value in (("last change", getattr(result, f"{quantity}_change")),
+                         ("residual", getattr(result, f"{quantity}_residual"))):
+        if value is not None and math.isfinite(value):
+            parts.append(f"{label} {value:.3g}")
+    if not math.isfinite(getattr(result, f"{quantity}_eigenvalue")):
+        parts.append("no finite value (the Hessian overflowed)")
+    return ", ".join(parts)
+
+
+def unconverged_note(entries: Sequence[tuple[str, str, Sequence[tuple[int, str]]]],
+                     several_seeds: bool = False) -> str | None:
+    """The footnote that explains :data:`UNCONVERGED_MARK`, or None when nothing is marked.
+
+    ``entries``: (model name as shown, quantity as shown, [(seed, details), ...]) for every
+    marked cell, ``details`` from :func:`unconverged_details`.
+    """
+    if not entries:
+        return None
+    items = []
+    for name, quantity, seeds in entries:
+        details = "; ".join(f"seed {seed}: {text}" if several_seeds else text
+                            for seed, text in seeds)
+        items.append(f"{name} {quantity} ({details})")
+    note = (f"{UNCONVERGED_MARK} Did not converge within the budget, so not a result: "
+            + "; ".join(items) + ".")
+    if any(quantity != "trace" for _, quantity, _ in entries):
+        note += (" Last change: how far the last Lanczos step moved the value; residual "
+                 "||Hv - θv||: some Hessian eigenvalue lies within it of the value, not "
+                 "necessarily the extreme one. Lanczos approaches both ends from inside: the "
+                 "true smallest eigenvalue is at most the value shown, the true largest at "
+                 "least.")
+    return note
+
+
 def sharpness_table(results: Sequence[tuple[object, SharpnessResult]]):
-    """Per model: largest and smallest Hessian eigenvalue and trace (mean ± std over seeds)."""
+    """Per model: largest and smallest Hessian eigenvalue and trace (mean ± std over seeds).
+
+    A number that did not converge (in any seed) carries :data:`UNCONVERGED_MARK`, and the
+    table's note says how far each got.
+    """
     from depthscape.analysis.curves import display_name
     from depthscape.analysis.tables import Table, mean_std, model_sort_key
 
-    by_model: dict[str, list[SharpnessResult]] = {}
+    by_model: dict[str, list[tuple[object, SharpnessResult]]] = {}
     for run, result in results:
-        by_model.setdefault(run.model, []).append(result)
+        by_model.setdefault(run.model, []).append((run, result))
     several = any(len(v) > 1 for v in by_model.values())
     header = ["Model", "Largest eigenvalue", "Smallest eigenvalue", "Trace",
               "Trace / parameters"] + (["Seeds"] if several else [])
     csv_header = ["model", "n_seeds", "largest_eigenvalue_mean", "largest_eigenvalue_std",
                   "smallest_eigenvalue_mean", "smallest_eigenvalue_std", "trace_mean",
                   "trace_std", "trace_stderr_max", "eigen_steps_max",
-                  "all_eigen_converged", "all_trace_converged", "subset_size", "num_parameters"]
-    rows, csv_rows = [], []
+                  "all_eigen_converged", "all_trace_converged", "subset_size", "num_parameters",
+                  "all_largest_converged", "all_smallest_converged"]
+    rows, csv_rows, marked = [], [], []
     for model in sorted(by_model, key=model_sort_key):
-        group = by_model[model]
+        runs = sorted(by_model[model], key=lambda pair: getattr(pair[0], "seed", 0))
+        group = [result for _, result in runs]
         largest = mean_std([r.largest_eigenvalue for r in group])
         smallest = mean_std([r.smallest_eigenvalue for r in group])
         trace = mean_std([r.trace for r in group])
         per_param = mean_std([r.trace / r.num_parameters for r in group])
-        cells = [display_name(model), _fmt_g(*largest), _fmt_g(*smallest), _fmt_g(*trace),
-                 _fmt_g(*per_param)]
+        ok = {q: all(r.end_converged(q) for r in group) for q in ("largest", "smallest")}
+        ok["trace"] = all(r.trace_converged for r in group)
+        cells = [display_name(model), mark_unconverged(_fmt_g(*largest), ok["largest"]),
+                 mark_unconverged(_fmt_g(*smallest), ok["smallest"]),
+                 mark_unconverged(_fmt_g(*trace), ok["trace"]),
+                 mark_unconverged(_fmt_g(*per_param), ok["trace"])]
         if several:
             cells.append(str(len(group)))
         rows.append(cells)
+        for quantity, shown in (("largest", "largest eigenvalue"),
+                                ("smallest", "smallest eigenvalue"), ("trace", "trace")):
+            seeds = [(getattr(run, "seed", 0), text) for run, r in runs
+                     if (text := unconverged_details(r, quantity)) is not None]
+            if seeds:
+                marked.append((display_name(model), shown, seeds))
         csv_rows.append([model, len(group), largest[0], largest[1], smallest[0], smallest[1],
                          trace[0], trace[1], max(r.trace_stderr for r in group),
                          max(r.eigen_steps for r in group),
-                         all(r.eigen_converged for r in group),
-                         all(r.trace_converged for r in group),
-                         group[0].subset_size, group[0].num_parameters])
+                         all(r.eigen_converged for r in group), ok["trace"],
+                         group[0].subset_size, group[0].num_parameters, ok["largest"],
+                         ok["smallest"]])
+    note = unconverged_note(marked, several)
     return Table("Sharpness at the trained minima (Hessian of the training loss)", header, rows,
-                 csv_header, csv_rows)
+                 csv_header, csv_rows, notes=[note] if note else [])
 
 
 def _fmt_g(mean: float, std: float, n: int) -> str:

@@ -19,7 +19,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from depthscape.analysis.curves import display_name
@@ -225,9 +225,12 @@ class Table:
     csv_header: list[str]
     csv_rows: list[list]
     align_left: int = 1
+    notes: list[str] = field(default_factory=list)  # footnotes shown under the table
 
     def markdown(self) -> str:
-        return markdown_table(self.header, self.rows, self.align_left)
+        """The Markdown table, then each note as a paragraph of its own."""
+        text = markdown_table(self.header, self.rows, self.align_left)
+        return text + "".join(f"\n{note}\n" for note in self.notes)
 
     def csv(self) -> str:
         return csv_text(self.csv_header, self.csv_rows)

@@ -175,24 +175,56 @@ def observations(metrics, sharpness) -> list[str]:
                          f"data and {test_acc:.2f}% on test data (a gap of "
                          f"{train_acc - test_acc:.2f} points).")
     if sharpness and first and second:
-        by_model: dict[str, list] = {}
-        for run, result in sharpness:
-            by_model.setdefault(run.model, []).append(result)
-        for field_name, what in (("largest_eigenvalue", "Largest Hessian eigenvalue (higher = "
-                                                        "sharper)"),
-                                 ("smallest_eigenvalue", "Smallest Hessian eigenvalue (negative "
-                                                         "= the loss still descends along some "
-                                                         "direction)")):
-            pairs = []
-            for depth in depths:
-                r, p = by_model.get(f"{first.prefix}{depth}"), by_model.get(f"{second.prefix}{depth}")
-                if r and p:
-                    pairs.append(f"depth {depth}: {first.label} "
-                                 f"{np.mean([getattr(x, field_name) for x in r]):.3g} vs "
-                                 f"{second.label} {np.mean([getattr(x, field_name) for x in p]):.3g}")
-            if pairs:
-                lines.append(f"{what} at each depth: " + "; ".join(pairs) + ".")
+        lines += _sharpness_observations(sharpness, depths, first, second)
     return lines
+
+
+def _sharpness_observations(sharpness, depths, first, second) -> list[str]:
+    """ResNet vs PlainNet at each depth, per end of the Hessian's spectrum, from converged
+    numbers only: a pair with an end that did not converge is named as not resolved."""
+    from depthscape.analysis.sharpness import UNCONVERGED_MARK
+
+    by_model: dict[str, list] = {}
+    for run, result in sharpness:
+        by_model.setdefault(run.model, []).append(result)
+    lines = []
+    for end, what in (("largest", "Largest Hessian eigenvalue (higher = sharper)"),
+                      ("smallest", "Smallest Hessian eigenvalue (negative = the loss still "
+                                   "descends along some direction)")):
+        pairs, resolved, unresolved, steps = [], 0, [], set()
+        for depth in depths:
+            models = (f"{first.prefix}{depth}", f"{second.prefix}{depth}")
+            r, p = by_model.get(models[0]), by_model.get(models[1])
+            if not (r and p):
+                continue
+            open_ = [(m, g) for m, g in zip(models, (r, p))
+                     if not all(x.end_converged(end) for x in g)]
+            if open_:
+                names = [display_name(m) for m, _ in open_]
+                used = {x.eigen_steps for _, g in open_ for x in g if not x.end_converged(end)}
+                unresolved += names
+                steps |= used
+                pairs.append(f"depth {depth}: not resolved ({' and '.join(names)} did not "
+                             f"converge in {_steps(used)} Lanczos steps)")
+                continue
+            resolved += 1
+            pairs.append(f"depth {depth}: {first.label} "
+                         f"{np.mean([getattr(x, f'{end}_eigenvalue') for x in r]):.3g} vs "
+                         f"{second.label} "
+                         f"{np.mean([getattr(x, f'{end}_eigenvalue') for x in p]):.3g}")
+        mark = f"Numbers marked {UNCONVERGED_MARK} in the sharpness table did not converge."
+        if resolved:
+            lines.append(f"{what} at each depth: " + "; ".join(pairs) + "."
+                         + (f" {mark}" if unresolved else ""))
+        elif unresolved:
+            lines.append(f"{what}: not resolved at any depth: {_steps(steps)} Lanczos steps did "
+                         f"not converge for {', '.join(unresolved)}. {mark}")
+    return lines
+
+
+def _steps(steps: set[int]) -> str:
+    ordered = sorted(steps)
+    return str(ordered[0]) if len(ordered) == 1 else f"{ordered[0]}-{ordered[-1]}"
 
 
 # ---------------------------------------------------------------------------------------
@@ -394,6 +426,7 @@ figcaption{font-style:italic;color:#445}
 .surface{height:520px;border:1px solid #e3e5ea}
 code{background:#f2f3f7;padding:0 .2rem;border-radius:3px}
 .caption{font-style:italic;color:#445;margin-top:0}
+.note{font-size:.88rem;color:#445;margin:.2rem 0}
 """
 
 
@@ -412,8 +445,10 @@ def _html_table(block: TableBlock) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in block.table.header)
     rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>"
                    for row in block.table.rows)
+    notes = "".join(f'<p class="note">{_inline(note)}</p>' for note in block.table.notes)
     caption = f'<p class="caption">{_inline(block.caption)}</p>' if block.caption else ""
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>{caption}"
+    return (f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>{notes}"
+            f"{caption}")
 
 
 def _html_figure(block: FigureBlock) -> str:
