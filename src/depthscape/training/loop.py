@@ -136,7 +136,10 @@ class BatchSchedule:
         if epoch not in self._perms:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             self._perms = {e: p for e, p in self._perms.items() if e >= epoch - 1}
-            self._perms[epoch] = torch.randperm(self.n, generator=generator).to(self.device)
+            perm = torch.randperm(self.n, generator=generator)
+            if torch.device(self.device).type == "cuda":  # from pinned memory: the CPU does not wait
+                perm = perm.pin_memory().to(self.device, non_blocking=True)
+            self._perms[epoch] = perm.to(self.device)
         return self._perms[epoch]
 
     def epoch_of(self, step: int) -> int:
