@@ -172,8 +172,9 @@ def baseline(dataset: Dataset, iterations: int, workers: int, model_name: str = 
         transforms.Normalize([125, 123, 114], [1, 1, 1]),
     ])
     cuda = torch.device(device).type == "cuda"
+    full = len(dataset.train) >= BATCH  # (a tiny dry-run set gives one smaller batch)
     loader = torch.utils.data.DataLoader(PilCifar(dataset.train, transform), batch_size=BATCH,
-                                         shuffle=True, num_workers=workers, drop_last=True,
+                                         shuffle=True, num_workers=workers, drop_last=full,
                                          persistent_workers=workers > 0, pin_memory=cuda)
     if cuda:
         torch.backends.cudnn.benchmark = True

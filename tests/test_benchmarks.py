@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_image_folder
 
 from depthscape.training.fastpath import cpu_bf16_supported, set_tf32, tf32_enabled
 
@@ -86,7 +87,79 @@ def test_a_cpu_dry_run_prints_every_cpu_variant_with_its_runtime_and_ratio(
 
 def test_a_graph_asked_for_and_not_used_exits_non_zero(bench_train, capsys, cache_dir, one_thread,
                                                        monkeypatch):
-    monkeypatch.setattr(bench_train, "cpu_bf16_supported", lambda: False)  # fewer runs
+    monkeypatch.setattr(bench_train, "baseline", lambda *args, **kwargs: 100.0)  # fewer runs
+    monkeypatch.setattr(bench_train, "cpu_bf16_supported", lambda: False)
     assert bench_train.main([*TINY, "--cuda-graph"]) == 1
     out = capsys.readouterr().out
     assert "FAILED: the captured step was asked for and not used for resnet8" in out
+
+
+# ---- the device check script ------------------------------------------------------------
+
+REPO = BENCHMARKS.parent
+RESULT_COLUMNS = ("date,device,device_name,precision,model,recipe,iterations,seed,train_acc,"
+                  "test_acc,train_loss,test_loss,wall_s,commit")
+
+
+def run_gpu_check(tmp_path, archive, **env):
+    import os
+    import subprocess
+
+    environment = {**os.environ, "PYTHON": sys.executable, "GPU_CHECK_DEVICE": "cpu",
+                   "GPU_CHECK_WORK": str(tmp_path / "work"), "OMP_NUM_THREADS": "1",
+                   "GPU_CHECK_COMMIT": "abc1234", **env}
+    out = tmp_path / "out"
+    done = subprocess.run(["bash", str(BENCHMARKS / "gpu_check.sh"), str(out), str(archive)],
+                          cwd=REPO, env=environment, capture_output=True, text=True, timeout=600)
+    return done, out
+
+
+def tiny_archive(tmp_path):
+    import tarfile
+
+    root = write_image_folder(tmp_path / "tiny", train_per_class=48, test_per_class=8)
+    archive = tmp_path / "tiny.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(root, arcname="tiny")
+    return archive
+
+
+def assert_what_comes_back(out):
+    files = sorted(out.iterdir())
+    assert 1 <= len(files) <= 8 and all(f.is_file() for f in files)
+    assert (out / "summary.txt").read_text().startswith("depthscape gpu_check, ")
+
+
+def test_the_device_check_never_runs_past_its_budget_and_always_leaves_a_summary(tmp_path):
+    done, out = run_gpu_check(tmp_path, tmp_path / "missing.tar.gz", GPU_CHECK_BUDGET="17",
+                              GPU_CHECK_STAGES="data bench_train train")
+    assert_what_comes_back(out)
+    summary = (out / "summary.txt").read_text()
+    assert "data: skipped (no time left)" in summary and "bench_train: skipped" in summary
+    assert "train_plain: skipped (ResNet-20 did not finish)" in summary
+    assert done.returncode == 0  # nothing failed; it only ran out of time
+
+
+@pytest.mark.slow  # about ten Python start-ups and six tiny trainings: tens of seconds
+def test_a_tiny_dry_run_of_the_device_check_on_the_cpu(tmp_path):
+    archive = tiny_archive(tmp_path)
+    done, out = run_gpu_check(tmp_path, archive, GPU_CHECK_TINY="1",
+                              GPU_CHECK_STAGES="data bench_train bench_landscape train")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert_what_comes_back(out)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "bench_landscape.log", "bench_train.log", "plainnet8_log.csv", "resnet8_log.csv",
+        "results.csv", "summary.txt", "train.log"]
+    summary = (out / "summary.txt").read_text()
+    for name in ("data", "bench_train", "bench_landscape", "train_resnet", "train_plain",
+                 "tables", "report"):
+        assert f"\n{name}: exit 0, " in summary, name
+    assert "x the DataLoader loop" in summary and "points/s" in summary
+    assert "resnet8: finished; iteration 4" in summary and "plain8: finished" in summary
+    lines = (out / "results.csv").read_text().splitlines()
+    assert lines[0] == RESULT_COLUMNS and len(lines) == 3
+    rows = [dict(zip(RESULT_COLUMNS.split(","), line.split(","))) for line in lines[1:]]
+    assert [r["model"] for r in rows] == ["resnet8", "plain8"]
+    assert all(r["device"] == "cpu" and r["recipe"] == "scaled" and r["iterations"] == "4"
+               and r["commit"] == "abc1234" and r["precision"] == "fp32" for r in rows)
+    assert all(0 <= float(r["test_acc"]) <= 100 for r in rows)
