@@ -160,7 +160,7 @@ if wants train; then
                     { it = $c["iteration"]; s = $c["elapsed_s"] }
                     END { if (s > 0) printf "%.3f", it / s; else print 0 }' \
            "$WORK/runs/logs/${RESNET}_log.csv" 2>/dev/null)
-    seconds=$(( $(left) - 40 - 15 ))  # less its start-up, then the tables and the report
+    seconds=$(( $(left) - 40 - 25 ))  # less its start-up (25 s), then the tables and the report
     scale=$SCALE
     if [ "$TINY" != 1 ]; then
         scale=$(awk -v r="${rate:-0}" -v t="$seconds" -v n="$TRAIN_LENGTH" \
