@@ -74,8 +74,8 @@ def test_a_captured_run_stopped_and_resumed_gives_the_uninterrupted_weights(
 
 def test_a_capture_failure_falls_back_to_eager_with_a_notice(data, tmp_path, cache_dir, monkeypatch,
                                                              capsys):
-    def refuse(*args, **kwargs):
-        raise RuntimeError("an op that cannot be captured")
+    def refuse(*args, **kwargs):  # found before the capture began: the process is intact
+        raise graph.GraphNotCaptured("RuntimeError: an op that cannot be captured")
 
     monkeypatch.setattr(graph, "CAPTURE", refuse)
     result = train(config(data, tmp_path / "fallback", steps=10))
@@ -120,3 +120,71 @@ def test_landscape_precision_is_part_of_a_cuda_surfaces_identity(tmp_path):
                              dataset=data, progress=False)
     a, b = read_surface(bf16)["loss"], read_surface(fp32)["loss"]
     assert np.allclose(a, b, rtol=5e-2, atol=5e-2) and not np.array_equal(a, b)
+
+
+def test_a_step_that_synchronises_is_found_in_the_warm_up_and_the_cnn_then_trains_eager(
+        data, tmp_path, cache_dir, monkeypatch, capsys):
+    """A real step that cannot be captured (it reads the loss back) must never reach the
+    capture: it is found in the warm-up, so dropout (the CUDA RNG) still works eagerly."""
+    import depthscape.training.loop as training
+
+    original = training.make_train_step
+
+    def syncing(net, optimizer, loss_fn, sums, autocast):
+        step = original(net, optimizer, loss_fn, sums, autocast)
+
+        def step_and_read(x, y):
+            step(x, y)
+            float(sums.loss)  # a host read: waits for the GPU
+        return step_and_read
+
+    monkeypatch.setattr(training, "make_train_step", syncing)
+    result = train(config(data, tmp_path / "sync", model="cnn"))
+    assert result.finished
+    notices = [line for line in capsys.readouterr().err.splitlines() if "capture failed" in line]
+    assert len(notices) == 1 and "synchroniz" in notices[0]
+    assert load_checkpoint(result.paths.final)["config"]["runtime"]["cuda_graph"] is False
+    torch.nn.functional.dropout(torch.ones(8, device="cuda"), 0.5, training=True)  # RNG not poisoned
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_a_run_on_the_second_gpu_captures_a_graph_that_trains(data, tmp_path, cache_dir):
+    torch.cuda.set_device(0)
+    result = train(config(data, tmp_path / "gpu1", steps=10, device="cuda:1"))
+    assert load_checkpoint(result.paths.final)["config"]["runtime"]["cuda_graph"] is True
+    eager = train(config(data, tmp_path / "eager1", steps=10, device="cuda:1", cuda_graph=False))
+    assert result.rows[-1]["train_loss"] == pytest.approx(eager.rows[-1]["train_loss"], rel=5e-2)
+
+
+def test_the_steps_between_two_log_rows_never_wait_for_the_gpu(data, tmp_path, cache_dir,
+                                                                 monkeypatch):
+    """Between the sync points (log rows, evaluations, checkpoints) nothing in the loop may
+    synchronise: set_sync_debug_mode("error") there raises on any host-device wait."""
+    import depthscape.training.loop as training
+    from depthscape.training.state import TrainState
+
+    after_step, start_clock = training._Run.after_step, TrainState.start_clock
+
+    def guarded_after_step(self, lr, images, signalled):
+        due = self.due()
+        if not (any(due) or signalled):
+            return after_step(self, lr, images, signalled)
+        torch.cuda.set_sync_debug_mode("default")  # a sync point: reading back is its job
+        try:
+            return after_step(self, lr, images, signalled)
+        finally:
+            torch.cuda.set_sync_debug_mode("error")
+
+    def strict_start(self):
+        start_clock(self)
+        torch.cuda.set_sync_debug_mode("error")
+
+    monkeypatch.setattr(training._Run, "after_step", guarded_after_step)
+    monkeypatch.setattr(TrainState, "start_clock", strict_start)
+    try:
+        for graphed in (True, False):
+            result = train(config(data, tmp_path / f"strict{graphed}", steps=25, cuda_graph=graphed))
+            torch.cuda.set_sync_debug_mode("default")
+            assert result.finished and len(result.rows) == 3
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -177,3 +177,57 @@ def test_normalisation_per_recipe():
     assert resnet.flatten().tolist() == [-125.0, 130.0, 5.0, -122.0, 0.0, 0.0]
     cnn = Preprocess().normalize(images)
     assert torch.allclose(cnn, images.float() / 255)
+
+
+def _normalize_per_batch(prep: Preprocess, images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The normalisation as it was before the mean became a cached device constant."""
+    x = images.to(dtype)
+    if prep.scale != 255.0:
+        x = x * (prep.scale / 255.0)
+    if any(prep.mean):
+        x = x - torch.tensor(prep.mean, dtype=dtype, device=x.device).view(1, -1, 1, 1)
+    return x
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_the_mean_is_built_once_per_device_and_results_stay_bit_identical(dtype):
+    generator = torch.Generator().manual_seed(0)
+    resnet = Preprocess(scale=255.0, mean=(125.0, 123.0, 114.0))
+    grey = Preprocess(scale=255.0, mean=(33.0,))
+    cnn = Preprocess()
+    for prep, channels in ((resnet, 3), (grey, 1), (cnn, 3)):
+        for _ in range(3):
+            images = torch.randint(0, 256, (5, channels, 8, 8), dtype=torch.uint8, generator=generator)
+            assert torch.equal(prep.normalize(images, dtype), _normalize_per_batch(prep, images, dtype))
+    first = resnet.mean_tensor("cpu", dtype)
+    assert resnet.mean_tensor(torch.device("cpu"), dtype) is first  # one tensor per run, not per batch
+    assert first.shape == (1, 3, 1, 1) and not first.is_inference()
+    assert len(resnet._means) == 1 and cnn._means == {}  # a zero mean builds nothing
+    # the cache is no part of the settings: equal, hashable, and a fresh instance starts empty
+    assert resnet == Preprocess(scale=255.0, mean=(125.0, 123.0, 114.0))
+    assert hash(resnet) == hash(Preprocess(scale=255.0, mean=(125.0, 123.0, 114.0)))
+
+
+def test_a_mean_first_built_in_inference_mode_serves_training_too():
+    prep = Preprocess(scale=255.0, mean=(125.0, 123.0, 114.0))
+    images = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
+    with torch.inference_mode():
+        prep.normalize(images)
+    weight = torch.ones(3, requires_grad=True)
+    (prep.normalize(images) * weight.view(1, 3, 1, 1)).sum().backward()
+    assert weight.grad.tolist() == [-125.0 * 32, -123.0 * 32, -114.0 * 32]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_normalising_a_cuda_batch_never_waits_for_the_gpu():
+    prep = Preprocess(scale=255.0, mean=(125.0, 123.0, 114.0))
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, device="cuda")
+    expected = prep.normalize(images)  # the first call builds the constant (one copy)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            out = prep.normalize(images)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.equal(out, expected)
+    assert torch.equal(out.cpu(), _normalize_per_batch(prep, images.cpu(), torch.float32))

@@ -1,7 +1,15 @@
-"""GPU fast-path switches: accepted everywhere, acting only on CUDA, never changing CPU results."""
+"""GPU fast-path switches: accepted everywhere; on the CPU channels-last and bf16 act, the
+CUDA-only ones are ignored with one notice and never change CPU results.
+
+Every test names its device: on a machine with a GPU nothing here may drift onto it (a
+CPU bit-identity test run on CUDA with ``cudnn.benchmark`` left on by an earlier test is
+flaky), and the CUDA test compiles nothing (a cold Inductor compile takes tens of seconds;
+``--compile`` has its own slow test).
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -9,13 +17,16 @@ import torch
 from conftest import write_image_folder
 
 from depthscape.cli import main
+from depthscape.core import runtime
 from depthscape.core.checkpoint import load_checkpoint
 from depthscape.core.csvlog import read_log
-from depthscape.training.fastpath import FastPath, cpu_bf16_supported, fast_path_for
+from depthscape.core.errors import UserError
+from depthscape.training.fastpath import FastPath, fast_path_for, set_tf32, tf32_enabled
 from depthscape.training.loop import _matches
 
 OPTIONS = ["--scale", repr(8 / 64_000), "--log-every", "4", "--eval-every", "4",
            "--checkpoint-every", "4", "--no-progress"]
+CPU = torch.device("cpu")
 
 
 @pytest.fixture
@@ -26,19 +37,29 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def test_switches_on_cpu_are_ignored_with_one_notice_and_identical_results(
+@pytest.fixture(autouse=True)
+def process_wide_switches_restored():
+    """cuDNN's and TF32's process-wide flags as they were before each test (training on CUDA
+    turns ``cudnn.benchmark`` on for the rest of the process)."""
+    benchmark, deterministic = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    tf32 = tf32_enabled()
+    yield
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = benchmark, deterministic
+    set_tf32(tf32)
+
+
+def test_cuda_only_switches_on_cpu_are_ignored_with_one_notice_and_identical_results(
         tmp_path, cache_dir, capsys, one_thread):
     data = write_image_folder(tmp_path / "data", size=16)
     common = ["train", "resnet", "8", "--dataset", str(data), "--device", "cpu", *OPTIONS]
     assert main([*common, "--out", str(tmp_path / "plain")]) == 0
     plain_err = capsys.readouterr().err
     assert "notice" not in plain_err
-    # CUDA-only switches (channels-last and bf16 act on the CPU: tests/test_cpu_fastpath.py)
-    assert main([*common, "--out", str(tmp_path / "fast"), "--precision", "tf32", "--compile",
-                 "--cuda-graph"]) == 0
+    assert main([*common, "--out", str(tmp_path / "fast"), "--compile", "--cuda-graph",
+                 "--precision", "tf32"]) == 0
     notices = [line for line in capsys.readouterr().err.splitlines() if "notice" in line]
     assert len(notices) == 1
-    assert all(flag in notices[0] for flag in ("--precision tf32", "--compile", "--cuda-graph"))
+    assert all(flag in notices[0] for flag in ("--compile", "--cuda-graph", "--precision tf32"))
     assert "ignored on cpu" in notices[0]
 
     name = "resnet-8_data.pth"
@@ -53,39 +74,41 @@ def test_switches_on_cpu_are_ignored_with_one_notice_and_identical_results(
 
     assert rows("plain") == rows("fast") and len(rows("plain")) == 2
     runtime = json.loads((tmp_path / "fast" / "logs" / "resnet8_data_config.json").read_text())["runtime"]
-    assert runtime["amp"] is None and runtime["compile"] is False and runtime["precision"] == "fp32"
-    assert runtime["cuda_graph"] is False and runtime["device_type"] == "cpu"
+    assert runtime["amp"] is None and runtime["compile"] is False and runtime["cuda_graph"] is False
+    assert runtime["precision"] == "fp32" and runtime["device_type"] == "cpu"
+    assert runtime["channels_last"] is True  # the CPU's default layout
     # resuming the finished plain run with the (ignored) switches is the same run: no error
     assert main([*common, "--out", str(tmp_path / "plain"), "--resume", "--compile"]) == 0
 
 
-def test_fast_path_off_cuda_and_the_cpu_is_the_plain_path():
-    fast, notice = fast_path_for("mps", amp=True, channels_last=True, compile=True)
-    assert fast == FastPath(device_type="mps")
-    assert "only on CUDA" in notice
-    assert fast_path_for("mps") == (FastPath(device_type="mps"), None)
-    _, single = fast_path_for("mps", amp=True)
-    assert single.startswith("--amp acts only on CUDA")
+def test_the_cpu_fast_path_is_channels_last_fp32_unless_asked_and_mps_is_plain(monkeypatch):
+    # channels_last=None is the device's default (what the command line passes)
+    fast, notice = fast_path_for(CPU, channels_last=None, compile=True, cuda_graph=True,
+                                 precision="tf32")
+    assert fast == FastPath(device_type="cpu", channels_last=True)
+    assert "only on CUDA" in notice and "ignored on cpu" in notice
+    assert fast_path_for(CPU, channels_last=None) == (FastPath(device_type="cpu", channels_last=True),
+                                                      None)
+    _, single = fast_path_for(CPU, compile=True)
+    assert single.startswith("--compile acts only on CUDA")
+    plain, notice = fast_path_for(CPU, channels_last=False)
+    assert plain == FastPath(device_type="cpu") and notice is None
     x = torch.ones(2, 3, 4, 4)
-    assert fast.prepare_input(x) is x
-    with fast.autocast():
+    assert plain.prepare_input(x) is x
+    with plain.autocast():
         assert not torch.is_autocast_enabled("cpu")
     model = torch.nn.Conv2d(3, 4, 3)
-    model_c = fast.compiled(fast.prepare_model(model))
-    assert model_c is model and model.weight.is_contiguous()
-
-
-def test_on_the_cpu_compile_is_ignored_and_the_layout_and_bf16_act():
-    fast, notice = fast_path_for("cpu", channels_last=True, compile=True)
-    assert fast.channels_last and not fast.compile and fast.arithmetic == "fp32"
-    assert notice.startswith("--compile acts only on CUDA")
-    x = torch.ones(2, 3, 4, 4)
-    assert fast.prepare_input(x).is_contiguous(memory_format=torch.channels_last)
-    if cpu_bf16_supported():
-        fast, notice = fast_path_for("cpu", amp=True)
-        assert fast.arithmetic == "bf16" and notice is None
-        with fast.autocast():
-            assert torch.is_autocast_enabled("cpu")
+    assert plain.compiled(plain.prepare_model(model)) is model and model.weight.is_contiguous()
+    # bf16 acts on the CPU only where it has native bf16, and is refused in one line elsewhere
+    monkeypatch.setattr(runtime, "cpu_bf16_supported", lambda: True)
+    bf16, notice = fast_path_for(CPU, channels_last=None, precision="bf16")
+    assert bf16.arithmetic == "bf16" and bf16.channels_last and notice is None
+    monkeypatch.setattr(runtime, "cpu_bf16_supported", lambda: False)
+    with pytest.raises(UserError, match="no native bf16"):
+        fast_path_for(CPU, amp=True)
+    # MPS: every switch off, one notice
+    mps, notice = fast_path_for(torch.device("mps"), amp=True, channels_last=True)
+    assert mps == FastPath(device_type="mps") and "ignored on mps" in notice
 
 
 def test_resume_refuses_another_precision_but_not_another_layout_or_process_count():
@@ -98,16 +121,29 @@ def test_resume_refuses_another_precision_but_not_another_layout_or_process_coun
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_fast_path_trains_with_every_switch(tmp_path, cache_dir):
-    fast, notice = fast_path_for("cuda", amp=True, channels_last=True)
-    assert fast.cudnn_benchmark and fast.fused_optimizer and fast.channels_last
+def test_cuda_fast_path_trains_with_every_switch_but_compile(tmp_path, cache_dir):
+    fast, notice = fast_path_for(torch.device("cuda"), amp=True, channels_last=True)
+    assert fast.cudnn_benchmark and fast.fused_optimizer and fast.channels_last and fast.cuda_graph
     data = write_image_folder(tmp_path / "data", size=16)
     assert main(["train", "resnet", "8", "--dataset", str(data), "--device", "cuda", *OPTIONS,
-                 "--out", str(tmp_path / "gpu"), "--amp", "--channels-last", "--compile"]) == 0
+                 "--out", str(tmp_path / "gpu"), "--amp", "--channels-last", "--cuda-graph"]) == 0
     checkpoint = load_checkpoint(tmp_path / "gpu" / "models" / "resnet-8_data.pth")
-    assert checkpoint["config"]["runtime"]["cudnn_benchmark"] is True
+    runtime = checkpoint["config"]["runtime"]
+    assert runtime["cudnn_benchmark"] is True and runtime["cuda_graph"] is True
+    assert runtime["precision"] == "bf16" and runtime["channels_last"] is True
     assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values()
                if t.is_floating_point())
+
+
+@pytest.mark.slow  # a cold Inductor compile: tens of seconds
+@pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("triton") is None,
+                    reason="needs CUDA and Triton")
+def test_cuda_fast_path_trains_compiled(tmp_path, cache_dir):
+    data = write_image_folder(tmp_path / "data", size=16)
+    assert main(["train", "resnet", "8", "--dataset", str(data), "--device", "cuda", *OPTIONS,
+                 "--out", str(tmp_path / "gpu"), "--compile"]) == 0
+    runtime = load_checkpoint(tmp_path / "gpu" / "models" / "resnet-8_data.pth")["config"]["runtime"]
+    assert runtime["compile"] is True and runtime["cuda_graph"] is False  # compiled, not captured
 
 
 def test_several_landscape_points_in_one_batched_call_equal_one_at_a_time(one_thread):
@@ -127,7 +163,8 @@ def test_several_landscape_points_in_one_batched_call_equal_one_at_a_time(one_th
     split = Split(torch.randint(0, 256, (40, 3, 16, 16), dtype=torch.uint8, generator=generator),
                   torch.randint(0, 3, (40,), generator=generator))
     evaluator = PointEvaluator(model, random_directions(model, 2, 0, "filter"), split,
-                               Preprocess(scale=255.0, mean=(125.0, 123.0, 114.0)), batch_size=16)
+                               Preprocess(scale=255.0, mean=(125.0, 123.0, 114.0)), batch_size=16,
+                               device=CPU)
     points = [(0.0, 0.0), (0.5, -0.25), (-1.0, 1.0)]
     batched = evaluate_points(evaluator, points)
     assert batched.shape == (3, 2)
@@ -150,7 +187,7 @@ def test_the_cuda_code_path_forced_on_cpu_trains_and_resumes_exactly(tmp_path, c
 
     def config(out, **kw):
         return training.TrainConfig(model="resnet8", dataset=str(data), out_dir=str(tmp_path / out),
-                                    scale=8 / 64_000, log_every=4, eval_every=4,
+                                    device="cpu", scale=8 / 64_000, log_every=4, eval_every=4,
                                     checkpoint_every=3, progress=False, **kw)
 
     whole = training.train(config("whole"))

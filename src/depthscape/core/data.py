@@ -17,7 +17,7 @@ import io
 import os
 import tarfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -339,15 +339,28 @@ class Preprocess:
     mean: tuple[float, ...] = (0.0,)
     augment: bool = False
     crop_padding: int = 4
+    #: The mean as device tensors, one per (device, dtype), built on first use: a tensor made
+    #: from Python numbers per batch is a host-to-device copy that waits for the GPU.
+    _means: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def mean_tensor(self, device: torch.device | str, dtype: torch.dtype = torch.float32
+                    ) -> torch.Tensor:
+        """The per-channel mean as a (1, C, 1, 1) ``dtype`` tensor on ``device``, made once."""
+        key = (torch.device(device), dtype)
+        mean = self._means.get(key)
+        if mean is None:
+            with torch.inference_mode(False):  # a normal tensor even when first used in evaluation
+                mean = torch.tensor(self.mean, dtype=dtype).view(1, -1, 1, 1).to(key[0])
+            self._means[key] = mean
+        return mean
 
     def normalize(self, images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """uint8 (B, C, H, W) -> float model input."""
+        """uint8 (B, C, H, W) -> float model input (no host-to-device copy after the first batch)."""
         x = images.to(dtype)
         if self.scale != 255.0:
             x = x * (self.scale / 255.0)
         if any(self.mean):
-            mean = torch.tensor(self.mean, dtype=dtype, device=x.device).view(1, -1, 1, 1)
-            x = x - mean
+            x = x - self.mean_tensor(x.device, dtype)
         return x
 
     def train_batch(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

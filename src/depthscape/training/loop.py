@@ -60,7 +60,7 @@ from depthscape.core.recipes import Recipe, preprocess_for, recipe_for
 from depthscape.core.runs import RunPaths, run_paths
 from depthscape.training.evaluation import evaluate_sums, mean_metrics
 from depthscape.training.fastpath import FastPath, fast_path_for
-from depthscape.training.graph import capture_or_eager, graph_allowed
+from depthscape.training.graph import CaptureBroke, capture_or_eager, graph_allowed
 from depthscape.training.snapshots import SnapshotWriter, snapshot_path
 from depthscape.training.state import TrainState
 from depthscape.training.step import MetricSums, make_loss, make_train_step, set_learning_rate
@@ -136,7 +136,10 @@ class BatchSchedule:
         if epoch not in self._perms:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             self._perms = {e: p for e, p in self._perms.items() if e >= epoch - 1}
-            self._perms[epoch] = torch.randperm(self.n, generator=generator).to(self.device)
+            perm = torch.randperm(self.n, generator=generator)
+            if torch.device(self.device).type == "cuda":  # from pinned memory: the CPU does not wait
+                perm = perm.pin_memory().to(self.device, non_blocking=True)
+            self._perms[epoch] = perm.to(self.device)
         return self._perms[epoch]
 
     def epoch_of(self, step: int) -> int:
@@ -518,8 +521,14 @@ class _Run:
                                              self.state.sums, fast.autocast)
                       for batch in self.schedule.batch_sizes()}
         if fast.cuda_graph:  # the full batch's step becomes one replayed graph (training/graph.py)
-            self.steps, notice = capture_or_eager(self.steps, self.recipe.batch_size, model, optimizer,
-                                                  self.state.sums, *self.example_batch())
+            try:
+                self.steps, notice = capture_or_eager(self.steps, self.recipe.batch_size, model,
+                                                      optimizer, self.state.sums, *self.example_batch())
+            except CaptureBroke as error:  # nothing trained in this process: stop, files untouched
+                kept = (f"its checkpoint {self.paths.resume} (iteration {self.state.step}) is "
+                        "unchanged: rerun with --resume --no-cuda-graph" if saved is not None
+                        else "nothing was trained: rerun with --no-cuda-graph")
+                raise UserError(f"{error}; {kept}") from None
             if notice:
                 _notice(dist, notice)
                 self.settings["runtime"]["cuda_graph"] = False  # the config records what ran

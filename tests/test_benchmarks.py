@@ -1,0 +1,165 @@
+"""The benchmarks' own logic, and a dry run of bench_train.py on the CPU at a tiny scale
+(no timing is asserted: the speed lives in the benchmarks' output)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import write_image_folder
+
+from depthscape.training.fastpath import cpu_bf16_supported, set_tf32, tf32_enabled
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+TINY = ["--device", "cpu", "--models", "resnet8", "--iterations", "2", "--window", "1",
+        "--baseline-iterations", "1", "--baseline-warmup", "1", "--synthetic", "256",
+        "--workers", "0"]
+
+
+def load_benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench_train():
+    return load_benchmark("bench_train")
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_the_rate_is_read_over_whole_windows_without_the_first_and_the_last(bench_train):
+    rows = [{"iteration": 100, "elapsed_s": 5.0},  # start-up, capture and the first steps
+            {"iteration": 200, "elapsed_s": 5.5}, {"iteration": 300, "elapsed_s": 6.0},
+            {"iteration": 400, "elapsed_s": 9.0}]  # the last window holds the final evaluation
+    rate, steps, windows = bench_train.window_rate(rows, batch=128)
+    assert (steps, windows) == (200, 2) and rate == pytest.approx(200 * 128 / 1.0)
+    with pytest.raises(ValueError, match="at least 3"):
+        bench_train.window_rate(rows[:2])
+
+
+def test_the_process_wide_flags_are_put_back_as_they_were(bench_train):
+    before = bench_train.ProcessFlags.read()
+    try:
+        torch.backends.cudnn.benchmark = not before.benchmark
+        set_tf32(not tf32_enabled())
+        assert bench_train.ProcessFlags.read() != before
+        before.restore()
+        assert bench_train.ProcessFlags.read() == before
+    finally:
+        before.restore()
+
+
+def test_the_first_line_names_the_cpu_and_its_bf16_flags(bench_train):
+    line = bench_train.describe(torch.device("cpu"))
+    assert line.startswith("cpu: CPU ") and "avx512_bf16 " in line and "amx_bf16 " in line
+    assert f"oneDNN bf16 {'yes' if cpu_bf16_supported() else 'no'}" in line
+    assert torch.__version__ in line
+
+
+def test_a_cpu_dry_run_prints_every_cpu_variant_with_its_runtime_and_ratio(
+        bench_train, capsys, cache_dir, one_thread):
+    assert bench_train.main(TINY) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("cpu: CPU ")
+    results = [line for line in lines if line.startswith("resnet8 | ")]
+    assert "seed-style DataLoader loop" in results[0] and results[0].endswith("img/s")
+    expected = ["NCHW fp32 (the CPU path before channels-last) [eager fp32 NCHW]",
+                "channels-last fp32 (the CPU default) [eager fp32 channels-last]"]
+    if cpu_bf16_supported():
+        expected.append("channels-last bf16 [eager bf16 channels-last]")
+    assert len(results) == 1 + len(expected)
+    for line, label in zip(results[1:], expected):
+        assert label in line and "x the DataLoader loop (2 steps in 2 windows)" in line, line
+
+
+def test_a_graph_asked_for_and_not_used_exits_non_zero(bench_train, capsys, cache_dir, one_thread,
+                                                       monkeypatch):
+    monkeypatch.setattr(bench_train, "baseline", lambda *args, **kwargs: 100.0)  # fewer runs
+    monkeypatch.setattr(bench_train, "cpu_bf16_supported", lambda: False)
+    assert bench_train.main([*TINY, "--cuda-graph"]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED: the captured step was asked for and not used for resnet8" in out
+
+
+# ---- the device check script ------------------------------------------------------------
+
+REPO = BENCHMARKS.parent
+RESULT_COLUMNS = ("date,device,device_name,precision,model,recipe,iterations,seed,train_acc,"
+                  "test_acc,train_loss,test_loss,wall_s,commit")
+
+
+def run_gpu_check(tmp_path, archive, **env):
+    import os
+    import subprocess
+
+    environment = {**os.environ, "PYTHON": sys.executable, "GPU_CHECK_DEVICE": "cpu",
+                   "GPU_CHECK_WORK": str(tmp_path / "work"), "OMP_NUM_THREADS": "1",
+                   "GPU_CHECK_COMMIT": "abc1234", **env}
+    out = tmp_path / "out"
+    done = subprocess.run(["bash", str(BENCHMARKS / "gpu_check.sh"), str(out), str(archive)],
+                          cwd=REPO, env=environment, capture_output=True, text=True, timeout=600)
+    return done, out
+
+
+def tiny_archive(tmp_path):
+    import tarfile
+
+    root = write_image_folder(tmp_path / "tiny", train_per_class=48, test_per_class=8)
+    archive = tmp_path / "tiny.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(root, arcname="tiny")
+    return archive
+
+
+def assert_what_comes_back(out):
+    files = sorted(out.iterdir())
+    assert 1 <= len(files) <= 8 and all(f.is_file() for f in files)
+    assert (out / "summary.txt").read_text().startswith("depthscape gpu_check, ")
+
+
+def test_the_device_check_never_runs_past_its_budget_and_always_leaves_a_summary(tmp_path):
+    done, out = run_gpu_check(tmp_path, tmp_path / "missing.tar.gz", GPU_CHECK_BUDGET="17",
+                              GPU_CHECK_STAGES="data bench_train train")
+    assert_what_comes_back(out)
+    summary = (out / "summary.txt").read_text()
+    assert "data: skipped (no time left)" in summary and "bench_train: skipped" in summary
+    assert "train_plain: skipped (ResNet-20 did not finish)" in summary
+    assert done.returncode == 0  # nothing failed; it only ran out of time
+
+
+@pytest.mark.slow  # about ten Python start-ups and six tiny trainings: tens of seconds
+def test_a_tiny_dry_run_of_the_device_check_on_the_cpu(tmp_path):
+    archive = tiny_archive(tmp_path)
+    done, out = run_gpu_check(tmp_path, archive, GPU_CHECK_TINY="1",
+                              GPU_CHECK_STAGES="data bench_train bench_landscape train")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert_what_comes_back(out)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "bench_landscape.log", "bench_train.log", "plainnet8_log.csv", "resnet8_log.csv",
+        "results.csv", "summary.txt", "train.log"]
+    summary = (out / "summary.txt").read_text()
+    for name in ("data", "bench_train", "bench_landscape", "train_resnet", "train_plain",
+                 "tables", "report"):
+        assert f"\n{name}: exit 0, " in summary, name
+    assert "x the DataLoader loop" in summary and "points/s" in summary
+    assert "resnet8: finished; iteration 4" in summary and "plain8: finished" in summary
+    lines = (out / "results.csv").read_text().splitlines()
+    assert lines[0] == RESULT_COLUMNS and len(lines) == 3
+    rows = [dict(zip(RESULT_COLUMNS.split(","), line.split(","))) for line in lines[1:]]
+    assert [r["model"] for r in rows] == ["resnet8", "plain8"]
+    assert all(r["device"] == "cpu" and r["recipe"] == "scaled" and r["iterations"] == "4"
+               and r["commit"] == "abc1234" and r["precision"] == "fp32" for r in rows)
+    assert all(0 <= float(r["test_acc"]) <= 100 for r in rows)
