@@ -16,9 +16,13 @@ grid points, one after the other on this machine in one run:
   BatchNorm folded, channels-last and cache-sized batches on the CPU, one point per CPU
   thread through :class:`~depthscape.analysis.landscape.points.PointPool`).
 
-Prints both rates, their ratio and the largest absolute difference of the losses. The
-baseline always computes exact fp32 (TF32 off); ``--precision`` sets depthscape's arithmetic
-on CUDA (fp32 must stay within 1e-4 of the baseline; tf32/bf16 print their difference).
+Prints each rate, its ratio to the baseline and the largest absolute difference of the
+losses. The baseline always computes exact fp32 (TF32 off). On the CPU one run times
+depthscape's evaluator in three variants: NCHW fp32 (the layout before channels-last),
+channels-last fp32 (what ``depthscape landscape`` runs) and channels-last bf16 (where the
+CPU has native bf16); ``--precision`` picks one variant instead (on CUDA: fp32, tf32 or
+bf16). fp32 variants must stay within 1e-4 of the baseline; bf16/tf32 print their
+difference. The first line names the CPU and its bf16 flags.
 The weights are a trained run's (``--runs DIR``, points over [-1, 1]^2) or else the seeded
 initial ones with BatchNorm statistics measured on the images (points over [-0.3, 0.3]^2,
 where the losses stay moderate). The speed does not depend on the values.
@@ -43,6 +47,7 @@ from depthscape.analysis.landscape.points import PointEvaluator, PointPool, full
 from depthscape.core.data import PIXEL_MEANS_255, Preprocess, Split, load_dataset  # noqa: E402
 from depthscape.core.models import get_model  # noqa: E402
 from depthscape.core.runs import run_paths  # noqa: E402
+from depthscape.core.runtime import PRECISIONS, cpu_bf16_supported, cpu_description  # noqa: E402
 from depthscape.core.trained import load_trained_run  # noqa: E402
 
 REAL_CIFAR10 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -113,8 +118,10 @@ def main(argv=None) -> int:
     parser.add_argument("--points", type=int, default=6, help="grid points timed per method")
     parser.add_argument("--data", default=None, help="CIFAR-10 JPEG archive (default ../shared/data)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32",
-                        help="depthscape's arithmetic on CUDA (the baseline is always exact fp32)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                        help="one variant of depthscape's arithmetic (default: on the CPU NCHW "
+                             "fp32, channels-last fp32 and bf16; on CUDA fp32); the baseline is "
+                             "always exact fp32")
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--compile", action="store_true", help="torch.compile the folded network")
     parser.add_argument("--workers", type=int, default=None,
@@ -132,8 +139,15 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     split, source = load_split(args.images, args.data)
     preprocess = Preprocess(scale=255.0, mean=PIXEL_MEANS_255["cifar10"], augment=False)
-    print(f"{len(split)} {source}; device {device}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+    print(f"CPU {cpu_description()}; device {device}; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; {len(split)} {source}")
+    if args.precision is not None:
+        variants = [(args.precision, None, args.precision)]
+    elif device.type == "cpu":
+        variants = [("NCHW fp32", False, "fp32"), ("channels-last fp32", True, "fp32")]
+        variants += [("channels-last bf16", True, "bf16")] if cpu_bf16_supported() else []
+    else:
+        variants = [("fp32", None, "fp32")]
     for name in args.models:
         final = run_paths(args.runs, name).final if args.runs else None
         if final is not None and final.exists():
@@ -152,15 +166,18 @@ def main(argv=None) -> int:
         directions = random_directions(model, 2, seed=0)
         base = {k: v.detach().clone().to(device) for k, v in model.named_parameters()}
 
-        fast = PointEvaluator(model, directions, split, preprocess, args.batch_size, device,
-                              compile=args.compile, precision=args.precision)
         workers = args.workers or (torch.get_num_threads() if device.type == "cpu" else 1)
-        with PointPool(fast, workers) as pool:
-            pool.evaluate(coords[:workers])  # warm-up (and compilation)
-            start = time.perf_counter()
-            fast_losses = [value[0] for k in range(0, len(coords), workers)
-                           for value in pool.evaluate(coords[k:k + workers])]
-            fast_time = time.perf_counter() - start
+        timed = []  # (label, evaluator, losses, seconds)
+        for label, channels_last, precision in variants:
+            fast = PointEvaluator(model, directions, split, preprocess, args.batch_size, device,
+                                  compile=args.compile, channels_last=channels_last,
+                                  precision=precision)
+            with PointPool(fast, workers) as pool:
+                pool.evaluate(coords[:workers])  # warm-up (and compilation)
+                start = time.perf_counter()
+                losses = [value[0] for k in range(0, len(coords), workers)
+                          for value in pool.evaluate(coords[k:k + workers])]
+                timed.append((label, fast, losses, time.perf_counter() - start))
 
         eager = get_model(name).to(device)
         eager.load_state_dict(model.state_dict())
@@ -172,17 +189,23 @@ def main(argv=None) -> int:
             base_losses = [baseline_point(eager, base, directions, loader, c, device)[0] for c in coords]
             base_time = time.perf_counter() - start
 
-        diff = max(abs(a - b) for a, b in zip(fast_losses, base_losses))
-        if args.verbose:
-            for c, a, b in zip(coords, fast_losses, base_losses):
-                print(f"  {c}: depthscape {a:.8f} baseline {b:.8f} diff {a - b:.2e}")
-        base_rate, fast_rate = len(coords) / base_time, len(coords) / fast_time
-        print(f"{name}: baseline {base_rate:.3f} points/s, depthscape {fast_rate:.3f} points/s, "
-              f"ratio {fast_rate / base_rate:.2f}x, max |loss difference| {diff:.2e} "
-              f"(precision {fast.precision}, {len(fast.folded_pairs)} BatchNorms folded, "
-              f"{workers} workers)")
-        if diff >= 1e-4 and fast.precision == "fp32":
-            print(f"{name}: loss difference {diff:.2e} is not below 1e-4", file=sys.stderr)
+        base_rate = len(coords) / base_time
+        print(f"{name}: baseline (the original tool's way) {base_rate:.3f} points/s")
+        failed = False
+        for label, fast, losses, seconds in timed:
+            diff = max(abs(a - b) for a, b in zip(losses, base_losses))
+            if args.verbose:
+                for c, a, b in zip(coords, losses, base_losses):
+                    print(f"  {label} {c}: depthscape {a:.8f} baseline {b:.8f} diff {a - b:.2e}")
+            rate = len(coords) / seconds
+            print(f"{name}: depthscape {label}: {rate:.3f} points/s, ratio {rate / base_rate:.2f}x, "
+                  f"max |loss difference| {diff:.2e} (precision {fast.precision}, "
+                  f"{len(fast.folded_pairs)} BatchNorms folded, {workers} workers)")
+            if diff >= 1e-4 and fast.precision == "fp32":
+                print(f"{name}: {label} loss difference {diff:.2e} is not below 1e-4",
+                      file=sys.stderr)
+                failed = True
+        if failed:
             return 1
     return 0
 

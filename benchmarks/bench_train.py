@@ -36,8 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
-import re
 import sys
 import tempfile
 import time
@@ -51,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from depthscape.core.data import Dataset, Split, load_dataset  # noqa: E402
 from depthscape.core.models import get_model  # noqa: E402
 from depthscape.core.recipes import recipe_for  # noqa: E402
-from depthscape.training.fastpath import cpu_bf16_supported  # noqa: E402
+from depthscape.core.runtime import cpu_bf16_supported, cpu_description  # noqa: E402
 from depthscape.training.loop import TrainConfig, train  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,26 +60,6 @@ BATCH = 128
 
 
 # ---- the machine and its process-wide settings -----------------------------------------
-
-
-def cpu_description() -> str:
-    """The CPU's model name and whether it has native bf16 (from /proc/cpuinfo or lscpu)."""
-    text = ""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        import subprocess
-
-        try:
-            text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        except (OSError, subprocess.SubprocessError):
-            pass
-    model = re.search(r"^(?:model name|Model name)\s*:\s*(.+)$", text, re.MULTILINE)
-    flags = set(re.findall(r"\b(avx512_bf16|amx_bf16)\b", text))
-    name = model.group(1).strip() if model else (platform.processor() or "unknown CPU")
-    marks = ", ".join(f"{flag} {'yes' if flag in flags else 'no'}"
-                      for flag in ("avx512_bf16", "amx_bf16"))
-    return f"{name}; {marks}; oneDNN bf16 {'yes' if cpu_bf16_supported() else 'no'}"
 
 
 def describe(device: torch.device) -> str:

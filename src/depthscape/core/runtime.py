@@ -39,6 +39,31 @@ def cpu_bf16_supported() -> bool:
         return False
 
 
+def cpu_description() -> str:
+    """The CPU's model name and whether it has native bf16 (from /proc/cpuinfo or lscpu),
+    e.g. ``Intel(R) Xeon(R) Processor; avx512_bf16 yes, amx_bf16 yes; oneDNN bf16 yes``:
+    the line benchmarks and results print so a figure names the machine it comes from."""
+    import platform
+    import re
+    import subprocess
+    from pathlib import Path
+
+    text = ""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        try:
+            text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        except (OSError, subprocess.SubprocessError):
+            pass
+    model = re.search(r"^(?:model name|Model name)\s*:\s*(.+)$", text, re.MULTILINE)
+    flags = set(re.findall(r"\b(avx512_bf16|amx_bf16)\b", text))
+    name = model.group(1).strip() if model else (platform.processor() or "unknown CPU")
+    marks = ", ".join(f"{flag} {'yes' if flag in flags else 'no'}"
+                      for flag in ("avx512_bf16", "amx_bf16"))
+    return f"{name}; {marks}; oneDNN bf16 {'yes' if cpu_bf16_supported() else 'no'}"
+
+
 def resolve_precision(precision: str | None, device: torch.device | str,
                       default_cuda: str = "fp32") -> tuple[str, str | None]:
     """The precision that runs on ``device`` for the one asked for, and a notice (or None).
