@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from depthscape.core.atomic import atomic_path
+from depthscape.core.atomic import atomic_open
 from depthscape.core.errors import UserError
 
 FORMAT = "depthscape"
@@ -30,8 +30,8 @@ VERSION = 1
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     """Save ``payload`` (plus format tags) to ``path`` atomically."""
     data = {"format": FORMAT, "version": VERSION, **payload}
-    with atomic_path(path) as tmp:
-        torch.save(data, tmp)
+    with atomic_open(path, "wb") as handle:
+        torch.save(data, handle)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:

@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from depthscape.core.atomic import atomic_path
+from depthscape.core.atomic import atomic_open, open_for_append
 from depthscape.core.errors import UserError
 
 #: Columns of every training log, CNN (one row per epoch) and ResNet/PlainNet (one row per
@@ -24,13 +24,13 @@ LOG_COLUMNS = (
 
 def init_log_file(filepath: str | os.PathLike, header: Sequence[str]) -> None:
     """Create ``filepath`` (and its parent folders) holding only the header row."""
-    with atomic_path(filepath) as tmp, open(tmp, "w", newline="") as handle:
+    with atomic_open(filepath, "w", newline="") as handle:
         csv.writer(handle).writerow(header)
 
 
 def append_log(filepath: str | os.PathLike, row: Iterable) -> None:
-    """Append one row to ``filepath`` and flush it to disk."""
-    with open(filepath, "a", newline="") as handle:
+    """Append one row to ``filepath`` and flush it to disk (never through a link there)."""
+    with open_for_append(filepath, "training log", newline="") as handle:
         csv.writer(handle).writerow([_format(v) for v in row])
         handle.flush()
         os.fsync(handle.fileno())
@@ -116,7 +116,7 @@ def truncate_log(filepath: str | os.PathLike, last_iteration: int) -> None:
     path = Path(filepath)
     header, raw, rows = _parse(path, _RESUME_HINT)
     kept = [cells for cells, row in zip(raw, rows) if row["iteration"] <= last_iteration]
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+    with atomic_open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         writer.writerows(kept)

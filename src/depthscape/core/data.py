@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from depthscape.core.atomic import atomic_open, refuse_link, remove_stale_temporaries
 from depthscape.core.errors import UserError
 
 #: Per-channel means on the 0..255 scale used by the ResNet/PlainNet recipes. CIFAR-10's are
@@ -210,6 +211,7 @@ def load_image_folder(path: str | os.PathLike, cache_dir: str | os.PathLike | No
     key = hashlib.sha256(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     cache_file = cache / f"imagefolder-{key}.npz"
     dataset_name = name or path.name.split(".")[0]
+    refuse_link(cache_file, "decoded-data cache")
     if cache_file.exists():
         try:
             with np.load(cache_file) as archive:
@@ -232,11 +234,11 @@ def load_image_folder(path: str | os.PathLike, cache_dir: str | os.PathLike | No
     dataset = Dataset(dataset_name, splits["train"], splits["test"], classes)
     try:
         cache.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".tmp{os.getpid()}.npz")
-        np.savez(tmp, train_x=dataset.train.images.numpy(), train_y=dataset.train.labels.numpy(),
-                 test_x=dataset.test.images.numpy(), test_y=dataset.test.labels.numpy(),
-                 classes=np.array(classes))
-        os.replace(tmp, cache_file)
+        remove_stale_temporaries([cache_file])  # of decodes that were killed (pid dead)
+        with atomic_open(cache_file, "wb") as handle:  # a new file, never through a link
+            np.savez(handle, train_x=dataset.train.images.numpy(),
+                     train_y=dataset.train.labels.numpy(), test_x=dataset.test.images.numpy(),
+                     test_y=dataset.test.labels.numpy(), classes=np.array(classes))
     except OSError:
         pass  # caching is an optimisation; a read-only cache dir must not stop the run
     return dataset

@@ -41,7 +41,7 @@ from typing import NamedTuple
 
 import torch
 
-from depthscape.core.atomic import atomic_write_text, ensure_writable_dir
+from depthscape.core.atomic import atomic_open, atomic_write_text, ensure_writable_dir
 from depthscape.core.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
 from depthscape.core.csvlog import LOG_COLUMNS, append_log, init_log_file, truncate_log
 from depthscape.core.data import (
@@ -313,8 +313,8 @@ TRACE_ENV = "DEPTHSCAPE_TRACE_BATCHES"
 def _write_trace(steps: list[torch.Tensor], run_name: str, rank: int) -> None:
     path = Path(os.environ[TRACE_ENV]) / f"{run_name}.rank{rank}.pt"
     earlier = torch.load(path) if path.exists() else []
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(earlier + steps, path)
+    with atomic_open(path, "wb") as handle:
+        torch.save(earlier + steps, handle)
 
 
 def _train(config: TrainConfig, dataset: Dataset | None, dist: DistContext,
