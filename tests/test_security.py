@@ -1,0 +1,314 @@
+"""Issue 19: names depthscape writes, with links (and other files) planted at them.
+
+Group 1: every file is created without following a link (core/atomic.py): a symbolic link
+planted at the name of a lock, the data cache, a temporary, a log, a checkpoint, a surface,
+a plot, a table or the report never gets its target changed. Group 2: the stale-temporary
+sweep removes only depthscape's own temporaries of dead writers, in the folders it writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from depthscape.core.atomic import (
+    TEMP_MARKER,
+    atomic_open,
+    atomic_path,
+    atomic_write_text,
+    remove_stale_temporaries_in,
+    save_figure,
+)
+from depthscape.core.csvlog import LOG_COLUMNS, append_log, init_log_file
+from depthscape.core.errors import UserError
+from depthscape.core.locking import claim_folder, claim_output, claim_run, exclusive_lock
+from depthscape.core.runs import run_paths
+
+VICTIM_TEXT = "the victim's own content\n"
+
+
+@pytest.fixture
+def victim(tmp_path) -> Path:
+    """A file of the user's, elsewhere, that a planted link points at."""
+    path = tmp_path / "elsewhere" / "victim.txt"
+    path.parent.mkdir()
+    path.write_text(VICTIM_TEXT)
+    return path
+
+
+def plant(link: Path, target: Path) -> Path:
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(target)
+    return link
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+# --- locks: a link at a lock's name is refused with one line naming it ------------------------
+
+def _lock_claims(tmp_path):
+    paths = run_paths(tmp_path / "run", "resnet8", 0, "data")
+    surface = tmp_path / "landscapes" / "resnet8.h5"
+    folder = tmp_path / "plots"
+    return {
+        "plain": (tmp_path / ".x.lock", lambda: exclusive_lock(tmp_path / ".x.lock", "thing")),
+        "run": (paths.log.with_name(f".{paths.run_name}.lock"), lambda: claim_run(paths)),
+        "surface": (surface.with_name(f".{surface.name}.lock"),
+                    lambda: claim_output(surface, "surface")),
+        "folder": (folder / ".depthscape.lock", lambda: claim_folder(folder, "plots folder")),
+    }
+
+
+@pytest.mark.parametrize("kind", ["plain", "run", "surface", "folder"])
+def test_a_link_at_a_locks_name_is_refused_and_its_target_unchanged(kind, tmp_path, victim):
+    lock, claim = _lock_claims(tmp_path)[kind]
+    plant(lock, victim)
+    with pytest.raises(UserError) as caught:
+        with claim():
+            pass
+    message = str(caught.value)
+    assert "\n" not in message and str(lock) in message and "symbolic link" in message
+    assert victim.read_text() == VICTIM_TEXT
+    assert lock.is_symlink()  # left where it is, for the user to see
+
+
+def test_a_dangling_link_at_a_locks_name_creates_nothing(tmp_path):
+    target = tmp_path / "elsewhere" / "created-by-the-link"
+    lock = plant(tmp_path / ".x.lock", target)
+    with pytest.raises(UserError, match="symbolic link"):
+        with exclusive_lock(lock, "thing"):
+            pass
+    assert not target.exists() and not target.parent.exists()
+
+
+def test_a_hard_link_or_fifo_at_a_locks_name_is_refused(tmp_path, victim):
+    hard = tmp_path / ".hard.lock"
+    os.link(victim, hard)
+    with pytest.raises(UserError, match="hard links"):
+        with exclusive_lock(hard, "thing"):
+            pass
+    assert victim.read_text() == VICTIM_TEXT
+    fifo = tmp_path / ".fifo.lock"
+    os.mkfifo(fifo)
+    with pytest.raises(UserError, match="not a plain file"):  # and does not hang
+        with exclusive_lock(fifo, "thing"):
+            pass
+
+
+# --- atomic writes: a link at the target's name is replaced, its target unchanged --------------
+
+def _write_checkpoint(path):
+    from depthscape.core.checkpoint import save_checkpoint
+
+    save_checkpoint(path, {"state_dict": {}})
+
+
+def _write_surface(path):
+    import torch
+
+    from depthscape.analysis.landscape.storage import SurfaceState, write_surface
+
+    write_surface(path, SurfaceState(split="train", xcoordinates=np.linspace(-1, 1, 3),
+                                     ycoordinates=None, loss=np.zeros(3), acc=np.zeros(3),
+                                     done=np.ones(3, bool), directions=[{"w": torch.zeros(2)}],
+                                     identity={"k": 1}))
+
+
+def _write_figure(path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure()
+    try:
+        save_figure(fig, path.with_suffix(""), ["png"])
+    finally:
+        plt.close(fig)
+
+
+def _write_table(path):
+    from depthscape.analysis.tables import Table, write_table
+
+    write_table(Table("t", ["a"], [["1"]], ["a"], [[1]]), path.parent, path.stem)
+
+
+WRITERS = {
+    "log.csv": lambda p: init_log_file(p, LOG_COLUMNS),
+    "model.pth": _write_checkpoint,
+    "surface.h5": _write_surface,
+    "plot.png": _write_figure,
+    "table.md": _write_table,
+    "report.html": lambda p: atomic_write_text(p, "<html></html>"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(WRITERS))
+def test_a_link_at_an_outputs_name_is_replaced_never_written_through(name, tmp_path, victim):
+    target = plant(tmp_path / "out" / name, victim)
+    WRITERS[name](target)
+    assert victim.read_text() == VICTIM_TEXT
+    assert not target.is_symlink() and target.is_file() and target.stat().st_size > 0
+
+
+def test_a_link_at_a_temporarys_name_is_never_written_through(tmp_path, victim, monkeypatch):
+    """mkstemp's O_EXCL: a link where the temporary would go is skipped, not followed."""
+    import tempfile
+
+    target = tmp_path / "out" / "log.csv"
+    planted = plant(target.with_name(f".{target.name}.{TEMP_MARKER}{os.getpid()}.AAAAAAAA.tmp"),
+                    victim)
+    names = iter(["AAAAAAAA", "BBBBBBBB"])
+    monkeypatch.setattr(tempfile, "_get_candidate_names", lambda: names)
+    init_log_file(target, LOG_COLUMNS)
+    assert victim.read_text() == VICTIM_TEXT and planted.is_symlink()
+    assert target.read_text().startswith("iteration,")
+
+
+def test_a_temporary_swapped_for_a_link_while_written_is_not_installed(tmp_path, victim):
+    target = tmp_path / "surface.h5"
+    target.write_text("previous surface")
+    with pytest.raises(UserError, match="replaced by another process"):
+        with atomic_path(target) as tmp:
+            tmp.unlink()
+            tmp.symlink_to(victim)
+    assert target.read_text() == "previous surface" and victim.read_text() == VICTIM_TEXT
+
+
+def test_appending_to_a_log_never_follows_a_link(tmp_path, victim):
+    log = tmp_path / "logs" / "run_log.csv"
+    init_log_file(log, LOG_COLUMNS)
+    log.unlink()
+    plant(log, victim)
+    with pytest.raises(UserError) as caught:
+        append_log(log, range(len(LOG_COLUMNS)))
+    assert str(log) in str(caught.value) and "symbolic link" in str(caught.value)
+    assert victim.read_text() == VICTIM_TEXT
+
+
+def test_atomic_open_gives_the_usual_mode(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        with atomic_open(tmp_path / "f.txt", "w") as handle:
+            handle.write("x")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644
+
+
+# --- the decoded-data cache ---------------------------------------------------------------------
+
+def _cache_file(data: Path, cache: Path) -> Path:
+    path = data.resolve()
+    info = path.stat()
+    key = hashlib.sha256(f"{path}|{info.st_size}|{info.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache / f"imagefolder-{key}.npz"
+
+
+def test_a_link_at_the_caches_name_is_refused(tiny_data, tmp_path, victim):
+    from depthscape.core.data import load_image_folder
+
+    cache = tmp_path / "cache"
+    link = plant(_cache_file(tiny_data, cache), victim)
+    with pytest.raises(UserError) as caught:
+        load_image_folder(tiny_data, cache)
+    assert str(link) in str(caught.value) and "symbolic link" in str(caught.value)
+    assert "\n" not in str(caught.value) and victim.read_text() == VICTIM_TEXT
+
+
+def test_links_at_the_caches_old_temporary_names_are_not_followed(tiny_data, tmp_path, victim):
+    """Before, the temporary was ``imagefolder-<key>.tmp<PID>.npz``: predictable."""
+    from depthscape.core.data import load_image_folder
+
+    cache = tmp_path / "cache"
+    cache_file = _cache_file(tiny_data, cache)
+    for pid in range(os.getpid() - 2, os.getpid() + 3):
+        plant(cache_file.with_suffix(f".tmp{pid}.npz"), victim)
+    dead = dead_pid()
+    stale = cache_file.with_name(f".{cache_file.name}.{TEMP_MARKER}{dead}.k2j3h4ab.tmp")
+    stale.write_bytes(b"a killed decode's half")
+    dataset = load_image_folder(tiny_data, cache)
+    assert victim.read_text() == VICTIM_TEXT
+    assert cache_file.is_file() and not cache_file.is_symlink() and not stale.exists()
+    with np.load(cache_file) as archive:
+        assert archive["train_x"].shape == tuple(dataset.train.images.shape)
+
+
+# --- a real training run with links planted at every name it writes ----------------------------
+
+def test_training_with_links_planted_at_its_files_leaves_their_targets_alone(
+        tiny_data, cache_dir, tmp_path, victim):
+    from depthscape.training.loop import TrainConfig, train
+    from depthscape.training.snapshots import snapshot_path
+
+    out = tmp_path / "out"
+    paths = run_paths(out, "resnet8", 0, tiny_data.name)
+    for name in (paths.log, paths.config, snapshot_path(paths.final)):
+        plant(name, victim)
+    # at the checkpoints' names dangling links (a link to a file would be an existing run)
+    created = victim.with_name("made-through-a-link")
+    for name in (paths.final, paths.resume):
+        plant(name, created)
+    train(TrainConfig(model="resnet8", dataset=str(tiny_data), out_dir=str(out),
+                      scale=4 / 64_000, log_every=1, eval_every=100, checkpoint_every=2,
+                      snapshot_every=2, progress=False))
+    assert victim.read_text() == VICTIM_TEXT and not created.exists()
+    for name in (paths.log, paths.config, paths.final, snapshot_path(paths.final)):
+        assert name.is_file() and not name.is_symlink(), name
+    assert json.loads(paths.config.read_text())["model"] == "resnet8"
+
+
+# --- group 2: only depthscape's own stale temporaries are removed ------------------------------
+
+def test_the_folder_sweep_keeps_a_users_temporaries_and_removes_only_its_own(tmp_path):
+    folder = tmp_path / "tables"
+    (folder / "metrics").mkdir(parents=True)
+    (folder / "deeper").mkdir()
+    dead = dead_pid()
+    users = [folder / ".notes.tmp", folder / "deeper" / ".notes.tmp",
+             folder / "metrics" / ".x.json.abc.tmp",  # no marker
+             folder / f".t1.md.{TEMP_MARKER}{os.getppid()}.live1234.tmp"]  # writer alive
+    for path in users:
+        path.write_text("the user's")
+    own = [folder / f".t1.md.{TEMP_MARKER}{dead}.k2j3h4ab.tmp",
+           folder / "metrics" / f".r.json.{TEMP_MARKER}{dead}.a8s7d6cd.tmp"]
+    below = folder / "deeper" / f".r.json.{TEMP_MARKER}{dead}.zzzzzzzz.tmp"  # not a folder it writes
+    for path in [*own, below]:
+        path.write_text("half")
+    with claim_folder(folder, "tables folder", subfolders=("metrics",)):
+        pass
+    assert all(p.read_text() == "the user's" for p in users)
+    assert not any(p.exists() for p in own) and below.exists()
+
+
+@pytest.mark.parametrize("sub", ["plots/trajectories", "plots/curvature", "plots/landscapes", "."])
+def test_a_rerun_study_removes_the_temporaries_a_killed_one_left(sub, tmp_path):
+    from depthscape.study.runner import StudyConfig, run_study
+
+    out = tmp_path / "study"
+    (out / sub).mkdir(parents=True, exist_ok=True)
+    dead = dead_pid()
+    own = out / sub / f".run_traj.png.{TEMP_MARKER}{dead}.k2j3h4ab.tmp"
+    own.write_bytes(b"half a png")
+    users = out / sub / ".notes.tmp"
+    users.write_text("the user's")
+    with pytest.raises(UserError, match="--seeds"):  # refused after the sweep, before any work
+        run_study(StudyConfig(budget="smoke", out_dir=str(out), seeds=0))
+    assert not own.exists() and users.read_text() == "the user's"
+
+
+def test_a_planted_link_named_like_a_temporary_is_removed_not_followed(tmp_path, victim):
+    link = plant(tmp_path / f".x.png.{TEMP_MARKER}{dead_pid()}.k2j3h4ab.tmp", victim)
+    assert remove_stale_temporaries_in([tmp_path]) == [link]
+    assert not link.is_symlink() and victim.read_text() == VICTIM_TEXT
