@@ -312,3 +312,102 @@ def test_a_planted_link_named_like_a_temporary_is_removed_not_followed(tmp_path,
     link = plant(tmp_path / f".x.png.{TEMP_MARKER}{dead_pid()}.k2j3h4ab.tmp", victim)
     assert remove_stale_temporaries_in([tmp_path]) == [link]
     assert not link.is_symlink() and victim.read_text() == VICTIM_TEXT
+
+
+# --- group 5: a checkpoint with a non-finite weight is refused wherever it is loaded ------------
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory):
+    """A tiny ResNet-8 run stopped at iteration 9: rows at 4 and 8, checkpoint at 9."""
+    from conftest import write_image_folder
+
+    from depthscape.training.loop import TrainConfig
+
+    root = tmp_path_factory.mktemp("stopped")
+    data = write_image_folder(root / "data")
+
+    def config(out, **overrides):
+        settings = dict(model="resnet8", dataset=str(data), out_dir=str(out), scale=12 / 64_000,
+                        log_every=4, eval_every=6, checkpoint_every=5, progress=False,
+                        cache_dir=str(root / "cache"))
+        settings.update(overrides)
+        return TrainConfig(**settings)
+
+    from depthscape.training.loop import train
+
+    paths = train(config(root / "template", stop_after=9)).paths
+    return root, config, paths
+
+
+def _copy_run(stopped_run, target: Path):
+    import shutil
+
+    root, config, paths = stopped_run
+    shutil.copytree(root / "template", target)
+    return config, run_paths(target, "resnet8", 0, paths.run_name.split("_", 1)[1])
+
+
+def _poison(path: Path, key: str, value: float) -> str:
+    import torch
+
+    data = torch.load(path, weights_only=True)
+    weights = data[key]
+    name = next(k for k, v in weights.items() if v.is_floating_point() and v.dim() == 4)
+    weights[name][0, 0, 0, 0] = value
+    torch.save(data, path)
+    return name
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_final_checkpoint_with_a_non_finite_weight_is_refused_naming_it(
+        value, stopped_run, tmp_path):
+    from depthscape.core.checkpoint import save_checkpoint
+    from depthscape.core.trained import load_trained_run
+
+    _root, _config, paths = stopped_run
+    import torch
+
+    resume = torch.load(paths.resume, weights_only=True)
+    final = tmp_path / "final.pth"
+    save_checkpoint(final, {"model": "resnet8", "model_kwargs": resume["model_kwargs"],
+                            "config": resume["config"], "state_dict": resume["model_state"]})
+    load_trained_run(final, dataset=str(_root / "data"))  # finite: loads
+    name = _poison(final, "state_dict", value)
+    with pytest.raises(UserError) as caught:
+        load_trained_run(final, dataset=str(_root / "data"))
+    message = str(caught.value)
+    assert "\n" not in message and f"tensor {name!r}" in message and "non-finite" in message
+    result = subprocess.run([sys.executable, "-m", "depthscape", "eval", str(final)],
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("depthscape: error: ") and f"tensor {name!r}" in lines[0]
+
+
+def test_a_bare_state_dict_with_a_nan_is_refused(stopped_run, tmp_path):
+    import torch
+
+    from depthscape.core.checkpoint import load_checkpoint
+
+    state = torch.load(stopped_run[2].resume, weights_only=True)["model_state"]
+    bare = tmp_path / "bare.pth"
+    torch.save(state, bare)
+    load_checkpoint(bare)
+    key = next(k for k, v in state.items() if v.is_floating_point() and v.dim() == 1)
+    state[key][0] = float("nan")
+    torch.save(state, bare)
+    with pytest.raises(UserError, match=f"tensor {key!r} has 1 NaN"):
+        load_checkpoint(bare)
+
+
+def test_resuming_from_a_checkpoint_with_a_nan_weight_is_refused(stopped_run, tmp_path):
+    from depthscape.training.loop import train
+
+    config, paths = _copy_run(stopped_run, tmp_path / "run")
+    log = paths.log.read_bytes()
+    name = _poison(paths.resume, "model_state", float("nan"))
+    with pytest.raises(UserError, match=f"non-finite weights: tensor {name!r}"):
+        train(config(tmp_path / "run", resume=True))
+    assert paths.log.read_bytes() == log
+

@@ -37,7 +37,9 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint file with ``weights_only=True``; a bad file is a one-line UserError.
 
-    A bare state dict comes back as ``{"state_dict": ...}``.
+    A bare state dict comes back as ``{"state_dict": ...}``. Weights that are not all
+    finite (a NaN or inf anywhere) are refused with one line naming the tensor: nothing
+    evaluates, measures or resumes from them.
     """
     path = Path(path)
     if not path.exists():
@@ -61,13 +63,31 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
                         f"PyTorch file): {first}") from None
     if not isinstance(data, dict):
         raise UserError(f"{path} is not a checkpoint: it holds a {type(data).__name__}, not a dict")
-    if data.get("format") == FORMAT:
-        return data
-    if data and all(isinstance(v, torch.Tensor) for v in data.values()):
-        return {"state_dict": data}
-    if isinstance(data.get("state_dict"), dict):
-        return data
-    raise UserError(f"{path} is not a depthscape checkpoint or a model state dict")
+    if data.get("format") != FORMAT:
+        if data and all(isinstance(v, torch.Tensor) for v in data.values()):
+            data = {"state_dict": data}
+        elif not isinstance(data.get("state_dict"), dict):
+            raise UserError(f"{path} is not a depthscape checkpoint or a model state dict")
+    for weights in (WEIGHT_KEYS & data.keys()):
+        check_finite(data[weights], str(path))
+    return data
+
+
+#: Where a checkpoint keeps model weights: final/bare ones, and the resumable one's.
+WEIGHT_KEYS = frozenset({"state_dict", "model_state"})
+
+
+def check_finite(state_dict, source: str = "checkpoint") -> None:
+    """Raise a UserError naming the first floating-point tensor holding a NaN or an inf."""
+    if not isinstance(state_dict, dict):
+        return
+    for key, tensor in state_dict.items():
+        if isinstance(tensor, torch.Tensor) and (tensor.is_floating_point() or tensor.is_complex()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                raise UserError(f"{source} holds non-finite weights: tensor {key!r} has {bad} NaN "
+                                f"or infinite value(s) of {tensor.numel()}; retrain, or use an "
+                                "earlier checkpoint")
 
 
 def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "checkpoint",
