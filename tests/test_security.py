@@ -411,3 +411,57 @@ def test_resuming_from_a_checkpoint_with_a_nan_weight_is_refused(stopped_run, tm
         train(config(tmp_path / "run", resume=True))
     assert paths.log.read_bytes() == log
 
+
+# --- group 7: a log that lost rows the checkpoint recorded is refused on resume ------------------
+
+def _drop(lines: list[str], which: str) -> list[str]:
+    header, rows = lines[0], lines[1:]
+    return {"first": [header, *rows[1:]], "last": [header, *rows[:-1]],
+            "all": [header]}[which]
+
+
+@pytest.mark.parametrize("which", ["first", "last", "all", "file"])
+def test_resume_refuses_a_log_that_lost_rows(which, stopped_run, tmp_path):
+    from depthscape.training.loop import train
+
+    config, paths = _copy_run(stopped_run, tmp_path / "run")
+    lines = paths.log.read_text().splitlines()
+    assert [line.split(",")[0] for line in lines[1:]] == ["4", "8"]
+    if which == "file":
+        paths.log.unlink()
+    else:
+        paths.log.write_text("\n".join(_drop(lines, which)) + "\n")
+    before = paths.log.read_bytes() if paths.log.exists() else None
+    with pytest.raises(UserError) as caught:
+        train(config(tmp_path / "run", resume=True))
+    message = str(caught.value)
+    assert "\n" not in message and str(paths.log) in message
+    assert ("missing" if which == "file" else "row(s) up to iteration 9") in message
+    assert (paths.log.read_bytes() if paths.log.exists() else None) == before
+    assert paths.resume.exists()
+
+
+def test_an_old_checkpoint_without_the_row_count_still_resumes(stopped_run, tmp_path):
+    import torch
+
+    from depthscape.core.csvlog import read_log
+    from depthscape.training.loop import train
+
+    config, paths = _copy_run(stopped_run, tmp_path / "run")
+    data = torch.load(paths.resume, weights_only=True)
+    assert data.pop("log_rows") == 2
+    torch.save(data, paths.resume)
+    result = train(config(tmp_path / "run", resume=True))
+    assert result.finished and [r["iteration"] for r in read_log(paths.log)] == [4, 8, 12]
+
+
+def test_a_resumed_run_counts_the_rows_before_the_resume(stopped_run, tmp_path):
+    import torch
+
+    from depthscape.training.loop import train
+
+    config, paths = _copy_run(stopped_run, tmp_path / "run")
+    train(config(tmp_path / "run", resume=True, stop_after=11))
+    assert torch.load(paths.resume, weights_only=True)["log_rows"] == 2  # rows 4 and 8
+    result = train(config(tmp_path / "run", resume=True))
+    assert result.finished

@@ -108,15 +108,24 @@ def read_log(filepath: str | os.PathLike) -> list[dict[str, float]]:
     return _parse(filepath, _READ_HINT)[2]
 
 
-def truncate_log(filepath: str | os.PathLike, last_iteration: int) -> None:
+def truncate_log(filepath: str | os.PathLike, last_iteration: int,
+                 expected_rows: int | None = None) -> int:
     """Drop the rows after ``last_iteration`` (rows a killed run wrote past its checkpoint).
 
-    A damaged log is refused (:class:`DamagedLog`), never repaired by dropping rows.
+    A damaged log is refused (:class:`DamagedLog`), never repaired by dropping rows; so is
+    one that does not hold the ``expected_rows`` rows up to ``last_iteration`` the
+    checkpoint recorded (rows were removed: resuming would lose them for good). Returns
+    how many rows are kept.
     """
     path = Path(filepath)
     header, raw, rows = _parse(path, _RESUME_HINT)
     kept = [cells for cells, row in zip(raw, rows) if row["iteration"] <= last_iteration]
+    if expected_rows is not None and len(kept) != expected_rows:
+        raise DamagedLog(f"the training log {path} holds {len(kept)} row(s) up to iteration "
+                         f"{last_iteration}, but the checkpoint was saved after {expected_rows}: "
+                         f"rows were removed or added; {_RESUME_HINT}")
     with atomic_open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         writer.writerows(kept)
+    return len(kept)
