@@ -465,3 +465,110 @@ def test_a_resumed_run_counts_the_rows_before_the_resume(stopped_run, tmp_path):
     assert torch.load(paths.resume, weights_only=True)["log_rows"] == 2  # rows 4 and 8
     result = train(config(tmp_path / "run", resume=True))
     assert result.finished
+
+
+# --- group 3: an operating-system error is one line naming the file, before any work if it can be
+
+def _final_checkpoint(stopped_run, target: Path) -> Path:
+    import torch
+
+    from depthscape.core.checkpoint import save_checkpoint
+
+    resume = torch.load(stopped_run[2].resume, weights_only=True)
+    save_checkpoint(target, {"model": "resnet8", "model_kwargs": resume["model_kwargs"],
+                             "config": resume["config"], "state_dict": resume["model_state"]})
+    return target
+
+
+def _one_line(result, code: int, *fragments: str) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == code and len(lines) == 1, result.stderr
+    assert lines[0].startswith("depthscape: error: "), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def test_a_landscape_output_name_too_long_is_refused_before_any_work(stopped_run, tmp_path):
+    checkpoint = _final_checkpoint(stopped_run, tmp_path / "final.pth")
+    output = tmp_path / "landscapes" / ("s" * 240 + ".h5")
+    result = subprocess.run(
+        [sys.executable, "-m", "depthscape", "landscape", str(checkpoint), "--output", str(output),
+         "--resolution", "3", "--dataset", str(stopped_run[0] / "data")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    _one_line(result, 2, "File name too long", "s" * 40)
+    assert not list(tmp_path.rglob("*.h5"))
+    assert "computing" not in result.stdout + result.stderr
+
+
+def test_a_plot_name_too_long_is_refused_before_any_work(tmp_path):
+    import argparse
+
+    from depthscape.cli.plot import check_plot_names
+
+    args = argparse.Namespace(quantity="loss", log=True, kinds=None, formats=["png", "pdf"])
+    check_plot_names(tmp_path / ("s" * 180 + ".h5"), tmp_path, args)  # room left: fine
+    with pytest.raises(UserError, match="File name too long"):
+        check_plot_names(tmp_path / ("s" * 220 + ".h5"), tmp_path, args)
+
+
+def test_run_names_too_long_are_refused_by_the_claim(tmp_path):
+    paths = run_paths(tmp_path, "resnet8", 0, "d" * 245)
+    with pytest.raises(UserError, match="File name too long"):
+        with claim_run(paths):
+            pass
+    assert not (tmp_path / "logs").exists() or not list((tmp_path / "logs").iterdir())
+
+
+LIMITED = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), int(sys.argv[1])))
+sys.argv = sys.argv[1:]
+exec(sys.argv[1])
+"""
+
+
+def _limited(limit: int, code: str, *argv: str):
+    return subprocess.run([sys.executable, "-c", LIMITED, str(limit), code, *argv],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+
+
+def test_a_checkpoint_the_disk_cannot_hold_is_one_line_and_the_old_one_kept(tmp_path):
+    target = tmp_path / "model.pth"
+    target.write_bytes(b"the previous checkpoint")
+    code = ("import torch, sys\nfrom depthscape.core.checkpoint import save_checkpoint\n"
+            "from depthscape.core.errors import UserError\n"
+            "try:\n    save_checkpoint(sys.argv[2], {'state_dict': {'w': torch.zeros(100000)}})\n"
+            "except UserError as e:\n    print(e)\n")
+    result = _limited(20_000, code, str(target))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"cannot write {target}: File too large"
+    assert target.read_bytes() == b"the previous checkpoint"
+    assert not [p for p in tmp_path.iterdir() if p != target]  # no temporary left
+
+
+def test_train_on_a_full_disk_is_one_line(stopped_run, tmp_path):
+    data = stopped_run[0] / "data"
+    code = ("import sys\nfrom depthscape.cli import main\nsys.exit(main(sys.argv[2:]))\n")
+    result = _limited(50_000, code, "train", "resnet", "8", "--dataset", str(data),
+                      "--out", str(tmp_path / "out"), "--scale", str(4 / 64_000),
+                      "--checkpoint-every", "2", "--no-progress", "--cache-dir",
+                      str(tmp_path / "cache"))
+    _one_line(result, 2, "cannot write ", ".pth: File too large")
+
+
+def test_an_os_error_no_command_named_is_still_one_line(monkeypatch, capsys):
+    import errno
+
+    import depthscape.cli.eval as eval_command
+    from depthscape.cli import main
+
+    def full(args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/some/where/file.bin")
+
+    monkeypatch.setattr(eval_command, "run", full)
+    assert main(["eval", "x.pth"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["depthscape: error: /some/where/file.bin: No space left on device"]

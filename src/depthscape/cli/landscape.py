@@ -38,14 +38,21 @@ def add_surface_data_arguments(parser: argparse.ArgumentParser) -> None:
 def checkpoint_with_outputs_checked(args: argparse.Namespace) -> Path:
     """The run's checkpoint, after checking every output location (--output's folder, the
     plots folder), so a bad path never costs a computation."""
-    from depthscape.core.atomic import ensure_writable_dir
+    from depthscape.cli.plot import check_plot_names
+    from depthscape.core.atomic import check_name_lengths, ensure_writable_dir
 
     checkpoint = resolve_checkpoint(args.run, args.depth, args.out, args.run_seed, args.dataset)
     root = checkpoint.parent.parent if checkpoint.parent.name == "models" else checkpoint.parent
     ensure_writable_dir(Path(args.output).parent if args.output else root / "landscapes",
                         create=False)
+    if args.output:  # a name the filesystem cannot hold fails now, not after the grid
+        check_name_lengths(Path(args.output))
     if not args.no_plots:
-        ensure_writable_dir(args.plots_dir or root / "plots", create=False)
+        plots_dir = (Path(args.plots_dir) if args.plots_dir else
+                     default_plots_dir(Path(args.output)) if args.output else root / "plots")
+        ensure_writable_dir(plots_dir, create=False)
+        if args.output:
+            check_plot_names(Path(args.output), plots_dir, args)
     return checkpoint
 
 

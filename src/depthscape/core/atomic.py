@@ -40,8 +40,21 @@ _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 def os_error_text(error: OSError, path: str | os.PathLike | None = None) -> str:
     """``path: reason`` of an OSError on one line (``reason`` as the OS words it)."""
     where = path if path is not None else (error.filename or "a file")
-    reason = error.strerror or (os.strerror(error.errno) if error.errno else str(error))
+    reason = error.strerror or (os.strerror(error.errno) if error.errno else "")
+    if not reason:  # h5py's and others' OSErrors carry their reason in the text only
+        text = " ".join(str(error).split())
+        found = re.search(r"error message = '([^']+)'", text)
+        reason = found.group(1) if found else (text[:200] or type(error).__name__)
     return f"{where}: {reason}"
+
+
+class WriteFailed(UserError):
+    """The operating system refused a write (full disk, permissions, name too long): one
+    line naming the file and the reason; the file's previous version is left as it was."""
+
+
+def write_failed(error: OSError, path: str | os.PathLike) -> WriteFailed:
+    return WriteFailed(f"cannot write {os_error_text(error, path)}")
 
 
 def ensure_writable_dir(path: str | os.PathLike, create: bool = True) -> Path:
@@ -137,7 +150,10 @@ def open_nofollow(path: str | os.PathLike, flags: int, what: str = "file", mode:
 
 def open_for_append(path: str | os.PathLike, what: str = "file", newline: str | None = None):
     """``path`` (which must exist) opened for appending text, never through a link."""
-    fd = open_nofollow(path, os.O_WRONLY | os.O_APPEND, what)
+    try:
+        fd = open_nofollow(path, os.O_WRONLY | os.O_APPEND, what)
+    except OSError as error:
+        raise write_failed(error, path) from None
     return os.fdopen(fd, "a", newline=newline)
 
 
@@ -233,16 +249,25 @@ def _install(fd: int, tmp: Path, target: Path) -> None:
 @contextlib.contextmanager
 def atomic_open(target: str | os.PathLike, mode: str = "wb", **kwargs):
     """Yield a new temporary file beside ``target``, opened (``mode``) on its own descriptor;
-    on success rename it onto ``target``. Nothing is written through a link."""
+    on success rename it onto ``target``. Nothing is written through a link.
+
+    An OSError of the write (a full disk, a folder made read-only) is a one-line
+    :class:`WriteFailed` naming ``target``; ``target`` is left as it was.
+    """
     target = Path(target)
-    fd, tmp = _new_temporary(target)
+    try:
+        fd, tmp = _new_temporary(target)
+    except OSError as error:
+        raise write_failed(error, target) from None
     try:
         with os.fdopen(os.dup(fd), mode, **kwargs) as handle:
             yield handle
         _install(fd, tmp, target)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(error, OSError):
+            raise write_failed(error, target) from None
         raise
     finally:
         os.close(fd)
@@ -256,13 +281,18 @@ def atomic_path(target: str | os.PathLike):
     link and renamed only if it is still that file. Prefer :func:`atomic_open`.
     """
     target = Path(target)
-    fd, tmp = _new_temporary(target)
+    try:
+        fd, tmp = _new_temporary(target)
+    except OSError as error:
+        raise write_failed(error, target) from None
     try:
         yield tmp
         _install(fd, tmp, target)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(error, OSError):
+            raise write_failed(error, target) from None
         raise
     finally:
         os.close(fd)

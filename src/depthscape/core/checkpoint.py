@@ -31,7 +31,31 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     """Save ``payload`` (plus format tags) to ``path`` atomically."""
     data = {"format": FORMAT, "version": VERSION, **payload}
     with atomic_open(path, "wb") as handle:
-        torch.save(data, handle)
+        recorder = _WriteRecorder(handle)
+        try:
+            torch.save(data, recorder)
+        except RuntimeError:
+            if recorder.error is not None:  # torch words a full disk "unexpected pos 704 vs 598"
+                raise recorder.error from None
+            raise
+
+
+class _WriteRecorder:
+    """A file object that keeps the OSError its ``write`` raised (torch replaces it by a
+    RuntimeError that does not say why), so a failed save can name the reason."""
+
+    def __init__(self, handle):
+        self._handle, self.error = handle, None
+
+    def write(self, data):
+        try:
+            return self._handle.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self._handle, name)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:

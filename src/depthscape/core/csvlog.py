@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from depthscape.core.atomic import atomic_open, open_for_append
+from depthscape.core.atomic import atomic_open, open_for_append, write_failed
 from depthscape.core.errors import UserError
 
 #: Columns of every training log, CNN (one row per epoch) and ResNet/PlainNet (one row per
@@ -30,10 +30,13 @@ def init_log_file(filepath: str | os.PathLike, header: Sequence[str]) -> None:
 
 def append_log(filepath: str | os.PathLike, row: Iterable) -> None:
     """Append one row to ``filepath`` and flush it to disk (never through a link there)."""
-    with open_for_append(filepath, "training log", newline="") as handle:
-        csv.writer(handle).writerow([_format(v) for v in row])
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with open_for_append(filepath, "training log", newline="") as handle:
+            csv.writer(handle).writerow([_format(v) for v in row])
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        raise write_failed(error, filepath) from None
 
 
 def _format(value) -> str:

@@ -239,7 +239,7 @@ def load_image_folder(path: str | os.PathLike, cache_dir: str | os.PathLike | No
             np.savez(handle, train_x=dataset.train.images.numpy(),
                      train_y=dataset.train.labels.numpy(), test_x=dataset.test.images.numpy(),
                      test_y=dataset.test.labels.numpy(), classes=np.array(classes))
-    except OSError:
+    except (OSError, UserError):
         pass  # caching is an optimisation; a read-only cache dir must not stop the run
     return dataset
 

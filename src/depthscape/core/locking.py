@@ -23,7 +23,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from depthscape.core.atomic import (
+    check_name_lengths,
     open_nofollow,
+    os_error_text,
     remove_stale_temporaries,
     remove_stale_temporaries_in,
 )
@@ -97,11 +99,14 @@ def exclusive_lock(path: str | os.PathLike, what: str) -> Iterator[Path]:
         if old.get("pid"):
             _notice(f"taking over the lock of {what} left by {_describe(old)}, "
                     "which is no longer running")
-        handle.seek(0)
-        handle.truncate()
-        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "since": time.time()}))
-        handle.flush()
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                     "since": time.time()}))
+            handle.flush()
+        except OSError as error:
+            raise UserError(f"cannot lock {os_error_text(error, path)}") from None
         yield path
     finally:
         with contextlib.suppress(OSError):
@@ -153,8 +158,10 @@ def claim_run(paths, *, overwrite: bool = False, owner: bool = True,
         error: UserError | None = None
         if owner:
             try:
-                stack.enter_context(exclusive_lock(run_lock_path(paths), f"run {paths.run_name}"))
                 files = (paths.resume, paths.final, paths.log, paths.config, paths.snapshots)
+                for file in files:  # names the filesystem cannot hold fail now, not mid-run
+                    check_name_lengths(file)
+                stack.enter_context(exclusive_lock(run_lock_path(paths), f"run {paths.run_name}"))
                 remove_stale_temporaries(files)
                 if overwrite:
                     for file in files:  # the resume checkpoint first: --resume reads it
@@ -184,8 +191,10 @@ def claim_output(target: str | os.PathLike, what: str, owner: bool = True,
     """Hold the lock of one output file (a landscape surface) while the block writes it.
 
     Under the lock the temporaries an interrupted atomic write of ``target`` left are
-    removed. ``owner`` and ``agree`` as in :func:`claim`.
+    removed. ``owner`` and ``agree`` as in :func:`claim`. A name the filesystem cannot hold
+    (with its temporary's suffix) is refused first, before any work.
     """
+    check_name_lengths(target)  # every rank: no rank waits for one that refused
     with claim(output_lock_path(target), what, owner, agree):
         if owner:
             remove_stale_temporaries([target])
