@@ -572,3 +572,18 @@ def test_an_os_error_no_command_named_is_still_one_line(monkeypatch, capsys):
     assert main(["eval", "x.pth"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["depthscape: error: /some/where/file.bin: No space left on device"]
+
+
+# --- group 9 ------------------------------------------------------------------------------------
+
+def test_a_missing_home_folder_is_never_created(tiny_data, tmp_path, monkeypatch):
+    from depthscape.core.data import load_dataset
+
+    home = tmp_path / "nonexistent" / "home"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("DEPTHSCAPE_DATA", raising=False)
+    dataset = load_dataset(str(tiny_data))  # decodes, caches nowhere
+    assert len(dataset.train.labels) == 72 and not home.parent.exists()
+    with pytest.raises(UserError, match="home folder .* does not exist"):
+        load_dataset("mnist")
+    assert not home.parent.exists()

@@ -62,6 +62,22 @@ def check_plot_names(surface: Path, plots_dir: Path, args: argparse.Namespace) -
             check_name_lengths(Path(plots_dir) / f"{stem}_{kind}.{extension}")
 
 
+def check_plot_options(args: argparse.Namespace, dims: int | None = None) -> None:
+    """Refuse (one line) picture options that cannot work, before any work: --zmin not
+    below --zmax, and (where the surface's ``dims`` is known) a kind that does not fit it."""
+    from depthscape.analysis.landscape.plots import KINDS_1D, KINDS_2D
+    from depthscape.core.errors import UserError
+
+    if args.zmin is not None and args.zmax is not None and args.zmin >= args.zmax:
+        raise UserError(f"--zmin {args.zmin:g} must be below --zmax {args.zmax:g}")
+    if dims is not None:
+        allowed = KINDS_2D if dims == 2 else KINDS_1D
+        for kind in args.kinds or ():
+            if kind not in allowed:
+                raise UserError(f"plot kind {kind!r} does not fit a {dims}-D surface: "
+                                f"choose from {', '.join(allowed)}")
+
+
 def plot_from_args(surface: Path, args: argparse.Namespace) -> list[Path]:
     """Draw ``surface`` with the picture options in ``args``."""
     from depthscape.analysis.landscape import plot_landscape
@@ -79,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
 
     plots_dir = Path(args.plots_dir) if args.plots_dir else default_plots_dir(Path(args.surface))
     ensure_writable_dir(plots_dir, create=False)
+    check_plot_options(args)
     check_plot_names(Path(args.surface), plots_dir, args)
     written = plot_from_args(Path(args.surface), args)
     for path in written:
