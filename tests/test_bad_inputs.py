@@ -24,6 +24,7 @@ from conftest import write_image_folder
 #:   {missing}: a path that does not exist   {corrupt}: ImageFolder with one damaged image
 #:   {truncated}: a .tar.gz cut in half     {fake}: a text file named .tar.gz
 #:   {evil}: a checkpoint holding a pickled function call   {junk}: bytes, not a checkpoint
+#:   {nan}: the trained checkpoint with one NaN weight
 #:   {logs_bad_cell} / {logs_bad_count} / {logs_bad_order}: run folders with a damaged log
 CASES = [
     # --- train ------------------------------------------------------------------------------
@@ -70,6 +71,7 @@ CASES = [
     ("eval", ["{junk}"], 2, "is not a readable checkpoint"),
     ("eval", ["{evil}"], 2, "not loaded, for safety (weights_only=True): Trying to load unsupported GLOBAL"),
     ("eval", ["{ckpt}", "--split", "val"], 2, "argument --split: invalid choice"),
+    ("eval", ["{nan}"], 2, "holds non-finite weights: tensor 'conv1.weight' has 1 NaN"),
     # --- curves -----------------------------------------------------------------------------
     ("curves", ["--ema", "1"], 2, "argument --ema: must be in [0, 1)"),
     ("curves", ["--ema", "nan"], 2, "argument --ema: must be a finite number"),
@@ -103,6 +105,19 @@ CASES = [
     ("landscape", ["{ckpt}", "--plots-dir", "{blocked}"], 2, "cannot write to output directory"),
     ("landscape", ["resnet", "abc"], 2, "depth 'abc' of resnet is not a number"),
     ("landscape", ["{missing}"], 2, "not found"),
+    # --- issue 19: non-finite weights, names too long, options that were silently ignored --
+    ("landscape", ["{nan}", "--no-plots"], 2, "holds non-finite weights: tensor 'conv1.weight'"),
+    ("landscape", ["{ckpt}", "--output", "{out}/" + "s" * 240 + ".h5"], 2, "File name too long"),
+    ("landscape", ["{ckpt}", "--output", "{out}/" + "s" * 215 + ".h5"], 2,
+     "less 27 for depthscape's temporary file"),  # the surface fits, its plot names do not
+    ("landscape", ["{ckpt}", "--dims", "1", "--yrange", "0", "1", "--no-plots"], 2,
+     "--yrange applies to a 2-D surface only: drop it, or drop --dims 1"),
+    ("landscape", ["{ckpt}", "--target", "{ckpt}", "--dims", "2", "--no-plots"], 2,
+     "--target draws a 1-D line to that checkpoint: drop --dims 2"),
+    ("landscape", ["{ckpt}", "--zmin", "5", "--zmax", "1"], 2, "--zmin 5 must be below --zmax 1"),
+    ("landscape", ["{ckpt}", "--dims", "1", "--kinds", "contour"], 2,
+     "plot kind 'contour' does not fit a 1-D surface"),
+    ("plot", ["{missing}", "--zmin", "5", "--zmax", "5"], 2, "--zmin 5 must be below --zmax 5"),
     # --- plot -------------------------------------------------------------------------------
     ("plot", ["{missing}", "--levels", "1"], 2, "argument --levels: must be between 2"),
     ("plot", ["{missing}", "--smooth", "-1"], 2, "argument --smooth: must be in [0"),
@@ -180,6 +195,11 @@ def world(tmp_path_factory) -> dict[str, str]:
                       log_every=1, eval_every=100, stop_after=2, progress=False,
                       cache_dir=str(cache)))
 
+    nan = root / "nan.pth"
+    poisoned = torch.load(trained.paths.final, weights_only=True)
+    poisoned["state_dict"]["conv1.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(poisoned, nan)
+
     def bad_cell(lines):
         cells = lines[2].split(",")
         cells[3] = "abc"
@@ -189,6 +209,7 @@ def world(tmp_path_factory) -> dict[str, str]:
         "data": str(data), "ckpt": str(trained.paths.final), "blocked": str(blocker / "sub"),
         "missing": str(root / "missing" / "nothing"), "corrupt": str(corrupt),
         "truncated": str(truncated), "fake": str(fake), "evil": str(evil), "junk": str(junk),
+        "nan": str(nan),
         "out": str(root / "out"), "cache": str(cache), "cwd": str(root / "cwd"),
         "logs_bad_cell": str(_damaged_run(stopped, root / "bad_cell", bad_cell)),
         "logs_bad_count": str(_damaged_run(stopped, root / "bad_count",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 
 import pytest
 import torch
@@ -58,28 +59,45 @@ def test_model_name_names_what_was_typed(depth, fragment):
     assert model_name("resnet", "56") == "resnet56"
 
 
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
 def test_stale_temporaries_are_removed_by_the_next_claim(tmp_path):
     paths = run_paths(tmp_path, "resnet8", 0, "data")
     init_log_file(paths.log, LOG_COLUMNS)
     paths.final.parent.mkdir(parents=True)
-    stale = [paths.log.with_name(f".{paths.log.name}.k2j3h4.tmp"),
-             paths.resume.with_name(f".{paths.resume.name}.a8s7d6.tmp")]
+    dead = _dead_pid()
+    stale = [paths.log.with_name(f".{paths.log.name}.dstmp{dead}.k2j3h4ab.tmp"),
+             paths.resume.with_name(f".{paths.resume.name}.dstmp{dead}.a8s7d6cd.tmp")]
     for tmp in stale:
         tmp.write_bytes(b"half a file")
-    unrelated = paths.log.with_name(".resnet80_data_log.csv.zz.tmp")  # another run's
-    unrelated.write_bytes(b"")
+    kept = [paths.log.with_name(f".{paths.log.name}.dstmp{dead}.zz.tmp".replace(
+                paths.run_name, "resnet80")),  # another run's
+            paths.log.with_name(f".{paths.log.name}.k2j3h4.tmp"),  # no marker: not depthscape's
+            paths.log.with_name(f".{paths.log.name}.dstmp{os.getppid()}.live.tmp")]  # a live writer
+    for tmp in kept:
+        tmp.write_bytes(b"")
     with claim_run(paths):
         assert not any(tmp.exists() for tmp in stale)
-    assert unrelated.exists() and paths.log.exists()
+    assert all(tmp.exists() for tmp in kept) and paths.log.exists()
 
 
 def test_interrupted_atomic_write_leaves_a_temporary_that_cleanup_finds(tmp_path):
     target = tmp_path / "surface.h5"
+    dead = _dead_pid()
     with pytest.raises(KeyboardInterrupt), atomic_path(target) as tmp:
         tmp.write_bytes(b"partial")
-        leftover = tmp.with_name(tmp.name.replace(".tmp", ".copy.tmp"))
+        assert tmp.name.startswith(f".surface.h5.dstmp{os.getpid()}.")
+        leftover = tmp.with_name(tmp.name.replace(f"dstmp{os.getpid()}", f"dstmp{dead}"))
         leftover.write_bytes(b"as a SIGKILL would leave it")
         raise KeyboardInterrupt
+    assert not tmp.exists()
     assert remove_stale_temporaries([target]) == [leftover]
 
 

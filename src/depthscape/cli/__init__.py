@@ -2,7 +2,9 @@
 
 Subcommands live in ``depthscape.cli``: every module there defines ``NAME``, ``HELP``,
 ``add_arguments(parser)`` and ``run(args) -> int``. User errors (:class:`UserError`) print
-one line and exit non-zero; other exceptions are bugs and keep their traceback.
+one line and exit non-zero; so does an operating-system error no command turned into one
+(``OSError``: a full disk, a folder made read-only; exit 1), naming the file and the reason.
+Other exceptions are bugs and keep their traceback.
 """
 
 from __future__ import annotations
@@ -72,6 +74,12 @@ def main(argv: list[str] | None = None) -> int:
             if _speaks():
                 print(f"depthscape: error: {error}", file=sys.stderr)
             return error.exit_code
+        except OSError as error:  # the backstop: the commands name their own files first
+            from depthscape.core.atomic import os_error_text
+
+            if _speaks():
+                print(f"depthscape: error: {os_error_text(error)}", file=sys.stderr)
+            return 1
         except KeyboardInterrupt:
             if _speaks():
                 print("depthscape: interrupted", file=sys.stderr)

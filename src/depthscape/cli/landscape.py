@@ -39,14 +39,21 @@ def add_surface_data_arguments(parser: argparse.ArgumentParser) -> None:
 def checkpoint_with_outputs_checked(args: argparse.Namespace) -> Path:
     """The run's checkpoint, after checking every output location (--output's folder, the
     plots folder), so a bad path never costs a computation."""
-    from depthscape.core.atomic import ensure_writable_dir
+    from depthscape.cli.plot import check_plot_names
+    from depthscape.core.atomic import check_name_lengths, ensure_writable_dir
 
     checkpoint = resolve_checkpoint(args.run, args.depth, args.out, args.run_seed, args.dataset)
     root = checkpoint.parent.parent if checkpoint.parent.name == "models" else checkpoint.parent
     ensure_writable_dir(Path(args.output).parent if args.output else root / "landscapes",
                         create=False)
+    if args.output:  # a name the filesystem cannot hold fails now, not after the grid
+        check_name_lengths(Path(args.output))
     if not args.no_plots:
-        ensure_writable_dir(args.plots_dir or root / "plots", create=False)
+        plots_dir = (Path(args.plots_dir) if args.plots_dir else
+                     default_plots_dir(Path(args.output)) if args.output else root / "plots")
+        ensure_writable_dir(plots_dir, create=False)
+        if args.output:
+            check_plot_names(Path(args.output), plots_dir, args)
     return checkpoint
 
 
@@ -57,8 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     grid.add_argument("--resolution", type=int_in(2, 10**6), default=21,
                       help="points per axis (default 21; the original tool's figures use 51)")
     grid.add_argument("--xrange", nargs=2, type=finite_float, default=(-1.0, 1.0), metavar=("MIN", "MAX"))
-    grid.add_argument("--yrange", nargs=2, type=finite_float, default=(-1.0, 1.0), metavar=("MIN", "MAX"))
-    grid.add_argument("--dims", type=int, choices=(1, 2), default=2,
+    grid.add_argument("--yrange", nargs=2, type=finite_float, default=None, metavar=("MIN", "MAX"),
+                      help="range along the second direction (2-D only; default -1 1)")
+    grid.add_argument("--dims", type=int, choices=(1, 2), default=None,
                       help="2: surface over two directions (default); 1: curve along one")
     grid.add_argument("--target", default=None, metavar="CHECKPOINT",
                       help="1-D line from the run's weights (x=0) to this checkpoint's (x=1)")
@@ -126,15 +134,34 @@ def resolve_checkpoint(run: str, depth: str | None, out: str, run_seed: int, dat
     return path
 
 
+def grid_dims(args: argparse.Namespace) -> int:
+    """The surface's dimensions from --dims/--target/--yrange; options that would be
+    silently ignored are refused (one line) instead."""
+    from depthscape.core.errors import UserError
+
+    if args.target and args.dims == 2:
+        raise UserError("--target draws a 1-D line to that checkpoint: drop --dims 2")
+    dims = 1 if args.target else (args.dims or 2)
+    if dims == 1 and args.yrange is not None:
+        raise UserError("--yrange applies to a 2-D surface only: drop it, or drop "
+                        + ("--target" if args.target else "--dims 1"))
+    return dims
+
+
 def run(args: argparse.Namespace) -> int:
     from depthscape.analysis.landscape import LandscapeConfig, compute_landscape
+    from depthscape.cli.plot import check_plot_options
 
+    dims = grid_dims(args)
+    if not args.no_plots:
+        check_plot_options(args, dims)
     checkpoint = checkpoint_with_outputs_checked(args)
     config = LandscapeConfig(
-        resolution=args.resolution, xrange=tuple(args.xrange), yrange=tuple(args.yrange),
+        resolution=args.resolution, xrange=tuple(args.xrange),
+        yrange=tuple(args.yrange) if args.yrange is not None else (-1.0, 1.0),
         split=args.split, subset=args.subset, seed=args.seed, norm=args.norm,
         batch_size=args.batch_size, device=args.device, workers=args.workers,
-        dims=1 if args.target else args.dims, compile=args.compile, target=args.target,
+        dims=dims, compile=args.compile, target=args.target,
         data_source=args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir, model=args.model,
         precision=args.precision,
     )

@@ -11,12 +11,16 @@ NAME = "plot"
 HELP = "draw a loss surface file: contours, heatmap, 3-D surface, 1-D curve, .vtp, HTML"
 ORDER = 36
 
+#: Every kind of picture, and the extensions it is written with (images: --formats).
+ALL_KINDS = ("contour", "contourf", "heatmap", "surface3d", "vtp", "html", "curve")
+
+
 
 def add_plot_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the pictures, shared by `plot` and `landscape`."""
     group = parser.add_argument_group("plots")
     group.add_argument("--kinds", nargs="+", default=None, metavar="KIND",
-                       choices=("contour", "contourf", "heatmap", "surface3d", "vtp", "html", "curve"),
+                       choices=ALL_KINDS,
                        help="which pictures: contour contourf heatmap surface3d vtp html (2-D), "
                             "curve html (1-D); default all")
     group.add_argument("--quantity", choices=("loss", "acc"), default="loss",
@@ -46,6 +50,34 @@ def default_plots_dir(surface: Path) -> Path:
     return root / "plots"
 
 
+def check_plot_names(surface: Path, plots_dir: Path, args: argparse.Namespace) -> None:
+    """Refuse (one line) picture names of ``surface`` too long for the plots folder's
+    filesystem, before any work (the names as :func:`plot_landscape` makes them)."""
+    from depthscape.core.atomic import check_name_lengths
+
+    stem = f"{Path(surface).stem}_{args.quantity}{'_log' if args.log else ''}"
+    for kind in args.kinds or ALL_KINDS:
+        extensions = [kind] if kind in ("vtp", "html") else list(args.formats)
+        for extension in extensions:
+            check_name_lengths(Path(plots_dir) / f"{stem}_{kind}.{extension}")
+
+
+def check_plot_options(args: argparse.Namespace, dims: int | None = None) -> None:
+    """Refuse (one line) picture options that cannot work, before any work: --zmin not
+    below --zmax, and (where the surface's ``dims`` is known) a kind that does not fit it."""
+    from depthscape.analysis.landscape.plots import KINDS_1D, KINDS_2D
+    from depthscape.core.errors import UserError
+
+    if args.zmin is not None and args.zmax is not None and args.zmin >= args.zmax:
+        raise UserError(f"--zmin {args.zmin:g} must be below --zmax {args.zmax:g}")
+    if dims is not None:
+        allowed = KINDS_2D if dims == 2 else KINDS_1D
+        for kind in args.kinds or ():
+            if kind not in allowed:
+                raise UserError(f"plot kind {kind!r} does not fit a {dims}-D surface: "
+                                f"choose from {', '.join(allowed)}")
+
+
 def plot_from_args(surface: Path, args: argparse.Namespace) -> list[Path]:
     """Draw ``surface`` with the picture options in ``args``."""
     from depthscape.analysis.landscape import plot_landscape
@@ -61,7 +93,10 @@ def plot_from_args(surface: Path, args: argparse.Namespace) -> list[Path]:
 def run(args: argparse.Namespace) -> int:
     from depthscape.core.atomic import ensure_writable_dir
 
-    ensure_writable_dir(args.plots_dir or default_plots_dir(Path(args.surface)), create=False)
+    plots_dir = Path(args.plots_dir) if args.plots_dir else default_plots_dir(Path(args.surface))
+    ensure_writable_dir(plots_dir, create=False)
+    check_plot_options(args)
+    check_plot_names(Path(args.surface), plots_dir, args)
     written = plot_from_args(Path(args.surface), args)
     for path in written:
         print(path)

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = ensure_writable_dir(args.out or Path(args.run_dir) / "tables", create=False)
     source = {"dataset": args.dataset, "data_dir": args.data_dir, "cache_dir": args.cache_dir}
-    with claim_folder(out, f"tables folder {out}"):
+    with claim_folder(out, f"tables folder {out}", subfolders=("metrics",)):
         metrics, written = make_tables(
             args.run_dir, out, models=args.models or None, device=args.device,
             batch_size=args.batch_size, train_limit=args.train_limit, test_limit=args.test_limit,

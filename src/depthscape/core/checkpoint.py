@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from depthscape.core.atomic import atomic_path
+from depthscape.core.atomic import atomic_open
 from depthscape.core.errors import UserError
 
 FORMAT = "depthscape"
@@ -30,14 +30,40 @@ VERSION = 1
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     """Save ``payload`` (plus format tags) to ``path`` atomically."""
     data = {"format": FORMAT, "version": VERSION, **payload}
-    with atomic_path(path) as tmp:
-        torch.save(data, tmp)
+    with atomic_open(path, "wb") as handle:
+        recorder = _WriteRecorder(handle)
+        try:
+            torch.save(data, recorder)
+        except RuntimeError:
+            if recorder.error is not None:  # torch words a full disk "unexpected pos 704 vs 598"
+                raise recorder.error from None
+            raise
+
+
+class _WriteRecorder:
+    """A file object that keeps the OSError its ``write`` raised (torch replaces it by a
+    RuntimeError that does not say why), so a failed save can name the reason."""
+
+    def __init__(self, handle):
+        self._handle, self.error = handle, None
+
+    def write(self, data):
+        try:
+            return self._handle.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self._handle, name)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint file with ``weights_only=True``; a bad file is a one-line UserError.
 
-    A bare state dict comes back as ``{"state_dict": ...}``.
+    A bare state dict comes back as ``{"state_dict": ...}``. Weights that are not all
+    finite (a NaN or inf anywhere) are refused with one line naming the tensor: nothing
+    evaluates, measures or resumes from them.
     """
     path = Path(path)
     if not path.exists():
@@ -61,13 +87,31 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
                         f"PyTorch file): {first}") from None
     if not isinstance(data, dict):
         raise UserError(f"{path} is not a checkpoint: it holds a {type(data).__name__}, not a dict")
-    if data.get("format") == FORMAT:
-        return data
-    if data and all(isinstance(v, torch.Tensor) for v in data.values()):
-        return {"state_dict": data}
-    if isinstance(data.get("state_dict"), dict):
-        return data
-    raise UserError(f"{path} is not a depthscape checkpoint or a model state dict")
+    if data.get("format") != FORMAT:
+        if data and all(isinstance(v, torch.Tensor) for v in data.values()):
+            data = {"state_dict": data}
+        elif not isinstance(data.get("state_dict"), dict):
+            raise UserError(f"{path} is not a depthscape checkpoint or a model state dict")
+    for weights in (WEIGHT_KEYS & data.keys()):
+        check_finite(data[weights], str(path))
+    return data
+
+
+#: Where a checkpoint keeps model weights: final/bare ones, and the resumable one's.
+WEIGHT_KEYS = frozenset({"state_dict", "model_state"})
+
+
+def check_finite(state_dict, source: str = "checkpoint") -> None:
+    """Raise a UserError naming the first floating-point tensor holding a NaN or an inf."""
+    if not isinstance(state_dict, dict):
+        return
+    for key, tensor in state_dict.items():
+        if isinstance(tensor, torch.Tensor) and (tensor.is_floating_point() or tensor.is_complex()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                raise UserError(f"{source} holds non-finite weights: tensor {key!r} has {bad} NaN "
+                                f"or infinite value(s) of {tensor.numel()}; retrain, or use an "
+                                "earlier checkpoint")
 
 
 def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "checkpoint",

@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from depthscape.core.atomic import atomic_path
+from depthscape.core.atomic import atomic_open, open_for_append, write_failed
 from depthscape.core.errors import UserError
 
 #: Columns of every training log, CNN (one row per epoch) and ResNet/PlainNet (one row per
@@ -24,16 +24,19 @@ LOG_COLUMNS = (
 
 def init_log_file(filepath: str | os.PathLike, header: Sequence[str]) -> None:
     """Create ``filepath`` (and its parent folders) holding only the header row."""
-    with atomic_path(filepath) as tmp, open(tmp, "w", newline="") as handle:
+    with atomic_open(filepath, "w", newline="") as handle:
         csv.writer(handle).writerow(header)
 
 
 def append_log(filepath: str | os.PathLike, row: Iterable) -> None:
-    """Append one row to ``filepath`` and flush it to disk."""
-    with open(filepath, "a", newline="") as handle:
-        csv.writer(handle).writerow([_format(v) for v in row])
-        handle.flush()
-        os.fsync(handle.fileno())
+    """Append one row to ``filepath`` and flush it to disk (never through a link there)."""
+    try:
+        with open_for_append(filepath, "training log", newline="") as handle:
+            csv.writer(handle).writerow([_format(v) for v in row])
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        raise write_failed(error, filepath) from None
 
 
 def _format(value) -> str:
@@ -108,15 +111,24 @@ def read_log(filepath: str | os.PathLike) -> list[dict[str, float]]:
     return _parse(filepath, _READ_HINT)[2]
 
 
-def truncate_log(filepath: str | os.PathLike, last_iteration: int) -> None:
+def truncate_log(filepath: str | os.PathLike, last_iteration: int,
+                 expected_rows: int | None = None) -> int:
     """Drop the rows after ``last_iteration`` (rows a killed run wrote past its checkpoint).
 
-    A damaged log is refused (:class:`DamagedLog`), never repaired by dropping rows.
+    A damaged log is refused (:class:`DamagedLog`), never repaired by dropping rows; so is
+    one that does not hold the ``expected_rows`` rows up to ``last_iteration`` the
+    checkpoint recorded (rows were removed: resuming would lose them for good). Returns
+    how many rows are kept.
     """
     path = Path(filepath)
     header, raw, rows = _parse(path, _RESUME_HINT)
     kept = [cells for cells, row in zip(raw, rows) if row["iteration"] <= last_iteration]
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+    if expected_rows is not None and len(kept) != expected_rows:
+        raise DamagedLog(f"the training log {path} holds {len(kept)} row(s) up to iteration "
+                         f"{last_iteration}, but the checkpoint was saved after {expected_rows}: "
+                         f"rows were removed or added; {_RESUME_HINT}")
+    with atomic_open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         writer.writerows(kept)
+    return len(kept)

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from depthscape.core.atomic import atomic_open, refuse_link, remove_stale_temporaries
 from depthscape.core.errors import UserError
 
 #: Per-channel means on the 0..255 scale used by the ResNet/PlainNet recipes. CIFAR-10's are
@@ -110,6 +111,16 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "depthscape"
 
 
+def make_cache_dir(path: Path) -> bool:
+    """Make the cache folder ``path`` (and parents); False where that would mean making a
+    home folder that does not exist (``HOME=/nonexistent/home``): nothing is created then."""
+    home = Path.home()
+    if not home.is_dir() and (path == home or home in path.parents):
+        return False
+    path.mkdir(parents=True, exist_ok=True)
+    return True
+
+
 def load_dataset(source: str = "cifar10", data_dir: str | os.PathLike | None = None,
                  cache_dir: str | os.PathLike | None = None, download: bool = True) -> Dataset:
     """Load a dataset by name or path, each split once, as uint8 tensors.
@@ -148,9 +159,13 @@ def _load_torchvision(name: str, class_name: str, root: Path, download: bool) ->
                         else f"--data-dir {root} is not a directory")
     if download:
         try:
-            root.mkdir(parents=True, exist_ok=True)
+            made = make_cache_dir(root)
         except OSError:
-            pass
+            made = True  # torchvision's download names the reason
+        if not made:
+            raise UserError(f"cannot download {name} into {root}: the home folder "
+                            f"{Path.home()} does not exist; give --cache-dir or set "
+                            "DEPTHSCAPE_DATA")
     for train in (True, False):
         try:
             ds = dataset_class(str(root), train=train, download=False)
@@ -210,6 +225,7 @@ def load_image_folder(path: str | os.PathLike, cache_dir: str | os.PathLike | No
     key = hashlib.sha256(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     cache_file = cache / f"imagefolder-{key}.npz"
     dataset_name = name or path.name.split(".")[0]
+    refuse_link(cache_file, "decoded-data cache")
     if cache_file.exists():
         try:
             with np.load(cache_file) as archive:
@@ -231,13 +247,14 @@ def load_image_folder(path: str | os.PathLike, cache_dir: str | os.PathLike | No
         splits, classes = _decode_tree(root)
     dataset = Dataset(dataset_name, splits["train"], splits["test"], classes)
     try:
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".tmp{os.getpid()}.npz")
-        np.savez(tmp, train_x=dataset.train.images.numpy(), train_y=dataset.train.labels.numpy(),
-                 test_x=dataset.test.images.numpy(), test_y=dataset.test.labels.numpy(),
-                 classes=np.array(classes))
-        os.replace(tmp, cache_file)
-    except OSError:
+        if not make_cache_dir(cache):
+            return dataset  # no home folder to cache in: decoded again next time
+        remove_stale_temporaries([cache_file])  # of decodes that were killed (pid dead)
+        with atomic_open(cache_file, "wb") as handle:  # a new file, never through a link
+            np.savez(handle, train_x=dataset.train.images.numpy(),
+                     train_y=dataset.train.labels.numpy(), test_x=dataset.test.images.numpy(),
+                     test_y=dataset.test.labels.numpy(), classes=np.array(classes))
+    except (OSError, UserError):
         pass  # caching is an optimisation; a read-only cache dir must not stop the run
     return dataset
 

@@ -22,7 +22,13 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from depthscape.core.atomic import remove_stale_temporaries
+from depthscape.core.atomic import (
+    check_name_lengths,
+    open_nofollow,
+    os_error_text,
+    remove_stale_temporaries,
+    remove_stale_temporaries_in,
+)
 from depthscape.core.errors import UserError
 
 
@@ -57,12 +63,18 @@ def exclusive_lock(path: str | os.PathLike, what: str) -> Iterator[Path]:
     """Hold an exclusive lock on ``path`` for the ``with`` block; ``what`` names the output.
 
     Raises :class:`LockHeld` (one line: who holds it and since when) where another live
-    process holds it. The lock file is removed on release.
+    process holds it. The lock file is removed on release. A link (or anything but a plain
+    file) planted at the lock's name is refused with one line naming it, never written
+    through.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        handle = open(path, "a+")
+        try:
+            fd = open_nofollow(path, os.O_RDWR | os.O_CREAT, "lock file")
+        except OSError as error:
+            raise UserError(f"cannot lock {path}: {error.strerror or error}") from None
+        handle = os.fdopen(fd, "r+")
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -87,11 +99,14 @@ def exclusive_lock(path: str | os.PathLike, what: str) -> Iterator[Path]:
         if old.get("pid"):
             _notice(f"taking over the lock of {what} left by {_describe(old)}, "
                     "which is no longer running")
-        handle.seek(0)
-        handle.truncate()
-        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "since": time.time()}))
-        handle.flush()
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                     "since": time.time()}))
+            handle.flush()
+        except OSError as error:
+            raise UserError(f"cannot lock {os_error_text(error, path)}") from None
         yield path
     finally:
         with contextlib.suppress(OSError):
@@ -143,8 +158,10 @@ def claim_run(paths, *, overwrite: bool = False, owner: bool = True,
         error: UserError | None = None
         if owner:
             try:
-                stack.enter_context(exclusive_lock(run_lock_path(paths), f"run {paths.run_name}"))
                 files = (paths.resume, paths.final, paths.log, paths.config, paths.snapshots)
+                for file in files:  # names the filesystem cannot hold fail now, not mid-run
+                    check_name_lengths(file)
+                stack.enter_context(exclusive_lock(run_lock_path(paths), f"run {paths.run_name}"))
                 remove_stale_temporaries(files)
                 if overwrite:
                     for file in files:  # the resume checkpoint first: --resume reads it
@@ -174,8 +191,10 @@ def claim_output(target: str | os.PathLike, what: str, owner: bool = True,
     """Hold the lock of one output file (a landscape surface) while the block writes it.
 
     Under the lock the temporaries an interrupted atomic write of ``target`` left are
-    removed. ``owner`` and ``agree`` as in :func:`claim`.
+    removed. ``owner`` and ``agree`` as in :func:`claim`. A name the filesystem cannot hold
+    (with its temporary's suffix) is refused first, before any work.
     """
+    check_name_lengths(target)  # every rank: no rank waits for one that refused
     with claim(output_lock_path(target), what, owner, agree):
         if owner:
             remove_stale_temporaries([target])
@@ -183,17 +202,18 @@ def claim_output(target: str | os.PathLike, what: str, owner: bool = True,
 
 
 @contextlib.contextmanager
-def claim_folder(folder: str | os.PathLike, what: str) -> Iterator[Path]:
+def claim_folder(folder: str | os.PathLike, what: str,
+                 subfolders: tuple[str, ...] = ()) -> Iterator[Path]:
     """Hold the lock of an output folder (plots, tables, sharpness) while a command writes there.
 
-    The folder is created; under its lock the temporaries (``.NAME.XXXX.tmp``) an
-    interrupted atomic write left in it are removed, since no other writer can be mid-write.
+    The folder is created; under its lock the temporaries an interrupted atomic write of
+    depthscape left in it (and in the ``subfolders`` the command writes) are removed: only
+    depthscape's own, of writers no longer running (see
+    :func:`~depthscape.core.atomic.stale_temporary`), never a user's file, never further below.
     """
     from depthscape.core.atomic import ensure_writable_dir
 
     folder = ensure_writable_dir(folder)
     with claim(folder / ".depthscape.lock", what):
-        for tmp in folder.rglob(".*.tmp"):
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+        remove_stale_temporaries_in([folder, *(folder / sub for sub in subfolders)])
         yield folder

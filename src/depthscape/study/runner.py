@@ -19,7 +19,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from depthscape.core.atomic import atomic_write_text, ensure_writable_dir, remove_stale_temporaries
+from depthscape.core.atomic import (
+    atomic_write_text,
+    ensure_writable_dir,
+    remove_stale_temporaries,
+    remove_stale_temporaries_in,
+)
 from depthscape.core.errors import UserError
 from depthscape.core.models import canonical_name
 
@@ -254,6 +259,8 @@ def run_study(config: StudyConfig) -> StudyResult:
     out = ensure_writable_dir(config.out_dir)
     with claim(out / ".study.lock", f"study folder {out}"):
         remove_stale_temporaries([*study_paths(out).values(), out / "study.json"])
+        # the folders the study itself writes (a killed study leaves temporaries there)
+        remove_stale_temporaries_in([out / sub for sub in STUDY_FOLDERS])
         return _run_study(config)
 
 
@@ -532,6 +539,11 @@ def describe_budgets() -> str:
                      f"{budget.landscape_resolution}x{budget.landscape_resolution} on "
                      f"{budget.landscape_subset or 'all'} test images")
     return "\n".join(lines)
+
+
+#: The folders a study writes its own files into (runs' files have their own locks).
+STUDY_FOLDERS = (".", "plots", "plots/landscapes", "plots/trajectories", "plots/curvature",
+                 "tables", "tables/metrics", "landscapes", "trajectories", "sharpness")
 
 
 def study_paths(out_dir: str | os.PathLike) -> dict[str, Path]:

@@ -41,9 +41,15 @@ from typing import NamedTuple
 
 import torch
 
-from depthscape.core.atomic import atomic_write_text, ensure_writable_dir
+from depthscape.core.atomic import atomic_open, atomic_write_text, ensure_writable_dir
 from depthscape.core.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
-from depthscape.core.csvlog import LOG_COLUMNS, append_log, init_log_file, truncate_log
+from depthscape.core.csvlog import (
+    LOG_COLUMNS,
+    DamagedLog,
+    append_log,
+    init_log_file,
+    truncate_log,
+)
 from depthscape.core.data import (
     Dataset,
     Preprocess,
@@ -316,8 +322,8 @@ TRACE_ENV = "DEPTHSCAPE_TRACE_BATCHES"
 def _write_trace(steps: list[torch.Tensor], run_name: str, rank: int) -> None:
     path = Path(os.environ[TRACE_ENV]) / f"{run_name}.rank{rank}.pt"
     earlier = torch.load(path) if path.exists() else []
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(earlier + steps, path)
+    with atomic_open(path, "wb") as handle:
+        torch.save(earlier + steps, handle)
 
 
 def _train(config: TrainConfig, dataset: Dataset | None, dist: DistContext,
@@ -385,13 +391,24 @@ class _RunFiles:
     def __init__(self, paths: RunPaths):
         self.paths = paths
 
-    def start(self, settings: dict, resumed_at: int | None) -> None:
-        """Write the config; start the log, or cut it back to the checkpoint's step."""
+    def start(self, settings: dict, resumed_at: int | None, log_rows: int | None = None) -> int:
+        """Write the config; start the log, or cut it back to the checkpoint's step.
+
+        ``log_rows``: how many rows the checkpoint recorded as written (None for checkpoints
+        before the record): a log that lost some of them is refused. Returns the rows kept.
+        """
+        kept = 0
         if resumed_at is not None and self.paths.log.exists():
-            truncate_log(self.paths.log, resumed_at)
+            kept = truncate_log(self.paths.log, resumed_at, log_rows)
+        elif resumed_at is not None and log_rows:
+            raise DamagedLog(f"the training log {self.paths.log} is missing, but the checkpoint "
+                             f"{self.paths.resume} was saved after {log_rows} row(s) of it; "
+                             "restore it from a backup, or rerun with --overwrite instead of "
+                             "--resume to start over")
         else:
             init_log_file(self.paths.log, LOG_COLUMNS)
         atomic_write_text(self.paths.config, json.dumps(settings, indent=2) + "\n")
+        return kept
 
     def append_row(self, row: dict) -> None:
         append_log(self.paths.log, [row[c] for c in LOG_COLUMNS])
@@ -407,8 +424,8 @@ class _RunFiles:
 class _NoFiles(_RunFiles):
     """What the other ranks write: nothing (rank 0 writes for every rank)."""
 
-    def start(self, settings: dict, resumed_at: int | None) -> None:
-        pass
+    def start(self, settings: dict, resumed_at: int | None, log_rows: int | None = None) -> int:
+        return log_rows or 0  # rank 0 checks the log; the count only goes into its checkpoint
 
     def append_row(self, row: dict) -> None:
         pass
@@ -449,6 +466,8 @@ class _Run:
         self.eval_every = config.eval_every or self.epoch_steps
         self.rows: list[dict] = []
         self.last_saved: int | None = None
+        self.saved_log_rows: int | None = None  # the resumed checkpoint's record of the log
+        self.log_rows = 0  # rows in the log (a resumed run's earlier ones included)
         self.trace: list[torch.Tensor] | None = [] if os.environ.get(TRACE_ENV) else None
 
     # ---- set-up ----------------------------------------------------------------------
@@ -532,7 +551,7 @@ class _Run:
             if notice:
                 _notice(dist, notice)
                 self.settings["runtime"]["cuda_graph"] = False  # the config records what ran
-        self.files.start(self.settings, self.last_saved)
+        self.log_rows = self.files.start(self.settings, self.last_saved, self.saved_log_rows)
         return self.state
 
     def example_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -546,6 +565,8 @@ class _Run:
         saved_world = int((saved.get("config", {}).get("runtime") or {}).get("world_size", 1))
         self.state.load_state_dict(saved, saved_world)
         self.last_saved = self.state.step
+        rows = saved.get("log_rows")  # absent from checkpoints before the record
+        self.saved_log_rows = int(rows) if isinstance(rows, int) and rows >= 0 else None
         if saved_world != self.dist.world_size:
             _notice(self.dist, f"resuming a run started with {saved_world} process(es) on "
                                f"{self.dist.world_size}: BatchNorm statistics are per process, so "
@@ -661,6 +682,7 @@ class _Run:
                "elapsed_s": round(state.elapsed_s, 3)}
         self.files.append_row(row)
         self.rows.append(row)
+        self.log_rows += 1
         now = time.perf_counter()
         self.bar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{train_acc:.1f}", test=f"{test_acc:.1f}",
                              lr=f"{lr:.2g}", ips=f"{self.rate_images / max(now - self.rate_since, 1e-9):.0f}")
@@ -682,7 +704,7 @@ class _Run:
         """Save the resumable checkpoint (a collective: every rank's RNG and window go in it)."""
         payload = self.state.state_dict()
         self.snapshots.flush()  # never ahead of the checkpoint
-        self.files.save_resume({**self.run_record(), **payload})
+        self.files.save_resume({**self.run_record(), **payload, "log_rows": self.log_rows})
         self.last_saved = self.state.step
 
     def stop(self, window: _Window) -> TrainResult:
