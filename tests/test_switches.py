@@ -21,8 +21,8 @@ from depthscape.core import runtime
 from depthscape.core.checkpoint import load_checkpoint
 from depthscape.core.csvlog import read_log
 from depthscape.core.errors import UserError
+from depthscape.training.config import first_difference
 from depthscape.training.fastpath import FastPath, fast_path_for, set_tf32, tf32_enabled
-from depthscape.training.loop import _matches
 
 OPTIONS = ["--scale", repr(8 / 64_000), "--log-every", "4", "--eval-every", "4",
            "--checkpoint-every", "4", "--no-progress"]
@@ -114,10 +114,10 @@ def test_the_cpu_fast_path_is_channels_last_fp32_unless_asked_and_mps_is_plain(m
 def test_resume_refuses_another_precision_but_not_another_layout_or_process_count():
     base = {"model": "resnet8", "recipe": {}, "dataset": {}, "preprocess": {}, "train": {"seed": 0}}
     saved = {**base, "runtime": {"amp": "bf16", "compile": True, "channels_last": True, "world_size": 4}}
-    assert _matches(saved, {**base, "runtime": {"amp": None}}) == "precision"
-    assert _matches(saved, {**base, "runtime": {"amp": "bf16", "compile": False,
+    assert first_difference(saved, {**base, "runtime": {"amp": None}}) == "precision"
+    assert first_difference(saved, {**base, "runtime": {"amp": "bf16", "compile": False,
                                                 "channels_last": False, "world_size": 1}}) is None
-    assert _matches(base, {**base, "runtime": {"amp": None}}) is None  # checkpoints from before
+    assert first_difference(base, {**base, "runtime": {"amp": None}}) is None  # checkpoints from before
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

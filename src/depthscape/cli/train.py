@@ -70,16 +70,11 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from depthscape.core.device import get_device
     from depthscape.core.distributed import is_main_process
-    from depthscape.core.limits import check_model_fits
-    from depthscape.core.recipes import recipe_for
     from depthscape.training.loop import train
 
     config = config_from_args(args)
-    recipe = recipe_for(config.model).scaled(config.scale)
-    check_model_fits(config.model, recipe.batch_size, get_device(config.device))
-    result = train(config)
+    result = train(config)  # checks the recipe's memory before any work
     if not is_main_process():  # under torchrun rank 0 speaks for every rank
         return 0
     if not result.finished:

@@ -4,8 +4,9 @@ Read top to bottom, :func:`train` sets up (data on the device once, model, optim
 :class:`~depthscape.training.state.TrainState`, resumed from the checkpoint where asked)
 and then runs ``while step < total: batch -> step -> events``:
 
-* batch: the sample indices of :class:`BatchSchedule` (a pure function of seed and step),
-  cropped/flipped on the device (:func:`shard_batch`), the learning rate of
+* batch: the sample indices of :class:`~depthscape.training.batches.BatchSchedule` (a
+  pure function of seed and step), cropped/flipped on the device
+  (:func:`~depthscape.training.batches.shard_batch`), the learning rate of
   :meth:`Recipe.lr_at`;
 * step: :func:`depthscape.training.step.make_train_step`, one update, metrics summed on
   the device;
@@ -13,6 +14,8 @@ and then runs ``while step < total: batch -> step -> events``:
   (``sync_window``), checked (``check_finite``), then ``evaluate``, ``log_row``,
   ``save_checkpoint`` and ``stop`` run as due.
 
+The run's identity (:class:`~depthscape.training.config.TrainConfig`, what is stored of
+it and when a saved run is the same one) lives in :mod:`depthscape.training.config`.
 A resumable checkpoint holds everything the next steps depend on (weights, optimizer,
 RNG states, the partial metric window), so ``resume=True`` continues to the same weights
 and CSV rows as an uninterrupted run.
@@ -35,7 +38,7 @@ import signal
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -52,59 +55,25 @@ from depthscape.core.csvlog import (
 )
 from depthscape.core.data import (
     Dataset,
-    Preprocess,
     Split,
-    crop_flip_params,
     load_dataset,
-    random_crop_flip,
 )
-from depthscape.core.distributed import DistContext, env_world_size, setup, shard_bounds
+from depthscape.core.device import get_device
+from depthscape.core.distributed import DistContext, env_world_size, setup
 from depthscape.core.errors import TrainingDiverged, UserError
+from depthscape.core.limits import check_model_fits
 from depthscape.core.locking import claim_run
 from depthscape.core.models import canonical_name, get_model, model_kwargs_for
 from depthscape.core.recipes import Recipe, preprocess_for, recipe_for
 from depthscape.core.runs import RunPaths, run_paths
+from depthscape.training.batches import BatchSchedule, shard_batch
+from depthscape.training.config import TrainConfig, first_difference, run_settings
 from depthscape.training.evaluation import evaluate_sums, mean_metrics
 from depthscape.training.fastpath import FastPath, fast_path_for
 from depthscape.training.graph import CaptureBroke, capture_or_eager, graph_allowed
 from depthscape.training.snapshots import SnapshotWriter, snapshot_path
 from depthscape.training.state import TrainState
 from depthscape.training.step import MetricSums, make_loss, make_train_step, set_learning_rate
-
-
-@dataclass
-class TrainConfig:
-    """Everything one training run depends on. The recipe defaults to the spec's."""
-
-    model: str
-    dataset: str = "cifar10"
-    data_dir: str | None = None
-    cache_dir: str | None = None
-    out_dir: str = "."
-    seed: int = 0
-    device: str | None = None
-    recipe: Recipe | None = None  # None: recipe_for(model)
-    scale: float = 1.0  # multiplies length, warm-up and decay points
-    train_subset: int | None = None
-    test_subset: int | None = None
-    eval_every: int | None = None  # iterations between test evaluations; None: once per epoch
-    log_every: int | None = None  # iterations between CSV rows (iteration recipes); None: 100
-    checkpoint_every: int = 1000  # iterations between resumable checkpoints
-    eval_batch_size: int | None = None  # None: 1000 on the CPU, 5000 on CUDA (one read per evaluation)
-    resume: bool = False
-    overwrite: bool = False
-    stop_after: int | None = None  # stop (resumably) once this many iterations are done
-    progress: bool = True
-    # GPU fast-path switches: act only on CUDA, ignored (with a notice) elsewhere; None is
-    # the device's default (on CUDA: bf16, channels-last, the captured step; docs/scaling.md).
-    amp: bool = False  # bf16 autocast: the older name of precision="bf16"
-    compile: bool = False  # torch.compile the training model
-    channels_last: bool | None = None  # NHWC weights and inputs
-    precision: str | None = None  # fp32 | tf32 | bf16
-    cuda_graph: bool | None = None  # the step captured as one CUDA graph and replayed
-    # weight snapshots every N iterations (epochs for epoch recipes) into
-    # models/<checkpoint>.snapshots.h5, for trajectories; None: none (training/snapshots.py)
-    snapshot_every: int | None = None
 
 
 @dataclass
@@ -122,57 +91,6 @@ class TrainResult:
     rows: list[dict] = field(default_factory=list)
 
 
-class BatchSchedule:
-    """Which training samples each step uses: a pure function of the seed and the step.
-
-    Epoch ``e`` visits the samples in the order of a permutation seeded by (seed, e).
-    ``stream=True`` (iteration recipes) reads the permutations back to back in fixed-size
-    batches, crossing epoch boundaries, so every batch has the same shape; ``stream=False``
-    (epoch recipes) ends each epoch with a smaller last batch, as a DataLoader does.
-    """
-
-    def __init__(self, num_samples: int, batch_size: int, seed: int, stream: bool,
-                 device: torch.device | str = "cpu"):
-        self.n, self.batch, self.seed, self.stream = num_samples, batch_size, seed, stream
-        self.device = device
-        self.steps_per_epoch = math.ceil(num_samples / batch_size)
-        self._perms: dict[int, torch.Tensor] = {}
-
-    def permutation(self, epoch: int) -> torch.Tensor:
-        if epoch not in self._perms:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perms = {e: p for e, p in self._perms.items() if e >= epoch - 1}
-            perm = torch.randperm(self.n, generator=generator)
-            if torch.device(self.device).type == "cuda":  # from pinned memory: the CPU does not wait
-                perm = perm.pin_memory().to(self.device, non_blocking=True)
-            self._perms[epoch] = perm.to(self.device)
-        return self._perms[epoch]
-
-    def epoch_of(self, step: int) -> int:
-        return (step * self.batch) // self.n if self.stream else step // self.steps_per_epoch
-
-    def indices(self, step: int) -> torch.Tensor:
-        """Sample indices (on the device) of 0-based ``step``."""
-        if not self.stream:
-            epoch, position = divmod(step, self.steps_per_epoch)
-            start = position * self.batch
-            return self.permutation(epoch)[start:start + self.batch]
-        start = step * self.batch
-        epoch, offset = divmod(start, self.n)
-        parts, need = [], self.batch
-        while need > 0:
-            piece = self.permutation(epoch)[offset:offset + need]
-            parts.append(piece)
-            need -= len(piece)
-            epoch, offset = epoch + 1, 0
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
-
-    def batch_sizes(self) -> list[int]:
-        """Every length :meth:`indices` returns: the batch, and an epoch's smaller last one."""
-        last = 0 if self.stream else self.n % self.batch
-        return sorted({self.batch, last} - {0})
-
-
 def make_optimizer(recipe: Recipe, model: torch.nn.Module, fused: bool = False) -> torch.optim.Optimizer:
     """The recipe's optimizer over every parameter of ``model`` (``fused``: CUDA's fused kernel)."""
     extra = {"fused": True} if fused else {}
@@ -183,24 +101,6 @@ def make_optimizer(recipe: Recipe, model: torch.nn.Module, fused: bool = False) 
         return torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay,
                                 **extra)
     raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
-
-
-def shard_batch(preprocess: Preprocess, images: torch.Tensor, labels: torch.Tensor,
-                index: torch.Tensor, generator: torch.Generator | None, rank: int,
-                world_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """This rank's part of the global batch ``index``: model input and labels.
-
-    The augmentation draws are made for the whole global batch (the same calls a single
-    process makes, from a generator every rank holds in the same state) and sliced like
-    the indices, so the ranks together train on exactly the single-process inputs.
-    """
-    lo, hi = shard_bounds(len(index), rank, world_size)
-    mine = images[index[lo:hi]]
-    if preprocess.augment:
-        params = crop_flip_params(len(index), preprocess.crop_padding, generator, images.device)
-        mine = random_crop_flip(mine, preprocess.crop_padding, None,
-                                params=tuple(p[lo:hi] for p in params))
-    return preprocess.normalize(mine), labels[index[lo:hi]]
 
 
 class _StopRequest:
@@ -234,55 +134,14 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
-def _config_dict(config: TrainConfig, recipe: Recipe, dataset: Dataset, preprocess: Preprocess,
-                 model_name: str) -> dict:
-    """The settings stored beside (and inside) the run's files."""
-    settings = asdict(config)
-    for transient in ("resume", "overwrite", "stop_after", "progress", "device", "recipe",
-                      "amp", "compile", "channels_last", "precision",
-                      "cuda_graph"):  # switches in effect: "runtime"
-        settings.pop(transient)
-    return {
-        "model": model_name,
-        "recipe": recipe.to_dict(),
-        "train": settings,
-        "dataset": {"name": dataset.name, "classes": list(dataset.classes),
-                    "train_size": len(dataset.train), "test_size": len(dataset.test),
-                    "in_channels": dataset.in_channels, "image_size": dataset.image_size},
-        "preprocess": {"scale": preprocess.scale, "mean": list(preprocess.mean),
-                       "augment": preprocess.augment, "crop_padding": preprocess.crop_padding},
-    }
-
-
-def _matches(saved: dict, current: dict) -> str | None:
-    """The first setting where a saved run differs from this one, or None."""
-    keys = ("model", "recipe", "dataset", "preprocess")
-    for key in keys:
-        if saved.get(key) != current.get(key):
-            return key
-    ignore = {"data_dir", "cache_dir", "out_dir", "checkpoint_every", "eval_batch_size"}
-    for key, value in current["train"].items():
-        if key not in ignore and saved.get("train", {}).get(key) != value:
-            return key
-    # The precision changes the arithmetic; the other runtime settings (layout, graph,
-    # compile, process count) only change speed and rounding, so a run may resume with others.
-    if runtime_precision(saved.get("runtime")) != runtime_precision(current.get("runtime")):
-        return "precision"
-    return None
-
-
-def runtime_precision(runtime: dict | None) -> str:
-    """The precision a run's saved "runtime" records (older runs record only ``amp``)."""
-    runtime = runtime or {}
-    return runtime.get("precision") or ("bf16" if runtime.get("amp") else "fp32")
-
-
 def train(config: TrainConfig, dataset: Dataset | None = None) -> TrainResult:
     """Train one model per its recipe; see the module docstring. Returns the final metrics.
 
     Under torchrun every rank calls this; it joins (and afterwards leaves) the process group.
     """
-    recipe = (config.recipe or recipe_for(canonical_name(config.model))).scaled(config.scale)
+    model_name = canonical_name(config.model)
+    recipe = (config.recipe or recipe_for(model_name)).scaled(config.scale)  # built once, here
+    check_model_fits(model_name, recipe.batch_size, get_device(config.device))  # before any work
     world = env_world_size()
     if recipe.batch_size % world:  # checked before joining, so no rank waits on the others
         raise UserError(f"the recipe's batch of {recipe.batch_size} does not split evenly over "
@@ -290,7 +149,7 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> TrainResult:
     dist = setup(config.device)
     try:
         with contextlib.ExitStack() as held:  # the run's lock lives as long as this call
-            return _train(config, dataset, dist, held)
+            return _train(config, recipe, dataset, dist, held)
     finally:
         dist.close()
 
@@ -326,11 +185,10 @@ def _write_trace(steps: list[torch.Tensor], run_name: str, rank: int) -> None:
         torch.save(earlier + steps, handle)
 
 
-def _train(config: TrainConfig, dataset: Dataset | None, dist: DistContext,
+def _train(config: TrainConfig, recipe: Recipe, dataset: Dataset | None, dist: DistContext,
            held: contextlib.ExitStack) -> TrainResult:
     """Set up, resume or start, then ``batch -> step -> events`` until the run is done."""
     model_name = canonical_name(config.model)
-    recipe = (config.recipe or recipe_for(model_name)).scaled(config.scale)
     fast, notice = fast_path_for(dist.device, amp=config.amp, channels_last=config.channels_last,
                                  compile=config.compile, precision=config.precision,
                                  cuda_graph=config.cuda_graph)
@@ -453,7 +311,7 @@ class _Run:
             raise UserError(f"each epoch ends with a batch of {last_batch} images, too few for "
                             f"{dist.world_size} processes: change the subset size or the process count")
         self.preprocess = preprocess_for(recipe, dataset)
-        self.settings = _config_dict(config, recipe, dataset, self.preprocess, model_name)
+        self.settings = run_settings(config, recipe, dataset, self.preprocess, model_name)
         self.settings["dataset"]["train_size"] = len(self.train_split)
         self.settings["dataset"]["test_size"] = len(self.test_split)
         self.settings["runtime"] = {**fast.to_dict(), "world_size": dist.world_size}
@@ -481,14 +339,14 @@ class _Run:
         paths, config = self.paths, self.config
         if paths.resume.exists() and config.resume:
             state = load_checkpoint(paths.resume, map_location="cpu")
-            differs = _matches(state.get("config", {}), self.settings)
+            differs = first_difference(state.get("config", {}), self.settings)
             if differs:
                 raise UserError(f"{paths.resume} was written with a different setting ({differs}); "
                                 "rerun with the same options, or pass --overwrite to start over")
             return state
         if paths.final.exists() and config.resume:
             final = load_checkpoint(paths.final)
-            if _matches(final.get("config", {}), self.settings) is None:
+            if first_difference(final.get("config", {}), self.settings) is None:
                 return TrainResult(paths, int(final.get("iteration", 0)), True, **final.get("metrics", {}))
             raise UserError(f"{paths.final} holds a finished run with different settings; "
                             "pass --overwrite to train again")
@@ -729,8 +587,3 @@ class _Run:
                                "state_dict": state.model.state_dict()})
         self.dist.barrier()  # the final weights are on disk before any rank returns
         return TrainResult(self.paths, state.step, True, rows=self.rows, **metrics)
-
-
-def run_is_finished(out_dir: str | Path, model: str, seed: int = 0, dataset: str = "cifar10") -> bool:
-    """True where the final checkpoint of that run exists."""
-    return run_paths(out_dir, model, seed, dataset).final.exists()
