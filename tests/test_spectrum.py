@@ -133,3 +133,98 @@ def test_density_stores_every_setting_and_plots(tmp_path):
     assert run_seed(4, 0) == 4 and run_seed(4, 1) != run_seed(5, 0)
     path = plot_densities([("a", density), ("b", density)], tmp_path / "d.png", title="t")
     assert path.stat().st_size > 1000
+
+
+# ---------------------------------------------------------------------------------------
+# Error bars on sharpness, and the command line
+
+
+def test_draws_are_disjoint_and_combined_with_intervals(setup):
+    from depthscape.analysis.sharpness import (
+        SharpnessConfig,
+        combine_draws,
+        draw_subsets,
+        model_sharpness,
+    )
+    from depthscape.analysis.stats import mean_ci
+    from depthscape.core.data import Split
+    from depthscape.core.errors import UserError
+
+    split = Split(torch.arange(20).view(20, 1, 1, 1).to(torch.uint8), torch.arange(20) % 3)
+    parts = draw_subsets(split, 6, 3, seed=1)
+    seen = [set(p.images.flatten().tolist()) for p in parts]
+    assert all(len(s) == 6 for s in seen) and not (seen[0] & seen[1] or seen[1] & seen[2])
+    assert torch.equal(parts[0].images, split.subset(6, seed=1).images)  # draw 0: as before
+    assert len(draw_subsets(split, None, 2, 0)) == 2
+    with pytest.raises(UserError, match="disjoint subsets"):
+        draw_subsets(split, 8, 3, 0)
+
+    model, inputs, labels, _, eigenvalues = setup
+    config = SharpnessConfig(power_iters=60, power_tol=1e-8, trace_samples=5, trace_tol=0.0,
+                             top_k=3)
+    draws = [model_sharpness(model, inputs[i::2], labels[i::2], config, seed=i)
+             for i in range(2)]
+    combined = combine_draws(draws, [0, 1])
+    assert combined.draws == 2 and combined.confidence == 0.95
+    largest = mean_ci([d.largest_eigenvalue for d in draws])
+    assert combined.largest_eigenvalue == pytest.approx(largest[0])
+    assert combined.largest_ci == pytest.approx(largest[1])
+    assert len(combined.top_eigenvalues) == 3 and len(combined.top_ci) == 3
+    assert combined.top_eigenvalues[0] == pytest.approx(combined.largest_eigenvalue, rel=1e-6)
+    assert combined.eigen_steps == max(d.eigen_steps for d in draws)
+    assert [v["seed"] for v in combined.draw_values] == [0, 1]
+    # one unconverged draw leaves the combined end unconverged (the dagger stays)
+    bad = type(draws[0])(**{**draws[0].__dict__, "largest_converged": False,
+                            "eigen_converged": False})
+    assert not combine_draws([bad, draws[1]]).end_converged("largest")
+    assert combine_draws([draws[0]]) is draws[0]
+
+
+def test_table_shows_intervals_over_draws():
+    from depthscape.analysis.sharpness import SharpnessResult, sharpness_table
+    from depthscape.core.runs import RunInfo, run_paths
+
+    run = RunInfo("resnet20", 0, "cifar10", run_paths(".", "resnet20", 0))
+    result = SharpnessResult(500.0, -3.0, 20, True, 90.0, 2.0, 10, True, 128, 1000,
+                             True, True, top_eigenvalues=[500.0, 300.0],
+                             top_converged=[True, False], draws=4, confidence=0.95,
+                             largest_ci=40.0, smallest_ci=1.5, trace_ci=8.0, top_ci=[40.0, 9.0])
+    table = sharpness_table([(run, result)])
+    assert table.header[-2:] == ["Top eigenvalues", "Draws"]
+    assert table.rows[0] == ["ResNet-20", "500 ± 40", "-3 ± 1.5", "90 ± 8", "0.09 ± 0.008",
+                             "500 ± 40, 300 ± 9†", "4"]
+    assert "95% Student-t confidence interval" in table.notes[0]
+    csv = dict(zip(table.csv_header, table.csv_rows[0]))
+    assert csv["draws"] == 4 and csv["largest_eigenvalue_ci"] == 40.0
+    assert csv["top_eigenvalues"] == "500;300" and csv["all_top_converged"] is False
+
+
+def test_sharpness_cli_density_top_k_and_draws(tmp_path, tiny_data, cache_dir, capsys):
+    import json
+
+    from _study_tools import write_fake_run
+
+    from depthscape.cli import main
+
+    write_fake_run(tmp_path, "resnet8", dataset="tinydata0")
+    code = main(["sharpness", "--run-dir", str(tmp_path), "--dataset", str(tiny_data),
+                 "--subset", "8", "--power-iters", "4", "--trace-samples", "2", "--top-k", "2",
+                 "--draws", "3", "--density", "--density-runs", "2", "--density-steps", "5",
+                 "--density-points", "200", "--no-progress"])
+    assert code == 0
+    out = tmp_path / "sharpness"
+    stored = json.loads((out / "resnet8_tinydata0.json").read_text())
+    assert stored["key"]["settings"]["draws"] == 3 and stored["result"]["draws"] == 3
+    assert len(stored["result"]["draw_values"]) == 3
+    density = json.loads((out / "resnet8_tinydata0.density.json").read_text())
+    settings = density["key"]["settings"]
+    assert settings["runs"] == 2 and settings["steps"] == 5 and settings["subset"] == 8
+    assert density["result"]["products"] == 10 and len(density["result"]["grid"]) == 200
+    assert (out / "resnet8_tinydata0.density.csv").read_text().startswith("# runs: 2\n")
+    assert (out / "resnet8_tinydata0.density.png").exists() and (out / "density.png").exists()
+    printed = capsys.readouterr().out
+    assert "Draws" in printed and "Top eigenvalues" in printed and "density.png" in printed
+    # the 72 training images hold 9 disjoint subsets of 8: 25 draws do not fit
+    assert main(["sharpness", "--run-dir", str(tmp_path), "--dataset", str(tiny_data),
+                 "--subset", "8", "--draws", "25", "--no-progress"]) == 2
+    assert "disjoint subsets" in capsys.readouterr().err
