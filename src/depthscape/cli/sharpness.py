@@ -9,7 +9,7 @@ from depthscape.core.runtime import PRECISIONS
 
 NAME = "sharpness"
 HELP = ("measure the Hessian's largest and smallest eigenvalue (Lanczos) and trace "
-        "(Hutchinson) per run")
+        "(Hutchinson) per run, optionally its top-k, its eigenvalue density and error bars")
 ORDER = 45
 
 
@@ -35,6 +35,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="most Hutchinson probe vectors (default 50)")
     parser.add_argument("--trace-tol", type=float_in(0.0, 1e3, lo_open=True), default=1e-2,
                         help="standard error / |trace| that ends Hutchinson early (default 0.01)")
+    parser.add_argument("--top-k", type=int_in(0, 10**4), default=0,
+                        help="also the K largest eigenvalues (Lanczos Ritz values, at most "
+                             "--power-iters steps; default 0: off)")
+    parser.add_argument("--draws", type=int_in(1, 10**4), default=1,
+                        help="independent draws (disjoint data subsets, own Lanczos and probe "
+                             "starts): mean ± 95%% Student-t interval (default 1)")
+    spectrum = parser.add_argument_group("eigenvalue density (stochastic Lanczos quadrature)")
+    spectrum.add_argument("--density", action="store_true",
+                          help="also estimate the eigenvalue density: <run>.density.json/.csv/"
+                               ".png and density.png (all runs, log density axis)")
+    spectrum.add_argument("--density-runs", type=int_in(1, 10**4), default=3,
+                          help="Lanczos runs from random starts (default 3)")
+    spectrum.add_argument("--density-steps", type=int_in(1, 10**5), default=80,
+                          help="Lanczos steps per run (default 80; cost: runs x steps "
+                               "Hessian-vector products)")
+    spectrum.add_argument("--density-width", type=float_in(0.0, 1.0, lo_open=True),
+                          default=0.005,
+                          help="Gaussian broadening: standard deviation / span of the Ritz "
+                               "values (default 0.005)")
+    spectrum.add_argument("--density-points", type=int_in(2, 10**6), default=1000,
+                          help="eigenvalue grid points (default 1000)")
     parser.add_argument("--seed", type=seed_int, default=0, help="seed of the subset and probes")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps")
     add_run_data_arguments(parser)
@@ -47,7 +68,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from depthscape.analysis.sharpness import SharpnessConfig, measure_runs, sharpness_table
+    from depthscape.analysis.sharpness import (
+        DensityConfig,
+        SharpnessConfig,
+        measure_run_densities,
+        measure_runs,
+        sharpness_table,
+    )
     from depthscape.analysis.tables import write_table
     from depthscape.core.atomic import ensure_writable_dir
     from depthscape.core.locking import claim_folder
@@ -56,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
                              power_iters=args.power_iters, power_tol=args.power_tol,
                              trace_samples=args.trace_samples, trace_tol=args.trace_tol,
                              seed=args.seed, device=args.device,
-                             precision=args.precision)
+                             precision=args.precision, top_k=args.top_k, draws=args.draws)
     out = ensure_writable_dir(Path(args.out) if args.out else Path(args.run_dir) / "sharpness",
                               create=False)
     source = {"dataset": args.dataset, "data_dir": args.data_dir, "cache_dir": args.cache_dir}
@@ -65,6 +92,16 @@ def run(args: argparse.Namespace) -> int:
                                data_source=source, progress=not args.no_progress)
         table = sharpness_table(results)
         written = write_table(table, out, "sharpness")
+        if args.density:
+            density = DensityConfig(runs=args.density_runs, steps=args.density_steps,
+                                    width=args.density_width, points=args.density_points)
+            densities = measure_run_densities(args.run_dir, out, args.models or None, config,
+                                              density, data_source=source,
+                                              progress=not args.no_progress)
+            written = list(written) + [out / f"{run.paths.run_name}.density.{suffix}"
+                                       for run, _ in densities for suffix in ("json", "csv")]
+            if any(d.density for _, d in densities):
+                written.append(out / "density.png")
     print(f"{table.title}\n\n{table.markdown()}")
     print("written: " + ", ".join(str(p) for p in written))
     return 0

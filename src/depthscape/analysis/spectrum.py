@@ -1,0 +1,304 @@
+"""The Hessian's whole spectrum: its eigenvalue density and its top-k eigenvalues.
+
+Both come from Lanczos runs on Hessian-vector products (:mod:`depthscape.analysis.hessian`),
+fully reorthogonalised as :func:`~depthscape.analysis.hessian.extreme_eigenvalues` is:
+
+* :func:`spectral_density`: stochastic Lanczos quadrature (SLQ; Ghorbani, Krishnan and Xiao,
+  "An Investigation into Neural Net Optimization via Hessian Eigenvalue Density", ICML 2019;
+  PyHessian's ``density``). ``m`` Lanczos runs of ``s`` steps, each from a random unit
+  vector ``v``; the eigenpairs ``(theta_j, u_j)`` of each run's ``s x s`` tridiagonal
+  matrix give a Gauss quadrature rule with nodes ``theta_j`` (the Ritz values) and
+  weights ``u_j[0]**2`` (they sum to 1) that reproduces ``v^T H^k v`` exactly for
+  ``k < 2s``. Averaged over the runs and broadened by a Gaussian of standard deviation
+  ``sigma`` it estimates the density ``phi(t) = (1/n) sum_i N(t; lambda_i, sigma^2)`` of
+  the ``n`` eigenvalues. ``E[v^T H^k v] = tr(H^k) / n`` for ``v`` uniform on the sphere,
+  so the density's mass is 1, its mean ``tr(H)/n`` and its second moment
+  ``tr(H^2)/n + sigma^2``, up to a Monte-Carlo error of about
+  ``sqrt(2 var / ((n + 2) m))`` (``var``: the variance of ``lambda^k`` over the spectrum).
+  Cost: ``m * s`` Hessian-vector products.
+* :func:`top_eigenvalues`: the ``k`` largest Ritz values of one Lanczos run, stopped when
+  all ``k`` move by less than ``tol`` (relative) in one step. One start vector sees one
+  copy of a repeated eigenvalue (a block method would see its multiplicity). Cost: at most
+  ``iters`` products.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class LanczosRun:
+    """One Lanczos run: its tridiagonal's Ritz values (ascending) and quadrature weights."""
+
+    nodes: list[float]  # Ritz values, ascending
+    weights: list[float]  # squared first components of the tridiagonal's eigenvectors
+    residuals: list[float]  # per node: Ritz residual ||H u - theta u|| (0 where exact)
+    steps: int  # Hessian-vector products used
+    exact: bool = False  # stopped at an invariant subspace: the nodes are eigenvalues
+    finite: bool = True  # False where the Hessian overflowed (no nodes then)
+
+
+def _flat_operator(operator: Callable, params: Sequence[torch.Tensor]):
+    shapes = [p.shape for p in params]
+    sizes = [p.numel() for p in params]
+
+    def apply(flat: torch.Tensor) -> torch.Tensor:
+        product = operator([t.view(shape) for t, shape in zip(flat.split(sizes), shapes)])
+        return torch.cat([h.reshape(-1) for h in product])
+
+    return apply, sum(sizes)
+
+
+def _tridiagonal(alphas: Sequence[float], betas: Sequence[float]) -> torch.Tensor:
+    a = torch.tensor(alphas, dtype=torch.float64)
+    b = torch.tensor(betas, dtype=torch.float64)
+    return torch.diag(a) + torch.diag(b, 1) + torch.diag(b, -1)
+
+
+def lanczos(operator: Callable, params: Sequence[torch.Tensor], steps: int, seed: int = 0,
+            monitor: Callable[[int, torch.Tensor], bool] | None = None) -> LanczosRun:
+    """At most ``steps`` Lanczos steps on the symmetric ``operator`` from a seeded Gaussian
+    start (drawn in float64 on the CPU: the same start on every device).
+
+    The Krylov basis is fully reorthogonalised (twice per step; it keeps ``steps`` vectors of
+    the parameters' size), so no eigenvalue appears twice among the Ritz values. Stops early
+    at an invariant subspace (its Ritz values are then exact eigenvalues) or when
+    ``monitor(step, ritz)`` (called after every step with the ascending Ritz values) returns
+    True.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be positive, got {steps}")
+    apply, size = _flat_operator(operator, params)
+    like = params[0]
+    steps = min(steps, size)  # n steps span the whole space
+    generator = torch.Generator().manual_seed(seed)
+    start = torch.randn(size, generator=generator, dtype=torch.float64)
+    basis = torch.zeros(steps, size, dtype=like.dtype, device=like.device)
+    basis[0] = (start / start.norm()).to(basis)
+    alphas: list[float] = []
+    betas: list[float] = []
+    for step in range(steps):
+        w = apply(basis[step])
+        alphas.append(float(w.double() @ basis[step].double()))
+        if not math.isfinite(alphas[-1]) or not bool(torch.isfinite(w).all()):
+            return LanczosRun([], [], [], step + 1, finite=False)
+        done = basis[:step + 1]
+        for _ in range(2):  # twice is enough to keep the basis orthogonal in floating point
+            w = w - done.T @ (done @ w)
+        try:
+            ritz, vectors = torch.linalg.eigh(_tridiagonal(alphas, betas))
+        except torch.linalg.LinAlgError:  # a tridiagonal LAPACK cannot diagonalise
+            return LanczosRun([], [], [], step + 1, finite=False)
+        beta = float(w.norm())
+        scale = max(float(ritz.abs().max()), 1e-30)
+        exact = beta <= 1e-10 * scale or step + 1 == size
+        stop = monitor(step, ritz) if monitor is not None else False
+        if exact or stop or step + 1 == steps:
+            residuals = [0.0] * len(alphas) if exact else (beta * vectors[-1].abs()).tolist()
+            return LanczosRun(ritz.tolist(), (vectors[0] ** 2).tolist(), residuals, step + 1,
+                              exact)
+        betas.append(beta)
+        basis[step + 1] = w / beta
+    raise AssertionError("unreachable: the loop returns at its last step")  # pragma: no cover
+
+
+# ---------------------------------------------------------------------------------------
+# Top-k
+
+
+@dataclass(frozen=True)
+class TopEigenvalues:
+    """The ``k`` largest eigenvalues (descending) and how their Lanczos run ended."""
+
+    values: list[float]  # descending; fewer than k where the space is smaller
+    iterations: int  # Hessian-vector products used
+    converged: list[bool]  # per value: its last change was under tol (or the run was exact)
+    changes: list[float | None]  # per value: how far the last step moved it (None: unknown)
+    residuals: list[float]  # per value: Ritz residual ||H u - theta u||
+
+    @property
+    def all_converged(self) -> bool:
+        return bool(self.values) and all(self.converged)
+
+
+def top_eigenvalues(operator: Callable, params: Sequence[torch.Tensor], k: int,
+                    iters: int = 50, tol: float = 1e-3, seed: int = 0) -> TopEigenvalues:
+    """The ``k`` largest (algebraic) eigenvalues of ``operator``: Lanczos Ritz values.
+
+    Stops once each of the ``k`` largest Ritz values moved by less than ``tol`` times the
+    largest Ritz magnitude in one step (after at least ``k + 1`` steps), at an invariant
+    subspace (exact), or after ``iters`` steps (values that moved more are flagged not
+    converged). Ritz values approach the top from inside: the ``i``-th is at most the true
+    ``i``-th eigenvalue. Cost: at most ``iters`` Hessian-vector products.
+    """
+    if k < 1:
+        raise ValueError(f"k must be positive, got {k}")
+    state: dict = {"previous": None, "changes": [None] * k, "ok": [False] * k}
+
+    def monitor(step: int, ritz: torch.Tensor) -> bool:
+        top = ritz.flip(0)[:k].tolist()
+        previous = state["previous"]
+        scale = max(float(ritz.abs().max()), 1e-30)
+        changes = ([abs(a - b) for a, b in zip(top, previous)]
+                   if previous is not None and len(previous) == len(top) else [None] * len(top))
+        state.update(previous=top, changes=changes,
+                     ok=[c is not None and c <= tol * scale for c in changes])
+        return len(top) == k and step >= k and all(state["ok"])
+
+    run = lanczos(operator, params, iters, seed, monitor)
+    if not run.finite:
+        return TopEigenvalues([math.nan] * k, run.steps, [False] * k, [None] * k,
+                              [math.nan] * k)
+    values = run.nodes[::-1][:k]
+    ok = [True] * len(values) if run.exact else list(state["ok"])
+    return TopEigenvalues(values, run.steps, ok, list(state["changes"]),
+                          run.residuals[::-1][:k])
+
+
+# ---------------------------------------------------------------------------------------
+# Density (stochastic Lanczos quadrature)
+
+
+def run_seed(seed: int, run: int) -> int:
+    """The Lanczos start of run ``run`` under ``seed`` (run 0 is ``seed`` itself)."""
+    return seed + 1_000_003 * run
+
+
+def gaussian_density(runs: Sequence[LanczosRun], grid: torch.Tensor, sigma: float
+                     ) -> torch.Tensor:
+    """``(1/m) sum_r sum_j w_rj N(grid; theta_rj, sigma^2)`` over the finite runs (float64)."""
+    total = torch.zeros_like(grid, dtype=torch.float64)
+    used = [r for r in runs if r.finite and r.nodes]
+    for run in used:
+        nodes = torch.tensor(run.nodes, dtype=torch.float64)
+        weights = torch.tensor(run.weights, dtype=torch.float64)
+        z = (grid.double()[:, None] - nodes[None, :]) / sigma
+        total += (torch.exp(-0.5 * z * z) * weights[None, :]).sum(1)
+    return total / (max(len(used), 1) * sigma * math.sqrt(2 * math.pi))
+
+
+@dataclass
+class SpectralDensity:
+    """An SLQ estimate of the Hessian's eigenvalue density, with every setting it used.
+
+    ``grid``/``density``: the broadened density (per unit eigenvalue) on an even grid that
+    reaches ``pad`` standard deviations beyond the outermost nodes, so it holds its whole
+    mass. ``nodes``/``weights``: each run's quadrature rule. ``sigma``: the Gaussian's
+    standard deviation, ``width`` times the nodes' span.
+    """
+
+    grid: list[float]
+    density: list[float]
+    nodes: list[list[float]]
+    weights: list[list[float]]
+    sigma: float
+    settings: dict = field(default_factory=dict)  # runs, steps, width, points, pad, seed
+    products: int = 0  # Hessian-vector products spent
+    num_parameters: int = 0
+    finite: bool = True  # every run finite (no overflow)
+
+    def moment(self, k: int) -> float:
+        """The quadrature's ``k``-th moment: mean over runs of ``sum_j w_j theta_j^k``
+        (estimates ``tr(H^k) / n``; the broadened density adds the Gaussian's moments)."""
+        values = [sum(w * t ** k for t, w in zip(n, ws)) for n, ws in zip(self.nodes, self.weights)]
+        return sum(values) / len(values) if values else math.nan
+
+    def mass(self) -> float:
+        """The density's integral over its grid (trapezoid rule): 1 up to the grid's error."""
+        return float(torch.trapezoid(torch.tensor(self.density, dtype=torch.float64),
+                                     torch.tensor(self.grid, dtype=torch.float64)))
+
+    def density_moment(self, k: int) -> float:
+        """The ``k``-th moment of the broadened density on its grid (trapezoid rule)."""
+        grid = torch.tensor(self.grid, dtype=torch.float64)
+        values = torch.tensor(self.density, dtype=torch.float64) * grid ** k
+        return float(torch.trapezoid(values, grid))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SpectralDensity":
+        return cls(**data)
+
+    def to_csv(self) -> str:
+        """``eigenvalue,density`` rows, after ``# key: value`` lines with every setting."""
+        out = io.StringIO()
+        for key, value in {**self.settings, "sigma": self.sigma, "products": self.products,
+                           "num_parameters": self.num_parameters}.items():
+            out.write(f"# {key}: {value}\n")
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["eigenvalue", "density"])
+        writer.writerows([f"{x:.10g}", f"{d:.10g}"] for x, d in zip(self.grid, self.density))
+        return out.getvalue()
+
+
+def spectral_density(operator: Callable, params: Sequence[torch.Tensor], runs: int = 3,
+                     steps: int = 80, width: float = 0.005, points: int = 1000,
+                     pad: float = 6.0, seed: int = 0) -> SpectralDensity:
+    """The eigenvalue density of the symmetric ``operator`` by stochastic Lanczos quadrature.
+
+    ``runs`` Lanczos runs of ``steps`` steps (run ``r`` starts from seed
+    :func:`run_seed` ``(seed, r)``), broadened by a Gaussian of standard deviation
+    ``width`` times the span of all nodes, on ``points`` grid points. Cost:
+    ``runs * steps`` Hessian-vector products (fewer where a run ends exact).
+    """
+    if runs < 1 or steps < 1 or points < 2 or not width > 0 or not pad > 0:
+        raise ValueError("runs, steps (>= 1), points (>= 2), width and pad (> 0) are needed")
+    results = [lanczos(operator, params, steps, run_seed(seed, r)) for r in range(runs)]
+    settings = {"runs": runs, "steps": steps, "width": width, "points": points, "pad": pad,
+                "seed": seed}
+    products = sum(r.steps for r in results)
+    size = sum(p.numel() for p in params)
+    finite = [r for r in results if r.finite and r.nodes]
+    if not finite:
+        return SpectralDensity([], [], [], [], math.nan, settings, products, size, False)
+    low = min(min(r.nodes) for r in finite)
+    high = max(max(r.nodes) for r in finite)
+    sigma = width * max(high - low, 1e-12 * max(abs(low), abs(high), 1.0))
+    grid = torch.linspace(low - pad * sigma, high + pad * sigma, points, dtype=torch.float64)
+    density = gaussian_density(finite, grid, sigma)
+    return SpectralDensity(grid.tolist(), density.tolist(), [r.nodes for r in finite],
+                           [r.weights for r in finite], sigma, settings, products, size,
+                           len(finite) == len(results))
+
+
+def plot_densities(densities: Sequence[tuple[str, SpectralDensity]], path, title: str | None = None,
+                   floor: float = 1e-7):
+    """Draw the densities on one log-density axis (as Ghorbani et al. and PyHessian do).
+
+    Values under ``floor`` times the highest peak are cut off (a log axis cannot show 0).
+    Writes ``path`` (its suffix picks the format); returns the path.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    peak = max((max(d.density) for _, d in densities if d.density), default=1.0)
+    for label, density in densities:
+        if not density.density:
+            continue
+        values = [max(v, floor * peak) for v in density.density]
+        ax.semilogy(density.grid, values, label=label, linewidth=1.0)
+    ax.set_ylim(floor * peak, 2 * peak)
+    ax.set_xlabel("Eigenvalue")
+    ax.set_ylabel("Density (log scale)")
+    if title:
+        ax.set_title(title)
+    if len(densities) > 1:
+        ax.legend(fontsize="small")
+    ax.grid(True, which="major", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path
