@@ -25,6 +25,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -212,8 +213,6 @@ def compute_landscape(checkpoint: str | os.PathLike, config: LandscapeConfig | N
 def _compute(checkpoint: Path, config: LandscapeConfig, output, dataset: Dataset | None,
              progress: bool, overwrite: bool, save_every: float, dist: DistContext,
              held: contextlib.ExitStack, given: tuple = (None, None, None)) -> Path:
-    from tqdm.auto import tqdm
-
     import depthscape
 
     run = load_trained_run(checkpoint, model=config.model,  # the one loader and its rule
@@ -254,14 +253,59 @@ def _compute(checkpoint: Path, config: LandscapeConfig, output, dataset: Dataset
     if precision != "fp32":  # fp32 surfaces (all earlier ones) keep their identity
         identity["precision"] = precision
     path = Path(output) if output is not None else default_surface_path(checkpoint, config, identity)
-    if path.exists() and path.is_dir():
-        raise UserError(f"{path} is a directory; give a file name for the surface")
-    # issue 11: one writer per surface (rank 0 holds the lock); stale temporaries go
-    held.enter_context(claim_output(path, f"surface {path}", owner=dist.is_main,
-                                    agree=dist.all_true))
+
+    def make_directions():
+        if given_directions is not None:
+            return [dict(d) for d in given_directions]
+        if target_model is not None:
+            return [interpolation_direction(state, target_model.state_dict())]
+        return random_directions(model, config.dims, config.seed, config.norm)
+
+    info = {
+        "checkpoint": str(checkpoint), "target": str(config.target) if config.target else None,
+        "dataset": dataset.name, "batch_size": config.batch_size, "device": str(dist.device),
+        "world_size": dist.world_size, "compile": config.compile,
+        "depthscape_version": depthscape.__version__, "torch_version": torch.__version__,
+        "subset_seed": SUBSET_SEED, "precision": precision,
+    }
+    fill_surface(path, model, split, preprocess, identity, config, dist, held=held, info=info,
+                 directions=make_directions, extra=given_extra, overwrite=overwrite,
+                 save_every=save_every, progress=progress)
+    return path
+
+
+def fill_surface(path: Path | None, model: torch.nn.Module, split: Split, preprocess,
+                 identity: dict, config: LandscapeConfig, dist: DistContext, *,
+                 held: contextlib.ExitStack, info: dict,
+                 directions: Callable[[], list[dict[str, torch.Tensor]]],
+                 extra: dict[str, np.ndarray] | None = None, overwrite: bool = False,
+                 save_every: float = 5.0, progress: bool = True,
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+                 ) -> SurfaceState:
+    """Compute (or finish) one surface of ``model`` on ``split``: the grid, resume, sharding.
+
+    The engine under :func:`compute_landscape` and the Python API's ``loss_surface``.
+    ``identity`` is every setting that decides the values: a file at ``path`` holding the
+    same identity is continued (only its missing points are computed), one holding another
+    is refused unless ``overwrite``. ``directions()`` makes the directions of a new surface;
+    ``info`` is stored as how it was computed. ``preprocess`` and ``loss_fn`` go to the
+    :class:`PointEvaluator` (``None``: inputs as given; cross-entropy). ``path=None`` keeps
+    the surface in memory only. The file is rewritten atomically at most every
+    ``save_every`` seconds and when the work ends or is interrupted; under torchrun the
+    missing points are dealt out to the ranks and rank 0 writes. ``config.precision`` must
+    already be resolved for ``dist.device``. Returns the (complete) surface.
+    """
+    from tqdm.auto import tqdm
+
+    if path is not None:
+        if path.exists() and path.is_dir():
+            raise UserError(f"{path} is a directory; give a file name for the surface")
+        # issue 11: one writer per surface (rank 0 holds the lock); stale temporaries go
+        held.enter_context(claim_output(path, f"surface {path}", owner=dist.is_main,
+                                        agree=dist.all_true))
 
     surface: SurfaceState | None = None
-    if path.exists() and not overwrite:
+    if path is not None and path.exists() and not overwrite:
         surface = read_state(path)
         difference = identity_difference(surface.identity, identity)
         if difference:
@@ -270,29 +314,18 @@ def _compute(checkpoint: Path, config: LandscapeConfig, output, dataset: Dataset
     dist.barrier()  # every rank has read the old file before rank 0 replaces it
 
     if surface is None:
-        if given_directions is not None:
-            directions = [dict(d) for d in given_directions]
-        elif target_model is not None:
-            directions = [interpolation_direction(state, target_model.state_dict())]
-        else:
-            directions = random_directions(model, config.dims, config.seed, config.norm)
         y = grid_coordinates(config.yrange, config.resolution) if config.dims == 2 else None
         surface = new_state(config.split, grid_coordinates(config.xrange, config.resolution), y,
-                            directions, identity, {})
-        surface.extra.update(given_extra or {})
-    surface.info = {
-        "checkpoint": str(checkpoint), "target": str(config.target) if config.target else None,
-        "dataset": dataset.name, "batch_size": config.batch_size, "device": str(dist.device),
-        "world_size": dist.world_size, "compile": config.compile,
-        "depthscape_version": depthscape.__version__, "torch_version": torch.__version__,
-        "subset_seed": SUBSET_SEED, "precision": precision,
-    }
+                            directions(), identity, {})
+        surface.extra.update(extra or {})
+    surface.info = dict(info)
 
     missing = np.flatnonzero(~surface.done.ravel())
     if len(missing) == 0:
-        return path
+        return surface
     evaluator = PointEvaluator(model, surface.directions, split, preprocess, config.batch_size,
-                               dist.device, compile=config.compile, precision=precision)
+                               dist.device, compile=config.compile, precision=config.precision,
+                               loss_fn=loss_fn)
     surface.info["batchnorms_folded"] = len(evaluator.folded_pairs)
     workers = config.workers or (torch.get_num_threads() if dist.device.type == "cpu" else 1)
     workers = 1 if config.compile else workers  # one compiled network is enough to wait for
@@ -300,9 +333,11 @@ def _compute(checkpoint: Path, config: LandscapeConfig, output, dataset: Dataset
     mine = missing[dist.rank::dist.world_size]
     # Every rank takes part in every round (the gather is collective), some with no points.
     rounds = max(dist.gather_objects(math.ceil(len(mine) / workers)))
+    name = path.stem if path is not None else "surface"
     bar = tqdm(total=surface.done.size, initial=surface.done.size - len(missing), unit="point",
-               desc=f"landscape {path.stem}", disable=not progress or not dist.is_main,
+               desc=f"landscape {name}", disable=not progress or not dist.is_main,
                dynamic_ncols=True)
+    writes = path is not None and dist.is_main
     last_save, unsaved = time.monotonic(), 0
     try:
         with PointPool(evaluator, workers) as pool:
@@ -316,15 +351,15 @@ def _compute(checkpoint: Path, config: LandscapeConfig, output, dataset: Dataset
                     surface.done.flat[index] = True
                 unsaved += len(gathered)
                 bar.update(len(gathered))
-                if dist.is_main and unsaved and time.monotonic() - last_save >= save_every:
+                if writes and unsaved and time.monotonic() - last_save >= save_every:
                     write_surface(path, surface)
                     last_save, unsaved = time.monotonic(), 0
     finally:
         bar.close()
-        if dist.is_main and unsaved:
+        if writes and unsaved:
             write_surface(path, surface)
     dist.barrier()
-    return path
+    return surface
 
 
 def read_surface(surface_file: str | os.PathLike) -> dict:
