@@ -74,6 +74,8 @@ def _title(surface: dict) -> str:
     s = surface["settings"]
     if s.get("direction") == "interpolation":
         return f"{s.get('model')}: line to {Path(str(s.get('target'))).name}"
+    if s.get("direction") not in (None, "random"):  # given ones (the API's, a trajectory's PCA)
+        return f"{s.get('model')}, {s.get('direction')} directions"
     return f"{s.get('model')}, {s.get('norm')}-normalised directions, seed {s.get('seed')}"
 
 
