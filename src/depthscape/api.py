@@ -28,9 +28,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple, Union
 
@@ -41,16 +39,9 @@ from torch import nn
 from depthscape.analysis import hessian as _hessian
 from depthscape.analysis.hessian import EigenExtremes
 from depthscape.analysis.landscape import directions as _directions
-from depthscape.analysis.landscape.points import effective_batch_size
 from depthscape.analysis.landscape.storage import SurfaceState, read_state, write_surface
-from depthscape.analysis.landscape.surface import (
-    LandscapeConfig,
-    fill_surface,
-    split_fingerprint,
-    state_fingerprint,
-)
+from depthscape.analysis.landscape.surface import LandscapeConfig, compute_model_surface
 from depthscape.core.data import Split
-from depthscape.core.distributed import setup
 from depthscape.core.errors import UserError
 from depthscape.core.runtime import resolve_precision, tf32_scope
 from depthscape.core.trained import TrainedRun, load_trained_run
@@ -181,15 +172,6 @@ def _spans(span, dims: int) -> tuple[tuple[float, float], tuple[float, float]]:
         raise UserError(f"span must be (min, max) or ((xmin, xmax), (ymin, ymax)), got {span!r}") \
             from None
     return xspan, (yspan if dims == 2 else (-1.0, 1.0))
-
-
-def _directions_fingerprint(directions: Sequence[Mapping[str, torch.Tensor]]) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    for direction in directions:
-        digest.update(state_fingerprint(dict(direction)).encode())
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------- surfaces
@@ -323,58 +305,22 @@ def random_directions(model: nn.Module, count: int = 2, seed: int = 0, norm: str
     return _directions.random_directions(model, count, seed, norm)
 
 
-def _surface(model: nn.Module, data: Data, *, dims: int, resolution: int, span, loss, seed: int,
-             norm: str, device, precision: str, output, progress: bool, batch_size: int,
-             make_directions: Callable[[], list[Direction]], identity: dict, info: dict,
-             overwrite: bool) -> Surface:
-    """The one path every surface of the API takes: the CLI's :func:`fill_surface`."""
-    import depthscape
-
+def _surface(model: nn.Module, data: Data, *, dims: int, resolution: int, span, loss,
+             seed: int, norm: str, device, precision: str, output, progress: bool,
+             batch_size: int, overwrite: bool, directions=None, target=None,
+             target_name: str | None = None) -> Surface:
+    """The one path every surface of the API takes (the CLI's ``--model-from`` path)."""
     _check_model(model)
     xspan, yspan = _spans(span, dims)
     config = LandscapeConfig(resolution=int(resolution), xrange=xspan, yrange=yspan, seed=seed,
                              norm=norm, batch_size=int(batch_size), device=device, dims=dims,
                              precision=precision, split=SPLIT).validate()
     inputs, targets = _collect(data)
-    split = Split(inputs, targets)
-    dist = setup(config.device)
-    try:
-        resolved, notice = resolve_precision(config.precision, dist.device)
-        if notice and dist.is_main and progress:
-            print(f"depthscape: notice: {notice}", file=sys.stderr, flush=True)
-        config = replace(config, precision=resolved)
-        identity = {
-            "model": _model_name(model),
-            "weights_sha256": state_fingerprint(model.state_dict()),
-            **identity,
-            "dims": config.dims,
-            "resolution": config.resolution,
-            "xrange": list(config.xrange),
-            "yrange": list(config.yrange) if config.dims == 2 else None,
-            "split": SPLIT,
-            "subset": None,
-            "samples": len(split),
-            "data_sha256": split_fingerprint(split),
-            "preprocess": None,  # the inputs as given
-            "loss": _loss_name(loss),
-            "batch_size": effective_batch_size(config.batch_size, dist.device),
-        }
-        if config.precision != "fp32":
-            identity["precision"] = config.precision
-        info = {
-            "source": "python api", "dataset": "given", **info,
-            "batch_size": config.batch_size, "device": str(dist.device),
-            "world_size": dist.world_size, "compile": False,
-            "depthscape_version": depthscape.__version__, "torch_version": torch.__version__,
-            "precision": config.precision,
-        }
-        path = Path(output) if output is not None else None
-        with contextlib.ExitStack() as held:
-            state = fill_surface(path, model, split, None, identity, config, dist, held=held,
-                                 info=info, directions=make_directions, overwrite=overwrite,
-                                 progress=progress, loss_fn=loss)
-    finally:
-        dist.close()
+    state, path = compute_model_surface(
+        model, Split(inputs, targets), config, loss_fn=loss, loss_name=_loss_name(loss),
+        model_name=_model_name(model), directions=directions, target_state=target,
+        output=output, info={"source": "python api", "target": target_name},
+        overwrite=overwrite, progress=progress)
     return Surface(state, path)
 
 
@@ -413,37 +359,17 @@ def loss_surface(model: nn.Module, data: Data, *,
         >>> surface.loss.shape, surface.accuracy.shape
         ((11, 11), (11, 11))
     """
-    if dims not in (1, 2):
-        raise UserError(f"dims must be 1 or 2, got {dims}")
-    identity: dict[str, Any]
     if isinstance(directions, str):
         if directions != "random":
             raise UserError(f"directions must be 'random' or a list of direction dicts, got "
                             f"{directions!r}")
-        identity = {"direction": "random", "target_weights_sha256": None, "norm": norm,
-                    "seed": seed}
-
-        def make() -> list[Direction]:
-            return _directions.random_directions(model, dims, seed, norm)
+        given = None
     else:
         given = [dict(d) for d in directions]
-        if len(given) != dims:
-            raise UserError(f"{len(given)} directions given for dims={dims}")
-        names = set(model.state_dict())
-        for direction in given:
-            unknown = sorted(set(direction) - names)
-            if unknown:
-                raise UserError(f"a direction has an entry the model does not: {unknown[0]!r}")
-        given = [{k: v.detach().to("cpu", torch.float32) for k, v in d.items()} for d in given]
-        identity = {"direction": "given", "target_weights_sha256": None, "norm": None,
-                    "seed": None, "directions_sha256": _directions_fingerprint(given)}
-
-        def make() -> list[Direction]:
-            return given
     return _surface(model, data, dims=dims, resolution=resolution, span=span, loss=loss,
                     seed=seed, norm=norm, device=device, precision=precision, output=output,
-                    progress=progress, batch_size=batch_size, make_directions=make,
-                    identity=identity, info={}, overwrite=overwrite)
+                    progress=progress, batch_size=batch_size, overwrite=overwrite,
+                    directions=given)
 
 
 def interpolate(model_a: nn.Module, model_b: nn.Module, data: Data, *, resolution: int = 51,
@@ -464,21 +390,11 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, data: Data, *, resolutio
         >>> line = ds.interpolate(model_at_init, trained_model, data, resolution=21)
         >>> line.plot("curve").savefig("line.png")
     """
-    _check_model(model_a)
     _check_model(model_b)
-    state_b = model_b.state_dict()
-    identity = {"direction": "interpolation", "target_weights_sha256": state_fingerprint(state_b),
-                "norm": None, "seed": None}
-
-    def make() -> list[Direction]:
-        return [_directions.interpolation_direction(model_a.state_dict(), state_b)]
-
-    make()  # a different architecture is refused before any work
     return _surface(model_a, data, dims=1, resolution=resolution, span=span, loss=loss, seed=0,
                     norm="filter", device=device, precision=precision, output=output,
-                    progress=progress, batch_size=batch_size, make_directions=make,
-                    identity=identity, info={"target": _model_name(model_b)},
-                    overwrite=overwrite)
+                    progress=progress, batch_size=batch_size, overwrite=overwrite,
+                    target=model_b.state_dict(), target_name=_model_name(model_b))
 
 
 # ----------------------------------------------------------------------------- Hessians

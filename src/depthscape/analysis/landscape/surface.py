@@ -362,6 +362,110 @@ def fill_surface(path: Path | None, model: torch.nn.Module, split: Split, prepro
     return surface
 
 
+def compute_model_surface(model: torch.nn.Module, split: Split, config: LandscapeConfig, *,
+                          preprocess=None,
+                          loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                          loss_name: str = "cross_entropy", model_name: str | None = None,
+                          directions: list[dict[str, torch.Tensor]] | None = None,
+                          direction_identity: dict | None = None, target_state: dict | None = None,
+                          output: str | os.PathLike | None = None,
+                          default_root: str | os.PathLike | None = None, info: dict | None = None,
+                          overwrite: bool = False, progress: bool = True) -> tuple[SurfaceState, Path | None]:
+    """The surface of any ``model`` on ``split`` (not a depthscape checkpoint): the Python
+    API's and ``landscape --model-from``'s path, through :func:`fill_surface`.
+
+    ``split`` holds model inputs as they are (``preprocess=None``) or uint8 images with
+    their :class:`~depthscape.core.data.Preprocess`. Directions: random per ``config``
+    (seed, norm); ``directions`` given (``direction_identity`` says what they are); or the
+    line to ``target_state`` (a state dict of the same architecture, 1-D). ``output`` is
+    the HDF5 file (resumed if it holds the same settings); without it, ``default_root``
+    gives ``<root>/landscapes/<model>_<split>_<kind>_<settings hash>.h5``, and with
+    neither the surface stays in memory. Returns the surface and its file (or None).
+    """
+    import depthscape
+
+    config = config.validate()
+    dist = setup(config.device)
+    try:
+        precision, notice = resolve_precision(config.precision, dist.device)
+        if notice and dist.is_main and progress:
+            print(f"depthscape: notice: {notice}", file=sys.stderr, flush=True)
+        config = replace(config, precision=precision)
+        state = model.state_dict()
+        if target_state is not None:
+            kind = {"direction": "interpolation",
+                    "target_weights_sha256": state_fingerprint(target_state),
+                    "norm": None, "seed": None}
+
+            def make():
+                return [interpolation_direction(state, target_state)]
+
+            make()  # another architecture is refused before any work
+        elif directions is not None:
+            given = [{k: v.detach().to("cpu", torch.float32) for k, v in d.items()}
+                     for d in directions]
+            if len(given) != config.dims:
+                raise UserError(f"{len(given)} directions given for dims={config.dims}")
+            unknown = sorted({k for d in given for k in d} - set(state))
+            if unknown:
+                raise UserError(f"a direction has an entry the model does not: {unknown[0]!r}")
+            digest = hashlib.sha256()
+            for direction in given:
+                digest.update(state_fingerprint(direction).encode())
+            kind = {"direction": "given", "target_weights_sha256": None, "norm": None,
+                    "seed": None, "directions_sha256": digest.hexdigest(),
+                    **(direction_identity or {})}
+
+            def make():
+                return given
+        else:
+            kind = {"direction": "random", "target_weights_sha256": None, "norm": config.norm,
+                    "seed": config.seed}
+
+            def make():
+                return random_directions(model, config.dims, config.seed, config.norm)
+        name = model_name or type(model).__name__
+        identity = {
+            "model": name,
+            "weights_sha256": state_fingerprint(state),
+            **kind,
+            "dims": config.dims,
+            "resolution": config.resolution,
+            "xrange": list(config.xrange),
+            "yrange": list(config.yrange) if config.dims == 2 else None,
+            "split": config.split,
+            "subset": config.subset,
+            "samples": len(split),
+            "data_sha256": split_fingerprint(split),
+            "preprocess": None if preprocess is None else {"scale": preprocess.scale,
+                                                           "mean": list(preprocess.mean)},
+            "loss": loss_name,
+            "batch_size": effective_batch_size(config.batch_size, dist.device),
+        }
+        if precision != "fp32":
+            identity["precision"] = precision
+        path = Path(output) if output is not None else None
+        if path is None and default_root is not None:
+            stem = "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
+            kind_name = "line" if target_state is not None else f"{config.dims}d"
+            path = Path(default_root) / "landscapes" / \
+                f"{stem}_{config.split}_{kind_name}_{_settings_hash(identity)}.h5"
+        info = {
+            "source": "model", "dataset": "given", **(info or {}),
+            "batch_size": config.batch_size, "device": str(dist.device),
+            "world_size": dist.world_size, "compile": config.compile,
+            "depthscape_version": depthscape.__version__, "torch_version": torch.__version__,
+            "subset_seed": SUBSET_SEED, "precision": precision,
+        }
+        with contextlib.ExitStack() as held:
+            surface = fill_surface(path, model, split, preprocess, identity, config, dist,
+                                   held=held, info=info, directions=make, overwrite=overwrite,
+                                   progress=progress, loss_fn=loss_fn)
+    finally:
+        dist.close()
+    return surface, path
+
+
 def read_surface(surface_file: str | os.PathLike) -> dict:
     """The contents of a surface file as plain arrays.
 
