@@ -376,3 +376,92 @@ def test_the_package_exports_the_api_without_loading_torch_for_the_cli():
     assert out.stdout.strip() == "False"
     with pytest.raises(AttributeError):
         ds.no_such_name  # noqa: B018
+
+
+# ----------------------------------------------------------------------------- --model-from
+
+FACTORIES = '''
+import torch
+from torch import nn
+
+
+def small(num_classes=3):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))
+
+
+def raises():
+    raise RuntimeError("no GPU here\\nsecond line")
+
+
+def not_a_module():
+    return 42
+
+
+def flat_input():
+    return nn.Linear(10, 3)
+'''
+
+
+def _cli_surface(main, tmp_path, name, *extra):
+    out = tmp_path / f"{name}.h5"
+    code = main(["landscape", *extra, "--resolution", "3", "--output", str(out), "--no-plots",
+                 "--no-progress", "--out", str(tmp_path)])
+    return code, out
+
+
+def test_torchvision_resnet18_through_the_cli_and_the_api(tmp_path, tiny_data):
+    torchvision = pytest.importorskip("torchvision")
+    from depthscape.cli import main
+    from depthscape.core.data import Preprocess, load_dataset
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()  # random init, no download
+    torch.save(model.state_dict(), tmp_path / "weights.pth")
+    code, out = _cli_surface(main, tmp_path, "cli", "--model-from", "torchvision:resnet18",
+                             "--model-kwargs", '{"num_classes": 10}', "--weights",
+                             str(tmp_path / "weights.pth"), "--dataset", str(tiny_data),
+                             "--cache-dir", str(tmp_path / "cache"))
+    assert code == 0
+    cli = ds.Surface.load(out)
+    assert cli.settings["model"] == "torchvision:resnet18"
+    assert cli.settings["batchnorms_folded"] == 20  # every BatchNorm of resnet18 follows a conv
+    test = load_dataset(str(tiny_data), cache_dir=tmp_path / "cache").test
+    inputs = Preprocess(scale=1.0, mean=(0.0,)).normalize(test.images)  # the CLI's [0, 1]
+    api = ds.loss_surface(model, (inputs, test.labels), resolution=3, progress=False)
+    np.testing.assert_array_equal(api.loss, cli.loss)
+    np.testing.assert_array_equal(api.accuracy, cli.accuracy)
+    assert api.settings["weights_sha256"] == cli.settings["weights_sha256"]
+    assert np.ptp(api.loss) > 0
+
+
+def test_model_from_a_file_and_a_module_and_its_one_line_failures(tmp_path, tiny_data, capsys,
+                                                                  monkeypatch):
+    from depthscape.cli import main
+
+    (tmp_path / "zoo").mkdir()
+    (tmp_path / "zoo" / "factories.py").write_text(FACTORIES)
+    monkeypatch.syspath_prepend(str(tmp_path / "zoo"))
+    data = ["--dataset", str(tiny_data), "--cache-dir", str(tmp_path / "cache")]
+    code, by_file = _cli_surface(main, tmp_path, "file", "--model-from",
+                                 f"{tmp_path / 'zoo' / 'factories.py'}:small", *data)
+    assert code == 0
+    code, by_module = _cli_surface(main, tmp_path, "module", "--model-from", "factories:small",
+                                   *data)
+    assert code == 0
+    np.testing.assert_array_equal(ds.Surface.load(by_file).loss, ds.Surface.load(by_module).loss)
+    capsys.readouterr()
+    for spec, message in (("factories:raises", "the factory raised RuntimeError: no GPU here"),
+                          ("factories:not_a_module", "returned a int, not a torch.nn.Module"),
+                          ("factories:flat_input", "the model cannot read this data"),
+                          ("factories:missing", "has no callable 'missing'"),
+                          ("no_such_module_xyz:f", "cannot import no_such_module_xyz"),
+                          ("torchvision:resnet_nope", "torchvision has no model")):
+        code, _ = _cli_surface(main, tmp_path, "bad", "--model-from", spec, *data)
+        err = capsys.readouterr().err.strip()
+        assert code != 0 and message in err, (spec, err)
+        assert len(err.splitlines()) == 1, (spec, err)
+    code, _ = _cli_surface(main, tmp_path, "bad", "--model-from", "factories:small",
+                           "--weights", str(tmp_path / "nothing.pth"), *data)
+    assert code != 0 and "no such file" in capsys.readouterr().err
