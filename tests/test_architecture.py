@@ -1,4 +1,7 @@
-"""The package's layers import only downwards: core < training < analysis < study < cli.
+"""The package's layers import only downwards: core < training < analysis < study < cli < api.
+
+(``depthscape.api``, the Python API, is the top layer beside the CLI: nothing imports it but
+the package's lazy re-export.)
 
 Every import of a ``depthscape`` module, at module level or inside a function, is read
 with ``ast``; a lower layer naming a higher one fails, as does any import cycle between
@@ -13,7 +16,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "depthscape"
-LAYERS = ["core", "training", "analysis", "study", "cli"]
+LAYERS = ["core", "training", "analysis", "study", "cli", "api"]
 
 
 def _module_name(path: Path) -> str:

@@ -14,9 +14,12 @@ HELP = "loss landscape of a trained run: filter-normalised directions, 2-D grid 
 ORDER = 35
 
 
-def add_run_arguments(parser: argparse.ArgumentParser, run_help: str) -> None:
-    """Which trained run: a checkpoint, or a model whose run lies in --out (landscape, trajectory)."""
-    parser.add_argument("run", metavar="RUN_OR_CHECKPOINT", help=run_help)
+def add_run_arguments(parser: argparse.ArgumentParser, run_help: str,
+                      optional: bool = False) -> None:
+    """Which trained run: a checkpoint, or a model whose run lies in --out (landscape, trajectory).
+    ``optional``: the run may be left out (``landscape --model-from``)."""
+    parser.add_argument("run", metavar="RUN_OR_CHECKPOINT", help=run_help,
+                        **({"nargs": "?", "default": None} if optional else {}))
     parser.add_argument("depth", nargs="?", default=None, help="depth, with a model family name")
     parser.add_argument("--out", default=".", help="output root of the runs (default .)")
     parser.add_argument("--run-seed", type=seed_int, default=0, help="seed of the run to load (default 0)")
@@ -59,7 +62,16 @@ def checkpoint_with_outputs_checked(args: argparse.Namespace) -> Path:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser, "a checkpoint file, or a model (cnn, resnet 56, plainnet110) whose "
-                              "run lies in --out")
+                              "run lies in --out (or none, with --model-from)", optional=True)
+    plugin = parser.add_argument_group("a model from outside the package (instead of a run)")
+    plugin.add_argument("--model-from", default=None, metavar="SPEC",
+                        help="torchvision:NAME (random init, nothing downloaded), "
+                             "PKG.MODULE:FACTORY or path/to/file.py:FACTORY; measured on "
+                             "--dataset/--data-dir with pixels scaled to [0, 1]")
+    plugin.add_argument("--model-kwargs", default=None, metavar="JSON",
+                        help="keyword arguments of the factory, e.g. '{\"num_classes\": 10}'")
+    plugin.add_argument("--weights", default=None, metavar="FILE",
+                        help="a state dict (or a checkpoint holding one) to load, weights-only")
     grid = parser.add_argument_group("grid and directions")
     grid.add_argument("--resolution", type=int_in(2, 10**6), default=21,
                       help="points per axis (default 21; the original tool's figures use 51)")
@@ -148,13 +160,69 @@ def grid_dims(args: argparse.Namespace) -> int:
     return dims
 
 
+def run_model_from(args: argparse.Namespace) -> Path:
+    """``--model-from``: the surface of a model built outside the package, on the data given
+    (the Python API's path, :func:`compute_model_surface`); returns the surface file."""
+    from depthscape.analysis.landscape.surface import (
+        SUBSET_SEED,
+        LandscapeConfig,
+        compute_model_surface,
+    )
+    from depthscape.core.atomic import ensure_writable_dir
+    from depthscape.core.data import Preprocess, load_dataset
+    from depthscape.core.errors import UserError
+    from depthscape.core.plugins import build_model, load_weights, parse_model_kwargs
+
+    if args.run is not None:
+        raise UserError("give either a run (checkpoint, or model and depth) or --model-from, "
+                        "not both")
+    for flag, value in (("--target", args.target), ("--curvature", args.curvature),
+                        ("--model", args.model)):
+        if value:
+            raise UserError(f"{flag} works on depthscape runs, not with --model-from")
+    if args.dataset is None and args.data_dir is None:
+        raise UserError("--model-from needs the data to measure on: --dataset (cifar10, mnist, "
+                        "fashion-mnist or an ImageFolder path) or --data-dir")
+    root = Path(args.out)
+    ensure_writable_dir(Path(args.output).parent if args.output else root / "landscapes",
+                        create=False)
+    if not args.no_plots:
+        ensure_writable_dir(args.plots_dir or root / "plots", create=False)
+    kwargs = parse_model_kwargs(args.model_kwargs)
+    model = build_model(args.model_from, kwargs)
+    if args.weights:
+        load_weights(model, args.weights)
+    dataset = load_dataset(args.dataset or "cifar10", data_dir=args.data_dir,
+                           cache_dir=args.cache_dir)
+    split = (dataset.test if args.split == "test" else dataset.train).subset(args.subset,
+                                                                             SUBSET_SEED)
+    config = LandscapeConfig(
+        resolution=args.resolution, xrange=tuple(args.xrange),
+        yrange=tuple(args.yrange) if args.yrange is not None else (-1.0, 1.0),
+        split=args.split, subset=args.subset, seed=args.seed, norm=args.norm,
+        batch_size=args.batch_size, device=args.device, workers=args.workers,
+        dims=grid_dims(args), compile=args.compile, precision=args.precision)
+    info = {"source": "--model-from", "model_kwargs": kwargs, "weights": args.weights,
+            "dataset": dataset.name}
+    _, path = compute_model_surface(
+        model, split, config, preprocess=Preprocess(scale=1.0, mean=(0.0,)),  # ToTensor()
+        model_name=args.model_from, output=args.output, default_root=root, info=info,
+        overwrite=args.overwrite, progress=not args.no_progress)
+    return path
+
+
 def run(args: argparse.Namespace) -> int:
     from depthscape.analysis.landscape import LandscapeConfig, compute_landscape
     from depthscape.cli.plot import check_plot_options
+    from depthscape.core.errors import UserError
 
     dims = grid_dims(args)
     if not args.no_plots:
         check_plot_options(args, dims)
+    if args.model_from:
+        return _report(run_model_from(args), None, args)
+    if args.run is None:
+        raise UserError("give a run (a checkpoint, or a model and depth) or --model-from")
     checkpoint = checkpoint_with_outputs_checked(args)
     config = LandscapeConfig(
         resolution=args.resolution, xrange=tuple(args.xrange),
@@ -184,6 +252,11 @@ def run(args: argparse.Namespace) -> int:
         compute_curvature(surface, checkpoint, curvature, progress=not args.no_progress,
                           overwrite=args.overwrite, data_source=args.dataset,
                           data_dir=args.data_dir, cache_dir=args.cache_dir, model_name=args.model)
+    return _report(surface, curvature, args)
+
+
+def _report(surface: Path, curvature, args: argparse.Namespace) -> int:
+    """Print the surface file and draw its pictures (rank 0 only)."""
     import os
 
     if int(os.environ.get("RANK", "0")) != 0:

@@ -28,6 +28,8 @@ def evaluate_points(evaluator: PointEvaluator, points: Sequence[Sequence[float]]
     """``[[mean loss, accuracy %], ...]`` of the K ``points``, a (K, 2) float64 tensor on the device."""
     from torch.func import functional_call, vmap
 
+    if evaluator.loss_fn is not None or evaluator.preprocess is None:
+        raise ValueError("batched points evaluate the CLI's cross-entropy on a preprocessed split")
     points = [tuple(p) for p in points]
     if not points:
         return torch.zeros((0, 2), dtype=torch.float64, device=evaluator.device)

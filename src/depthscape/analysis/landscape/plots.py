@@ -74,6 +74,8 @@ def _title(surface: dict) -> str:
     s = surface["settings"]
     if s.get("direction") == "interpolation":
         return f"{s.get('model')}: line to {Path(str(s.get('target'))).name}"
+    if s.get("direction") not in (None, "random"):  # given ones (the API's, a trajectory's PCA)
+        return f"{s.get('model')}, {s.get('direction')} directions"
     return f"{s.get('model')}, {s.get('norm')}-normalised directions, seed {s.get('seed')}"
 
 
@@ -143,6 +145,24 @@ def plot_landscape(surface_file: str | os.PathLike, out_dir: str | os.PathLike,
     return written
 
 
+def draw_figure(surface: dict, kind: str | None = None, quantity: str = "loss",
+                log_scale: bool = False, levels: int | Sequence[float] = 30,
+                zmin: float | None = None, zmax: float | None = None, smooth: float = 0.0):
+    """One picture of a read surface (the dict :func:`read_surface` returns) as a matplotlib
+    ``Figure``, unsaved: ``kind`` is ``contour`` (default for 2-D), ``contourf``,
+    ``heatmap``, ``surface3d`` or ``curve`` (1-D, the default there); the other options
+    as :func:`plot_landscape`'s."""
+    drawable = [k for k in (KINDS_2D if surface["dims"] == 2 else KINDS_1D) if k in _DRAW]
+    kind = kind or drawable[0]
+    if kind not in drawable:
+        raise UserError(f"plot kind {kind!r} does not fit a {surface['dims']}-D surface as a "
+                        f"figure: choose from {', '.join(drawable)}")
+    if not np.isfinite(np.asarray(surface[quantity], dtype=np.float64)).any():
+        raise UserError(f"the surface has no {quantity} values to draw")
+    values = surface_values(surface, quantity, log_scale, zmin, zmax, smooth)
+    return _DRAW[kind](surface, values, _label(quantity, log_scale, surface["split"]), levels)
+
+
 def _draw_contour(surface, values, label, levels):
     fig, ax = _figure()
     x, y = np.meshgrid(surface["x"], surface["y"])
@@ -194,7 +214,7 @@ def _draw_curve(surface, values, label, levels):
     line = surface["settings"].get("direction") == "interpolation"
     ax.plot(x, values, color="tab:blue", marker="." if len(x) <= 60 else None, label=label)
     ax.set_ylabel(label, color="tab:blue")
-    if label.endswith("loss"):
+    if label.endswith("loss") and np.isfinite(surface["acc"]).any():  # a loss with an accuracy
         other = ax.twinx()
         other.plot(x, surface["acc"], color="tab:red", linestyle="--", label="accuracy (%)")
         other.set_ylabel(f"{surface['split']} accuracy (%)", color="tab:red")

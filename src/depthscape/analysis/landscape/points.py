@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -234,17 +235,33 @@ def effective_batch_size(batch_size: int, device: torch.device | str) -> int:
     return int(batch_size) if torch.device(device).type != "cpu" else min(int(batch_size), CPU_BATCH)
 
 
+def has_accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> bool:
+    """Whether ``outputs`` vs ``targets`` is a classification with an accuracy: integer
+    class labels, one per sample, and one score per class in the outputs' last dimension."""
+    return (not targets.is_floating_point() and not targets.is_complex() and targets.dim() == 1
+            and outputs.dim() == 2 and outputs.shape[0] == targets.shape[0])
+
+
 class PointEvaluator:
     """Loss and accuracy of ``model`` at ``theta + sum_i c_i d_i`` on one split.
 
     ``directions`` are dicts keyed like ``model.state_dict()`` (entries missing or all zero
     are not perturbed). BatchNorm runs in eval mode with the stored running statistics.
+
+    ``preprocess`` turns the split's uint8 images into model input; ``None`` takes the
+    split's ``images`` as the model's input as they are (any float tensor, e.g. a user's own
+    data) and its ``labels`` as any targets. ``loss_fn`` (``None``: cross-entropy, the CLI's)
+    is any ``(outputs, targets) -> mean loss of the batch``; the point's loss is the
+    sample-weighted mean of its batches' values. Accuracy is measured where the targets are
+    class labels (see :func:`has_accuracy`; always with the default loss) and is NaN
+    otherwise (``self.accuracy`` False).
     """
 
     def __init__(self, model: nn.Module, directions: list[dict[str, torch.Tensor]], split: Split,
-                 preprocess: Preprocess, batch_size: int = 1000, device: torch.device | None = None,
-                 fold: bool = True, compile: bool = False, channels_last: bool | None = None,
-                 precision: str = "fp32"):
+                 preprocess: Preprocess | None, batch_size: int = 1000,
+                 device: torch.device | None = None, fold: bool = True, compile: bool = False,
+                 channels_last: bool | None = None, precision: str = "fp32",
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None):
         device = torch.device(device) if device is not None else torch.device("cpu")
         self.device = device
         # fp32 (exact, TF32 off), tf32 (CUDA) or bf16 (autocast, channels-last): as the caller
@@ -269,7 +286,9 @@ class PointEvaluator:
             self.directions.append(kept)
         self.perturbed = sorted({name for d in self.directions for name in d})
 
+        self.loss_fn = loss_fn
         images = split.images.to(device)
+        what = "images" if preprocess is not None else "inputs"
         try:
             precompute = self.count * images[0].numel() * 4 <= _PRECOMPUTE_BYTES
             self.inputs = self._normalize(images) if precompute else None
@@ -279,12 +298,18 @@ class PointEvaluator:
                 reference = model(example)
         except RuntimeError as error:
             first = str(error).strip().splitlines()[0][:200]
-            raise UserError(f"the model cannot read this data ({tuple(images.shape[1:])} images): "
+            raise UserError(f"the model cannot read this data ({tuple(images.shape[1:])} {what}): "
                             f"{first}") from None
-        classes = int(reference.shape[-1])
-        if int(self.labels.min()) < 0 or int(self.labels.max()) >= classes:
-            raise UserError(f"the data has labels up to {int(self.labels.max())}, but the model "
-                            f"predicts {classes} classes: is this the data it was trained on?")
+        if not isinstance(reference, torch.Tensor):
+            raise UserError(f"the model returns a {type(reference).__name__}, not a tensor: wrap it "
+                            "so it returns one (depthscape.select_output(model, key))")
+        self.accuracy = loss_fn is None or has_accuracy(reference, self.labels[:len(reference)])
+        if loss_fn is None or self.accuracy:
+            classes = int(reference.shape[-1])
+            if int(self.labels.min()) < 0 or int(self.labels.max()) >= classes:
+                raise UserError(f"the data has labels up to {int(self.labels.max())}, but the "
+                                f"model predicts {classes} classes: is this the data it was "
+                                "trained on?")
         self.folded_pairs: list[FoldPair] = []
         if fold:
             folded = build_folded_model(model, example)
@@ -315,7 +340,7 @@ class PointEvaluator:
         return twin
 
     def _normalize(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.preprocess.normalize(images)
+        x = self.preprocess.normalize(images) if self.preprocess is not None else images
         return x.contiguous(memory_format=self.memory_format) if x.dim() == 4 else x
 
     def _batch(self, start: int, stop: int) -> torch.Tensor:
@@ -347,16 +372,24 @@ class PointEvaluator:
             with self._autocast():
                 logits = self.network(self._batch(start, stop))
             y = self.labels[start:stop]
-            losses[start:stop] = F.cross_entropy(logits.double(), y, reduction="none")
-            correct += (logits.argmax(1) == y).sum()
-        return torch.stack([losses.sum() / self.count, correct.double() * 100.0 / self.count])
+            if self.loss_fn is None:
+                losses[start:stop] = F.cross_entropy(logits.double(), y, reduction="none")
+            else:  # the batch's mean for each of its samples: sums to the split's total
+                if logits.dtype in (torch.bfloat16, torch.float16):
+                    logits = logits.float()
+                losses[start:stop] = self.loss_fn(logits, y).double()
+            if self.accuracy:
+                correct += (logits.argmax(1) == y).sum()
+        accuracy = correct.double() * 100.0 / self.count if self.accuracy else \
+            torch.full((), float("nan"), dtype=torch.float64, device=self.device)
+        return torch.stack([losses.sum() / self.count, accuracy])
 
     def _autocast(self):
         """bf16 autocast under ``precision="bf16"`` (entered per call: it is per thread)."""
         return autocast(self.device.type, self.precision)
 
     def evaluate(self, coefficients) -> tuple[float, float]:
-        """Mean cross-entropy loss and accuracy (percent) at the point (one host sync)."""
+        """Mean loss and accuracy (percent; NaN without one) at the point (one host sync)."""
         loss, acc = self.evaluate_async(coefficients).tolist()
         return loss, acc
 

@@ -25,6 +25,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -212,8 +213,6 @@ def compute_landscape(checkpoint: str | os.PathLike, config: LandscapeConfig | N
 def _compute(checkpoint: Path, config: LandscapeConfig, output, dataset: Dataset | None,
              progress: bool, overwrite: bool, save_every: float, dist: DistContext,
              held: contextlib.ExitStack, given: tuple = (None, None, None)) -> Path:
-    from tqdm.auto import tqdm
-
     import depthscape
 
     run = load_trained_run(checkpoint, model=config.model,  # the one loader and its rule
@@ -254,14 +253,59 @@ def _compute(checkpoint: Path, config: LandscapeConfig, output, dataset: Dataset
     if precision != "fp32":  # fp32 surfaces (all earlier ones) keep their identity
         identity["precision"] = precision
     path = Path(output) if output is not None else default_surface_path(checkpoint, config, identity)
-    if path.exists() and path.is_dir():
-        raise UserError(f"{path} is a directory; give a file name for the surface")
-    # issue 11: one writer per surface (rank 0 holds the lock); stale temporaries go
-    held.enter_context(claim_output(path, f"surface {path}", owner=dist.is_main,
-                                    agree=dist.all_true))
+
+    def make_directions():
+        if given_directions is not None:
+            return [dict(d) for d in given_directions]
+        if target_model is not None:
+            return [interpolation_direction(state, target_model.state_dict())]
+        return random_directions(model, config.dims, config.seed, config.norm)
+
+    info = {
+        "checkpoint": str(checkpoint), "target": str(config.target) if config.target else None,
+        "dataset": dataset.name, "batch_size": config.batch_size, "device": str(dist.device),
+        "world_size": dist.world_size, "compile": config.compile,
+        "depthscape_version": depthscape.__version__, "torch_version": torch.__version__,
+        "subset_seed": SUBSET_SEED, "precision": precision,
+    }
+    fill_surface(path, model, split, preprocess, identity, config, dist, held=held, info=info,
+                 directions=make_directions, extra=given_extra, overwrite=overwrite,
+                 save_every=save_every, progress=progress)
+    return path
+
+
+def fill_surface(path: Path | None, model: torch.nn.Module, split: Split, preprocess,
+                 identity: dict, config: LandscapeConfig, dist: DistContext, *,
+                 held: contextlib.ExitStack, info: dict,
+                 directions: Callable[[], list[dict[str, torch.Tensor]]],
+                 extra: dict[str, np.ndarray] | None = None, overwrite: bool = False,
+                 save_every: float = 5.0, progress: bool = True,
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+                 ) -> SurfaceState:
+    """Compute (or finish) one surface of ``model`` on ``split``: the grid, resume, sharding.
+
+    The engine under :func:`compute_landscape` and the Python API's ``loss_surface``.
+    ``identity`` is every setting that decides the values: a file at ``path`` holding the
+    same identity is continued (only its missing points are computed), one holding another
+    is refused unless ``overwrite``. ``directions()`` makes the directions of a new surface;
+    ``info`` is stored as how it was computed. ``preprocess`` and ``loss_fn`` go to the
+    :class:`PointEvaluator` (``None``: inputs as given; cross-entropy). ``path=None`` keeps
+    the surface in memory only. The file is rewritten atomically at most every
+    ``save_every`` seconds and when the work ends or is interrupted; under torchrun the
+    missing points are dealt out to the ranks and rank 0 writes. ``config.precision`` must
+    already be resolved for ``dist.device``. Returns the (complete) surface.
+    """
+    from tqdm.auto import tqdm
+
+    if path is not None:
+        if path.exists() and path.is_dir():
+            raise UserError(f"{path} is a directory; give a file name for the surface")
+        # issue 11: one writer per surface (rank 0 holds the lock); stale temporaries go
+        held.enter_context(claim_output(path, f"surface {path}", owner=dist.is_main,
+                                        agree=dist.all_true))
 
     surface: SurfaceState | None = None
-    if path.exists() and not overwrite:
+    if path is not None and path.exists() and not overwrite:
         surface = read_state(path)
         difference = identity_difference(surface.identity, identity)
         if difference:
@@ -270,29 +314,18 @@ def _compute(checkpoint: Path, config: LandscapeConfig, output, dataset: Dataset
     dist.barrier()  # every rank has read the old file before rank 0 replaces it
 
     if surface is None:
-        if given_directions is not None:
-            directions = [dict(d) for d in given_directions]
-        elif target_model is not None:
-            directions = [interpolation_direction(state, target_model.state_dict())]
-        else:
-            directions = random_directions(model, config.dims, config.seed, config.norm)
         y = grid_coordinates(config.yrange, config.resolution) if config.dims == 2 else None
         surface = new_state(config.split, grid_coordinates(config.xrange, config.resolution), y,
-                            directions, identity, {})
-        surface.extra.update(given_extra or {})
-    surface.info = {
-        "checkpoint": str(checkpoint), "target": str(config.target) if config.target else None,
-        "dataset": dataset.name, "batch_size": config.batch_size, "device": str(dist.device),
-        "world_size": dist.world_size, "compile": config.compile,
-        "depthscape_version": depthscape.__version__, "torch_version": torch.__version__,
-        "subset_seed": SUBSET_SEED, "precision": precision,
-    }
+                            directions(), identity, {})
+        surface.extra.update(extra or {})
+    surface.info = dict(info)
 
     missing = np.flatnonzero(~surface.done.ravel())
     if len(missing) == 0:
-        return path
+        return surface
     evaluator = PointEvaluator(model, surface.directions, split, preprocess, config.batch_size,
-                               dist.device, compile=config.compile, precision=precision)
+                               dist.device, compile=config.compile, precision=config.precision,
+                               loss_fn=loss_fn)
     surface.info["batchnorms_folded"] = len(evaluator.folded_pairs)
     workers = config.workers or (torch.get_num_threads() if dist.device.type == "cpu" else 1)
     workers = 1 if config.compile else workers  # one compiled network is enough to wait for
@@ -300,9 +333,11 @@ def _compute(checkpoint: Path, config: LandscapeConfig, output, dataset: Dataset
     mine = missing[dist.rank::dist.world_size]
     # Every rank takes part in every round (the gather is collective), some with no points.
     rounds = max(dist.gather_objects(math.ceil(len(mine) / workers)))
+    name = path.stem if path is not None else "surface"
     bar = tqdm(total=surface.done.size, initial=surface.done.size - len(missing), unit="point",
-               desc=f"landscape {path.stem}", disable=not progress or not dist.is_main,
+               desc=f"landscape {name}", disable=not progress or not dist.is_main,
                dynamic_ncols=True)
+    writes = path is not None and dist.is_main
     last_save, unsaved = time.monotonic(), 0
     try:
         with PointPool(evaluator, workers) as pool:
@@ -316,15 +351,119 @@ def _compute(checkpoint: Path, config: LandscapeConfig, output, dataset: Dataset
                     surface.done.flat[index] = True
                 unsaved += len(gathered)
                 bar.update(len(gathered))
-                if dist.is_main and unsaved and time.monotonic() - last_save >= save_every:
+                if writes and unsaved and time.monotonic() - last_save >= save_every:
                     write_surface(path, surface)
                     last_save, unsaved = time.monotonic(), 0
     finally:
         bar.close()
-        if dist.is_main and unsaved:
+        if writes and unsaved:
             write_surface(path, surface)
     dist.barrier()
-    return path
+    return surface
+
+
+def compute_model_surface(model: torch.nn.Module, split: Split, config: LandscapeConfig, *,
+                          preprocess=None,
+                          loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                          loss_name: str = "cross_entropy", model_name: str | None = None,
+                          directions: list[dict[str, torch.Tensor]] | None = None,
+                          direction_identity: dict | None = None, target_state: dict | None = None,
+                          output: str | os.PathLike | None = None,
+                          default_root: str | os.PathLike | None = None, info: dict | None = None,
+                          overwrite: bool = False, progress: bool = True) -> tuple[SurfaceState, Path | None]:
+    """The surface of any ``model`` on ``split`` (not a depthscape checkpoint): the Python
+    API's and ``landscape --model-from``'s path, through :func:`fill_surface`.
+
+    ``split`` holds model inputs as they are (``preprocess=None``) or uint8 images with
+    their :class:`~depthscape.core.data.Preprocess`. Directions: random per ``config``
+    (seed, norm); ``directions`` given (``direction_identity`` says what they are); or the
+    line to ``target_state`` (a state dict of the same architecture, 1-D). ``output`` is
+    the HDF5 file (resumed if it holds the same settings); without it, ``default_root``
+    gives ``<root>/landscapes/<model>_<split>_<kind>_<settings hash>.h5``, and with
+    neither the surface stays in memory. Returns the surface and its file (or None).
+    """
+    import depthscape
+
+    config = config.validate()
+    dist = setup(config.device)
+    try:
+        precision, notice = resolve_precision(config.precision, dist.device)
+        if notice and dist.is_main and progress:
+            print(f"depthscape: notice: {notice}", file=sys.stderr, flush=True)
+        config = replace(config, precision=precision)
+        state = model.state_dict()
+        if target_state is not None:
+            kind = {"direction": "interpolation",
+                    "target_weights_sha256": state_fingerprint(target_state),
+                    "norm": None, "seed": None}
+
+            def make():
+                return [interpolation_direction(state, target_state)]
+
+            make()  # another architecture is refused before any work
+        elif directions is not None:
+            given = [{k: v.detach().to("cpu", torch.float32) for k, v in d.items()}
+                     for d in directions]
+            if len(given) != config.dims:
+                raise UserError(f"{len(given)} directions given for dims={config.dims}")
+            unknown = sorted({k for d in given for k in d} - set(state))
+            if unknown:
+                raise UserError(f"a direction has an entry the model does not: {unknown[0]!r}")
+            digest = hashlib.sha256()
+            for direction in given:
+                digest.update(state_fingerprint(direction).encode())
+            kind = {"direction": "given", "target_weights_sha256": None, "norm": None,
+                    "seed": None, "directions_sha256": digest.hexdigest(),
+                    **(direction_identity or {})}
+
+            def make():
+                return given
+        else:
+            kind = {"direction": "random", "target_weights_sha256": None, "norm": config.norm,
+                    "seed": config.seed}
+
+            def make():
+                return random_directions(model, config.dims, config.seed, config.norm)
+        name = model_name or type(model).__name__
+        identity = {
+            "model": name,
+            "weights_sha256": state_fingerprint(state),
+            **kind,
+            "dims": config.dims,
+            "resolution": config.resolution,
+            "xrange": list(config.xrange),
+            "yrange": list(config.yrange) if config.dims == 2 else None,
+            "split": config.split,
+            "subset": config.subset,
+            "samples": len(split),
+            "data_sha256": split_fingerprint(split),
+            "preprocess": None if preprocess is None else {"scale": preprocess.scale,
+                                                           "mean": list(preprocess.mean)},
+            "loss": loss_name,
+            "batch_size": effective_batch_size(config.batch_size, dist.device),
+        }
+        if precision != "fp32":
+            identity["precision"] = precision
+        path = Path(output) if output is not None else None
+        if path is None and default_root is not None:
+            stem = "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
+            kind_name = "line" if target_state is not None else f"{config.dims}d"
+            path = Path(default_root) / "landscapes" / \
+                f"{stem}_{config.split}_{kind_name}_{_settings_hash(identity)}.h5"
+        info = {
+            "source": "model", "dataset": "given", **(info or {}),
+            "batch_size": config.batch_size, "device": str(dist.device),
+            "world_size": dist.world_size, "compile": config.compile,
+            "depthscape_version": depthscape.__version__, "torch_version": torch.__version__,
+            "subset_seed": SUBSET_SEED, "precision": precision,
+        }
+        with contextlib.ExitStack() as held:
+            surface = fill_surface(path, model, split, preprocess, identity, config, dist,
+                                   held=held, info=info, directions=make, overwrite=overwrite,
+                                   progress=progress, loss_fn=loss_fn)
+    finally:
+        dist.close()
+    return surface, path
 
 
 def read_surface(surface_file: str | os.PathLike) -> dict:
