@@ -13,7 +13,12 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from _landscape_tools import calibrated_model, tiny_dataset, write_checkpoint
+from _landscape_tools import (  # noqa: F401  (one_thread: the autouse fixture)
+    calibrated_model,
+    one_thread,
+    tiny_dataset,
+    write_checkpoint,
+)
 from conftest import write_image_folder
 from torch import nn
 
@@ -29,14 +34,6 @@ from depthscape.training.loop import TrainConfig, train
 
 needs_bf16 = pytest.mark.skipif(not runtime.cpu_bf16_supported(),
                                 reason="this CPU has no native bf16")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from depthscape import __all__  # noqa: F401  (the one list of public names: the package's)
 from depthscape.analysis import hessian as _hessian
 from depthscape.analysis.hessian import EigenExtremes
 from depthscape.analysis.landscape import directions as _directions
@@ -45,19 +46,6 @@ from depthscape.core.data import Split
 from depthscape.core.errors import UserError
 from depthscape.core.runtime import resolve_precision, tf32_scope
 from depthscape.core.trained import TrainedRun, load_trained_run
-
-__all__ = [
-    "EigenExtremes",
-    "Surface",
-    "TraceEstimate",
-    "hessian_extremes",
-    "hessian_trace",
-    "interpolate",
-    "load_run",
-    "loss_surface",
-    "random_directions",
-    "select_output",
-]
 
 #: What ``data`` may be: a pair of tensors, a Dataset or a DataLoader of (input, target).
 Data = Union[tuple[torch.Tensor, torch.Tensor], torch.utils.data.Dataset,
