@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from depthscape.analysis.sharpness import SharpnessResult
@@ -131,3 +133,81 @@ def test_report_marks_unconverged_numbers_in_both_formats(tmp_path):
     assert '<p class="note">† Did not converge' in page and "last change 3.25" in page
     observed = markdown[markdown.index("## Observations"):markdown.index("## Table 1")]
     assert "0.000992" not in observed and "-7" not in observed
+
+
+def _flat(rise, doubling, radius=0.25):
+    from depthscape.analysis.landscape.flatness import summarize
+
+    coordinates = [-1.0, -radius, 0.0, radius, 1.0]
+    losses = []
+    for r, d in zip(rise, doubling):
+        far = 3.0 if d is not None else 1.5  # reaches twice the base (1) within the span or not
+        losses.append([far, 1.0 + r, 1.0, 1.0 + r, far])
+    return summarize(coordinates, losses, radius, {"span": 1.0})
+
+
+def test_compare_intervals_says_significant_only_without_overlap():
+    from depthscape.study.report import compare_intervals
+
+    assert compare_intervals((1.0, 0.2), (2.0, 0.3)).startswith("significant")
+    assert compare_intervals((1.0, 0.6), (2.0, 0.5)).startswith("within noise")
+    assert compare_intervals((1.0, math.nan), (2.0, 0.1)) == ""
+
+
+def test_flatness_observations_call_a_difference_significant_only_when_intervals_part():
+    flat = [(_run("resnet20"), _flat([0.10, 0.11, 0.12, 0.10, 0.11], [None] * 5)),
+            (_run("plain20"), _flat([0.50, 0.52, 0.55, 0.51, 0.50], [0.6] * 5)),
+            (_run("resnet56"), _flat([0.10, 0.30, 0.20, 0.15, 0.25], [0.6] * 5)),
+            (_run("plain56"), _flat([0.12, 0.35, 0.18, 0.22, 0.28], [0.6] * 5))]
+    runs = [metrics(m, 50.0) for m in ("resnet20", "plain20", "resnet56", "plain56")]
+    lines = observations(runs, [], flat)
+    rise = next(line for line in lines if line.startswith("Loss rise at radius 0.25"))
+    depth20, depth56 = rise.split("; ")
+    assert "ResNet 0.108 ± 0.01 vs PlainNet 0.516 ± 0.026" in depth20
+    assert "(significant: the 95% intervals do not overlap)" in depth20
+    assert "(within noise: the 95% intervals overlap)" in depth56
+    doubling = next(line for line in lines if line.startswith("Radius where the loss doubles"))
+    assert "ResNet > 1 in all 5 directions" in doubling and "not comparable" in doubling
+
+
+def test_sharpness_draws_give_the_observation_its_verdict():
+    def drawn(largest, half):
+        return SharpnessResult(largest, -0.5, 5, True, 1.0, 0.1, 5, True, 8, 100, draws=3,
+                               confidence=0.95, largest_ci=half, smallest_ci=0.1, trace_ci=0.1)
+
+    sharp = [(_run("resnet20"), drawn(5.0, 1.0)), (_run("plain20"), drawn(9.0, 1.0)),
+             (_run("resnet56"), drawn(5.0, 3.0)), (_run("plain56"), drawn(9.0, 3.0))]
+    runs = [metrics(m, 50.0) for m in ("resnet20", "plain20", "resnet56", "plain56")]
+    largest = next(line for line in observations(runs, sharp)
+                   if line.startswith("Largest Hessian eigenvalue"))
+    assert "depth 20: ResNet 5 ± 1 vs PlainNet 9 ± 1 (significant" in largest
+    assert "depth 56: ResNet 5 ± 3 vs PlainNet 9 ± 3 (within noise" in largest
+
+
+def test_report_shows_the_density_and_flatness(tmp_path):
+    import matplotlib
+
+    from depthscape.study.report import build_blocks, render_html, render_markdown
+    from depthscape.study.runner import StudyResult, get_budget
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    png = tmp_path / "density.png"
+    plt.figure(figsize=(1, 1))
+    plt.savefig(png)
+    plt.close("all")
+    flat = [(_run("resnet20"), _flat([0.1, 0.12, 0.11], [0.6] * 3)),
+            (_run("plain20"), _flat([0.5, 0.52, 0.55], [0.4] * 3))]
+    result = StudyResult(tmp_path, tmp_path / "report.md", tmp_path / "report.html",
+                         [metrics("resnet20", 50.0), metrics("plain20", 40.0)],
+                         density_pairs=[(20, png)], flatness=flat, flatness_figure=png)
+    blocks = build_blocks(result, get_budget("quick"), {"seeds": 1, "dataset": "cifar10"})
+    markdown = render_markdown(blocks, tmp_path)
+    assert "## Hessian eigenvalue density" in markdown and "2 Lanczos run(s) of 20 steps" in markdown
+    assert "*ResNet-20 vs PlainNet-20*" in markdown
+    assert "## Flatness with error bars" in markdown and "| ResNet-20 |" in markdown
+    assert "Loss rise at radius 0.25" in markdown and "within noise" not in markdown
+    assert "| eigenvalue density | 2 Lanczos runs x 20 steps" in markdown
+    assert "| flatness | 5 random 1-D slices x 11 points on 200 test images |" in markdown
+    assert render_html(blocks).count("data:image/png;base64,") == 2

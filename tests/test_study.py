@@ -57,6 +57,20 @@ def test_smoke_study_writes_every_artifact(smoke):
     assert [v.model for v in result.curvature] == MODELS and all(v.png.exists() for v in result.curvature)
     settings = json.loads((out / "study.json").read_text())
     assert settings["budget"]["name"] == "smoke" and settings["models"] == MODELS
+    # issue 18: each model's eigenvalue density (ResNet vs PlainNet at depth 8) and flatness
+    assert [r.model for r, _ in result.densities] == MODELS
+    for run, density in result.densities:
+        assert (out / "sharpness" / f"{run.paths.run_name}.density.json").exists()
+        assert density.settings["runs"] == 2 and density.settings["steps"] == 3
+        assert density.products <= 6 and abs(density.mass() - 1) < 1e-3
+    assert [depth for depth, _ in result.density_pairs] == [8]
+    assert result.density_pairs[0][1].exists()
+    assert sorted(r.model for r, _ in result.flatness) == sorted(MODELS)
+    for run, flat in result.flatness:
+        assert len(flat.rise) == 2 and flat.settings["subset"] == 32  # of 24 test images
+        assert (out / "flatness" / f"{run.paths.run_name}.flatness.png").exists()
+    assert (out / "flatness" / "flatness.md").exists() and result.flatness_figure.exists()
+    assert {"density", "flatness"} <= set(result.timings)
 
 
 def test_report_markdown_links_existing_files(smoke):
@@ -64,7 +78,8 @@ def test_report_markdown_links_existing_files(smoke):
     text = result.report_md.read_text()
     for heading in ("## Table 1", "## Table 2", "## Sharpness", "## Training curves",
                     "## Loss landscapes", "### Interactive 3-D surfaces",
-                    "## Optimization trajectories", "## Curvature maps"):
+                    "## Optimization trajectories", "## Curvature maps",
+                    "## Hessian eigenvalue density", "## Flatness with error bars"):
         assert heading in text
     assert "ResNet-8" in text and "PlainNet-8" in text
     links = re.findall(r"\]\(([^)]+)\)", text)
@@ -97,6 +112,40 @@ def test_another_budget_in_the_same_folder_is_refused(smoke):
 
     with pytest.raises(UserError, match="'smoke' budget"):
         run_study(replace(config, budget="quick"))
+
+
+def test_a_folder_from_before_a_new_stage_is_still_this_budget(tmp_path):
+    """Budget numbers added since a study folder was made (the density, the flatness) do
+    not make it "another budget"; a changed number does."""
+    from dataclasses import asdict
+
+    from depthscape.study.runner import _check_folder, _settings
+
+    budget = get_budget("quick")
+    settings = _settings(StudyConfig(out_dir=str(tmp_path)), budget, ["resnet20"])
+    old = {k: v for k, v in settings["budget"].items() if not k.startswith(("density", "flat"))}
+    (tmp_path / "study.json").write_text(json.dumps({**settings, "budget": old}))
+    _check_folder(tmp_path, settings)
+    old["sharpness_subset"] = 64
+    (tmp_path / "study.json").write_text(json.dumps({**settings, "budget": old}))
+    with pytest.raises(UserError, match="'quick' budget"):
+        _check_folder(tmp_path, settings)
+    assert asdict(budget)["density_runs"] == 2
+
+
+def test_study_cli_switches_turn_the_density_and_flatness_off(monkeypatch, tmp_path):
+    seen = {}
+
+    def fake(config):
+        seen["config"] = config
+        raise UserError("stop here")
+
+    monkeypatch.setattr("depthscape.study.runner.run_study", fake)
+    assert main(["study", "--budget", "smoke", "--out", str(tmp_path / "s"), "--no-density",
+                 "--no-flatness"]) == 2
+    assert not seen["config"].density and not seen["config"].flatness
+    assert main(["study", "--budget", "smoke", "--out", str(tmp_path / "s")]) == 2
+    assert seen["config"].density and seen["config"].flatness
 
 
 def test_interrupted_training_resumes(tmp_path, tiny_data, cache_dir):

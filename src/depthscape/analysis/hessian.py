@@ -31,22 +31,35 @@ class HessianOperator:
     vector products weighted by their share of the samples. ``precision="bf16"`` runs the
     forward pass under bf16 autocast (the loss and the products stay float32). With a single chunk the
     gradient graph is built once and reused by every product.
+
+    Data parallel (``dist`` a :class:`~depthscape.core.distributed.DistContext` of
+    ``world_size > 1``, every rank passing the same ``inputs``/``labels``): each rank keeps
+    its contiguous share (:meth:`DistContext.shard`), forms the products on it with the
+    loss still divided by the *whole* sample count (so each share counts by its number of
+    samples) and the ranks' products are summed (all-reduced in float64). Every rank then
+    holds the same product, bit for bit, so seeded Lanczos and Hutchinson runs on every rank
+    take the same steps and agree; each must call the operator the same number of times.
     """
 
     def __init__(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
                  batch_size: int = 500,
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", dist=None):
         self.model = model
+        self.dist = dist if dist is not None and dist.enabled else None
         self.precision = precision  # core.runtime: bf16 autocasts the forward pass
         self.model.eval()
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("the model has no trainable parameters")
         self.loss_fn = loss_fn or (lambda logits, y: F.cross_entropy(logits, y, reduction="sum"))
+        self.total = len(labels)  # the whole data's: each rank's share weighs by its size
+        if self.dist is not None:
+            lo, hi = self.dist.shard(len(labels))
+            inputs, labels = inputs[lo:hi], labels[lo:hi]
+        self.local = len(labels)
         self.chunks = [(inputs[i:i + batch_size], labels[i:i + batch_size])
                        for i in range(0, len(labels), batch_size)]
-        self.total = len(labels)
         if self.total == 0:
             raise ValueError("no data to measure the Hessian on")
         self._cached_grads: list[torch.Tensor] | None = None
@@ -66,16 +79,29 @@ class HessianOperator:
 
     def __call__(self, vector: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         self.products += 1
+        if self.dist is None:
+            return self._local(vector)
+        return self._all_sum(self._local(vector))
+
+    def _local(self, vector: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The product on this process's data (its share under torchrun)."""
         if len(self.chunks) == 1:
             if self._cached_grads is None:
                 self._cached_grads = self._grads(*self.chunks[0])
             return self._product(self._cached_grads, vector, retain=True)
         result = [torch.zeros_like(p) for p in self.params]
-        for x, y in self.chunks:
+        for x, y in self.chunks:  # none where a rank's share is empty: it adds zero
             part = self._product(self._grads(x, y), vector, retain=False)
             for r, h in zip(result, part):
                 r += h
         return result
+
+    def _all_sum(self, parts: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The sum over the ranks of each rank's product, in float64, as every rank's."""
+        flat = torch.cat([h.reshape(-1).double() for h in parts])
+        flat = self.dist.all_sum(flat)
+        sizes = [h.numel() for h in parts]
+        return [t.view(h.shape).to(h.dtype) for t, h in zip(flat.split(sizes), parts)]
 
     def _product(self, grads, vector, retain: bool) -> list[torch.Tensor]:
         dot = sum((g * v).sum() for g, v in zip(grads, vector))
@@ -219,15 +245,18 @@ def extreme_eigenvalues(operator: Callable, params: Sequence[torch.Tensor], iter
 def hessian_extremes(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *,
                      batch_size: int = 500,
                      loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                     iters: int = 20, tol: float = 1e-3, seed: int = 0) -> EigenExtremes:
+                     iters: int = 20, tol: float = 1e-3, seed: int = 0,
+                     dist=None) -> EigenExtremes:
     """Largest and smallest Hessian eigenvalue of ``model``'s mean loss on ``(inputs, labels)``.
 
     The model is put in eval mode (BatchNorm uses its running statistics); every trainable
     parameter counts; ``loss_fn(logits, labels)`` must return the *summed* loss (default:
     summed cross-entropy). ``batch_size`` cuts the data into chunks of that many samples.
-    For a point of a landscape, set the model's weights to the point first.
+    For a point of a landscape, set the model's weights to the point first. Under torchrun
+    pass ``dist`` (every rank the same data): the products are split over the ranks (see
+    :class:`HessianOperator`) and every rank returns the same values.
     """
-    operator = HessianOperator(model, inputs, labels, batch_size, loss_fn)
+    operator = HessianOperator(model, inputs, labels, batch_size, loss_fn, dist=dist)
     return extreme_eigenvalues(operator, operator.params, iters, tol, seed)
 
 

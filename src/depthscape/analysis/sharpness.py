@@ -115,16 +115,18 @@ class SharpnessResult:
 
 
 def model_sharpness(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
-                    config: SharpnessConfig = SharpnessConfig(), seed: int | None = None
-                    ) -> SharpnessResult:
+                    config: SharpnessConfig = SharpnessConfig(), seed: int | None = None,
+                    dist=None) -> SharpnessResult:
     """Largest and smallest eigenvalue and trace (and the top-k where ``config.top_k``) of
     the Hessian of ``model``'s mean loss on the given data: one draw, its Lanczos and probe
-    starts from ``seed`` (default ``config.seed``)."""
+    starts from ``seed`` (default ``config.seed``). Under torchrun (``dist``, every rank
+    the same data) the Hessian-vector products are split over the ranks and all-reduced
+    (:class:`HessianOperator`): every rank returns the same result."""
     from depthscape.analysis.spectrum import top_eigenvalues
 
     seed = config.seed if seed is None else seed
     operator = HessianOperator(model, inputs, labels, config.batch_size,
-                               precision=config.precision)
+                               precision=config.precision, dist=dist)
     params = operator.params
     ends = extreme_eigenvalues(operator, params, config.power_iters, config.power_tol, seed)
     trace, stderr, count, trace_ok = hessian_trace(
@@ -209,18 +211,21 @@ def draw_subsets(split, size: int | None, draws: int, seed: int) -> list:
 
 
 def _resolved(checkpoint: Path, config: SharpnessConfig):
-    """The config with its precision resolved for its device, and that device."""
-    from depthscape.core.device import get_device
+    """The config with its precision resolved for its device, that device and the process's
+    :class:`~depthscape.core.distributed.DistContext` (under torchrun: ``cuda:LOCAL_RANK``
+    or the CPU, and the process group joined)."""
+    from depthscape.core.distributed import setup
 
     if config.split not in ("train", "test"):
         raise UserError(f"split must be train or test, got {config.split!r}")
     if not checkpoint.exists():
         raise UserError(f"checkpoint not found: {checkpoint}")
-    device = get_device(config.device)
+    dist = setup(config.device)
+    device = dist.device
     precision, notice = resolve_precision(config.precision, device)  # bf16 unsupported: UserError
-    if notice:
+    if notice and dist.is_main:
         print(f"depthscape: notice: {notice}", file=sys.stderr, flush=True)
-    return replace(config, precision=precision), device
+    return replace(config, precision=precision), device, dist
 
 
 def _cache_key(checkpoint: Path, settings: dict) -> dict:
@@ -229,19 +234,41 @@ def _cache_key(checkpoint: Path, settings: dict) -> dict:
             "settings": settings}
 
 
-def _cached(output, key):
+def _cached(output, key, build=None, dist=None):
+    """``build(stored result)`` (default: the stored dict) where ``output`` holds a result
+    for ``key``, else None; under torchrun (``dist``) None unless every rank found it (all
+    measure, or none: the products are collectives)."""
+    build = build or (lambda data: data)
+    found = None
     if output is not None and Path(output).exists():
         try:
             stored = json.loads(Path(output).read_text())
             if stored.get("key") == key:
-                return stored["result"]
-        except (OSError, ValueError, TypeError):
-            pass  # damaged: measure again
-    return None
+                found = build(stored["result"])
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            found = None  # damaged or from another version: measure again
+    if dist is not None and not dist.all_true(found is not None):
+        return None
+    return found
 
 
-def _load_split(checkpoint, config, device, dataset, data_source, datasets):
-    """The trained run and the split its Hessian is measured on (before the subset)."""
+def _load_split(checkpoint, config, device, dataset, data_source, datasets, dist=None):
+    """The trained run and the split its Hessian is measured on (before the subset).
+
+    Under torchrun one process per machine loads first (it fills the data cache), then
+    the others; an error in it stops every rank."""
+    if dist is not None and dist.enabled:
+        loaded, error = None, None
+        if dist.local_rank == 0:
+            try:
+                loaded = _load_split(checkpoint, config, device, dataset, data_source, datasets)
+            except UserError as caught:
+                error = caught
+        if not dist.all_true(error is None):
+            raise error or UserError("loading the run or its data failed in another process "
+                                     "(see rank 0)")
+        return loaded if loaded is not None else _load_split(
+            checkpoint, config, device, dataset, data_source, datasets)
     from depthscape.core.trained import load_trained_run
 
     source = data_source or {}
@@ -265,11 +292,14 @@ def measure_sharpness(checkpoint: str | os.PathLike, config: SharpnessConfig = S
     while the checkpoint and settings are unchanged. ``dataset`` (loaded) or ``data_source``
     (``dataset``/``data_dir``/``cache_dir``) override the run's data by
     :func:`~depthscape.core.trained.load_trained_run`'s rule; ``datasets`` is its cache.
+    Under torchrun every rank calls this: each forms the Hessian-vector products on its
+    share of every subset, the ranks sum them (:class:`HessianOperator`), all return the
+    same result and rank 0 alone writes ``output``.
     """
     from depthscape.analysis.spectrum import run_seed
 
     checkpoint = Path(checkpoint)
-    config, device = _resolved(checkpoint, config)
+    config, device, dist = _resolved(checkpoint, config)
     settings = asdict(config)
     settings.pop("device")
     if settings["precision"] == "fp32":  # fp32 results (all earlier ones) keep their key
@@ -278,20 +308,18 @@ def measure_sharpness(checkpoint: str | os.PathLike, config: SharpnessConfig = S
         if settings[name] == off:
             settings.pop(name)
     key = _cache_key(checkpoint, settings)
-    stored = _cached(output, key)
+    stored = _cached(output, key, lambda data: SharpnessResult(**data), dist)
     if stored is not None:
-        try:
-            return SharpnessResult(**stored)
-        except TypeError:
-            pass  # from another version: measure again
-    run, split = _load_split(checkpoint, config, device, dataset, data_source, datasets)
+        return stored
+    run, split = _load_split(checkpoint, config, device, dataset, data_source, datasets, dist)
     seeds = [run_seed(config.seed, i) for i in range(config.draws)]
     draws = []
     for subset, seed in zip(draw_subsets(split, config.subset, config.draws, config.seed), seeds):
         inputs = run.preprocess.normalize(subset.images.to(device))
-        draws.append(model_sharpness(run.model, inputs, subset.labels.to(device), config, seed))
+        draws.append(model_sharpness(run.model, inputs, subset.labels.to(device), config, seed,
+                                     dist))
     result = combine_draws(draws, seeds)
-    if output is not None:
+    if output is not None and dist.is_main:
         atomic_write_text(output, json.dumps({"key": key, "result": asdict(result)}, indent=2) + "\n")
     return result
 
@@ -306,30 +334,29 @@ def measure_density(checkpoint: str | os.PathLike, config: SharpnessConfig = Sha
     With ``output`` (a ``.json`` path) the density is stored there with every setting, and
     beside it as ``.csv`` (eigenvalue, density) and ``.png`` (log density axis); the JSON is
     reused while the checkpoint and settings are unchanged. Returns a SpectralDensity.
+    Under torchrun the products are split over the ranks as :func:`measure_sharpness`'s
+    are; rank 0 alone writes.
     """
     from depthscape.analysis.spectrum import SpectralDensity, plot_densities, spectral_density
 
     checkpoint = Path(checkpoint)
-    config, device = _resolved(checkpoint, config)
+    config, device, dist = _resolved(checkpoint, config)
     settings = {"split": config.split, "subset": config.subset, "batch_size": config.batch_size,
                 "seed": config.seed, "precision": config.precision, **asdict(density)}
     key = _cache_key(checkpoint, settings)
-    stored = _cached(output, key)
+    stored = _cached(output, key, SpectralDensity.from_dict, dist)
     if stored is not None:
-        try:
-            return SpectralDensity.from_dict(stored)
-        except TypeError:
-            pass
-    run, split = _load_split(checkpoint, config, device, dataset, data_source, datasets)
+        return stored
+    run, split = _load_split(checkpoint, config, device, dataset, data_source, datasets, dist)
     subset = split.subset(config.subset, seed=config.seed)
     operator = HessianOperator(run.model, run.preprocess.normalize(subset.images.to(device)),
                                subset.labels.to(device), config.batch_size,
-                               precision=config.precision)
+                               precision=config.precision, dist=dist)
     result = spectral_density(operator, operator.params, density.runs, density.steps,
                               density.width, density.points, seed=config.seed)
     result.settings.update({k: v for k, v in settings.items() if k not in result.settings})
     result.settings["subset_size"] = len(subset)
-    if output is not None:
+    if output is not None and dist.is_main:
         output = Path(output)
         atomic_write_text(output, json.dumps({"key": key, "result": asdict(result)}) + "\n")
         atomic_write_text(output.with_suffix(".csv"), result.to_csv())
@@ -363,9 +390,13 @@ def measure_runs(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
     """Sharpness of every finished run under ``run_dir``, cached as ``<out_dir>/<run>.json``.
 
     ``out_dir`` defaults to ``<run_dir>/sharpness``. Returns (RunInfo, result) pairs.
+    Under torchrun every rank calls this (rank 0 shows the progress and writes).
     """
     from tqdm.auto import tqdm
 
+    from depthscape.core.distributed import is_main_process
+
+    progress = progress and is_main_process()
     runs = _finished_runs(run_dir, models)
     out = Path(out_dir) if out_dir else Path(run_dir) / "sharpness"
     results = []
@@ -384,17 +415,21 @@ def measure_run_densities(run_dir: str | os.PathLike, out_dir: str | os.PathLike
                           data_source: dict | None = None, progress: bool = True) -> list:
     """The eigenvalue density of every finished run, as ``<out_dir>/<run>.density.json``
     (with ``.csv`` and ``.png``), and all of them on one axis in ``<out_dir>/density.png``.
-    Returns (RunInfo, SpectralDensity) pairs."""
+    Returns (RunInfo, SpectralDensity) pairs. Under torchrun every rank calls this (rank 0
+    shows the progress and writes)."""
     from tqdm.auto import tqdm
 
     from depthscape.analysis.curves import display_name
     from depthscape.analysis.spectrum import plot_densities
     from depthscape.analysis.tables import model_sort_key
+    from depthscape.core.distributed import is_main_process
 
     runs = sorted(_finished_runs(run_dir, models),
                   key=lambda r: (model_sort_key(r.model), getattr(r, "seed", 0)))
     out = Path(out_dir) if out_dir else Path(run_dir) / "sharpness"
     several = len({r.model for r in runs}) < len(runs)
+    main = is_main_process()
+    progress = progress and main
     results = []
     datasets: dict = {}
     for run in tqdm(runs, desc="density", unit="run", disable=not progress, dynamic_ncols=True):
@@ -404,7 +439,7 @@ def measure_run_densities(run_dir: str | os.PathLike, out_dir: str | os.PathLike
             out / f"{run.paths.run_name}.density.json", data_source, datasets, label)))
     drawn = [(display_name(r.model) + (f" seed {r.seed}" if several else ""), d)
              for r, d in results if d.density]
-    if drawn:
+    if drawn and main:
         plot_densities(drawn, out / "density.png", title="Hessian eigenvalue density (SLQ)")
     return results
 

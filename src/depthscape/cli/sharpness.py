@@ -77,8 +77,12 @@ def run(args: argparse.Namespace) -> int:
     )
     from depthscape.analysis.tables import write_table
     from depthscape.core.atomic import ensure_writable_dir
+    from depthscape.core.distributed import setup
     from depthscape.core.locking import claim_folder
 
+    # under torchrun every rank runs this command: the Hessian-vector products are split
+    # over the ranks, rank 0 holds the folder's lock, writes and prints
+    dist = setup(args.device)
     config = SharpnessConfig(split=args.split, subset=args.subset, batch_size=args.batch_size,
                              power_iters=args.power_iters, power_tol=args.power_tol,
                              trace_samples=args.trace_samples, trace_tol=args.trace_tol,
@@ -87,11 +91,11 @@ def run(args: argparse.Namespace) -> int:
     out = ensure_writable_dir(Path(args.out) if args.out else Path(args.run_dir) / "sharpness",
                               create=False)
     source = {"dataset": args.dataset, "data_dir": args.data_dir, "cache_dir": args.cache_dir}
-    with claim_folder(out, f"sharpness folder {out}"):
+    with claim_folder(out, f"sharpness folder {out}", owner=dist.is_main, agree=dist.all_true):
         results = measure_runs(args.run_dir, out, args.models or None, config,
                                data_source=source, progress=not args.no_progress)
         table = sharpness_table(results)
-        written = write_table(table, out, "sharpness")
+        written = write_table(table, out, "sharpness") if dist.is_main else []
         if args.density:
             density = DensityConfig(runs=args.density_runs, steps=args.density_steps,
                                     width=args.density_width, points=args.density_points)
@@ -102,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
                                        for run, _ in densities for suffix in ("json", "csv")]
             if any(d.density for _, d in densities):
                 written.append(out / "density.png")
+    if not dist.is_main:
+        return 0
     print(f"{table.title}\n\n{table.markdown()}")
     print("written: " + ", ".join(str(p) for p in written))
     return 0

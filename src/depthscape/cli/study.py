@@ -14,8 +14,9 @@ from depthscape.cli._common import (
 from depthscape.core.runtime import PRECISIONS
 
 NAME = "study"
-HELP = ("run the whole comparison: train the seven models, plot, measure landscapes and "
-        "sharpness, write Tables 1-2 and report.md/report.html (resumable)")
+HELP = ("run the whole comparison: train the seven models, plot, measure landscapes, "
+        "sharpness, eigenvalue densities and flatness, write Tables 1-2 and "
+        "report.md/report.html (resumable)")
 ORDER = 5
 
 
@@ -39,6 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-trajectories", action="store_true",
                         help="keep no weight snapshots and skip the optimization trajectories")
     parser.add_argument("--no-curvature", action="store_true", help="skip the curvature maps")
+    parser.add_argument("--no-density", action="store_true",
+                        help="skip the Hessian's eigenvalue density (SLQ)")
+    parser.add_argument("--no-flatness", action="store_true",
+                        help="skip the random 1-D slices with error bars (flatness)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_gpu_arguments(parser)
     parser.add_argument("--runs-per-gpu", type=positive_int, default=None,
@@ -59,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
         dataset=args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir,
         device=args.device, models=args.models, landscapes=not args.no_landscapes,
         sharpness=not args.no_sharpness, trajectories=not args.no_trajectories,
-        curvature=not args.no_curvature, progress=not args.no_progress,
+        curvature=not args.no_curvature, density=not args.no_density,
+        flatness=not args.no_flatness, progress=not args.no_progress,
         runs_per_gpu=args.runs_per_gpu, landscape_precision=args.landscape_precision,
         **{k: v for k, v in gpu_settings(args).items() if k != "amp"})
     if args.amp:  # --amp is the older name of --precision bf16

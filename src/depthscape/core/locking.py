@@ -203,17 +203,21 @@ def claim_output(target: str | os.PathLike, what: str, owner: bool = True,
 
 @contextlib.contextmanager
 def claim_folder(folder: str | os.PathLike, what: str,
-                 subfolders: tuple[str, ...] = ()) -> Iterator[Path]:
+                 subfolders: tuple[str, ...] = (), owner: bool = True,
+                 agree: Callable[[bool], bool] | None = None) -> Iterator[Path]:
     """Hold the lock of an output folder (plots, tables, sharpness) while a command writes there.
 
     The folder is created; under its lock the temporaries an interrupted atomic write of
     depthscape left in it (and in the ``subfolders`` the command writes) are removed: only
     depthscape's own, of writers no longer running (see
     :func:`~depthscape.core.atomic.stale_temporary`), never a user's file, never further below.
+    Under torchrun only rank 0 is the ``owner`` (it locks and cleans); ``agree`` as in
+    :func:`claim`.
     """
     from depthscape.core.atomic import ensure_writable_dir
 
     folder = ensure_writable_dir(folder)
-    with claim(folder / ".depthscape.lock", what):
-        remove_stale_temporaries_in([folder, *(folder / sub for sub in subfolders)])
+    with claim(folder / ".depthscape.lock", what, owner, agree):
+        if owner:
+            remove_stale_temporaries_in([folder, *(folder / sub for sub in subfolders)])
         yield folder

@@ -141,8 +141,78 @@ def describe_change(first: float, last: float, unit: str = "points", digits: int
     return f"{'up' if change > 0 else 'down'} {abs(change):.{digits}f} {unit} end to end"
 
 
-def observations(metrics, sharpness) -> list[str]:
-    """Plain statements read off the results (no claim the numbers do not make)."""
+def compare_intervals(first: tuple[float, float], second: tuple[float, float],
+                      level: float = 0.95) -> str:
+    """Whether two means with their confidence half-widths differ: ``"significant: the
+    95% intervals do not overlap"`` only where they do not, ``"within noise: the 95%
+    intervals overlap"`` where they do, ``""`` where either has no interval (one draw)."""
+    (m1, h1), (m2, h2) = first, second
+    if not all(math.isfinite(v) for v in (m1, h1, m2, h2)):
+        return ""
+    percent = round(100 * level)
+    if m1 + h1 < m2 - h2 or m2 + h2 < m1 - h1:
+        return f"significant: the {percent}% intervals do not overlap"
+    return f"within noise: the {percent}% intervals overlap"
+
+
+def _ci_text(mean: float, half: float) -> str:
+    return f"{mean:.3g} ± {half:.2g}" if math.isfinite(half) else f"{mean:.3g}"
+
+
+def flatness_observations(flatness, depths, first, second) -> list[str]:
+    """ResNet vs PlainNet at each depth, per flatness measure, mean ± CI over the random
+    directions: a difference is called significant only where the intervals do not
+    overlap, "within noise" where they do."""
+    from depthscape.analysis.landscape.flatness import pooled_flatness
+
+    if not flatness:
+        return []
+    pooled = pooled_flatness(flatness)
+    level = flatness[0][1].confidence
+    lines = []
+    radius = next(iter(pooled.values()))["radius"]
+    for measure, what in (("rise", f"Loss rise at radius {radius:g} along random 1-D slices "
+                                   "(higher = sharper)"),
+                          ("doubling", "Radius where the loss doubles along random 1-D slices "
+                                       "(higher = flatter)")):
+        pairs = []
+        for depth in depths:
+            a = pooled.get(f"{first.prefix}{depth}")
+            b = pooled.get(f"{second.prefix}{depth}")
+            if not (a and b):
+                continue
+            cells, intervals = [], []
+            for values in (a, b):
+                mean, half, n = values[measure]
+                if measure == "doubling" and n < values["directions"]:
+                    # some directions never doubled within the span: the mean of the
+                    # others is a lower bound, no interval to compare
+                    shown = (f"> {values['span']:g} in all {values['directions']} directions"
+                             if n == 0 else f"{_ci_text(mean, half)} ({n} of "
+                             f"{values['directions']} directions doubled)")
+                    cells.append(shown)
+                    intervals.append((math.nan, math.nan))
+                    continue
+                cells.append(_ci_text(mean, half))
+                intervals.append((mean, half))
+            verdict = compare_intervals(*intervals, level=level)
+            if not verdict:
+                verdict = "not comparable: not every direction doubled within the span" \
+                    if measure == "doubling" else "no interval (one direction)"
+            pairs.append(f"depth {depth}: {first.label} {cells[0]} vs {second.label} "
+                         f"{cells[1]} ({verdict})")
+        if pairs:
+            lines.append(f"{what}, mean ± {round(100 * level)}% CI over the directions: "
+                         + "; ".join(pairs) + ".")
+    return lines
+
+
+def observations(metrics, sharpness, flatness=None) -> list[str]:
+    """Plain statements read off the results (no claim the numbers do not make).
+
+    Where a measure comes with confidence intervals (sharpness with several draws, the
+    flatness slices), a ResNet/PlainNet difference is called significant only where the
+    two intervals do not overlap, and "within noise" where they do."""
     lines = []
     groups = group_by_model(metrics)
     depth_families = families(with_depth=True)
@@ -176,6 +246,10 @@ def observations(metrics, sharpness) -> list[str]:
                          f"{train_acc - test_acc:.2f} points).")
     if sharpness and first and second:
         lines += _sharpness_observations(sharpness, depths, first, second)
+    if flatness and first and second:
+        depths = sorted(set(depths) | {model_depth(r.model) for r, _ in flatness
+                                       if model_depth(r.model)})
+        lines += flatness_observations(flatness, depths, first, second)
     return lines
 
 
@@ -208,10 +282,24 @@ def _sharpness_observations(sharpness, depths, first, second) -> list[str]:
                              f"converge in {_steps(used)} Lanczos steps)")
                 continue
             resolved += 1
-            pairs.append(f"depth {depth}: {first.label} "
-                         f"{np.mean([getattr(x, f'{end}_eigenvalue') for x in r]):.3g} vs "
-                         f"{second.label} "
-                         f"{np.mean([getattr(x, f'{end}_eigenvalue') for x in p]):.3g}")
+            text = (f"depth {depth}: {first.label} "
+                    f"{np.mean([getattr(x, f'{end}_eigenvalue') for x in r]):.3g} vs "
+                    f"{second.label} "
+                    f"{np.mean([getattr(x, f'{end}_eigenvalue') for x in p]):.3g}")
+            if len(r) == 1 and len(p) == 1:  # one seed each: its draws' intervals, if any
+                half = [getattr(g[0], f"{end}_ci") for g in (r, p)]
+                if all(h is not None for h in half):
+                    level = r[0].confidence or 0.95
+                    verdict = compare_intervals(
+                        (getattr(r[0], f"{end}_eigenvalue"), half[0]),
+                        (getattr(p[0], f"{end}_eigenvalue"), half[1]), level)
+                    if verdict:
+                        text = (f"depth {depth}: {first.label} "
+                                f"{_ci_text(getattr(r[0], f'{end}_eigenvalue'), half[0])} vs "
+                                f"{second.label} "
+                                f"{_ci_text(getattr(p[0], f'{end}_eigenvalue'), half[1])} "
+                                f"({verdict})")
+            pairs.append(text)
         mark = f"Numbers marked {UNCONVERGED_MARK} in the sharpness table did not converge."
         if resolved:
             lines.append(f"{what} at each depth: " + "; ".join(pairs) + "."
@@ -248,7 +336,7 @@ def build_blocks(result, budget, settings: dict) -> list:
         f"{budget.iterations('resnet20')}, the CNN for {budget.iterations('cnn')}, on "
         f"{budget.train_subset or 'all'} training images; {seeds} seed(s) per model; dataset "
         f"`{settings.get('dataset')}`.{sizes} Generated {time.strftime('%Y-%m-%d %H:%M')}."))
-    facts = observations(metrics, result.sharpness)
+    facts = observations(metrics, result.sharpness, getattr(result, "flatness", None))
     if facts:
         blocks += [Heading("Observations"), Bullets(facts)]
     if budget.name != "paper":
@@ -306,6 +394,7 @@ def build_blocks(result, budget, settings: dict) -> list:
         blocks.append(Heading("Interactive 3-D surfaces", 3))
         blocks += [SurfaceBlock(ls, display_name(ls.model)) for ls in result.landscapes]
     blocks += _view_blocks(result, budget)
+    blocks += _spectrum_blocks(result, budget)
     for note in result.notes:
         blocks.append(Paragraph(f"Note: {note}"))
     blocks += [Heading("How this report was made"), _budget_table(budget)]
@@ -316,7 +405,8 @@ def build_blocks(result, budget, settings: dict) -> list:
                                 "done by an earlier call are reused, not repeated)."))
     blocks.append(Paragraph(f"Everything lies under `{out}`: `logs/` (CSV training logs), "
                             "`models/` (checkpoints), `plots/`, `tables/` (Markdown and CSV), "
-                            "`landscapes/` (HDF5 surfaces, interactive pages), `sharpness/`."))
+                            "`landscapes/` (HDF5 surfaces, interactive pages), `sharpness/` "
+                            "(with the densities), `flatness/`."))
     return blocks
 
 
@@ -347,6 +437,52 @@ def _view_blocks(result, budget) -> list:
     return blocks
 
 
+def _spectrum_blocks(result, budget) -> list:
+    """The eigenvalue density (ResNet vs PlainNet per depth) and flatness with error bars."""
+    from depthscape.analysis.landscape.flatness import flatness_table
+
+    blocks: list = []
+    pairs = [(depth, png) for depth, png in getattr(result, "density_pairs", [])
+             if Path(png).exists()]
+    if pairs:
+        blocks += [Heading("Hessian eigenvalue density"), Paragraph(
+            f"Stochastic Lanczos quadrature (Ghorbani et al. 2019): {budget.density_runs} "
+            f"Lanczos run(s) of {budget.density_steps} steps from random starts on the "
+            f"Hessian of the training loss on {budget.sharpness_subset} training images "
+            "(BatchNorm in eval mode), Gaussian-broadened, on a log density axis; seed 0. "
+            "Mass far from zero: directions of strong curvature (right: upward, left: the "
+            "loss still descends). Few steps resolve the outliers and the bulk's outline, "
+            "not the bulk's detail."),
+            FigureGrid([FigureBlock(Path(png), f"ResNet-{depth} vs PlainNet-{depth}")
+                        for depth, png in pairs])]
+    flatness = getattr(result, "flatness", [])
+    if flatness:
+        first = flatness[0][1]
+        level = round(100 * first.confidence)
+        blocks += [Heading("Flatness with error bars"), Paragraph(
+            f"{budget.flatness_directions} filter-normalised random directions per model "
+            f"(BatchNorm and biases untouched), the test loss on "
+            f"{budget.flatness_subset or 'all'} test images at {budget.flatness_points} steps "
+            f"over [-1, 1] (plus ±{first.radius:g}) along each. Loss rise: the mean of the loss "
+            f"at ±{first.radius:g} minus the minimum's; doubling radius: the step where the "
+            f"loss first reaches twice the minimum's. Each is the mean ± the {level}% "
+            "Student-t interval over the directions: a ResNet/PlainNet difference is real "
+            "only where the intervals do not overlap."),
+            TableBlock(flatness_table(flatness))]
+        figure = getattr(result, "flatness_figure", None)
+        if figure is not None and Path(figure).exists():
+            blocks.append(FigureBlock(Path(figure), "Both measures by depth, mean ± "
+                                      f"{level}% CI over the directions"))
+        bands = [FigureBlock(png, display_name(run.model)) for run, _ in flatness
+                 if getattr(run, "seed", 0) == 0 and (png := Path(result.out_dir) / "flatness"
+                                                      / f"{run.paths.run_name}.flatness.png"
+                                                      ).exists()]
+        if bands:
+            blocks += [Heading("The slices of each model (band: mean ± CI, and min to max)", 3),
+                       FigureGrid(bands)]
+    return blocks
+
+
 def _figure(figure, caption: str) -> FigureBlock:
     png = next(p for p in figure.paths if p.suffix == ".png")
     others = [(p.suffix[1:].upper(), p) for p in figure.paths if p.suffix != ".png"]
@@ -368,6 +504,13 @@ def _budget_table(budget) -> TableBlock:
                       f"{budget.sharpness_power_iters} Lanczos steps, <= "
                       f"{budget.sharpness_trace_samples} Hutchinson probes"],
     ]
+    if getattr(budget, "density_runs", 0) and getattr(budget, "density_steps", 0):
+        rows.append(["eigenvalue density", f"{budget.density_runs} Lanczos runs x "
+                     f"{budget.density_steps} steps on the sharpness images"])
+    if getattr(budget, "flatness_directions", 0):
+        rows.append(["flatness", f"{budget.flatness_directions} random 1-D slices x "
+                     f"{budget.flatness_points} points on "
+                     f"{budget.flatness_subset or 'all'} test images"])
     table = Table("Budget", ["Setting", f"{budget.name}"], rows, ["setting", "value"], rows)
     return TableBlock(table)
 

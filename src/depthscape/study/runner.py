@@ -66,6 +66,15 @@ class Budget:
     curvature_resolution: int = 11
     curvature_subset: int = 256
     curvature_iters: int = 20
+    # Issue 18: the Hessian's eigenvalue density (SLQ: runs x steps Hessian-vector products
+    # on the sharpness subset, each ResNet/PlainNet; 0 runs: none) and flatness with error
+    # bars (K random 1-D slices of `flatness_points` steps over [-1, 1] through every
+    # minimum, on `flatness_subset` test images; 0 directions: none).
+    density_runs: int = 0
+    density_steps: int = 0
+    flatness_directions: int = 0
+    flatness_points: int = 11
+    flatness_subset: int | None = 200
     models: tuple[str, ...] = STUDY_MODELS
 
     def recipe(self, model: str):
@@ -96,6 +105,8 @@ class Budget:
 QUICK_TRAJECTORY_RESOLUTION = 7
 QUICK_CURVATURE_RESOLUTION = 5
 QUICK_CURVATURE_ITERS = 4
+QUICK_DENSITY_RUNS, QUICK_DENSITY_STEPS = 2, 20
+QUICK_FLATNESS_DIRECTIONS, QUICK_FLATNESS_POINTS = 5, 11
 
 BUDGETS: dict[str, Budget] = {
     # The spec's recipes: 64,000 iterations (ResNet/PlainNet), 50 epochs (CNN), all of the
@@ -108,7 +119,9 @@ BUDGETS: dict[str, Budget] = {
         landscape_resolution=51, landscape_subset=None,
         sharpness_subset=2000, sharpness_power_iters=50, sharpness_trace_samples=100,
         sharpness_trace_tol=0.02, snapshots=40, trajectory_resolution=25, trajectory_subset=None,
-        curvature_resolution=11, curvature_subset=1000, curvature_iters=20),
+        curvature_resolution=11, curvature_subset=1000, curvature_iters=20,
+        density_runs=3, density_steps=80, flatness_directions=10, flatness_points=41,
+        flatness_subset=None),
     # Sized for a 2-core CPU on real CIFAR-10 (numbers and timings in docs/study.md): all
     # six ResNets/PlainNets train the same 400 iterations (the spec's schedule scaled by
     # 1/160: lr decays at 200 and 300) on a fixed 10,000-image subset, so depth and the
@@ -127,7 +140,12 @@ BUDGETS: dict[str, Budget] = {
         # trajectories and curvature maps sized to ~5 min together (docs/study.md)
         snapshots=40, trajectory_resolution=QUICK_TRAJECTORY_RESOLUTION, trajectory_subset=100,
         curvature_resolution=QUICK_CURVATURE_RESOLUTION, curvature_subset=16,
-        curvature_iters=QUICK_CURVATURE_ITERS),
+        curvature_iters=QUICK_CURVATURE_ITERS,
+        # the density and flatness sized from the sharpness and landscape steps' measured
+        # costs (docs/study.md): about 6 and 1.5 min
+        density_runs=QUICK_DENSITY_RUNS, density_steps=QUICK_DENSITY_STEPS,
+        flatness_directions=QUICK_FLATNESS_DIRECTIONS, flatness_points=QUICK_FLATNESS_POINTS,
+        flatness_subset=200),
     # Seconds per model on tiny data: for tests and for trying the pipeline.
     "smoke": Budget(
         name="smoke", description="a few iterations on a few images, to check the pipeline",
@@ -138,7 +156,8 @@ BUDGETS: dict[str, Budget] = {
         sharpness_subset=16, sharpness_power_iters=2, sharpness_trace_samples=2,
         sharpness_power_tol=1e-2, sharpness_trace_tol=0.5, snapshots=4,
         trajectory_resolution=3, trajectory_subset=32, curvature_resolution=2,
-        curvature_subset=8, curvature_iters=3),
+        curvature_subset=8, curvature_iters=3, density_runs=2, density_steps=3,
+        flatness_directions=2, flatness_points=3, flatness_subset=32),
 }
 
 
@@ -165,6 +184,8 @@ class StudyConfig:
     sharpness: bool = True
     trajectories: bool = True  # where the budget keeps snapshots
     curvature: bool = True  # curvature maps on the landscapes' planes
+    density: bool = True  # the Hessian's eigenvalue density (where the budget has one)
+    flatness: bool = True  # K random 1-D slices with error bars (where the budget has them)
     progress: bool = True
     # switches passed to every training (None: the device's defaults; on CUDA the captured
     # step, bf16 and channels-last, on the CPU channels-last fp32; bf16 where asked);
@@ -194,6 +215,10 @@ class StudyResult:
     trajectory_pairs: list = field(default_factory=list)  # (depth, PNG of ResNet | PlainNet)
     curvature: list = field(default_factory=list)  # report.View (one per run)
     curvature_grid: Path | None = None  # PNG: every map on one colour scale
+    densities: list = field(default_factory=list)  # (RunInfo, SpectralDensity), seed 0
+    density_pairs: list = field(default_factory=list)  # (depth, PNG of ResNet and PlainNet)
+    flatness: list = field(default_factory=list)  # (RunInfo, FlatnessResult)
+    flatness_figure: Path | None = None  # PNG: both measures by depth, with error bars
 
 
 def _settings(config: StudyConfig, budget: Budget, models: list[str]) -> dict:
@@ -213,7 +238,10 @@ def _check_folder(out: Path, settings: dict) -> None:
     except (OSError, ValueError):
         return
     old = saved.get("budget", {})
-    if old and old != settings["budget"]:
+    new = settings["budget"]
+    # a number the saved study has not heard of (a stage added since) is no conflict: that
+    # stage's results are new either way
+    if old and {key: new.get(key) for key in old} != old:
         raise UserError(f"{out} holds a study with the {old.get('name', 'another')!r} budget "
                         f"(or other budget numbers); use another --out for the "
                         f"{settings['budget']['name']!r} budget")
@@ -337,6 +365,12 @@ def _run_study(config: StudyConfig) -> StudyResult:
     if config.curvature and landscapes:
         with step("curvature"):
             _curvature(runs, landscapes, budget, dataset, config, out, result)
+    if config.density and budget.density_runs and budget.density_steps:
+        with step("density"):
+            _density(runs, budget, dataset, config, out, result)
+    if config.flatness and budget.flatness_directions:
+        with step("flatness"):
+            _flatness(runs, budget, dataset, config, out, result)
     with step("report"):
         write_report(result, budget, settings)
     _write_timings(out, timings)
@@ -432,18 +466,24 @@ def _fresh_landscape_plots(surface: Path, plot_dir: Path) -> list[Path] | None:
     return None
 
 
-def _sharpness(runs, budget: Budget, dataset, config: StudyConfig, out: Path) -> list:
-    from tqdm.auto import tqdm
+def _sharpness_config(budget: Budget, config: StudyConfig):
+    from depthscape.analysis.sharpness import SharpnessConfig
 
-    from depthscape.analysis.sharpness import SharpnessConfig, measure_sharpness, sharpness_table
-    from depthscape.analysis.tables import write_table
-
-    sharp_config = SharpnessConfig(
+    return SharpnessConfig(
         split="train", subset=budget.sharpness_subset,
         batch_size=min(budget.sharpness_subset, 512),  # bounds the double-backward's memory
         power_iters=budget.sharpness_power_iters, power_tol=budget.sharpness_power_tol,
         trace_samples=budget.sharpness_trace_samples, trace_tol=budget.sharpness_trace_tol,
         min_trace_samples=min(5, budget.sharpness_trace_samples), seed=0, device=config.device)
+
+
+def _sharpness(runs, budget: Budget, dataset, config: StudyConfig, out: Path) -> list:
+    from tqdm.auto import tqdm
+
+    from depthscape.analysis.sharpness import measure_sharpness, sharpness_table
+    from depthscape.analysis.tables import write_table
+
+    sharp_config = _sharpness_config(budget, config)
     results = []
     finished = [r for r in runs if r.paths.final.exists()]
     for run in tqdm(finished, desc="sharpness", unit="run", disable=not config.progress,
@@ -529,6 +569,78 @@ def _curvature(runs, landscapes, budget: Budget, dataset, config: StudyConfig, o
         result.curvature_grid = png
 
 
+def _density(runs, budget: Budget, dataset, config: StudyConfig, out: Path, result) -> None:
+    """The eigenvalue density of each ResNet/PlainNet (seed 0) on the sharpness subset, and
+    ResNet vs PlainNet on one axis at each depth."""
+    from depthscape.analysis.curves import display_name
+    from depthscape.analysis.sharpness import DensityConfig, measure_density
+    from depthscape.analysis.spectrum import plot_densities
+    from depthscape.core.models import model_depth
+
+    sharp_config = _sharpness_config(budget, config)
+    density_config = DensityConfig(runs=budget.density_runs, steps=budget.density_steps)
+    by_model = {}
+    for run in runs:
+        # ResNets and PlainNets (a model of fixed depth, the CNN, has no pair to face)
+        if run.seed != 0 or not run.paths.final.exists() or model_depth(run.model) is None:
+            continue
+        _say(config.progress, f"eigenvalue density of {run.paths.run_name} "
+                              f"({budget.density_runs} x {budget.density_steps} Lanczos steps)")
+        density = measure_density(run.paths.final, sharp_config, density_config, dataset,
+                                  out / "sharpness" / f"{run.paths.run_name}.density.json",
+                                  label=display_name(run.model))
+        result.densities.append((run, density))
+        by_model[run.model] = (run, density)
+    plot_dir = out / "plots" / "density"
+    for depth in sorted({model_depth(m) for m in by_model}):
+        pair = [by_model[m] for m in (f"resnet{depth}", f"plain{depth}") if m in by_model]
+        drawn = [(display_name(run.model), d) for run, d in pair if d.density]
+        if not drawn:
+            continue
+        png = plot_dir / f"resnet_vs_plain_{depth}_density.png"
+        sources = [out / "sharpness" / f"{run.paths.run_name}.density.json" for run, _ in pair]
+        if not all(_newer(png, source) for source in sources):
+            plot_dir.mkdir(parents=True, exist_ok=True)
+            plot_densities(drawn, png, title=f"Hessian eigenvalue density at depth {depth}")
+        result.density_pairs.append((depth, png))
+
+
+def _flatness(runs, budget: Budget, dataset, config: StudyConfig, out: Path, result) -> None:
+    """K random 1-D slices through every finished minimum: the table, each run's band and
+    both measures by depth with their error bars."""
+    from depthscape.analysis.landscape.flatness import (
+        FlatnessConfig,
+        flatness_table,
+        measure_run_flatness,
+        plot_flatness_by_depth,
+    )
+    from depthscape.analysis.tables import write_table
+
+    finished = [r for r in runs if r.paths.final.exists()]
+    if not finished:
+        return
+    flat_config = FlatnessConfig(
+        directions=budget.flatness_directions, points=budget.flatness_points, split="test",
+        subset=budget.flatness_subset, batch_size=min(budget.flatness_subset or 1000, 1000),
+        seed=0, device=config.device)
+    _say(config.progress, f"flatness: {budget.flatness_directions} random 1-D slices of "
+                          f"{budget.flatness_points} points per run")
+    results = measure_run_flatness(out, out / "flatness", sorted({r.model for r in finished}),
+                                   flat_config, {"dataset": dataset}, progress=config.progress)
+    wanted = {(r.model, r.seed) for r in finished}
+    result.flatness = [(run, f) for run, f in results if (run.model, run.seed) in wanted]
+    if not result.flatness:
+        return
+    write_table(flatness_table(result.flatness), out / "flatness", "flatness")
+    png = out / "plots" / "flatness" / "flatness_by_depth.png"
+    sources = [out / "flatness" / f"{run.paths.run_name}.flatness.json"
+               for run, _ in result.flatness]
+    if not all(_newer(png, source) for source in sources):
+        png.parent.mkdir(parents=True, exist_ok=True)
+        plot_flatness_by_depth(result.flatness, png)
+    result.flatness_figure = png
+
+
 def describe_budgets() -> str:
     """One paragraph per budget with its numbers (for ``--help`` and the docs)."""
     lines = []
@@ -537,13 +649,16 @@ def describe_budgets() -> str:
                      f"{budget.iterations('resnet20')}, CNN {budget.iterations('cnn')}, "
                      f"train subset {budget.train_subset or 'all'}, landscape "
                      f"{budget.landscape_resolution}x{budget.landscape_resolution} on "
-                     f"{budget.landscape_subset or 'all'} test images")
+                     f"{budget.landscape_subset or 'all'} test images, density "
+                     f"{budget.density_runs}x{budget.density_steps} Lanczos steps, flatness "
+                     f"{budget.flatness_directions} slices x {budget.flatness_points} points")
     return "\n".join(lines)
 
 
 #: The folders a study writes its own files into (runs' files have their own locks).
 STUDY_FOLDERS = (".", "plots", "plots/landscapes", "plots/trajectories", "plots/curvature",
-                 "tables", "tables/metrics", "landscapes", "trajectories", "sharpness")
+                 "plots/density", "plots/flatness", "tables", "tables/metrics", "landscapes",
+                 "trajectories", "sharpness", "flatness")
 
 
 def study_paths(out_dir: str | os.PathLike) -> dict[str, Path]:
@@ -551,4 +666,5 @@ def study_paths(out_dir: str | os.PathLike) -> dict[str, Path]:
     out = Path(out_dir)
     return {"report_md": out / "report.md", "report_html": out / "report.html",
             "plots": out / "plots", "tables": out / "tables", "landscapes": out / "landscapes",
-            "sharpness": out / "sharpness", "logs": out / "logs", "models": out / "models"}
+            "sharpness": out / "sharpness", "flatness": out / "flatness", "logs": out / "logs",
+            "models": out / "models"}

@@ -291,3 +291,69 @@ def flatness_table(results: Sequence[tuple[object, FlatnessResult]]):
             "within the span are counted apart).")
     return Table("Flatness along random 1-D slices through the trained minima", header, rows,
                  csv_header, csv_rows, notes=[note])
+
+
+def pooled_flatness(results: Sequence[tuple[object, FlatnessResult]],
+                    confidence: float = CONFIDENCE) -> dict:
+    """Per model: both measures, mean ± Student-t half-width over every direction of every
+    seed (one seed: its own). ``{model: {"rise": (mean, half, n), "doubling": (mean, half,
+    reached), "directions": n, "span": span}}``; a direction that never doubled is left out
+    of the doubling mean (``reached`` < ``directions``)."""
+    by_model: dict[str, list[FlatnessResult]] = {}
+    for run, result in results:
+        by_model.setdefault(run.model, []).append(result)
+    pooled = {}
+    for model, group in by_model.items():
+        rise = [v for r in group for v in r.rise]
+        doubling = [v for r in group for v in r.doubling if v is not None]
+        span = max(float(r.settings.get("span", max(r.coordinates))) for r in group)
+        pooled[model] = {"rise": mean_ci(rise, confidence),
+                         "doubling": mean_ci(doubling, confidence),
+                         "directions": len(rise), "span": span,
+                         "radius": group[0].radius}
+    return pooled
+
+
+def plot_flatness_by_depth(results: Sequence[tuple[object, FlatnessResult]], path,
+                           confidence: float = CONFIDENCE):
+    """Both measures against depth, one line per family, each point mean ± CI over the
+    directions (pooled over seeds); a model of fixed depth (the CNN) as a dashed level.
+    Writes ``path``; returns it."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from depthscape.analysis.curves import display_name
+    from depthscape.core.models import families, model_depth, model_family
+
+    pooled = pooled_flatness(results, confidence)
+    radius = next(iter(pooled.values()))["radius"] if pooled else math.nan
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    panels = (("rise", f"Loss rise at radius {radius:g} (higher = sharper)"),
+              ("doubling", "Radius where the loss doubles (higher = flatter)"))
+    for ax, (measure, label) in zip(axes, panels):
+        for i, family in enumerate(families(with_depth=True)):
+            points = sorted((model_depth(m), v[measure]) for m, v in pooled.items()
+                            if model_family(m) == family.prefix and v[measure][2] > 0)
+            if not points:
+                continue
+            depths = [d for d, _ in points]
+            means = [v[0] for _, v in points]
+            halves = [v[1] if math.isfinite(v[1]) else 0.0 for _, v in points]
+            ax.errorbar(depths, means, yerr=halves, marker="o", capsize=4, color=f"C{i}",
+                        label=family.label)
+        for model, values in sorted(pooled.items()):
+            if model_depth(model) is None and values[measure][2] > 0:
+                ax.axhline(values[measure][0], color="grey", linestyle="--", linewidth=1,
+                           label=display_name(model))
+        ax.set_xlabel("Depth (layers)")
+        ax.set_title(label, fontsize="medium")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle(f"Flatness along random 1-D slices: mean ± {round(100 * confidence)}% CI "
+                 "over the directions")
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path
