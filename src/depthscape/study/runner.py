@@ -105,7 +105,9 @@ class Budget:
 QUICK_TRAJECTORY_RESOLUTION = 7
 QUICK_CURVATURE_RESOLUTION = 5
 QUICK_CURVATURE_ITERS = 4
-QUICK_DENSITY_RUNS, QUICK_DENSITY_STEPS = 2, 20
+# density and flatness sized so the quick study stays near its 45 minutes (docs/study.md)
+QUICK_DENSITY_RUNS, QUICK_DENSITY_STEPS = 2, 8
+QUICK_FLATNESS_SUBSET = 100
 QUICK_FLATNESS_DIRECTIONS, QUICK_FLATNESS_POINTS = 5, 11
 
 BUDGETS: dict[str, Budget] = {
@@ -145,7 +147,7 @@ BUDGETS: dict[str, Budget] = {
         # costs (docs/study.md): about 6 and 1.5 min
         density_runs=QUICK_DENSITY_RUNS, density_steps=QUICK_DENSITY_STEPS,
         flatness_directions=QUICK_FLATNESS_DIRECTIONS, flatness_points=QUICK_FLATNESS_POINTS,
-        flatness_subset=200),
+        flatness_subset=QUICK_FLATNESS_SUBSET),
     # Seconds per model on tiny data: for tests and for trying the pipeline.
     "smoke": Budget(
         name="smoke", description="a few iterations on a few images, to check the pipeline",
