@@ -21,7 +21,15 @@ import numpy as np
 from depthscape.core.atomic import save_figure
 from depthscape.core.csvlog import LOG_COLUMNS, read_log
 from depthscape.core.errors import UserError
-from depthscape.core.models import canonical_name, families, model_depth, model_family, model_info
+from depthscape.core.models import (
+    canonical_name,
+    families,
+    family_prefix,
+    model_depth,
+    model_family,
+    model_info,
+    pairs,
+)
 from depthscape.core.runs import run_paths
 
 #: The three panels of every curve figure: (log column stem, axis label).
@@ -159,7 +167,7 @@ def resolve_runs(tokens: Sequence[str], run_dir: str | os.PathLike = ".", seed: 
         pending = None
         if token.endswith(".csv") or os.sep in token:
             paths.append(Path(token))
-        elif token.strip().lower() in ("resnet", "plainnet", "plain"):
+        elif family_prefix(token) is not None:  # a depth family's bare name: its depth follows
             pending = token
         else:
             flush(token)
@@ -345,15 +353,16 @@ def standard_figures(run_dir: str | os.PathLike, out_dir: str | os.PathLike,
                 group, out / f"{family.file_name}_depths_curves", title, ema_factor, formats,
                 reuse=reuse)))
     depths = sorted({model_depth(n) for n in curves if model_depth(n) is not None})
-    for depth in depths:  # every pair of depth families (ResNet vs PlainNet) at each depth
-        names = [f"{f.prefix}{depth}" for f in depth_families]
-        pair = [curves[n] for n in names if n in curves]
-        if len(pair) == 2:
-            title = " vs ".join(c.label for c in pair)
-            key = "_vs_".join(f.prefix for f in depth_families)
-            figures.append(Figure(f"{key}_{depth}", title, plot_comparison(
-                pair, out / f"{key}_{depth}_curves", title, ema_factor, formats,
-                reuse=reuse)))
+    for first, second in pairs():  # the families' pairings (ResNet vs PlainNet) at each depth
+        key = f"{first.prefix}_vs_{second.prefix}"
+        for depth in depths:
+            names = (f"{first.prefix}{depth}", f"{second.prefix}{depth}")
+            if all(n in curves for n in names):
+                pair = [curves[n] for n in names]
+                title = " vs ".join(c.label for c in pair)
+                figures.append(Figure(f"{key}_{depth}", title, plot_comparison(
+                    pair, out / f"{key}_{depth}_curves", title, ema_factor, formats,
+                    reuse=reuse)))
     if per_run:
         for name, curve in curves.items():
             if name in baselines:

@@ -1,9 +1,10 @@
 """Work whose memory is known in advance is refused up front where it cannot fit.
 
-A ResNet/PlainNet's memory follows from its depth alone (the CIFAR layout: three stages of
-16, 32 and 64 channels at 32, 16 and 8 pixels), so a training that cannot fit is refused
-before the model is built, with the size it would need, instead of failing in the
-allocator minutes later. The same for a landscape grid's arrays.
+A model family whose memory follows from its depth alone says so in its record
+(``FamilyInfo.training_bytes``: the ResNets' and PlainNets' CIFAR layout, for instance), so
+a training that cannot fit is refused before the model is built, with the size it would
+need, instead of failing in the allocator minutes later. The same for a landscape grid's
+arrays.
 """
 
 from __future__ import annotations
@@ -13,11 +14,6 @@ import os
 import torch
 
 from depthscape.core.errors import UserError
-
-#: Per block of the CIFAR ResNet/PlainNet: (channels, pixels per side) of its three stages.
-_STAGES = ((16, 32), (32, 16), (64, 8))
-#: Activation tensors kept for the backward pass per convolution (conv, BN, ReLU outputs).
-_SAVED_PER_CONV = 3
 
 
 def format_bytes(size: float) -> str:
@@ -49,16 +45,23 @@ def available_memory(device: torch.device | str | None = None) -> int:
 
 
 def resnet_training_bytes(depth: int, batch_size: int) -> int:
-    """Estimated memory of training a CIFAR ResNet/PlainNet of ``depth`` at ``batch_size``.
+    """The ResNet family's estimate (kept under its old name): see its record's
+    ``training_bytes`` in :mod:`depthscape.core.models.resnet`."""
+    from depthscape.core.models import family_info
 
-    Weights, gradients and SGD momentum (three float32 copies of the 3x3 convolutions) plus
-    the activations kept for the backward pass. A lower bound in spirit: the real use is
-    somewhat higher, so what this refuses cannot fit.
-    """
-    blocks = max(0, (depth - 2) // 6)
-    params = sum(2 * 9 * c * c for c, _ in _STAGES) * blocks
-    per_image = sum(2 * _SAVED_PER_CONV * c * s * s for c, s in _STAGES) * blocks
-    return 4 * (3 * params + per_image * batch_size)
+    return family_info("resnet").training_bytes(depth, batch_size)
+
+
+def training_bytes(model: str, batch_size: int) -> int | None:
+    """Estimated memory of training ``model`` at ``batch_size``, from its family's record;
+    None where the family gives no estimate (nothing is refused then)."""
+    from depthscape.core.models import model_info
+
+    info = model_info(model)
+    estimate = info.family.training_bytes
+    if estimate is None or info.depth is None:
+        return None
+    return estimate(info.depth, batch_size)
 
 
 def require_fits(need: int, what: str, device: torch.device | str | None = None) -> None:
@@ -71,11 +74,9 @@ def require_fits(need: int, what: str, device: torch.device | str | None = None)
 
 
 def check_model_fits(model: str, batch_size: int, device: torch.device | str | None = None) -> None:
-    """Refuse (before building it) a ResNet/PlainNet whose training cannot fit in memory."""
-    from depthscape.core.models import model_depth
-
-    depth = model_depth(model)
-    if depth is None:
+    """Refuse (before building it) a model whose training cannot fit in memory, where its
+    family's record estimates that."""
+    need = training_bytes(model, batch_size)
+    if need is None:
         return
-    require_fits(resnet_training_bytes(depth, batch_size),
-                 f"training {model} at batch size {batch_size}", device)
+    require_fits(need, f"training {model} at batch size {batch_size}", device)

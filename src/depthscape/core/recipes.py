@@ -5,9 +5,10 @@ Each recipe is a frozen dataclass; :func:`recipe_for` picks the one for a model 
 any step is the pure function :meth:`Recipe.lr_at`, so a resumed run needs no scheduler
 state to continue exactly.
 
-Depths other than 20/56/110 take the recipe of the nearest of 20, 56 and 110 (ties go to
-the shallower one): e.g. ResNet-32 and ResNet-38 use ResNet-20's, ResNet-44 ResNet-56's,
-ResNet-86 ResNet-110's warm-up recipe.
+Each model family keeps the recipes written for it in its own record
+(``FamilyInfo.recipes``, by depth, beside the model's code); other depths take the recipe
+of the nearest depth the family has one for (ties go to the shallower one): e.g. ResNet-32
+and ResNet-38 use ResNet-20's, ResNet-44 ResNet-56's, ResNet-86 ResNet-110's warm-up recipe.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import math
 from dataclasses import asdict, dataclass, replace
 
 from depthscape.core.data import Dataset, Preprocess
-from depthscape.core.models import canonical_name, model_depth, model_family
+from depthscape.core.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -80,52 +81,43 @@ class Recipe:
         return cls(**data)
 
 
-_RESNET = Recipe(
-    name="resnet",
-    optimizer="sgd",
-    lr=0.1,
-    momentum=0.9,
-    weight_decay=1e-4,
-    batch_size=128,
-    unit="iteration",
-    length=64_000,
-    milestones=(32_000, 48_000),
-    augment=True,
-    pixel_scale=255.0,
-    subtract_mean=True,
-)
-
-#: The spec's recipes by the model they were written for.
-RECIPES: dict[str, Recipe] = {
-    "cnn": Recipe(
-        name="cnn",
-        optimizer="adam",
-        lr=1e-3,
-        batch_size=32,
-        unit="epoch",
-        length=50,
-        schedule="cosine",
-        cosine_t_max=50,
-    ),
-    "resnet20": replace(_RESNET, name="resnet20"),
-    "resnet56": replace(_RESNET, name="resnet56"),
-    # ResNet-110: lr 0.01 for the first 400 iterations, then 0.1.
-    "resnet110": replace(_RESNET, name="resnet110", warmup_lr=0.01, warmup_length=400),
-    "plain20": replace(_RESNET, name="plain20"),
-    "plain56": replace(_RESNET, name="plain56"),
-    # PlainNet-110: lr 1e-4 for the first 400 iterations, then 1e-3.
-    "plain110": replace(_RESNET, name="plain110", lr=1e-3, warmup_lr=1e-4, warmup_length=400),
-}
-
-
 def recipe_for(model_name: str) -> Recipe:
-    """The spec's recipe for ``model_name``; other depths take the nearest of 20/56/110."""
-    name = canonical_name(model_name)
-    if name in RECIPES:
-        return RECIPES[name]
-    family, depth = model_family(name), model_depth(name)
-    nearest = min((20, 56, 110), key=lambda d: (abs(d - depth), d))
-    return replace(RECIPES[f"{family}{nearest}"], name=name)
+    """The recipe for ``model_name`` from its family's record; other depths take the nearest
+    depth the family has a recipe for (ties: the shallower), renamed for the model."""
+    # the family modules define their recipes with this module's Recipe: imported here, not
+    # at the top, so that either module may be imported first
+    from depthscape.core.models import model_info
+
+    info = model_info(model_name)
+    recipes = info.family.recipes
+    if not recipes:
+        raise UserError(f"{info.name} has no recipe of its own: give one (--recipe FILE)")
+    if info.depth is None or None in recipes:
+        recipe = recipes[None]
+    else:
+        depths = [d for d in recipes if d is not None]
+        recipe = recipes[min(depths, key=lambda d: (abs(d - info.depth), d))]
+    return recipe if recipe.name == info.name else replace(recipe, name=info.name)
+
+
+def _recipes_by_model() -> dict[str, Recipe]:
+    """Every family's recipes by the model they were written for (``resnet110``, ``cnn``)."""
+    from depthscape.core.models import families
+
+    found = {}
+    for family in families():
+        for depth in family.recipes:
+            name = family.prefix if depth is None else f"{family.prefix}{depth}"
+            found[name] = recipe_for(name)
+    return found
+
+
+def __getattr__(name: str):
+    # RECIPES: the spec's recipes by the model they were written for, read off the family
+    # records on use (the records import this module, so it cannot be built at import)
+    if name == "RECIPES":
+        return _recipes_by_model()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def preprocess_for(recipe: Recipe, dataset: Dataset) -> Preprocess:

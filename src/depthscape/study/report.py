@@ -30,7 +30,7 @@ from depthscape.analysis.tables import (
     table2,
 )
 from depthscape.core.atomic import atomic_write_text
-from depthscape.core.models import families, model_depth, model_family
+from depthscape.core.models import families, model_depth, model_family, pairs
 
 
 @dataclass
@@ -226,17 +226,16 @@ def observations(metrics, sharpness, flatness=None) -> list[str]:
                          f"{chain[0][0]} to {chain[-1][0]} "
                          f"({describe_change(accs[0], accs[-1])}): {steps}.")
     depths = sorted({model_depth(m) for m in groups if model_depth(m)})
-    first, second = (depth_families + [None, None])[:2]
-    gaps = []
-    for depth in depths:
-        if first and second and f"{first.prefix}{depth}" in groups \
-                and f"{second.prefix}{depth}" in groups:
-            gap = (mean_std([r.test_acc for r in groups[f"{first.prefix}{depth}"]])[0]
-                   - mean_std([r.test_acc for r in groups[f"{second.prefix}{depth}"]])[0])
-            gaps.append(f"{gap:+.2f} at depth {depth}")
-    if gaps:
-        lines.append(f"{first.label} minus {second.label} test accuracy: " + ", ".join(gaps)
-                     + " (points).")
+    for first, second in pairs():  # each family's pairing in the study (ResNet, PlainNet)
+        gaps = []
+        for depth in depths:
+            if f"{first.prefix}{depth}" in groups and f"{second.prefix}{depth}" in groups:
+                gap = (mean_std([r.test_acc for r in groups[f"{first.prefix}{depth}"]])[0]
+                       - mean_std([r.test_acc for r in groups[f"{second.prefix}{depth}"]])[0])
+                gaps.append(f"{gap:+.2f} at depth {depth}")
+        if gaps:
+            lines.append(f"{first.label} minus {second.label} test accuracy: " + ", ".join(gaps)
+                         + " (points).")
     for model, group in groups.items():  # models of fixed depth: the baseline CNN
         if model_depth(model) is None:
             train_acc = mean_std([r.train_acc for r in group])[0]
@@ -244,18 +243,21 @@ def observations(metrics, sharpness, flatness=None) -> list[str]:
             lines.append(f"The {display_name(model)} reaches {train_acc:.2f}% on its training "
                          f"data and {test_acc:.2f}% on test data (a gap of "
                          f"{train_acc - test_acc:.2f} points).")
-    if sharpness and first and second:
-        lines += _sharpness_observations(sharpness, depths, first, second)
-    if flatness and first and second:
-        depths = sorted(set(depths) | {model_depth(r.model) for r, _ in flatness
-                                       if model_depth(r.model)})
-        lines += flatness_observations(flatness, depths, first, second)
+    if sharpness:
+        for first, second in pairs():
+            lines += _sharpness_observations(sharpness, depths, first, second)
+    if flatness:
+        flat_depths = sorted(set(depths) | {model_depth(r.model) for r, _ in flatness
+                                            if model_depth(r.model)})
+        for first, second in pairs():
+            lines += flatness_observations(flatness, flat_depths, first, second)
     return lines
 
 
 def _sharpness_observations(sharpness, depths, first, second) -> list[str]:
-    """ResNet vs PlainNet at each depth, per end of the Hessian's spectrum, from converged
-    numbers only: a pair with an end that did not converge is named as not resolved."""
+    """``first`` vs ``second`` (ResNet vs PlainNet) at each depth, per end of the Hessian's
+    spectrum, from converged numbers only: a pair with an end that did not converge is named
+    as not resolved."""
     from depthscape.analysis.sharpness import UNCONVERGED_MARK
 
     by_model: dict[str, list] = {}
@@ -361,14 +363,17 @@ def build_blocks(result, budget, settings: dict) -> list:
                               "Hutchinson's estimator.")]
     figures = {f.key: f for f in result.figures}
     curve_blocks = []
-    for key, caption in (("cnn", "Figure 1: baseline CNN, training vs validation"),
-                         ("resnet", "Figure 2: ResNets at every depth"),
-                         ("plain", "Figure 3: PlainNets at every depth")):
-        if key in figures:
-            curve_blocks.append(_figure(figures[key], caption))
-    for key in sorted((k for k in figures if k.startswith("resnet_vs_plain_")),
-                      key=lambda k: int(k.rsplit("_", 1)[1])):
-        curve_blocks.append(_figure(figures[key], figures[key].title))
+    for family in families():  # the spec's Figures 1-3, then any other family's
+        number = f"Figure {family.figure}: " if family.figure else ""
+        caption = (f"{number}{family.plural_label} at every depth" if family.has_depth else
+                   f"{number}baseline {family.label}, training vs validation")
+        if family.prefix in figures:
+            curve_blocks.append(_figure(figures[family.prefix], caption))
+    for first, second in pairs():
+        prefix = f"{first.prefix}_vs_{second.prefix}_"
+        for key in sorted((k for k in figures if k.startswith(prefix)
+                           and k[len(prefix):].isdigit()), key=lambda k: int(k[len(prefix):])):
+            curve_blocks.append(_figure(figures[key], figures[key].title))
     per_run = [_figure(f, f.title) for key, f in figures.items() if key.startswith("run_")]
     if curve_blocks or per_run:
         blocks += [Heading("Training curves"), Paragraph(
@@ -413,8 +418,8 @@ def build_blocks(result, budget, settings: dict) -> list:
 def _view_blocks(result, budget) -> list:
     """Optimization trajectories (ResNet | PlainNet per depth) and the curvature maps."""
     blocks: list = []
-    pairs = getattr(result, "trajectory_pairs", [])
-    if pairs:
+    drawn = getattr(result, "trajectory_pairs", [])
+    if drawn:
         blocks += [Heading("Optimization trajectories"), Paragraph(
             f"Each run's weights were kept about {budget.snapshots} times during training; the "
             "path is projected on the two principal directions of the snapshots' differences to "
@@ -422,8 +427,8 @@ def _view_blocks(result, budget) -> list:
             f"loss on {budget.trajectory_subset or 'all'} test images "
             f"({budget.trajectory_resolution}x{budget.trajectory_resolution} grid over the span "
             "of the path). Square: start; star: final weights.")]
-        blocks += [FigureBlock(png, f"ResNet-{depth} (left) vs PlainNet-{depth} (right)")
-                   for depth, png in pairs]
+        titles = getattr(result, "trajectory_titles", {})
+        blocks += [FigureBlock(png, titles.get(png, f"depth {depth}")) for depth, png in drawn]
     grid = getattr(result, "curvature_grid", None)
     if grid is not None and Path(grid).exists():
         blocks += [Heading("Curvature maps"), Paragraph(

@@ -215,6 +215,7 @@ class StudyResult:
     notes: list = field(default_factory=list)
     trajectories: list = field(default_factory=list)  # report.View (one per run)
     trajectory_pairs: list = field(default_factory=list)  # (depth, PNG of ResNet | PlainNet)
+    trajectory_titles: dict = field(default_factory=dict)  # PNG -> "ResNet-20 (left) vs ..."
     curvature: list = field(default_factory=list)  # report.View (one per run)
     curvature_grid: Path | None = None  # PNG: every map on one colour scale
     densities: list = field(default_factory=list)  # (RunInfo, SpectralDensity), seed 0
@@ -500,7 +501,7 @@ def _sharpness(runs, budget: Budget, dataset, config: StudyConfig, out: Path) ->
 def _trajectories(runs, budget: Budget, dataset, config: StudyConfig, out: Path, result) -> None:
     """Each run's (seed 0) trajectory surface and plot, and ResNet | PlainNet at each depth."""
     from depthscape.analysis.trajectory import TrajectoryConfig, compute_trajectory, plot_trajectory
-    from depthscape.core.models import model_depth, model_family
+    from depthscape.core.models import model_depth, model_info, pairs
     from depthscape.study.report import View
     from depthscape.training.snapshots import snapshot_path
 
@@ -523,16 +524,21 @@ def _trajectories(runs, budget: Budget, dataset, config: StudyConfig, out: Path,
         view = View(run.model, run.paths.run_name, surface, png)
         result.trajectories.append(view)
         by_model[run.model] = view
-    for depth in sorted({model_depth(m) for m in by_model if model_family(m) != "cnn"}):
-        pair = [by_model.get(f"resnet{depth}"), by_model.get(f"plain{depth}")]
-        if all(pair):
-            from depthscape.analysis.trajectory import plot_trajectory_pair
+    depths = sorted({model_depth(m) for m in by_model if model_depth(m) is not None})
+    for first, second in pairs():  # the families' pairings in the study (ResNet | PlainNet)
+        for depth in depths:
+            names = (f"{first.prefix}{depth}", f"{second.prefix}{depth}")
+            pair = [by_model.get(n) for n in names]
+            if all(pair):
+                from depthscape.analysis.trajectory import plot_trajectory_pair
 
-            png = plot_dir / f"resnet_vs_plain_{depth}_path.png"
-            if not (_newer(png, pair[0].data) and _newer(png, pair[1].data)):
-                plot_trajectory_pair([v.data for v in pair], png.with_suffix(""),
-                                     titles=[f"ResNet-{depth}", f"PlainNet-{depth}"])
-            result.trajectory_pairs.append((depth, png))
+                labels = [model_info(n).display_name for n in names]
+                png = plot_dir / f"{first.prefix}_vs_{second.prefix}_{depth}_path.png"
+                if not (_newer(png, pair[0].data) and _newer(png, pair[1].data)):
+                    plot_trajectory_pair([v.data for v in pair], png.with_suffix(""),
+                                         titles=labels)
+                result.trajectory_pairs.append((depth, png))
+                result.trajectory_titles[png] = f"{labels[0]} (left) vs {labels[1]} (right)"
 
 
 def _curvature(runs, landscapes, budget: Budget, dataset, config: StudyConfig, out: Path,
@@ -577,7 +583,7 @@ def _density(runs, budget: Budget, dataset, config: StudyConfig, out: Path, resu
     from depthscape.analysis.curves import display_name
     from depthscape.analysis.sharpness import DensityConfig, measure_density
     from depthscape.analysis.spectrum import plot_densities
-    from depthscape.core.models import model_depth
+    from depthscape.core.models import model_depth, pairs
 
     sharp_config = _sharpness_config(budget, config)
     density_config = DensityConfig(runs=budget.density_runs, steps=budget.density_steps)
@@ -594,12 +600,14 @@ def _density(runs, budget: Budget, dataset, config: StudyConfig, out: Path, resu
         result.densities.append((run, density))
         by_model[run.model] = (run, density)
     plot_dir = out / "plots" / "density"
-    for depth in sorted({model_depth(m) for m in by_model}):
-        pair = [by_model[m] for m in (f"resnet{depth}", f"plain{depth}") if m in by_model]
+    for (first, second), depth in ((p, d) for p in pairs()
+                                   for d in sorted({model_depth(m) for m in by_model})):
+        pair = [by_model[m] for m in (f"{first.prefix}{depth}", f"{second.prefix}{depth}")
+                if m in by_model]
         drawn = [(display_name(run.model), d) for run, d in pair if d.density]
         if not drawn:
             continue
-        png = plot_dir / f"resnet_vs_plain_{depth}_density.png"
+        png = plot_dir / f"{first.prefix}_vs_{second.prefix}_{depth}_density.png"
         sources = [out / "sharpness" / f"{run.paths.run_name}.density.json" for run, _ in pair]
         if not all(_newer(png, source) for source in sources):
             plot_dir.mkdir(parents=True, exist_ok=True)

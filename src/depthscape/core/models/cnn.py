@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from depthscape.core.models.registry import FamilyInfo, register_family, register_model
+from depthscape.core.recipes import Recipe
 
 
 class Net(nn.Module):
@@ -48,10 +49,25 @@ def cnn(in_channels: int = 3, num_classes: int = 10, image_size: int = 32) -> Ne
     return Net(in_channels=in_channels, num_classes=num_classes, image_size=image_size)
 
 
+#: The spec's CNN recipe: Adam 1e-3, batch 32, 50 epochs, CosineAnnealingLR(T_max=50)
+#: stepped per epoch; ToTensor's [0, 1] pixels, no mean subtraction, no augmentation.
+CNN_RECIPE = Recipe(
+    name="cnn",
+    optimizer="adam",
+    lr=1e-3,
+    batch_size=32,
+    unit="epoch",
+    length=50,
+    schedule="cosine",
+    cosine_t_max=50,
+)
+
 register_family(FamilyInfo(
     prefix="cnn", label="CNN", file_name="cnn", run_name="cnn",
     checkpoint_name="cnn_{dataset}", order=0,
     curve_unit="epoch",  # its recipe trains and logs by epochs
     data_kwargs=("image_size",),  # its classifier's input size depends on it
     init="pytorch-default",  # the spec's plain PyTorch module: no initialisation of its own
+    recipes={None: CNN_RECIPE},
+    figure=1,  # the spec's Figure 1: the baseline alone, training vs validation
 ))

@@ -1,23 +1,29 @@
 """A minimal model registry: build a model by name, list the names.
 
+Everything specific to a model family lives in one :class:`FamilyInfo` record, registered
+by the family's own module (as timm keeps ``default_cfgs`` beside each model): its name
+pattern and depth rule, factory, recipes (with their preprocessing), memory estimate,
+display names, initialisation and what it is compared with in the study. The registry,
+the recipes, the memory limits, the tables and the study read the records; none of them
+tests a model's name.
+
 The seven models of the study are registered by name (``cnn``, ``resnet20``, ``resnet56``,
-``resnet110``, ``plain20``, ``plain56``, ``plain110``); ``resnet{D}`` and ``plain{D}`` also
-build for any other depth D = 6n+2 without being listed.
+``resnet110``, ``plain20``, ``plain56``, ``plain110``); a depth family (``resnet{D}``,
+``plain{D}``, ``preresnet{D}``) also builds at any depth its rule accepts without being
+listed.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from torch import nn
 
 from depthscape.core.errors import UserError
 
 _FACTORIES: dict[str, Callable[..., nn.Module]] = {}
-#: Families built at any depth 6n+2: prefix -> factory(depth, in_channels=, num_classes=).
-_DEPTH_FAMILIES: dict[str, Callable[..., nn.Module]] = {}
 _NAME_DEPTH_RE = re.compile(r"^([a-z]+?)(\d+)$")
 
 
@@ -27,7 +33,10 @@ class _FamilyPattern:
     @staticmethod
     def match(text: str):
         match = _NAME_DEPTH_RE.match(text)
-        return match if match and match.group(1) in _DEPTH_FAMILIES else None
+        if not match:
+            return None
+        family = _FAMILIES.get(match.group(1))
+        return match if family is not None and family.has_depth else None
 
 
 _FAMILY_RE = _FamilyPattern()
@@ -45,59 +54,65 @@ def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[.
     return decorate
 
 
-def register_depth_family(prefix: str, factory: Callable[..., nn.Module]) -> None:
-    """Register ``factory(depth, ...)`` as the builder of ``{prefix}{D}`` for any depth D."""
-    if prefix in _DEPTH_FAMILIES:
-        raise ValueError(f"model family {prefix!r} is registered twice")
-    _DEPTH_FAMILIES[prefix] = factory
-
-
 def list_models() -> list[str]:
     """The registered model names, in registration order."""
     return list(_FACTORIES)
-
-
-def depth_to_blocks(depth: int) -> int:
-    """Blocks per group n for a ResNet/PlainNet of ``depth`` = 6n+2; a bad depth is a UserError."""
-    if depth < 8 or (depth - 2) % 6 != 0:
-        raise UserError(
-            f"depth {depth} is not of the form 6n+2 with n >= 1 (e.g. 20, 32, 44, 56, 110)"
-        )
-    return (depth - 2) // 6
 
 
 def canonical_name(name: str, depth: int | str | None = None) -> str:
     """Normalise the spellings users type into a model name.
 
     ``("resnet", 56)``, ``"resnet 56"``, ``"resnet-56"`` and ``"resnet56"`` give ``"resnet56"``;
-    ``"plainnet 110"`` gives ``"plain110"``; ``"cnn"`` stays ``"cnn"``.
+    ``"plainnet 110"`` gives ``"plain110"`` (a family's ``aliases``); ``"cnn"`` stays ``"cnn"``.
     """
     text = name.strip().lower()
     if depth is not None:
         text = f"{text}{depth}"
     text = re.sub(r"[\s_\-]+", "", text)
-    text = text.replace("plainnet", "plain")
+    text = _unalias(text)
     if text in _FACTORIES:
         return text
     match = _FAMILY_RE.match(text)
     if match:
-        depth_to_blocks(int(match.group(2)))
+        _FAMILIES[match.group(1)].check_depth(int(match.group(2)))
         return f"{match.group(1)}{int(match.group(2))}"
-    if text in _DEPTH_FAMILIES:
+    if family_prefix(text) is not None:
         raise UserError(f"{name!r} needs a depth, e.g. '{name} 56'")
     known = ", ".join(list_models())
-    raise UserError(f"unknown model {name!r}: choose one of {known}, or resnet/plainnet with a depth 6n+2")
+    by_form: dict[str, list[str]] = {}  # "6n+2" -> ["resnet", "plainnet", ...]
+    for family in families(with_depth=True):
+        by_form.setdefault(family.depth_form, []).append((family.aliases or (family.prefix,))[0])
+    depth_names = " or ".join(f"{'/'.join(names)} with a depth {form}".replace("  ", " ")
+                              for form, names in by_form.items())
+    raise UserError(f"unknown model {name!r}: choose one of {known}"
+                    + (f", or {depth_names}" if depth_names else ""))
+
+
+def _unalias(text: str) -> str:
+    """``text`` with a family's alias at its start replaced by the family's prefix."""
+    for family in _FAMILIES.values():
+        for alias in family.aliases:
+            if text.startswith(alias) and alias != family.prefix:
+                return family.prefix + text[len(alias):]
+    return text
+
+
+def family_prefix(text: str) -> str | None:
+    """The prefix of the depth family a bare name (``resnet``, ``plainnet``) names, else None."""
+    text = _unalias(re.sub(r"[\s_\-]+", "", text.strip().lower()))
+    family = _FAMILIES.get(text)
+    return text if family is not None and family.has_depth else None
 
 
 def model_family(name: str) -> str:
-    """``"cnn"``, ``"resnet"`` or ``"plain"`` for a canonical model name."""
+    """The family prefix of a model name: ``"cnn"``, ``"resnet"``, ``"plain"``, ..."""
     name = canonical_name(name)
     match = _FAMILY_RE.match(name)
     return match.group(1) if match else name
 
 
 def model_depth(name: str) -> int | None:
-    """The depth of a ResNet/PlainNet name, or None for the CNN."""
+    """The depth of a depth family's model (``resnet56``: 56), or None for a fixed model."""
     match = _FAMILY_RE.match(canonical_name(name))
     return int(match.group(2)) if match else None
 
@@ -118,6 +133,38 @@ class FamilyInfo:
     # channels and classes (e.g. the CNN's image_size)
     init: str = "pytorch-default"  # weight initialisation (core/models/init.py INIT_SCHEMES),
     # applied by get_model after the factory builds the layers
+    plural: str = ""  # the family in the plural, e.g. "PlainNets" (default: label + "s")
+    aliases: tuple[str, ...] = ()  # spellings of the prefix users type, e.g. "plainnet";
+    # the first is the name shown in messages ("plainnet with a depth 6n+2"; default prefix)
+    # A depth family (built as {prefix}{depth} at any depth the rule accepts) has both:
+    depth_rule: Callable[[int], object] | None = None  # raises UserError for a bad depth
+    depth_form: str = ""  # the rule in words for messages and help, e.g. "6n+2"
+    factory: Callable[..., nn.Module] | None = None  # factory(depth, in_channels=, num_classes=)
+    # (a fixed model's factory is registered by name with @register_model)
+    #: The recipes written for it, by the depth they were written for (None: a fixed model);
+    #: other depths take the nearest (ties: the shallower). Each carries its preprocessing
+    #: (pixel scale, mean subtraction, augmentation).
+    recipes: Mapping[int | None, object] = field(default_factory=dict, repr=False, compare=False)
+    #: Memory of training at (depth, batch_size) in bytes, checked before building it; None:
+    #: not known in advance, nothing refused.
+    training_bytes: Callable[[int, int], int] | None = None
+    paired_with: str | None = None  # prefix of the family it is compared with at each
+    # depth in the study (a ResNet with its PlainNet): curves, report, trajectories
+    figure: int | None = None  # number of its training-curve figure in the spec's report
+
+    @property
+    def has_depth(self) -> bool:
+        """True for a depth family, False for a model of fixed depth (the CNN)."""
+        return self.depth_rule is not None
+
+    @property
+    def plural_label(self) -> str:
+        return self.plural or f"{self.label}s"
+
+    def check_depth(self, depth: int) -> None:
+        """Raise the family's UserError where ``depth`` breaks its rule."""
+        if self.depth_rule is not None:
+            self.depth_rule(depth)
 
 
 @dataclass(frozen=True)
@@ -153,10 +200,24 @@ _FAMILIES: dict[str, FamilyInfo] = {}
 
 
 def register_family(info: FamilyInfo) -> None:
-    """Register the metadata of a model family (or of one fixed model); a duplicate raises."""
+    """Register the record of a model family (or of one fixed model); a duplicate raises."""
     if info.prefix in _FAMILIES:
         raise ValueError(f"model family {info.prefix!r} is described twice")
+    if info.has_depth and info.factory is None:
+        raise ValueError(f"depth family {info.prefix!r} has no factory")
     _FAMILIES[info.prefix] = info
+
+
+def family_info(prefix: str) -> FamilyInfo:
+    """The record registered under ``prefix`` (``"resnet"``, ``"cnn"``)."""
+    return _FAMILIES[prefix]
+
+
+def pairs() -> list[tuple[FamilyInfo, FamilyInfo]]:
+    """The study's comparisons of two depth families at each depth, e.g. (ResNet, PlainNet),
+    in the order of the first family; a partner that is not registered is left out."""
+    return [(f, _FAMILIES[f.paired_with]) for f in families(with_depth=True)
+            if f.paired_with in _FAMILIES]
 
 
 def model_info(name: str) -> ModelInfo:
@@ -171,7 +232,7 @@ def families(with_depth: bool | None = None) -> list[FamilyInfo]:
     chosen = sorted(_FAMILIES.values(), key=lambda f: f.order)
     if with_depth is None:
         return chosen
-    return [f for f in chosen if (f.prefix in _DEPTH_FAMILIES) == with_depth]
+    return [f for f in chosen if f.has_depth == with_depth]
 
 
 def model_kwargs_for(name: str, dataset) -> dict:
@@ -191,6 +252,6 @@ def get_model(name: str, in_channels: int = 3, num_classes: int = 10, **kwargs) 
         model = _FACTORIES[name](in_channels=in_channels, num_classes=num_classes, **kwargs)
     else:
         family, depth = _FAMILY_RE.match(name).groups()
-        model = _DEPTH_FAMILIES[family](int(depth), in_channels=in_channels,
-                                        num_classes=num_classes, **kwargs)
+        model = _FAMILIES[family].factory(int(depth), in_channels=in_channels,
+                                          num_classes=num_classes, **kwargs)
     return initialise(model, model_info(name).family.init)

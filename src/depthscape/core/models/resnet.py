@@ -1,24 +1,53 @@
-"""CIFAR ResNets and PlainNets of depth 6n+2 (spec sections 5 and 6).
+"""CIFAR ResNets and PlainNets of depth 6n+2 (spec sections 5 and 6), and their records.
 
 One block class covers both: ``shortcut=True`` gives He et al.'s basic block with the
 parameter-free option-A shortcut, ``shortcut=False`` the same block with the addition removed.
+Everything else specific to the two families lives here too: the 6n+2 depth rule, the
+spec's recipes, the memory estimate, the file names and the ResNet/PlainNet pairing.
 """
 
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from depthscape.core.models.registry import (
-    FamilyInfo,
-    depth_to_blocks,
-    register_depth_family,
-    register_family,
-    register_model,
-)
+from depthscape.core.errors import UserError
+from depthscape.core.models.registry import FamilyInfo, register_family, register_model
+from depthscape.core.recipes import Recipe
+
+
+def depth_to_blocks(depth: int) -> int:
+    """Blocks per group n for a CIFAR ResNet of ``depth`` = 6n+2; a bad depth is a UserError."""
+    if depth < 8 or (depth - 2) % 6 != 0:
+        raise UserError(
+            f"depth {depth} is not of the form 6n+2 with n >= 1 (e.g. 20, 32, 44, 56, 110)"
+        )
+    return (depth - 2) // 6
+
+
+#: Per block of the CIFAR ResNet layout: (channels, pixels per side) of its three stages.
+CIFAR_STAGES = ((16, 32), (32, 16), (64, 8))
+#: Activation tensors kept for the backward pass per convolution (conv, BN, ReLU outputs).
+_SAVED_PER_CONV = 3
+
+
+def cifar_training_bytes(depth: int, batch_size: int) -> int:
+    """Estimated memory of training a CIFAR ResNet/PlainNet of ``depth`` at ``batch_size``.
+
+    Weights, gradients and SGD momentum (three float32 copies of the 3x3 convolutions) plus
+    the activations kept for the backward pass. A lower bound in spirit: the real use is
+    somewhat higher, so what this refuses cannot fit. Its memory follows from its depth
+    alone (three stages of 16, 32 and 64 channels at 32, 16 and 8 pixels, two
+    convolutions per block).
+    """
+    blocks = max(0, (depth - 2) // 6)
+    params = sum(2 * 9 * c * c for c, _ in CIFAR_STAGES) * blocks
+    per_image = sum(2 * _SAVED_PER_CONV * c * s * s for c, s in CIFAR_STAGES) * blocks
+    return 4 * (3 * params + per_image * batch_size)
 
 
 def option_a_shortcut(x: torch.Tensor, out_channels: int, stride: int) -> torch.Tensor:
@@ -102,17 +131,51 @@ def _register(depth: int, shortcut: bool) -> None:
     factory.__doc__ = f"{'ResNet' if shortcut else 'PlainNet'}-{depth}."
 
 
-register_depth_family("resnet", functools.partial(build_resnet, shortcut=True))
-register_depth_family("plain", functools.partial(build_resnet, shortcut=False))
+#: The spec's ResNet recipe (sections 5.2 and 6.2): SGD 0.1, momentum 0.9, weight decay
+#: 1e-4, batch 128, 64,000 iterations, lr / 10 at 32,000 and 48,000; pixels in 0..255
+#: minus the per-channel mean, RandomCrop(32, padding=4) + RandomHorizontalFlip.
+RESNET_RECIPE = Recipe(
+    name="resnet",
+    optimizer="sgd",
+    lr=0.1,
+    momentum=0.9,
+    weight_decay=1e-4,
+    batch_size=128,
+    unit="iteration",
+    length=64_000,
+    milestones=(32_000, 48_000),
+    augment=True,
+    pixel_scale=255.0,
+    subtract_mean=True,
+)
+#: By the depth they were written for; other depths take the nearest.
+RESNET_RECIPES = {
+    20: replace(RESNET_RECIPE, name="resnet20"),
+    56: replace(RESNET_RECIPE, name="resnet56"),
+    # ResNet-110: lr 0.01 for the first 400 iterations, then 0.1.
+    110: replace(RESNET_RECIPE, name="resnet110", warmup_lr=0.01, warmup_length=400),
+}
+PLAIN_RECIPES = {
+    20: replace(RESNET_RECIPE, name="plain20"),
+    56: replace(RESNET_RECIPE, name="plain56"),
+    # PlainNet-110: lr 1e-4 for the first 400 iterations, then 1e-3.
+    110: replace(RESNET_RECIPE, name="plain110", lr=1e-3, warmup_lr=1e-4, warmup_length=400),
+}
+
 # The spec's file names: logs/resnet56_log.csv + models/resnet-56_cifar10.pth, and
 # logs/plainnet56_log.csv + models/plainnet-56.cifar10.pth (sic: a dot).
-register_family(FamilyInfo(prefix="resnet", label="ResNet", file_name="resnet",
-                           run_name="resnet{depth}", checkpoint_name="resnet-{depth}_{dataset}",
-                           order=1, init="kaiming-normal"))
-register_family(FamilyInfo(prefix="plain", label="PlainNet", file_name="plainnet",
-                           run_name="plainnet{depth}",
-                           checkpoint_name="plainnet-{depth}.{dataset}", order=2,
-                           init="kaiming-normal"))
+register_family(FamilyInfo(
+    prefix="resnet", label="ResNet", file_name="resnet", run_name="resnet{depth}",
+    checkpoint_name="resnet-{depth}_{dataset}", order=1, init="kaiming-normal",
+    depth_rule=depth_to_blocks, depth_form="6n+2",
+    factory=functools.partial(build_resnet, shortcut=True), recipes=RESNET_RECIPES,
+    training_bytes=cifar_training_bytes, paired_with="plain", figure=2))
+register_family(FamilyInfo(
+    prefix="plain", label="PlainNet", file_name="plainnet", run_name="plainnet{depth}",
+    checkpoint_name="plainnet-{depth}.{dataset}", order=2, init="kaiming-normal",
+    aliases=("plainnet",), depth_rule=depth_to_blocks, depth_form="6n+2",
+    factory=functools.partial(build_resnet, shortcut=False), recipes=PLAIN_RECIPES,
+    training_bytes=cifar_training_bytes, figure=3))
 for _shortcut in (True, False):
     for _depth in (20, 56, 110):
         _register(_depth, _shortcut)
