@@ -605,7 +605,7 @@ def _density(runs, budget: Budget, dataset, config: StudyConfig, out: Path, resu
         pair = [by_model[m] for m in (f"{first.prefix}{depth}", f"{second.prefix}{depth}")
                 if m in by_model]
         drawn = [(display_name(run.model), d) for run, d in pair if d.density]
-        if not drawn:
+        if len(pair) < 2 or not drawn:  # a figure of the pairing needs both of its models
             continue
         png = plot_dir / f"{first.prefix}_vs_{second.prefix}_{depth}_density.png"
         sources = [out / "sharpness" / f"{run.paths.run_name}.density.json" for run, _ in pair]
