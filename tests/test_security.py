@@ -587,3 +587,146 @@ def test_a_missing_home_folder_is_never_created(tiny_data, tmp_path, monkeypatch
     with pytest.raises(UserError, match="home folder .* does not exist"):
         load_dataset("mnist")
     assert not home.parent.exists()
+
+
+# --- group 4: a surface file is checked for agreeing with itself on every read ----------------
+
+def _surface_2d(path: Path, done_points: int = 4) -> Path:
+    """A partial 3x3 surface written the way the landscape writes one (two directions)."""
+    import torch
+
+    from depthscape.analysis.landscape.storage import new_state, write_surface
+
+    directions = [{"conv.weight": torch.ones(2, 3), "fc.weight": torch.ones(4)} for _ in range(2)]
+    state = new_state("test", np.linspace(-1, 1, 3), np.linspace(-1, 1, 3), directions,
+                      {"dims": 2, "resolution": 3, "seed": 0}, {"workers": 1})
+    state.done.ravel()[:done_points] = True
+    state.loss.ravel()[:done_points] = 1.0
+    state.acc.ravel()[:done_points] = 50.0
+    return write_surface(path, state)
+
+
+def _replace(f, name: str, values) -> None:
+    del f[name]
+    f[name] = values
+
+
+def _no_ydirection(f):
+    del f["ydirection"]
+
+
+def _settings_list(f):
+    f.attrs["settings"] = json.dumps([json.loads(f.attrs["settings"])])
+
+
+def _identity_list(f):
+    settings = json.loads(f.attrs["settings"])
+    settings["identity"] = list(settings["identity"].items())
+    f.attrs["settings"] = json.dumps(settings)
+
+
+def _split_number(f):
+    settings = json.loads(f.attrs["settings"])
+    settings["split"] = 3
+    f.attrs["settings"] = json.dumps(settings)
+
+
+def _other_y_tensors(f):
+    _replace(f, "ydirection/1", np.ones(5, dtype=np.float32))
+
+
+def _names_short(f):
+    f["xdirection"].attrs["names"] = json.dumps(["conv.weight"])
+
+
+def _dims_1(f):
+    settings = json.loads(f.attrs["settings"])
+    settings["identity"]["dims"] = 1
+    f.attrs["settings"] = json.dumps(settings)
+
+
+DAMAGED_SURFACES = {
+    "no ydirection": (_no_ydirection, "holds 1 direction(s) (xdirection) for a 2-D surface"),
+    "done of another shape": (lambda f: _replace(f, "done", np.ones((2, 3), np.uint8)),
+                              "done has shape (2, 3), the grid is (3, 3)"),
+    "loss of another shape": (lambda f: _replace(f, "test_loss", np.ones(9)),
+                              "test_loss has shape (9,), the grid is (3, 3)"),
+    "settings a list": (_settings_list, "its settings are a list, not a mapping"),
+    "identity a list": (_identity_list, "its settings' 'identity' is a list, not a mapping"),
+    "split a number": (_split_number, "its settings' split is 3, not one of train, test"),
+    "x of length 1": (lambda f: _replace(f, "xcoordinates", np.zeros(1)),
+                      "xcoordinates has shape (1,), not a line of at least 2 points"),
+    "y of length 1": (lambda f: _replace(f, "ycoordinates", np.zeros(1)),
+                      "ycoordinates has shape (1,), not a line of at least 2 points"),
+    "y a grid": (lambda f: _replace(f, "ycoordinates", np.zeros((3, 3))),
+                 "ycoordinates has shape (3, 3)"),
+    "resolution": (lambda f: (_replace(f, "xcoordinates", np.zeros(4)),
+                              _replace(f, "test_loss", np.zeros((3, 4)))),
+                   "its coordinates have 4 and 3 points, its settings say resolution=3"),
+    "dims": (_dims_1, "its settings say dims=1 but it holds 2 coordinate axes"),
+    "other y tensors": (_other_y_tensors, "its xdirection and ydirection hold different tensors"),
+    "names short": (_names_short, "xdirection names 1 tensor(s) but holds 2"),
+    "no x": (lambda f: f.__delitem__("xcoordinates"), "it has no 'xcoordinates' dataset"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGED_SURFACES))
+def test_a_damaged_surface_is_one_line_naming_the_file_and_the_fault(case, tmp_path):
+    import h5py
+
+    from depthscape.analysis.landscape.storage import read_state
+
+    path = _surface_2d(tmp_path / "surface.h5")
+    read_state(path)  # the intact file reads
+    damage, message = DAMAGED_SURFACES[case]
+    with h5py.File(path, "a") as f:
+        damage(f)
+    for with_directions in (True, False):  # plot and api read without the directions
+        with pytest.raises(UserError) as error:
+            read_state(path, with_directions=with_directions)
+        text = str(error.value)
+        assert str(path) in text and message in text and "\n" not in text, text
+
+
+def test_a_1d_surface_with_a_second_direction_is_refused(tmp_path):
+    import h5py
+
+    from depthscape.analysis.landscape.storage import read_state
+
+    path = tmp_path / "line.h5"
+    _write_surface(path)
+    assert read_state(path).dims == 1
+    with h5py.File(path, "a") as f:
+        f.copy("xdirection", "ydirection")
+    with pytest.raises(UserError, match="holds 2 direction.*for a 1-D surface"):
+        read_state(path)
+
+
+def test_a_partial_surface_without_its_ydirection_is_not_resumed(stopped_run, tmp_path):
+    """The issue's case, through the command: no resume along x only, no "complete" surface."""
+    import h5py
+
+    from depthscape.analysis.landscape.storage import read_state
+
+    checkpoint = _final_checkpoint(stopped_run, tmp_path / "final.pth")
+    output = tmp_path / "surface.h5"
+    argv = [sys.executable, "-m", "depthscape", "landscape", str(checkpoint), "--output",
+            str(output), "--resolution", "3", "--dataset", str(stopped_run[0] / "data"),
+            "--subset", "8", "--no-progress"]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    first = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
+    assert first.returncode == 0, first.stderr
+    with h5py.File(output, "a") as f:
+        f["done"][4:] = 0  # a partial surface ...
+        del f["ydirection"]  # ... that lost a direction
+    before = output.read_bytes()
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
+    _one_line(result, 2, str(output), "holds 1 direction(s) (xdirection) for a 2-D surface")
+    assert output.read_bytes() == before
+    plotted = subprocess.run([sys.executable, "-m", "depthscape", "plot", str(output), "--plots-dir",
+                              str(tmp_path / "plots")], capture_output=True, text=True,
+                             timeout=300, env=env)
+    _one_line(plotted, 2, str(output), "for a 2-D surface")
+    with pytest.raises(UserError):
+        read_state(output)
+
