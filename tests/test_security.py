@@ -730,3 +730,145 @@ def test_a_partial_surface_without_its_ydirection_is_not_resumed(stopped_run, tm
     with pytest.raises(UserError):
         read_state(output)
 
+
+# --- group 6: data-loading edge cases, each one line naming what is wrong --------------------
+
+def _tar(folder: Path, archive: Path) -> Path:
+    import tarfile
+
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname=folder.name)
+    return archive
+
+
+def _png16(path: Path, array: np.ndarray) -> None:
+    """A 16-bit PNG written byte by byte (Pillow writes 16-bit grey but not 16-bit RGB)."""
+    import struct
+    import zlib
+
+    height, width = array.shape[:2]
+    channels = 1 if array.ndim == 2 else array.shape[2]
+    rows = b"".join(b"\x00" + array[y].astype(">u2").tobytes() for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, {1: 0, 3: 2}[channels], 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("form", ["folder", "archive"])
+def test_a_test_class_the_train_split_lacks_is_refused_naming_it(form, tmp_path, cache_dir):
+    from conftest import write_image_folder
+
+    from depthscape.core.data import load_image_folder
+
+    data = write_image_folder(tmp_path / "data", train_per_class=2, test_per_class=2)
+    (tmp_path / "data" / "test" / "zebra").mkdir()
+    (data / "test" / "cat" / "0000.png").rename(data / "test" / "zebra" / "0000.png")
+    source = data if form == "folder" else _tar(data, tmp_path / "data.tar.gz")
+    with pytest.raises(UserError, match="the test/ split of .* has class 'zebra' that train/ has "
+                                        "no images of") as error:
+        load_image_folder(source, cache_dir)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("form", ["folder", "archive"])
+def test_an_empty_class_folder_is_left_out_with_a_notice(form, tmp_path, cache_dir, capsys):
+    from conftest import write_image_folder
+
+    from depthscape.core.data import load_image_folder
+
+    data = write_image_folder(tmp_path / "data", train_per_class=2, test_per_class=2)
+    (data / "train" / "bird").mkdir()
+    (data / "test" / "bird").mkdir()
+    source = data if form == "folder" else _tar(data, tmp_path / "data.tar.gz")
+    dataset = load_image_folder(source, cache_dir)
+    assert dataset.classes == ["cat", "dog", "ship"] and dataset.num_classes == 3
+    err = capsys.readouterr().err
+    assert "notice" in err and "'bird'" in err and "training on 3 classes" in err
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("form", ["folder", "archive"])
+def test_a_single_class_dataset_is_refused(form, tmp_path, cache_dir):
+    from conftest import write_image_folder
+
+    from depthscape.core.data import load_image_folder
+
+    data = write_image_folder(tmp_path / "data", train_per_class=2, test_per_class=2,
+                              classes=("cat",))
+    source = data if form == "folder" else _tar(data, tmp_path / "data.tar.gz")
+    with pytest.raises(UserError, match=r"has 1 class with training images \('cat'\); a "
+                                        "classifier needs at least 2"):
+        load_image_folder(source, cache_dir)
+
+
+def test_16_bit_pngs_are_scaled_to_8_bits_not_clipped(tmp_path, cache_dir):
+    from PIL import Image
+
+    from depthscape.core.data import load_image_folder
+
+    grey = np.arange(64, dtype=np.uint16).reshape(8, 8) * 1024 + 7  # 7 .. 64519
+    colour = np.stack([grey, 65535 - grey, np.full_like(grey, 30000)], axis=-1)
+    for split in ("train", "test"):
+        for name in ("a", "b"):
+            (tmp_path / "grey" / split / name).mkdir(parents=True)
+            Image.fromarray(grey).save(tmp_path / "grey" / split / name / "0.png")
+            (tmp_path / "colour" / split / name).mkdir(parents=True)
+            _png16(tmp_path / "colour" / split / name / "0.png", colour)
+    assert Image.open(tmp_path / "grey" / "train" / "a" / "0.png").mode.startswith("I")
+    images = load_image_folder(tmp_path / "grey", cache_dir).train.images
+    assert images.shape == (2, 1, 8, 8)
+    assert images[0, 0].numpy().tolist() == (grey >> 8).astype(np.uint8).tolist()
+    assert (images == 255).float().mean() < 0.05  # was 99 % white through convert("RGB")
+    images = load_image_folder(tmp_path / "colour", cache_dir).train.images
+    assert images[0].numpy().tolist() == (colour >> 8).astype(np.uint8).transpose(2, 0, 1).tolist()
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # the CLI holds it back
+def test_a_huge_image_is_refused_from_its_header_before_decoding(tmp_path, cache_dir, monkeypatch):
+    from conftest import write_image_folder
+    from PIL import Image, ImageFile
+
+    from depthscape.core import data as data_module
+
+    data = write_image_folder(tmp_path / "data", train_per_class=2, test_per_class=2)
+    Image.new("L", (10_000, 10_000)).save(data / "train" / "dog" / "huge.png")
+    loads = []  # the sizes of the images whose pixels were decoded
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: (loads.append(self.size),
+                                                                   real_load(self))[1])
+    with pytest.raises(UserError, match=r"huge.png is 10000x10000 pixels, larger than the 4096"):
+        data_module.load_image_folder(data, cache_dir)
+    assert (10_000, 10_000) not in loads and (32, 32) in loads
+
+
+def test_a_shape_error_names_the_file_with_the_odd_shape(tmp_path, cache_dir):
+    from conftest import write_image_folder
+    from PIL import Image
+
+    from depthscape.core.data import load_image_folder
+
+    data = write_image_folder(tmp_path / "data", train_per_class=3, test_per_class=2)
+    Image.new("RGB", (40, 40)).save(data / "train" / "dog" / "0001.png")
+    for source in (data, _tar(data, tmp_path / "data.tar.gz")):
+        with pytest.raises(UserError) as error:
+            load_image_folder(source, cache_dir)
+        text = str(error.value)
+        assert "train/dog/0001.png is 40x40 with 3 channels, 8 other(s) are 32x32" in text, text
+
+
+def test_a_data_edge_case_is_one_line_from_the_command(tmp_path):
+    from conftest import write_image_folder
+
+    data = write_image_folder(tmp_path / "data", train_per_class=2, test_per_class=2)
+    (data / "test" / "zebra").mkdir()
+    (data / "test" / "cat" / "0000.png").rename(data / "test" / "zebra" / "0000.png")
+    result = subprocess.run(
+        [sys.executable, "-m", "depthscape", "train", "resnet", "8", "--dataset", str(data),
+         "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    _one_line(result, 2, "has class 'zebra' that train/ has no images of")
