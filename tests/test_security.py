@@ -4,11 +4,12 @@ Group 1: every file is created without following a link (core/atomic.py): a symb
 planted at the name of a lock, the data cache, a temporary, a log, a checkpoint, a surface,
 a plot, a table or the report never gets its target changed. Group 2: the stale-temporary
 sweep removes only depthscape's own temporaries of dead writers, in the folders it writes.
+Also: group 3 (OS errors, one line), 4 (a damaged surface file, one line), 5 (non-finite
+weights), 6 (data-loading edge cases) and 7 (resume with lost log rows or changed data).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -210,10 +211,9 @@ def test_atomic_open_gives_the_usual_mode(tmp_path):
 # --- the decoded-data cache ---------------------------------------------------------------------
 
 def _cache_file(data: Path, cache: Path) -> Path:
-    path = data.resolve()
-    info = path.stat()
-    key = hashlib.sha256(f"{path}|{info.st_size}|{info.st_mtime_ns}".encode()).hexdigest()[:16]
-    return cache / f"imagefolder-{key}.npz"
+    from depthscape.core.data import cache_file_for
+
+    return cache_file_for(data.resolve(), cache)
 
 
 def test_a_link_at_the_caches_name_is_refused(tiny_data, tmp_path, victim):
@@ -872,3 +872,53 @@ def test_a_data_edge_case_is_one_line_from_the_command(tmp_path):
          "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")],
         capture_output=True, text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     _one_line(result, 2, "has class 'zebra' that train/ has no images of")
+
+
+# --- group 7, second bullet: the data's content is the cache's key and the run's identity ------
+
+def test_an_image_overwritten_in_place_is_decoded_again(tiny_data, tmp_path):
+    from PIL import Image
+
+    from depthscape.core.data import load_image_folder
+
+    cache = tmp_path / "cache"
+    first = load_image_folder(tiny_data, cache)
+    top = tiny_data.stat()
+    image = tiny_data / "train" / "cat" / "0000.png"
+    Image.new("RGB", (32, 32), (7, 8, 9)).save(image)  # same name, other pixels
+    os.utime(tiny_data, ns=(top.st_atime_ns, top.st_mtime_ns))  # the top folder looks the same
+    second = load_image_folder(tiny_data, cache)
+    assert second.train.images[0, :, 0, 0].tolist() == [7, 8, 9]
+    assert second.content_sha256() != first.content_sha256()
+    assert load_image_folder(tiny_data, cache).content_sha256() == second.content_sha256()
+    assert len(list(cache.glob("imagefolder-*.npz"))) == 2
+
+
+def test_a_resume_whose_data_changed_is_refused(stopped_run, tmp_path):
+    from PIL import Image
+
+    from depthscape.training.loop import train
+
+    config, paths = _copy_run(stopped_run, tmp_path / "run")
+    image = stopped_run[0] / "data" / "train" / "cat" / "0000.png"
+    original = image.read_bytes()
+    try:
+        Image.new("RGB", (32, 32), (7, 8, 9)).save(image)
+        with pytest.raises(UserError, match="dataset content: its images or labels changed"):
+            train(config(tmp_path / "run", resume=True))
+    finally:
+        image.write_bytes(original)
+    assert paths.resume.exists() and not paths.final.exists()
+    assert train(config(tmp_path / "run", resume=True)).finished  # the same data again: resumes
+
+
+def test_a_checkpoint_from_before_the_content_hash_still_resumes(stopped_run, tmp_path):
+    import torch
+
+    from depthscape.training.loop import train
+
+    config, paths = _copy_run(stopped_run, tmp_path / "run")
+    data = torch.load(paths.resume, weights_only=True)
+    assert len(data["config"]["dataset"].pop("content_sha256")) == 64
+    torch.save(data, paths.resume)
+    assert train(config(tmp_path / "run", resume=True)).finished

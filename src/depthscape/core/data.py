@@ -87,6 +87,15 @@ class Dataset:
     train: Split
     test: Split
     classes: list[str]
+    #: sha256 of the decoded arrays and class names (see :meth:`content_sha256`)
+    content: str | None = field(default=None, compare=False, repr=False)
+
+    def content_sha256(self) -> str:
+        """A hash of the decoded pixels, labels and class names, computed once: a run
+        records it, and a resume on data that changed under the same names is refused."""
+        if self.content is None:
+            self.content = content_hash(self.train, self.test, self.classes)
+        return self.content
 
     @property
     def in_channels(self) -> int:
@@ -219,27 +228,28 @@ def load_image_folder(path: str | os.PathLike, cache_dir: str | os.PathLike | No
                       name: str | None = None) -> Dataset:
     """Read an ImageFolder tree (``train/<class>/*.jpg``, ``test/<class>/*.jpg``) or archive.
 
-    Decoded arrays are cached in ``cache_dir`` under a key made of the path, its size and
-    modification time, so a changed source is decoded again.
+    Decoded arrays are cached in ``cache_dir`` under a key made of the path and the sizes and
+    modification times of its files (:func:`cache_file_for`), so a changed source is decoded
+    again; the hash of the decoded content is computed once and cached with them.
     """
     path = Path(path).expanduser().resolve()
     if not path.exists():
         raise UserError(f"data not found: {path} does not exist")
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    stat = path.stat()
-    key = hashlib.sha256(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    cache_file = cache / f"imagefolder-{key}.npz"
+    cache_file = cache_file_for(path, cache)
     dataset_name = name or path.name.split(".")[0]
     refuse_link(cache_file, "decoded-data cache")
     if cache_file.exists():
         try:
             with np.load(cache_file) as archive:
                 classes = [str(c) for c in archive["classes"]]
+                content = (str(archive["content_sha256"]) if "content_sha256" in archive.files
+                           else None)  # older caches: hashed on first use
                 return Dataset(
                     dataset_name,
                     Split(torch.from_numpy(archive["train_x"]), torch.from_numpy(archive["train_y"])),
                     Split(torch.from_numpy(archive["test_x"]), torch.from_numpy(archive["test_y"])),
-                    classes,
+                    classes, content,
                 )
         except Exception:
             pass  # a damaged cache is decoded again below
@@ -251,6 +261,7 @@ def load_image_folder(path: str | os.PathLike, cache_dir: str | os.PathLike | No
             raise UserError(f"no train/ and test/ folders found in {path} (ImageFolder layout expected)")
         splits, classes = _decode_tree(root)
     dataset = Dataset(dataset_name, splits["train"], splits["test"], classes)
+    dataset.content_sha256()  # once, while decoding; kept in the cache beside the arrays
     try:
         if not make_cache_dir(cache):
             return dataset  # no home folder to cache in: decoded again next time
@@ -258,10 +269,46 @@ def load_image_folder(path: str | os.PathLike, cache_dir: str | os.PathLike | No
         with atomic_open(cache_file, "wb") as handle:  # a new file, never through a link
             np.savez(handle, train_x=dataset.train.images.numpy(),
                      train_y=dataset.train.labels.numpy(), test_x=dataset.test.images.numpy(),
-                     test_y=dataset.test.labels.numpy(), classes=np.array(classes))
+                     test_y=dataset.test.labels.numpy(), classes=np.array(classes),
+                     content_sha256=np.array(dataset.content))
     except (OSError, UserError):
         pass  # caching is an optimisation; a read-only cache dir must not stop the run
     return dataset
+
+
+def content_hash(train: Split, test: Split, classes: list[str]) -> str:
+    """sha256 of two splits' shapes, pixels and labels and the class names."""
+    digest = hashlib.sha256()
+    for split in (train, test):
+        for tensor in (split.images, split.labels):
+            tensor = tensor.contiguous().cpu()
+            digest.update(f"{tuple(tensor.shape)}|{tensor.dtype}|".encode())
+            digest.update(tensor.numpy().tobytes())
+    digest.update("\n".join(classes).encode())
+    return digest.hexdigest()
+
+
+def cache_file_for(path: Path, cache: Path) -> Path:
+    """The decoded-data cache file of the ImageFolder tree or archive ``path`` (resolved).
+
+    The key holds the path and the size and modification time of the archive, or of every
+    file of the tree: an image overwritten in place, or a tree replaced at the same path,
+    is decoded again (the top folder's own time does not change when a file inside does).
+    """
+    digest = hashlib.sha256(str(path).encode())
+    stat = path.stat()
+    digest.update(f"|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    if path.is_dir():
+        for folder, subfolders, files in os.walk(path):
+            subfolders.sort()
+            for name in sorted(files):
+                try:
+                    info = os.stat(os.path.join(folder, name))
+                except OSError:
+                    continue  # a file that vanished: the decode names what it finds
+                relative = os.path.relpath(os.path.join(folder, name), path)
+                digest.update(f"\n{relative}|{info.st_size}|{info.st_mtime_ns}".encode())
+    return cache / f"imagefolder-{digest.hexdigest()[:16]}.npz"
 
 
 def _first_line(error: BaseException) -> str:
