@@ -4,11 +4,12 @@ Group 1: every file is created without following a link (core/atomic.py): a symb
 planted at the name of a lock, the data cache, a temporary, a log, a checkpoint, a surface,
 a plot, a table or the report never gets its target changed. Group 2: the stale-temporary
 sweep removes only depthscape's own temporaries of dead writers, in the folders it writes.
+Also: group 3 (OS errors, one line), 4 (a damaged surface file, one line), 5 (non-finite
+weights), 6 (data-loading edge cases) and 7 (resume with lost log rows or changed data).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -210,10 +211,9 @@ def test_atomic_open_gives_the_usual_mode(tmp_path):
 # --- the decoded-data cache ---------------------------------------------------------------------
 
 def _cache_file(data: Path, cache: Path) -> Path:
-    path = data.resolve()
-    info = path.stat()
-    key = hashlib.sha256(f"{path}|{info.st_size}|{info.st_mtime_ns}".encode()).hexdigest()[:16]
-    return cache / f"imagefolder-{key}.npz"
+    from depthscape.core.data import cache_file_for
+
+    return cache_file_for(data.resolve(), cache)
 
 
 def test_a_link_at_the_caches_name_is_refused(tiny_data, tmp_path, victim):
@@ -587,3 +587,338 @@ def test_a_missing_home_folder_is_never_created(tiny_data, tmp_path, monkeypatch
     with pytest.raises(UserError, match="home folder .* does not exist"):
         load_dataset("mnist")
     assert not home.parent.exists()
+
+
+# --- group 4: a surface file is checked for agreeing with itself on every read ----------------
+
+def _surface_2d(path: Path, done_points: int = 4) -> Path:
+    """A partial 3x3 surface written the way the landscape writes one (two directions)."""
+    import torch
+
+    from depthscape.analysis.landscape.storage import new_state, write_surface
+
+    directions = [{"conv.weight": torch.ones(2, 3), "fc.weight": torch.ones(4)} for _ in range(2)]
+    state = new_state("test", np.linspace(-1, 1, 3), np.linspace(-1, 1, 3), directions,
+                      {"dims": 2, "resolution": 3, "seed": 0}, {"workers": 1})
+    state.done.ravel()[:done_points] = True
+    state.loss.ravel()[:done_points] = 1.0
+    state.acc.ravel()[:done_points] = 50.0
+    return write_surface(path, state)
+
+
+def _replace(f, name: str, values) -> None:
+    del f[name]
+    f[name] = values
+
+
+def _no_ydirection(f):
+    del f["ydirection"]
+
+
+def _settings_list(f):
+    f.attrs["settings"] = json.dumps([json.loads(f.attrs["settings"])])
+
+
+def _identity_list(f):
+    settings = json.loads(f.attrs["settings"])
+    settings["identity"] = list(settings["identity"].items())
+    f.attrs["settings"] = json.dumps(settings)
+
+
+def _split_number(f):
+    settings = json.loads(f.attrs["settings"])
+    settings["split"] = 3
+    f.attrs["settings"] = json.dumps(settings)
+
+
+def _other_y_tensors(f):
+    _replace(f, "ydirection/1", np.ones(5, dtype=np.float32))
+
+
+def _names_short(f):
+    f["xdirection"].attrs["names"] = json.dumps(["conv.weight"])
+
+
+def _dims_1(f):
+    settings = json.loads(f.attrs["settings"])
+    settings["identity"]["dims"] = 1
+    f.attrs["settings"] = json.dumps(settings)
+
+
+DAMAGED_SURFACES = {
+    "no ydirection": (_no_ydirection, "holds 1 direction(s) (xdirection) for a 2-D surface"),
+    "done of another shape": (lambda f: _replace(f, "done", np.ones((2, 3), np.uint8)),
+                              "done has shape (2, 3), the grid is (3, 3)"),
+    "loss of another shape": (lambda f: _replace(f, "test_loss", np.ones(9)),
+                              "test_loss has shape (9,), the grid is (3, 3)"),
+    "settings a list": (_settings_list, "its settings are a list, not a mapping"),
+    "identity a list": (_identity_list, "its settings' 'identity' is a list, not a mapping"),
+    "split a number": (_split_number, "its settings' split is 3, not one of train, test"),
+    "x of length 1": (lambda f: _replace(f, "xcoordinates", np.zeros(1)),
+                      "xcoordinates has shape (1,), not a line of at least 2 points"),
+    "y of length 1": (lambda f: _replace(f, "ycoordinates", np.zeros(1)),
+                      "ycoordinates has shape (1,), not a line of at least 2 points"),
+    "y a grid": (lambda f: _replace(f, "ycoordinates", np.zeros((3, 3))),
+                 "ycoordinates has shape (3, 3)"),
+    "resolution": (lambda f: (_replace(f, "xcoordinates", np.zeros(4)),
+                              _replace(f, "test_loss", np.zeros((3, 4)))),
+                   "its coordinates have 4 and 3 points, its settings say resolution=3"),
+    "dims": (_dims_1, "its settings say dims=1 but it holds 2 coordinate axes"),
+    "other y tensors": (_other_y_tensors, "its xdirection and ydirection hold different tensors"),
+    "names short": (_names_short, "xdirection names 1 tensor(s) but holds 2"),
+    "no x": (lambda f: f.__delitem__("xcoordinates"), "it has no 'xcoordinates' dataset"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGED_SURFACES))
+def test_a_damaged_surface_is_one_line_naming_the_file_and_the_fault(case, tmp_path):
+    import h5py
+
+    from depthscape.analysis.landscape.storage import read_state
+
+    path = _surface_2d(tmp_path / "surface.h5")
+    read_state(path)  # the intact file reads
+    damage, message = DAMAGED_SURFACES[case]
+    with h5py.File(path, "a") as f:
+        damage(f)
+    for with_directions in (True, False):  # plot and api read without the directions
+        with pytest.raises(UserError) as error:
+            read_state(path, with_directions=with_directions)
+        text = str(error.value)
+        assert str(path) in text and message in text and "\n" not in text, text
+
+
+def test_a_1d_surface_with_a_second_direction_is_refused(tmp_path):
+    import h5py
+
+    from depthscape.analysis.landscape.storage import read_state
+
+    path = tmp_path / "line.h5"
+    _write_surface(path)
+    assert read_state(path).dims == 1
+    with h5py.File(path, "a") as f:
+        f.copy("xdirection", "ydirection")
+    with pytest.raises(UserError, match="holds 2 direction.*for a 1-D surface"):
+        read_state(path)
+
+
+def test_a_partial_surface_without_its_ydirection_is_not_resumed(stopped_run, tmp_path):
+    """The issue's case, through the command: no resume along x only, no "complete" surface."""
+    import h5py
+
+    from depthscape.analysis.landscape.storage import read_state
+
+    checkpoint = _final_checkpoint(stopped_run, tmp_path / "final.pth")
+    output = tmp_path / "surface.h5"
+    argv = [sys.executable, "-m", "depthscape", "landscape", str(checkpoint), "--output",
+            str(output), "--resolution", "3", "--dataset", str(stopped_run[0] / "data"),
+            "--subset", "8", "--no-progress"]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    first = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
+    assert first.returncode == 0, first.stderr
+    with h5py.File(output, "a") as f:
+        f["done"][4:] = 0  # a partial surface ...
+        del f["ydirection"]  # ... that lost a direction
+    before = output.read_bytes()
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
+    _one_line(result, 2, str(output), "holds 1 direction(s) (xdirection) for a 2-D surface")
+    assert output.read_bytes() == before
+    plotted = subprocess.run([sys.executable, "-m", "depthscape", "plot", str(output), "--plots-dir",
+                              str(tmp_path / "plots")], capture_output=True, text=True,
+                             timeout=300, env=env)
+    _one_line(plotted, 2, str(output), "for a 2-D surface")
+    with pytest.raises(UserError):
+        read_state(output)
+
+
+# --- group 6: data-loading edge cases, each one line naming what is wrong --------------------
+
+def _tar(folder: Path, archive: Path) -> Path:
+    import tarfile
+
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname=folder.name)
+    return archive
+
+
+def _png16(path: Path, array: np.ndarray) -> None:
+    """A 16-bit PNG written byte by byte (Pillow writes 16-bit grey but not 16-bit RGB)."""
+    import struct
+    import zlib
+
+    height, width = array.shape[:2]
+    channels = 1 if array.ndim == 2 else array.shape[2]
+    rows = b"".join(b"\x00" + array[y].astype(">u2").tobytes() for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, {1: 0, 3: 2}[channels], 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("form", ["folder", "archive"])
+def test_a_test_class_the_train_split_lacks_is_refused_naming_it(form, tmp_path, cache_dir):
+    from conftest import write_image_folder
+
+    from depthscape.core.data import load_image_folder
+
+    data = write_image_folder(tmp_path / "data", train_per_class=2, test_per_class=2)
+    (tmp_path / "data" / "test" / "zebra").mkdir()
+    (data / "test" / "cat" / "0000.png").rename(data / "test" / "zebra" / "0000.png")
+    source = data if form == "folder" else _tar(data, tmp_path / "data.tar.gz")
+    with pytest.raises(UserError, match="the test/ split of .* has class 'zebra' that train/ has "
+                                        "no images of") as error:
+        load_image_folder(source, cache_dir)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("form", ["folder", "archive"])
+def test_an_empty_class_folder_is_left_out_with_a_notice(form, tmp_path, cache_dir, capsys):
+    from conftest import write_image_folder
+
+    from depthscape.core.data import load_image_folder
+
+    data = write_image_folder(tmp_path / "data", train_per_class=2, test_per_class=2)
+    (data / "train" / "bird").mkdir()
+    (data / "test" / "bird").mkdir()
+    source = data if form == "folder" else _tar(data, tmp_path / "data.tar.gz")
+    dataset = load_image_folder(source, cache_dir)
+    assert dataset.classes == ["cat", "dog", "ship"] and dataset.num_classes == 3
+    err = capsys.readouterr().err
+    assert "notice" in err and "'bird'" in err and "training on 3 classes" in err
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("form", ["folder", "archive"])
+def test_a_single_class_dataset_is_refused(form, tmp_path, cache_dir):
+    from conftest import write_image_folder
+
+    from depthscape.core.data import load_image_folder
+
+    data = write_image_folder(tmp_path / "data", train_per_class=2, test_per_class=2,
+                              classes=("cat",))
+    source = data if form == "folder" else _tar(data, tmp_path / "data.tar.gz")
+    with pytest.raises(UserError, match=r"has 1 class with training images \('cat'\); a "
+                                        "classifier needs at least 2"):
+        load_image_folder(source, cache_dir)
+
+
+def test_16_bit_pngs_are_scaled_to_8_bits_not_clipped(tmp_path, cache_dir):
+    from PIL import Image
+
+    from depthscape.core.data import load_image_folder
+
+    grey = np.arange(64, dtype=np.uint16).reshape(8, 8) * 1024 + 7  # 7 .. 64519
+    colour = np.stack([grey, 65535 - grey, np.full_like(grey, 30000)], axis=-1)
+    for split in ("train", "test"):
+        for name in ("a", "b"):
+            (tmp_path / "grey" / split / name).mkdir(parents=True)
+            Image.fromarray(grey).save(tmp_path / "grey" / split / name / "0.png")
+            (tmp_path / "colour" / split / name).mkdir(parents=True)
+            _png16(tmp_path / "colour" / split / name / "0.png", colour)
+    assert Image.open(tmp_path / "grey" / "train" / "a" / "0.png").mode.startswith("I")
+    images = load_image_folder(tmp_path / "grey", cache_dir).train.images
+    assert images.shape == (2, 1, 8, 8)
+    assert images[0, 0].numpy().tolist() == (grey >> 8).astype(np.uint8).tolist()
+    assert (images == 255).float().mean() < 0.05  # was 99 % white through convert("RGB")
+    images = load_image_folder(tmp_path / "colour", cache_dir).train.images
+    assert images[0].numpy().tolist() == (colour >> 8).astype(np.uint8).transpose(2, 0, 1).tolist()
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # the CLI holds it back
+def test_a_huge_image_is_refused_from_its_header_before_decoding(tmp_path, cache_dir, monkeypatch):
+    from conftest import write_image_folder
+    from PIL import Image, ImageFile
+
+    from depthscape.core import data as data_module
+
+    data = write_image_folder(tmp_path / "data", train_per_class=2, test_per_class=2)
+    Image.new("L", (10_000, 10_000)).save(data / "train" / "dog" / "huge.png")
+    loads = []  # the sizes of the images whose pixels were decoded
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: (loads.append(self.size),
+                                                                   real_load(self))[1])
+    with pytest.raises(UserError, match=r"huge.png is 10000x10000 pixels, larger than the 4096"):
+        data_module.load_image_folder(data, cache_dir)
+    assert (10_000, 10_000) not in loads and (32, 32) in loads
+
+
+def test_a_shape_error_names_the_file_with_the_odd_shape(tmp_path, cache_dir):
+    from conftest import write_image_folder
+    from PIL import Image
+
+    from depthscape.core.data import load_image_folder
+
+    data = write_image_folder(tmp_path / "data", train_per_class=3, test_per_class=2)
+    Image.new("RGB", (40, 40)).save(data / "train" / "dog" / "0001.png")
+    for source in (data, _tar(data, tmp_path / "data.tar.gz")):
+        with pytest.raises(UserError) as error:
+            load_image_folder(source, cache_dir)
+        text = str(error.value)
+        assert "train/dog/0001.png is 40x40 with 3 channels, 8 other(s) are 32x32" in text, text
+
+
+def test_a_data_edge_case_is_one_line_from_the_command(tmp_path):
+    from conftest import write_image_folder
+
+    data = write_image_folder(tmp_path / "data", train_per_class=2, test_per_class=2)
+    (data / "test" / "zebra").mkdir()
+    (data / "test" / "cat" / "0000.png").rename(data / "test" / "zebra" / "0000.png")
+    result = subprocess.run(
+        [sys.executable, "-m", "depthscape", "train", "resnet", "8", "--dataset", str(data),
+         "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    _one_line(result, 2, "has class 'zebra' that train/ has no images of")
+
+
+# --- group 7, second bullet: the data's content is the cache's key and the run's identity ------
+
+def test_an_image_overwritten_in_place_is_decoded_again(tiny_data, tmp_path):
+    from PIL import Image
+
+    from depthscape.core.data import load_image_folder
+
+    cache = tmp_path / "cache"
+    first = load_image_folder(tiny_data, cache)
+    top = tiny_data.stat()
+    image = tiny_data / "train" / "cat" / "0000.png"
+    Image.new("RGB", (32, 32), (7, 8, 9)).save(image)  # same name, other pixels
+    os.utime(tiny_data, ns=(top.st_atime_ns, top.st_mtime_ns))  # the top folder looks the same
+    second = load_image_folder(tiny_data, cache)
+    assert second.train.images[0, :, 0, 0].tolist() == [7, 8, 9]
+    assert second.content_sha256() != first.content_sha256()
+    assert load_image_folder(tiny_data, cache).content_sha256() == second.content_sha256()
+    assert len(list(cache.glob("imagefolder-*.npz"))) == 2
+
+
+def test_a_resume_whose_data_changed_is_refused(stopped_run, tmp_path):
+    from PIL import Image
+
+    from depthscape.training.loop import train
+
+    config, paths = _copy_run(stopped_run, tmp_path / "run")
+    image = stopped_run[0] / "data" / "train" / "cat" / "0000.png"
+    original = image.read_bytes()
+    try:
+        Image.new("RGB", (32, 32), (7, 8, 9)).save(image)
+        with pytest.raises(UserError, match="dataset content: its images or labels changed"):
+            train(config(tmp_path / "run", resume=True))
+    finally:
+        image.write_bytes(original)
+    assert paths.resume.exists() and not paths.final.exists()
+    assert train(config(tmp_path / "run", resume=True)).finished  # the same data again: resumes
+
+
+def test_a_checkpoint_from_before_the_content_hash_still_resumes(stopped_run, tmp_path):
+    import torch
+
+    from depthscape.training.loop import train
+
+    config, paths = _copy_run(stopped_run, tmp_path / "run")
+    data = torch.load(paths.resume, weights_only=True)
+    assert len(data["config"]["dataset"].pop("content_sha256")) == 64
+    torch.save(data, paths.resume)
+    assert train(config(tmp_path / "run", resume=True)).finished

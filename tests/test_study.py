@@ -221,3 +221,64 @@ def test_interrupt_tells_to_rerun_the_study(tmp_path, tiny_data, cache_dir, monk
     err = capsys.readouterr().err
     assert "interrupted at iteration 3" in err and "run the same study command again" in err
     assert "--resume" not in err
+
+
+def _snapshots_written(every: int, length: int) -> int:
+    """How many snapshots the training loop's writer keeps for a run of ``length`` units."""
+    from depthscape.training.snapshots import SnapshotWriter
+
+    # the writer's rule is the same in units as in steps (every_steps = every * epoch_steps)
+    writer = SnapshotWriter("unused.h5", every, every, length)
+    kept = 0
+    for step in range(length + 1):
+        if writer.due(step):
+            writer.last_step, kept = step, kept + 1
+    return kept
+
+
+@pytest.mark.parametrize("name", ["smoke", "quick", "paper"])
+def test_every_budget_keeps_enough_snapshots_for_every_trajectory(name):
+    from depthscape.analysis.trajectory import MIN_SNAPSHOTS
+
+    budget = get_budget(name)
+    for model in budget.models:  # the seven of the spec, each on its own scaled schedule
+        recipe = budget.recipe(model)
+        kept = _snapshots_written(budget.snapshot_every(model), recipe.length)
+        assert kept == budget.snapshot_count(model)
+        assert kept >= MIN_SNAPSHOTS, (name, model, recipe.length, recipe.unit, kept)
+
+
+def test_too_few_snapshots_are_a_note_not_an_option_to_change(tmp_path, tiny_data, cache_dir,
+                                                              monkeypatch):
+    from dataclasses import replace
+
+    from depthscape.study import runner
+
+    # one snapshot per run: the start and the end, one fewer than a trajectory needs
+    coarse = replace(get_budget("smoke"), snapshots=1)
+    monkeypatch.setitem(runner.BUDGETS, "smoke", coarse)
+    assert coarse.snapshot_count("resnet8") == 2
+    config = StudyConfig(budget="smoke", out_dir=str(tmp_path / "out"), dataset=str(tiny_data),
+                         cache_dir=str(cache_dir), models=["resnet8"], landscapes=False,
+                         sharpness=False, curvature=False, progress=False)
+    result = run_study(config)
+    assert result.trajectories == [] and len(result.notes) == 1
+    note = result.notes[0]
+    assert "resnet8" in note and "smoke budget" in note and "at least 3" in note
+    assert "--snapshot-every" not in note and "--snapshot-every" not in result.report_md.read_text()
+    assert note in result.report_md.read_text()
+
+
+@pytest.mark.realdata
+@pytest.mark.slow  # about 7 minutes on one busy core (decoding included), measured once
+def test_smoke_study_finishes_on_real_cifar10(real_cifar10, tmp_path, cache_dir, capsys):
+    """The issue's command, every default of the smoke budget, all seven models."""
+    out = tmp_path / "study"
+    code = main(["study", "--budget", "smoke", "--data-dir", str(real_cifar10), "--out", str(out),
+                 "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    result_md = (out / "report.md").read_text()
+    for model in ("cnn", "resnet20", "resnet56", "resnet110", "plain20", "plain56", "plain110"):
+        paths = run_paths(out, model, 0, "cifar10")
+        assert paths.final.exists() and (out / "trajectories" / f"{paths.run_name}.h5").exists()
+    assert "no trajectory" not in result_md

@@ -46,6 +46,8 @@ from depthscape.training.snapshots import (
 
 #: Columns of the snapshot matrix turned into the float64 Gram matrix at a time.
 _CHUNK = 1 << 16
+#: The fewest snapshots a trajectory's PCA is computed from (the start, one between, the end).
+MIN_SNAPSHOTS = 3
 
 
 @dataclass(frozen=True)
@@ -136,9 +138,9 @@ def trajectory_from_snapshots(snapshot_file: str | os.PathLike, final: torch.nn.
     shapes = [tuple(final.get_parameter(n).shape) for n in names]
     if names != info["names"] or shapes != info["shapes"]:
         raise UserError(f"{snapshot_file} holds snapshots of another architecture than the checkpoint")
-    if len(steps) < 3:
-        raise UserError(f"{snapshot_file} holds {len(steps)} snapshot(s); a trajectory needs at least 3 "
-                        "(train with a smaller --snapshot-every)")
+    if len(steps) < MIN_SNAPSHOTS:
+        raise UserError(f"{snapshot_file} holds {len(steps)} snapshot(s); a trajectory needs at "
+                        f"least {MIN_SNAPSHOTS} (train with a smaller --snapshot-every)")
     if final_step is not None and int(steps[-1]) != int(final_step):
         raise UserError(f"{snapshot_file} ends at step {int(steps[-1])} but the checkpoint is at "
                         f"{final_step}: the run is unfinished or the snapshots are another run's")

@@ -63,7 +63,8 @@ def run_settings(config: TrainConfig, recipe: Recipe, dataset: Dataset, preproce
         "train": settings,
         "dataset": {"name": dataset.name, "classes": list(dataset.classes),
                     "train_size": len(dataset.train), "test_size": len(dataset.test),
-                    "in_channels": dataset.in_channels, "image_size": dataset.image_size},
+                    "in_channels": dataset.in_channels, "image_size": dataset.image_size,
+                    "content_sha256": dataset.content_sha256()},
         "preprocess": {"scale": preprocess.scale, "mean": list(preprocess.mean),
                        "augment": preprocess.augment, "crop_padding": preprocess.crop_padding},
     }
@@ -74,6 +75,15 @@ def first_difference(saved: dict, current: dict) -> str | None:
     or None where the two are the same run (it may resume)."""
     keys = ("model", "recipe", "dataset", "preprocess")
     for key in keys:
+        if key == "dataset":
+            stored, here = dict(saved.get(key) or {}), dict(current.get(key) or {})
+            content = stored.pop("content_sha256", None), here.pop("content_sha256", None)
+            if stored != here:
+                return key
+            # runs from before the data's content was recorded resume as before
+            if content[0] is not None and content[0] != content[1]:
+                return "dataset content: its images or labels changed since the run started"
+            continue
         if saved.get(key) != current.get(key):
             return key
     ignore = {"data_dir", "cache_dir", "out_dir", "checkpoint_every", "eval_batch_size"}

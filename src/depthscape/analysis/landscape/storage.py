@@ -126,8 +126,100 @@ def write_surface(path: str | os.PathLike, state: SurfaceState) -> Path:
     return path
 
 
+#: The splits a surface is evaluated on (its loss and accuracy datasets are named after it).
+SPLITS = ("train", "test")
+
+
+def _damaged(path: Path, what: str) -> UserError:
+    return UserError(f"{path} is a damaged surface file: {what}; compute it again")
+
+
+def _settings_of(path: Path, f) -> dict:
+    """The file's settings attribute, checked for the types every reader relies on."""
+    try:
+        settings = json.loads(f.attrs["settings"])
+    except (TypeError, ValueError) as error:
+        raise _damaged(path, f"its settings are not JSON ({str(error)[:80]})") from None
+    if not isinstance(settings, dict):
+        raise _damaged(path, f"its settings are a {type(settings).__name__}, not a mapping")
+    if settings.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"{path} has surface format {settings.get('format_version')}, "
+                        f"this version reads {FORMAT_VERSION}; compute it again")
+    for key, kind, required in (("identity", dict, True), ("info", dict, False),
+                                ("extra", list, False)):
+        if key not in settings:
+            if required:
+                raise _damaged(path, f"its settings have no {key!r}")
+            continue
+        if not isinstance(settings[key], kind):
+            raise _damaged(path, f"its settings' {key!r} is a {type(settings[key]).__name__}, "
+                                 f"not a {'mapping' if kind is dict else 'list'}")
+    if settings.get("split") not in SPLITS:
+        raise _damaged(path, f"its settings' split is {settings.get('split')!r}, not one of "
+                             f"{', '.join(SPLITS)}")
+    if not all(isinstance(name, str) for name in settings.get("extra", [])):
+        raise _damaged(path, "its settings' 'extra' names are not all strings")
+    return settings
+
+
+def _check_layout(path: Path, f, settings: dict) -> None:
+    """Shapes and direction count agree with each other and with the recorded settings."""
+    import h5py
+
+    def dataset(name: str):
+        if name not in f or not isinstance(f[name], h5py.Dataset):
+            raise _damaged(path, f"it has no {name!r} dataset")
+        return f[name]
+
+    axes = [dataset("xcoordinates")] + ([dataset("ycoordinates")] if "ycoordinates" in f else [])
+    for axis in axes:
+        if axis.ndim != 1 or axis.shape[0] < 2:
+            raise _damaged(path, f"{axis.name.lstrip('/')} has shape {axis.shape}, not a line of "
+                                 "at least 2 points")
+    dims = len(axes)
+    recorded = settings["identity"].get("dims")
+    if recorded is not None and recorded != dims:
+        raise _damaged(path, f"its settings say dims={recorded} but it holds {dims} coordinate "
+                             f"{'axis' if dims == 1 else 'axes'}")
+    resolution = settings["identity"].get("resolution")
+    if isinstance(resolution, int) and any(axis.shape[0] != resolution for axis in axes):
+        raise _damaged(path, f"its coordinates have {' and '.join(str(a.shape[0]) for a in axes)} "
+                             f"points, its settings say resolution={resolution}")
+    # loss[j, i] is the value at (x[i], y[j]): rows are y
+    shape = tuple(axis.shape[0] for axis in reversed(axes))
+    split = settings["split"]
+    for name in (f"{split}_loss", f"{split}_acc", "done"):
+        if dataset(name).shape != shape:
+            raise _damaged(path, f"{name} has shape {dataset(name).shape}, the grid is {shape}")
+    groups = [key for key in ("xdirection", "ydirection") if key in f]
+    wanted = ["xdirection", "ydirection"][:dims]
+    if groups != wanted:
+        raise _damaged(path, f"it holds {len(groups)} direction(s) ({', '.join(groups) or 'none'}) "
+                             f"for a {dims}-D surface ({', '.join(wanted)} wanted)")
+    layouts = []
+    for key in groups:
+        group = f[key]
+        try:
+            names = json.loads(group.attrs["names"])
+        except (KeyError, TypeError, ValueError):
+            raise _damaged(path, f"{key} has no readable list of tensor names") from None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise _damaged(path, f"{key}'s tensor names are not a list of strings")
+        if len(names) != len(group) or any(str(i) not in group for i in range(len(names))):
+            raise _damaged(path, f"{key} names {len(names)} tensor(s) but holds {len(group)}")
+        layouts.append([(name, group[str(i)].shape) for i, name in enumerate(names)])
+    if len(layouts) == 2 and layouts[0] != layouts[1]:
+        raise _damaged(path, "its xdirection and ydirection hold different tensors")
+
+
 def read_state(path: str | os.PathLike, with_directions: bool = True) -> SurfaceState:
-    """Read a surface file written by :func:`write_surface`; a bad file is a UserError."""
+    """Read a surface file written by :func:`write_surface`; a bad file is a UserError.
+
+    Every read checks that the file agrees with itself (issue 19): the settings' types, the
+    coordinates (lines of at least 2 points), the loss, accuracy and ``done`` shapes against
+    the grid, one direction per axis (tensor names and shapes alike) and the recorded dims
+    and resolution; a mismatch is one line naming the file and what is wrong.
+    """
     import h5py
 
     path = Path(path)
@@ -137,10 +229,8 @@ def read_state(path: str | os.PathLike, with_directions: bool = True) -> Surface
         with h5py.File(path, "r") as f:
             if "settings" not in f.attrs:
                 raise UserError(f"{path} is not a depthscape surface file (no settings attribute)")
-            settings = json.loads(f.attrs["settings"])
-            if settings.get("format_version") != FORMAT_VERSION:
-                raise UserError(f"{path} has surface format {settings.get('format_version')}, "
-                                f"this version reads {FORMAT_VERSION}; compute it again")
+            settings = _settings_of(path, f)
+            _check_layout(path, f, settings)
             split = settings["split"]
             directions = []
             if with_directions:
@@ -160,7 +250,7 @@ def read_state(path: str | os.PathLike, with_directions: bool = True) -> Surface
             )
     except UserError:
         raise
-    except (OSError, KeyError, ValueError) as error:
+    except (OSError, KeyError, ValueError, TypeError) as error:
         raise UserError(f"{path} is not a readable surface file: {str(error).splitlines()[0][:160]}") \
             from None
 
