@@ -210,6 +210,8 @@ def test_report_shows_the_density_and_flatness(tmp_path):
     assert "*ResNet-20 vs PlainNet-20*" in markdown
     assert "## Flatness with error bars" in markdown and "| ResNet-20 |" in markdown
     assert "Loss rise at radius 0.25" in markdown and "within noise" not in markdown
-    assert "| eigenvalue density | 2 Lanczos runs x 20 steps" in markdown
-    assert "| flatness | 5 random 1-D slices x 11 points on 200 test images |" in markdown
+    assert (f"| eigenvalue density | {quick.density_runs} Lanczos runs x "
+            f"{quick.density_steps} steps") in markdown
+    assert (f"| flatness | {quick.flatness_directions} random 1-D slices x "
+            f"{quick.flatness_points} points on {quick.flatness_subset} test images |") in markdown
     assert render_html(blocks).count("data:image/png;base64,") == 2
