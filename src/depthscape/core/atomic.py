@@ -254,23 +254,9 @@ def atomic_open(target: str | os.PathLike, mode: str = "wb", **kwargs):
     An OSError of the write (a full disk, a folder made read-only) is a one-line
     :class:`WriteFailed` naming ``target``; ``target`` is left as it was.
     """
-    target = Path(target)
-    try:
-        fd, tmp = _new_temporary(target)
-    except OSError as error:
-        raise write_failed(error, target) from None
-    try:
+    with _installed_temporary(target) as (fd, _):
         with os.fdopen(os.dup(fd), mode, **kwargs) as handle:
             yield handle
-        _install(fd, tmp, target)
-    except BaseException as error:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(error, OSError):
-            raise write_failed(error, target) from None
-        raise
-    finally:
-        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -280,13 +266,22 @@ def atomic_path(target: str | os.PathLike):
     For writers that take only a path (h5py): the temporary is made without following a
     link and renamed only if it is still that file. Prefer :func:`atomic_open`.
     """
+    with _installed_temporary(target) as (_, tmp):
+        yield tmp
+
+
+@contextlib.contextmanager
+def _installed_temporary(target: str | os.PathLike):
+    """Yield ``(fd, path)`` of a new temporary beside ``target`` (made without following a
+    link); on success install it as ``target``, on any failure remove it. An OSError on
+    the way is :class:`WriteFailed` naming ``target``; ``target`` is left as it was."""
     target = Path(target)
     try:
         fd, tmp = _new_temporary(target)
     except OSError as error:
         raise write_failed(error, target) from None
     try:
-        yield tmp
+        yield fd, tmp
         _install(fd, tmp, target)
     except BaseException as error:
         with contextlib.suppress(OSError):

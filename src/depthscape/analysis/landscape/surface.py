@@ -152,6 +152,20 @@ def split_fingerprint(split: Split) -> str:
     return digest.hexdigest()
 
 
+def grid_identity(config: LandscapeConfig, split: Split) -> dict:
+    """The grid and data part of a surface's identity (every surface, CLI or API, has it)."""
+    return {
+        "dims": config.dims,
+        "resolution": config.resolution,
+        "xrange": list(config.xrange),
+        "yrange": list(config.yrange) if config.dims == 2 else None,
+        "split": config.split,
+        "subset": config.subset,
+        "samples": len(split),
+        "data_sha256": split_fingerprint(split),
+    }
+
+
 def _settings_hash(identity: dict) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
 
@@ -232,14 +246,7 @@ def _compute(checkpoint: Path, config: LandscapeConfig, output, dataset: Dataset
         "target_weights_sha256": state_fingerprint(target_model.state_dict()) if target_model else None,
         "norm": None if target_model is not None else config.norm,
         "seed": None if target_model is not None else config.seed,
-        "dims": config.dims,
-        "resolution": config.resolution,
-        "xrange": list(config.xrange),
-        "yrange": list(config.yrange) if config.dims == 2 else None,
-        "split": config.split,
-        "subset": config.subset,
-        "samples": len(split),
-        "data_sha256": split_fingerprint(split),
+        **grid_identity(config, split),
         "preprocess": {"scale": preprocess.scale, "mean": list(preprocess.mean)},
         # a convolution's last digits depend on the batch's shape: one surface, one batch size
         "batch_size": effective_batch_size(config.batch_size, dist.device),
@@ -429,14 +436,7 @@ def compute_model_surface(model: torch.nn.Module, split: Split, config: Landscap
             "model": name,
             "weights_sha256": state_fingerprint(state),
             **kind,
-            "dims": config.dims,
-            "resolution": config.resolution,
-            "xrange": list(config.xrange),
-            "yrange": list(config.yrange) if config.dims == 2 else None,
-            "split": config.split,
-            "subset": config.subset,
-            "samples": len(split),
-            "data_sha256": split_fingerprint(split),
+            **grid_identity(config, split),
             "preprocess": None if preprocess is None else {"scale": preprocess.scale,
                                                            "mean": list(preprocess.mean)},
             "loss": loss_name,
