@@ -9,9 +9,10 @@ For each trained run (a depthscape checkpoint), on the same ``--images`` trainin
 
 * one Hessian-vector product (the unit of cost; median of three after a warm-up);
 * depthscape's largest/smallest eigenvalue (``ds.hessian_extremes``, Lanczos, 20 steps at
-  most, tol 1e-3), the trace (``ds.hessian_trace``, Hutchinson, 5..50 probes, tol 1e-2), and
-  the eigenvalue density (:func:`depthscape.analysis.spectrum.spectral_density`, the quick
-  budget's 2 runs x 8 steps), each with the products it used and its seconds.
+  most, tol 1e-3), the trace (``ds.hessian_trace``, Hutchinson, 5..``--trace-samples``
+  probes, tol 1e-2), and the eigenvalue density
+  (:func:`depthscape.analysis.spectrum.spectral_density`, the quick budget's 2 runs x 8
+  steps), each with the products it used and its seconds.
 
 For the runs named by ``--peer-models`` the same model and the same tensors go to two peer
 libraries, called as their own code: PyHessian (``pyhessian.hessian``: ``eigenvalues`` by
@@ -57,15 +58,16 @@ def _timed(fn):
     return value, time.perf_counter() - start
 
 
-def _ours(run, x, y) -> dict:
+def _ours(run, x, y, trace_samples: int) -> dict:
     operator = HessianOperator(run.model, x, y, batch_size=len(y))
     vector = [torch.randn_like(p) for p in operator.params]
     operator(vector)  # warm-up (builds the cached gradient graph)
     times = [_timed(lambda: operator(vector))[1] for _ in range(3)]
     ends, t_ends = _timed(lambda: ds.hessian_extremes(run.model, (x, y), iters=20, tol=1e-3,
                                                       batch_size=len(y)))
-    trace, t_trace = _timed(lambda: ds.hessian_trace(run.model, (x, y), samples=50, tol=1e-2,
-                                                     min_samples=5, batch_size=len(y)))
+    trace, t_trace = _timed(lambda: ds.hessian_trace(run.model, (x, y), samples=trace_samples,
+                                                     tol=1e-2, min_samples=5,
+                                                     batch_size=len(y)))
     fresh = HessianOperator(run.model, x, y, batch_size=len(y))
     density, t_density = _timed(lambda: spectral_density(fresh, fresh.params, runs=2, steps=8))
     return {"hvp_s": statistics.median(times), "params": operator.num_parameters,
@@ -165,6 +167,8 @@ def main(argv=None) -> int:
     parser.add_argument("checkpoints", nargs="+", type=Path)
     parser.add_argument("--images", type=int, default=128)
     parser.add_argument("--peer-models", nargs="*", default=["resnet20"])
+    parser.add_argument("--trace-samples", type=int, default=50,
+                        help="depthscape's Hutchinson probes at most (default 50)")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     missing = [str(p) for p in args.checkpoints if not p.is_file()]
@@ -178,7 +182,7 @@ def main(argv=None) -> int:
     for path in args.checkpoints:
         run = ds.load_run(path)
         x, y = _batch(run, args.images)
-        ours = _ours(run, x, y)
+        ours = _ours(run, x, y, args.trace_samples)
         print(f"{run.model_name}: {ours['params']:,} parameters; one HVP {ours['hvp_s']:.3f} s",
               flush=True)
         print(f"  depthscape  extremes {ours['largest']:.4g} / {ours['smallest']:.4g}"
