@@ -44,7 +44,7 @@ def test_image_folder_archive_equals_directory_and_is_cached(tiny_data, cache_di
     assert len(list(cache_dir.glob("imagefolder-*.npz"))) == 2
 
     # The next start reads the cache and decodes nothing.
-    import depthscape.core.data as data_module
+    import depthscape.core.imagefolder as data_module
 
     def no_decoding(*args):
         raise AssertionError("decoded again despite the cache")

@@ -10,9 +10,10 @@ and then runs ``while step < total: batch -> step -> events``:
   :meth:`Recipe.lr_at`;
 * step: :func:`depthscape.training.step.make_train_step`, one update, metrics summed on
   the device;
-* events (methods of ``_Run``): at a sync point the metric window is read once
-  (``sync_window``), checked (``check_finite``), then ``evaluate``, ``log_row``,
-  ``save_checkpoint`` and ``stop`` run as due.
+* events (methods of ``_Run``, from :class:`~depthscape.training.events.RunEvents`): at
+  a sync point the metric window is read once (``sync_window``), checked
+  (``check_finite``), then ``evaluate``, ``log_row``, ``save_checkpoint`` and ``stop`` run
+  as due; what they write goes through :mod:`depthscape.training.runfiles`.
 
 The run's identity (:class:`~depthscape.training.config.TrainConfig`, what is stored of
 it and when a saved run is the same one) lives in :mod:`depthscape.training.config`.
@@ -31,64 +32,34 @@ applies; elsewhere the loop is the plain one.
 from __future__ import annotations
 
 import contextlib
-import json
-import math
 import os
 import signal
 import sys
-import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 
-from depthscape.core.atomic import atomic_open, atomic_write_text, ensure_writable_dir
-from depthscape.core.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
-from depthscape.core.csvlog import (
-    LOG_COLUMNS,
-    DamagedLog,
-    append_log,
-    init_log_file,
-    truncate_log,
-)
-from depthscape.core.data import (
-    Dataset,
-    Split,
-    load_dataset,
-)
+from depthscape.core.atomic import ensure_writable_dir
+from depthscape.core.checkpoint import check_state_dict, load_checkpoint
+from depthscape.core.data import Dataset, load_dataset
 from depthscape.core.device import get_device
 from depthscape.core.distributed import DistContext, env_world_size, setup
-from depthscape.core.errors import TrainingDiverged, UserError
+from depthscape.core.errors import UserError
 from depthscape.core.limits import check_model_fits
 from depthscape.core.locking import claim_run
 from depthscape.core.models import canonical_name, get_model, model_kwargs_for
 from depthscape.core.recipes import Recipe, preprocess_for, recipe_for
-from depthscape.core.runs import RunPaths, run_paths
+from depthscape.core.runs import run_paths
 from depthscape.training.batches import BatchSchedule, shard_batch
 from depthscape.training.config import TrainConfig, first_difference, run_settings
-from depthscape.training.evaluation import evaluate_sums, mean_metrics
+from depthscape.training.events import RunEvents, TrainResult
 from depthscape.training.fastpath import FastPath, fast_path_for
 from depthscape.training.graph import CaptureBroke, capture_or_eager, graph_allowed
+from depthscape.training.runfiles import TRACE_ENV, NoFiles, RunFiles
 from depthscape.training.snapshots import SnapshotWriter, snapshot_path
 from depthscape.training.state import TrainState
 from depthscape.training.step import MetricSums, make_loss, make_train_step, set_learning_rate
-
-
-@dataclass
-class TrainResult:
-    """What a finished (or stopped) run reports."""
-
-    paths: RunPaths
-    iteration: int
-    finished: bool
-    train_loss: float = math.nan
-    train_acc: float = math.nan
-    test_loss: float = math.nan
-    test_acc: float = math.nan
-    elapsed_s: float = 0.0
-    rows: list[dict] = field(default_factory=list)
 
 
 def make_optimizer(recipe: Recipe, model: torch.nn.Module, fused: bool = False) -> torch.optim.Optimizer:
@@ -173,18 +144,6 @@ def _load_data(config: TrainConfig, dist: DistContext) -> Dataset:
                                                             config.cache_dir)
 
 
-#: Debugging/testing hook: where set to a folder, each rank appends the sample indices it
-#: trained on, one tensor per step, to ``<folder>/<run>.rank<r>.pt``.
-TRACE_ENV = "DEPTHSCAPE_TRACE_BATCHES"
-
-
-def _write_trace(steps: list[torch.Tensor], run_name: str, rank: int) -> None:
-    path = Path(os.environ[TRACE_ENV]) / f"{run_name}.rank{rank}.pt"
-    earlier = torch.load(path) if path.exists() else []
-    with atomic_open(path, "wb") as handle:
-        torch.save(earlier + steps, handle)
-
-
 def _train(config: TrainConfig, recipe: Recipe, dataset: Dataset | None, dist: DistContext,
            held: contextlib.ExitStack) -> TrainResult:
     """Set up, resume or start, then ``batch -> step -> events`` until the run is done."""
@@ -226,84 +185,16 @@ def _train(config: TrainConfig, recipe: Recipe, dataset: Dataset | None, dist: D
     return run.finish()
 
 
-class _Window(NamedTuple):
-    """The metric window summed over ranks at a sync point, and whether the ranks stop."""
-
-    loss: float
-    correct: int
-    stop: bool
-
-
-class _Due(NamedTuple):
-    """The events due after one step."""
-
-    evaluate: bool
-    log: bool
-    checkpoint: bool
-    stop_after: bool
-
-
-class _RunFiles:
-    """The run's files (config, CSV log, checkpoints) as rank 0 writes them."""
-
-    def __init__(self, paths: RunPaths):
-        self.paths = paths
-
-    def start(self, settings: dict, resumed_at: int | None, log_rows: int | None = None) -> int:
-        """Write the config; start the log, or cut it back to the checkpoint's step.
-
-        ``log_rows``: how many rows the checkpoint recorded as written (None for checkpoints
-        before the record): a log that lost some of them is refused. Returns the rows kept.
-        """
-        kept = 0
-        if resumed_at is not None and self.paths.log.exists():
-            kept = truncate_log(self.paths.log, resumed_at, log_rows)
-        elif resumed_at is not None and log_rows:
-            raise DamagedLog(f"the training log {self.paths.log} is missing, but the checkpoint "
-                             f"{self.paths.resume} was saved after {log_rows} row(s) of it; "
-                             "restore it from a backup, or rerun with --overwrite instead of "
-                             "--resume to start over")
-        else:
-            init_log_file(self.paths.log, LOG_COLUMNS)
-        atomic_write_text(self.paths.config, json.dumps(settings, indent=2) + "\n")
-        return kept
-
-    def append_row(self, row: dict) -> None:
-        append_log(self.paths.log, [row[c] for c in LOG_COLUMNS])
-
-    def save_resume(self, payload: dict) -> None:
-        save_checkpoint(self.paths.resume, payload)
-
-    def save_final(self, payload: dict) -> None:
-        save_checkpoint(self.paths.final, payload)
-        self.paths.resume.unlink(missing_ok=True)
-
-
-class _NoFiles(_RunFiles):
-    """What the other ranks write: nothing (rank 0 writes for every rank)."""
-
-    def start(self, settings: dict, resumed_at: int | None, log_rows: int | None = None) -> int:
-        return log_rows or 0  # rank 0 checks the log; the count only goes into its checkpoint
-
-    def append_row(self, row: dict) -> None:
-        pass
-
-    def save_resume(self, payload: dict) -> None:
-        pass
-
-    def save_final(self, payload: dict) -> None:
-        pass
-
-
-class _Run:
-    """One training run in this process: its settings, data, state, steps and events."""
+class _Run(RunEvents):
+    """One training run in this process: its settings, data, state and steps (set up
+    here), and its events between steps (:class:`~depthscape.training.events.RunEvents`)."""
 
     def __init__(self, config: TrainConfig, recipe: Recipe, model_name: str, dataset: Dataset,
                  dist: DistContext, fast: FastPath, out_dir: Path):
         self.config, self.recipe, self.model_name = config, recipe, model_name
         self.dist, self.fast, self.dataset = dist, fast, dataset
         self.paths = run_paths(out_dir, model_name, config.seed, dataset.name)
-        self.files = _RunFiles(self.paths) if dist.is_main else _NoFiles(self.paths)
+        self.files = RunFiles(self.paths) if dist.is_main else NoFiles(self.paths)
         self.train_split = dataset.train.subset(config.train_subset)
         self.test_split = dataset.test.subset(config.test_subset)
         last_batch = len(self.train_split) % recipe.batch_size
@@ -430,22 +321,6 @@ class _Run:
                                f"{self.dist.world_size}: BatchNorm statistics are per process, so "
                                "results differ slightly from an uninterrupted run")
 
-    @contextmanager
-    def progress(self):
-        """The progress bar over the loop; the batch trace is written when the loop ends."""
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=self.total_steps, initial=self.state.step, unit="it",
-                        disable=not (self.config.progress and self.dist.is_main),
-                        desc=self.paths.run_name, dynamic_ncols=True, mininterval=0.5)
-        self.rate_since, self.rate_images = time.perf_counter(), 0
-        try:
-            yield self.bar
-        finally:
-            self.bar.close()
-            if self.trace is not None:
-                _write_trace(self.trace, self.paths.run_name, self.dist.rank)
-
     # ---- one step --------------------------------------------------------------------
 
     def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -455,135 +330,3 @@ class _Run:
         x, y = shard_batch(self.preprocess, self.images, self.labels, index, self.state.augment,
                            self.dist.rank, self.dist.world_size)
         return self.fast.prepare_input(x), y
-
-    # ---- events between steps ----------------------------------------------------------
-
-    def due(self) -> _Due:
-        """Which events the step just done calls for."""
-        step, last, by_epoch = self.state.step, self.state.step == self.total_steps, self.recipe.unit == "epoch"
-        epoch_end = step % self.epoch_steps == 0 or last
-        stop_after = self.config.stop_after
-        return _Due(evaluate=step % self.eval_every == 0 or last or (by_epoch and epoch_end),
-                    log=epoch_end if by_epoch else (step % self.log_every == 0 or last),
-                    checkpoint=not last and step % self.config.checkpoint_every == 0,
-                    stop_after=stop_after is not None and step >= stop_after)
-
-    def after_step(self, lr: float, images: int, signalled: bool) -> _Window | None:
-        """Run the events due after a step over ``images`` images; the window summed over
-        ranks where the step was a sync point (None where it was not)."""
-        self.bar.update(1)
-        self.rate_images += images
-        self.snapshots.maybe_add(self.state.step, self.state.model)
-        due = self.due()
-        if not (any(due) or self.dist.signal_acts_alone(signalled)):
-            return None
-        # The one sync point: under torchrun every rank reaches it at the same steps.
-        window = self.sync_window(signalled)
-        if due.evaluate:
-            self.check_finite(window)
-            self.evaluate()
-        if due.log:
-            self.check_finite(window)
-            self.log_row(window, lr)
-        if self.state.step < self.total_steps and (due.checkpoint or self.stopping(window)):
-            self.check_finite(window)
-            self.save_checkpoint()
-        return window
-
-    def stopping(self, window: _Window | None) -> bool:
-        """Whether the run stops (resumably) after this step: ``stop_after`` or an agreed signal."""
-        return (window is not None and self.state.step < self.total_steps
-                and (window.stop or self.due().stop_after))
-
-    def sync_window(self, signalled: bool) -> _Window:
-        """The window's sums over all ranks, and whether any rank got a stop signal.
-
-        One all-reduce of three numbers (alone: one read of the device sums); each rank
-        keeps its own window, so the sums and their rounding do not depend on where a run
-        was stopped and resumed.
-        """
-        sums = self.state.sums
-        packed = torch.stack([sums.loss, sums.correct.double(),
-                              torch.tensor(float(signalled), dtype=torch.float64, device=sums.loss.device)])
-        loss, correct, stop = self.dist.all_sum(packed).tolist()
-        return _Window(loss, int(correct), stop > 0)
-
-    def check_finite(self, window: _Window) -> None:
-        """Raise TrainingDiverged where the window's loss is not finite (the checkpoint is kept)."""
-        if not math.isfinite(window.loss):
-            where = (f"last good checkpoint kept: {self.paths.resume} (iteration {self.last_saved})"
-                     if self.last_saved is not None else "no checkpoint had been written yet")
-            raise TrainingDiverged(
-                f"training diverged: non-finite loss in iterations {self.state.window_from + 1}-"
-                f"{self.state.step} of {self.model_name}; {where}")
-
-    def evaluate(self) -> None:
-        """Test loss and accuracy; under torchrun each rank evaluates a slice (rank 0's weights)."""
-        model = self.state.model
-        self.dist.broadcast_buffers(model)  # BatchNorm statistics as rank 0 (and its checkpoint) has them
-        lo, hi = self.dist.shard(len(self.test_split))
-        part = Split(self.test_split.images[lo:hi], self.test_split.labels[lo:hi])
-        with self.fast.autocast():
-            batch = self.config.eval_batch_size or (5000 if self.dist.device.type == "cuda" else 1000)
-            sums = evaluate_sums(model, part, self.preprocess, batch, prepare=self.fast.prepare_input)
-        self.state.last_test = mean_metrics(self.dist.all_sum(sums))
-
-    def log_row(self, window: _Window, lr: float) -> None:
-        """Write one CSV row of the window's training metrics and the last test result."""
-        state = self.state
-        seen = max(1, state.window_seen)
-        train_loss, train_acc = window.loss / seen, 100.0 * window.correct / seen
-        test_loss, test_acc = state.last_test
-        row = {"iteration": state.step, "epoch": self.epoch_of_row(), "lr": lr,
-               "train_loss": train_loss, "train_acc": train_acc, "train_err": 100.0 - train_acc,
-               "test_loss": test_loss, "test_acc": test_acc, "test_err": 100.0 - test_acc,
-               "elapsed_s": round(state.elapsed_s, 3)}
-        self.files.append_row(row)
-        self.rows.append(row)
-        self.log_rows += 1
-        now = time.perf_counter()
-        self.bar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{train_acc:.1f}", test=f"{test_acc:.1f}",
-                             lr=f"{lr:.2g}", ips=f"{self.rate_images / max(now - self.rate_since, 1e-9):.0f}")
-        self.rate_since, self.rate_images = now, 0
-        state.reset_window()
-
-    def epoch_of_row(self) -> float:
-        """The epoch column: whole epochs (epoch recipes) or the fraction of data seen."""
-        step = self.state.step
-        if self.recipe.unit == "epoch":
-            return float(math.ceil(step / self.epoch_steps))
-        return round(step * self.recipe.batch_size / len(self.train_split), 4)
-
-    def run_record(self) -> dict:
-        """What every checkpoint of the run carries besides the weights: name, shape, settings."""
-        return {"model": self.model_name, "model_kwargs": self.model_kwargs, "config": self.settings}
-
-    def save_checkpoint(self) -> None:
-        """Save the resumable checkpoint (a collective: every rank's RNG and window go in it)."""
-        payload = self.state.state_dict()
-        self.snapshots.flush()  # never ahead of the checkpoint
-        self.files.save_resume({**self.run_record(), **payload, "log_rows": self.log_rows})
-        self.last_saved = self.state.step
-
-    def stop(self, window: _Window) -> TrainResult:
-        """End a stopped run once its checkpoint is on disk: an interrupt is a UserError."""
-        self.dist.barrier()  # the checkpoint is on disk before any rank leaves
-        if window.stop:  # signals count only where every rank agreed on them
-            raise UserError(f"interrupted at iteration {self.state.step}; the run is saved in "
-                            f"{self.paths.resume}: rerun with --resume to continue", exit_code=130)
-        return TrainResult(self.paths, self.state.step, False, rows=self.rows,
-                           elapsed_s=self.state.elapsed_s)
-
-    def finish(self) -> TrainResult:
-        """Save the final weights and metrics (rank 0), drop the resume file, return the result."""
-        state = self.state
-        last = self.rows[-1] if self.rows else {}
-        metrics = {"train_loss": last.get("train_loss", math.nan),
-                   "train_acc": last.get("train_acc", math.nan),
-                   "test_loss": state.last_test[0], "test_acc": state.last_test[1],
-                   "elapsed_s": state.elapsed_s}
-        self.snapshots.flush()
-        self.files.save_final({**self.run_record(), "iteration": state.step, "metrics": metrics,
-                               "state_dict": state.model.state_dict()})
-        self.dist.barrier()  # the final weights are on disk before any rank returns
-        return TrainResult(self.paths, state.step, True, rows=self.rows, **metrics)
