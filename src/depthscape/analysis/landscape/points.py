@@ -106,7 +106,7 @@ class PointEvaluator:
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None):
         device = torch.device(device) if device is not None else torch.device("cpu")
         self.device = device
-        # fp32 (exact, TF32 off), tf32 (CUDA) or bf16 (autocast, channels-last): as the caller
+        # one of core.runtime.PRECISIONS (fp32: exact, TF32 off), as the caller
         # resolved it for this device (core.runtime.resolve_precision)
         self.precision = precision
         self.batch_size = effective_batch_size(batch_size, device)
@@ -222,7 +222,7 @@ class PointEvaluator:
         return torch.stack([losses.sum() / self.count, accuracy])
 
     def _autocast(self):
-        """bf16 autocast under ``precision="bf16"`` (entered per call: it is per thread)."""
+        """The precision's autocast (core.runtime; entered per call: it is per thread)."""
         return autocast(self.device.type, self.precision)
 
     def evaluate(self, coefficients) -> tuple[float, float]:

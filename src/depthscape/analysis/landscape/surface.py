@@ -96,7 +96,7 @@ class LandscapeConfig:
     data_dir: str | None = None
     cache_dir: str | None = None
     model: str | None = None
-    precision: str = "fp32"  # core.runtime.PRECISIONS: fp32 (exact, TF32 off) | tf32 (CUDA) | bf16
+    precision: str = "fp32"  # one of core.runtime.PRECISIONS (fp32: exact, TF32 off)
 
     def validate(self) -> "LandscapeConfig":
         """Check the settings; a bad one is a one-line UserError. Returns self normalised."""
