@@ -339,4 +339,4 @@ def test_tf32_on_the_cpu_is_ignored_with_a_notice_and_the_same_surface(checkpoin
     compute_landscape(checkpoint, replace(config, precision="fp32"), output=path, dataset=data,
                       progress=False)
     with pytest.raises(UserError, match="precision"):
-        LandscapeConfig(precision="fp16").validate()
+        LandscapeConfig(precision="fp8").validate()

@@ -16,7 +16,8 @@ principal directions do:
   (coordinates in weight-space units, the final weights at the origin), then the loss over
   the span the path covers, computed by the landscape engine
   (:func:`depthscape.analysis.landscape.compute_landscape`: the same grid, HDF5 layout,
-  resume and torchrun sharding) with the principal directions in place of random ones.
+  and the one grid sweep, :func:`depthscape.analysis.landscape.sweep.sweep`, for resume
+  and torchrun sharding) with the principal directions in place of random ones.
   The file also holds ``path_x``, ``path_y``, ``path_steps``, ``explained_variance`` and
   ``explained_variance_ratio``.
 * :func:`plot_trajectory`: the contour with the path drawn on it, the explained variance

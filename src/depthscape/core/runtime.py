@@ -10,6 +10,11 @@ spelled and switched in one place:
 * ``bf16``: bf16 autocast of the forward pass (and the loss), float32 weights. On CUDA
   where the GPU supports it (else fp32, with a notice); on the CPU where it has native
   bf16 instructions (AVX-512 BF16 or AMX, as oneDNN reports), else a one-line refusal.
+* ``fp16``: float16 autocast of the forward pass, float32 weights, for computations that
+  take no gradient (landscapes, trajectory contours). On CUDA; on the CPU where this
+  PyTorch's CPU autocast takes float16 (else a one-line refusal). Training and Hessians
+  refuse it in one line (``backward=True``; :func:`autocast` refuses it under autograd
+  too): fp16 gradients need a gradient scaler, which depthscape does not build.
 
 The module imports torch only inside its functions, so the command line can read
 :data:`PRECISIONS` for its choices without loading torch.
@@ -25,7 +30,16 @@ from depthscape.core.errors import UserError
 if TYPE_CHECKING:
     import torch
 
-PRECISIONS = ("fp32", "tf32", "bf16")
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+
+#: Precisions for forward passes only: their gradients would need a gradient scaler.
+FORWARD_ONLY = ("fp16",)
+
+
+def _forward_only(precision: str) -> UserError:
+    return UserError(f"--precision {precision} is for computations without gradients "
+                     "(landscapes, trajectories); training and Hessians would need a gradient "
+                     "scaler for it: use fp32, tf32 or bf16")
 
 
 def cpu_bf16_supported() -> bool:
@@ -64,19 +78,39 @@ def cpu_description() -> str:
     return f"{name}; {marks}; oneDNN bf16 {'yes' if cpu_bf16_supported() else 'no'}"
 
 
+def cpu_fp16_supported() -> bool:
+    """Whether this PyTorch's CPU autocast takes float16 (it warns and turns itself off
+    where it does not)."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            torch.autocast(device_type="cpu", dtype=torch.float16)
+        except (UserWarning, RuntimeError):
+            return False
+    return True
+
+
 def resolve_precision(precision: str | None, device: torch.device | str,
-                      default_cuda: str = "fp32") -> tuple[str, str | None]:
+                      default_cuda: str = "fp32", backward: bool = False
+                      ) -> tuple[str, str | None]:
     """The precision that runs on ``device`` for the one asked for, and a notice (or None).
 
     ``None`` is the device's default (``default_cuda`` on CUDA, fp32 elsewhere). A
     precision outside :data:`PRECISIONS` is a ValueError (the CLIs offer only these); bf16
-    on a CPU without native bf16 is a UserError.
+    on a CPU without native bf16, fp16 on a CPU whose autocast lacks it, and a
+    :data:`FORWARD_ONLY` precision where ``backward`` (training) are UserErrors.
     """
     import torch
 
     device = torch.device(device)
     if precision is not None and precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if backward and precision in FORWARD_ONLY:
+        raise _forward_only(precision)
     if device.type == "cuda":
         chosen = precision or default_cuda
         if chosen == "bf16" and not torch.cuda.is_bf16_supported():
@@ -88,25 +122,33 @@ def resolve_precision(precision: str | None, device: torch.device | str,
                 raise UserError("--precision bf16: this CPU has no native bf16 support (oneDNN "
                                 "finds neither AVX-512 BF16 nor AMX); use --precision fp32")
             return "bf16", None
+        if precision == "fp16":
+            if not cpu_fp16_supported():
+                raise UserError("--precision fp16: this PyTorch's CPU autocast has no float16; "
+                                "use --precision fp32")
+            return "fp16", None
         if precision == "tf32":
             return "fp32", "--precision tf32 acts only on CUDA; ignored on cpu, which computes fp32"
         return "fp32", None
-    if precision in ("tf32", "bf16"):
+    if precision in ("tf32", "bf16", "fp16"):
         return "fp32", (f"--precision {precision} acts only on CUDA and the CPU; ignored on "
                         f"{device.type}, which computes fp32")
     return "fp32", None
 
 
 def autocast(device_type: str, precision: str, cache_enabled: bool = True):
-    """The autocast context of ``precision`` on ``device_type`` (a no-op but for bf16).
+    """The autocast context of ``precision`` on ``device_type`` (a no-op but for bf16 and
+    fp16; fp16 where autograd records, i.e. a gradient will be taken, is a UserError).
 
     Autocast state is per thread: enter it in the thread that runs the forward pass.
     """
     import torch
 
-    if precision == "bf16":
-        return torch.autocast(device_type=device_type, dtype=torch.bfloat16,
-                              cache_enabled=cache_enabled)
+    if precision in FORWARD_ONLY and torch.is_grad_enabled():
+        raise _forward_only(precision)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if dtype is not None:
+        return torch.autocast(device_type=device_type, dtype=dtype, cache_enabled=cache_enabled)
     return contextlib.nullcontext()
 
 

@@ -117,7 +117,7 @@ def fast_path_for(device: torch.device | str, amp: bool = False, channels_last: 
         return _cpu_fast_path(channels_last, compile, wanted, cuda_graph)
     asked = [name for name, on in (("--amp", amp), ("--channels-last", channels_last is True),
                                    ("--compile", compile),
-                                   (f"--precision {precision}", precision in ("tf32", "bf16")),
+                                   (f"--precision {precision}", precision not in (None, "fp32")),
                                    ("--cuda-graph", cuda_graph is True)) if on]
     if device.type != "cuda":
         notice = None
@@ -125,7 +125,7 @@ def fast_path_for(device: torch.device | str, amp: bool = False, channels_last: 
             notice = (f"{', '.join(asked)} {'acts' if len(asked) == 1 else 'act'} only on CUDA; "
                       f"ignored on {device.type}, so results are those of the plain path")
         return FastPath(device_type=device.type), notice
-    precision, fallback = resolve_precision(wanted, device, default_cuda="bf16")
+    precision, fallback = resolve_precision(wanted, device, default_cuda="bf16", backward=True)
     skipped = [fallback] if fallback else []
     amp = precision == "bf16"
     if compile and importlib.util.find_spec("triton") is None:
@@ -143,7 +143,7 @@ def fast_path_for(device: torch.device | str, amp: bool = False, channels_last: 
 def _cpu_fast_path(channels_last: bool | None, compile: bool, precision: str | None,
                    cuda_graph: bool | None) -> tuple[FastPath, str | None]:
     """The CPU's fast path: channels-last (default on) and bf16 where asked and supported."""
-    precision, notice = resolve_precision(precision, "cpu")  # bf16 unsupported: UserError
+    precision, notice = resolve_precision(precision, "cpu", backward=True)  # bf16 unsupported, fp16: UserError
     asked = [name for name, on in (("--compile", compile), ("--cuda-graph", cuda_graph is True))
              if on]
     if asked:

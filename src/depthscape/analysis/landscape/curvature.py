@@ -28,12 +28,9 @@ file. Under torchrun the missing points are dealt out to the ranks; rank 0 write
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
-import math
 import os
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,6 +40,14 @@ import torch
 from torch import nn
 
 from depthscape.analysis.hessian import EigenExtremes, HessianOperator, extreme_eigenvalues
+from depthscape.analysis.landscape.identity import (
+    SUBSET_SEED,
+    grid_coordinates,
+    split_fingerprint,
+    state_fingerprint,
+)
+from depthscape.analysis.landscape.storage import SurfaceState, read_state, write_surface
+from depthscape.analysis.landscape.sweep import WorkerPool, rank_share, sweep
 from depthscape.core.distributed import setup
 from depthscape.core.errors import UserError
 from depthscape.core.locking import claim_output
@@ -50,9 +55,6 @@ from depthscape.core.trained import load_trained_run
 
 #: A negative curvature smaller than this fraction of the positive one counts as convex.
 CONVEX_TOL = 0.01
-
-#: Seed of the fixed random image subset the Hessian is measured on (as the landscape's).
-SUBSET_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -147,153 +149,115 @@ def compute_curvature(surface_file: str | os.PathLike, checkpoint: str | os.Path
     try:
         with claim_output(surface_file, f"surface {surface_file}", owner=dist.is_main,
                           agree=dist.all_true):
-            return _compute_curvature(surface_file, checkpoint, config, dataset, progress,
-                                      overwrite, save_every, on_point, data_source, data_dir,
-                                      cache_dir, model_name, dist)
+            surface = read_state(surface_file)
+            if surface.dims != 2:
+                raise UserError(f"{surface_file} is a 1-D curve: a curvature map needs a 2-D surface")
+            run = load_trained_run(checkpoint, model=model_name or surface.identity.get("model"),
+                                   dataset=dataset if dataset is not None else data_source,
+                                   data_dir=data_dir, cache_dir=cache_dir)
+            if state_fingerprint(run.model.state_dict()) != surface.identity.get("weights_sha256"):
+                raise UserError(f"{checkpoint} is not the checkpoint {surface_file} was computed around")
+            split_name = config.split or surface.split
+            split = (run.dataset.test if split_name == "test" else run.dataset.train).subset(
+                config.subset, SUBSET_SEED)
+            curvature = _Map.prepare(surface, surface_file, config, split_name, split, overwrite)
+            dist.barrier()
+            if not curvature.done.all():
+                _sweep_map(curvature, surface_file, run, split, config, dist, progress=progress,
+                           save_every=save_every, on_point=on_point)
+            elif dist.rank == 0 and _settings_of(surface.extra) is None:
+                curvature.save(surface_file)
+            return surface_file
     finally:
         dist.close()
 
 
-def _compute_curvature(surface_file: Path, checkpoint, config: CurvatureConfig, dataset,
-                       progress: bool, overwrite: bool | str, save_every: float, on_point,
-                       data_source, data_dir, cache_dir, model_name, dist) -> Path:
-    """:func:`compute_curvature` under the surface's lock (read, compute, write)."""
-    from tqdm.auto import tqdm
+@dataclass
+class _Map:
+    """A curvature map held in a surface's extra datasets (its arrays are theirs)."""
 
-    from depthscape.analysis.landscape.points import full_float32
-    from depthscape.analysis.landscape.storage import read_state, write_surface
-    from depthscape.analysis.landscape.surface import (
-        grid_coordinates,
-        split_fingerprint,
-        state_fingerprint,
-    )
+    surface: SurfaceState
+    identity: dict  # the settings that decide the values
+    done: np.ndarray  # bool, (ny, nx)
 
-    surface = read_state(surface_file)
-    if surface.dims != 2:
-        raise UserError(f"{surface_file} is a 1-D curve: a curvature map needs a 2-D surface")
-    run = load_trained_run(checkpoint, model=model_name or surface.identity.get("model"),
-                           dataset=dataset if dataset is not None else data_source,
-                           data_dir=data_dir, cache_dir=cache_dir)
-    model, dataset, preprocess = run.model, run.dataset, run.preprocess
-    if state_fingerprint(model.state_dict()) != surface.identity.get("weights_sha256"):
-        raise UserError(f"{checkpoint} is not the checkpoint {surface_file} was computed around")
-    split_name = config.split or surface.split
-    split = (dataset.test if split_name == "test" else dataset.train).subset(config.subset, SUBSET_SEED)
-    # the Hessian-vector products' chunk size changes the last digits, as a surface's batch does
-    identity = {k: v for k, v in asdict(config).items() if k not in ("device", "workers")}
-    identity.update(split=split_name, samples=len(split), data_sha256=split_fingerprint(split),
-                    convex_tol=CONVEX_TOL, method="lanczos")
-    stored = _settings_of(surface.extra)
-    shape = (config.resolution, config.resolution)
-    differs = stored is not None and stored.get("identity") != json.loads(json.dumps(identity))
-    if overwrite == "other-settings":  # the caller owns the file (a study): replace only those
-        overwrite = differs
-    if differs and not overwrite:
-        raise UserError(f"{surface_file} holds a curvature map with other settings; pass "
-                        "--overwrite to replace it")
-    if stored is None or overwrite or surface.extra.get("hessian_max_eig") is None:
-        x = grid_coordinates((float(surface.xcoordinates.min()), float(surface.xcoordinates.max())),
-                             config.resolution)
-        y = grid_coordinates((float(surface.ycoordinates.min()), float(surface.ycoordinates.max())),
-                             config.resolution)
-        surface.extra.update(curvature_xcoordinates=x, curvature_ycoordinates=y,
-                             hessian_max_eig=np.full(shape, np.nan), hessian_min_eig=np.full(shape, np.nan),
-                             curvature_done=np.zeros(shape, dtype=np.uint8))
-    extra = surface.extra
-    x, y = extra["curvature_xcoordinates"], extra["curvature_ycoordinates"]
-    largest, smallest = extra["hessian_max_eig"], extra["hessian_min_eig"]
-    done = extra["curvature_done"].astype(bool)
-    dist.barrier()
+    @classmethod
+    def prepare(cls, surface: SurfaceState, surface_file: Path, config: CurvatureConfig,
+                split_name: str, split, overwrite: bool | str) -> _Map:
+        """The map of these settings in ``surface``: the one stored, or a new empty one
+        (where there is none, or ``overwrite``; one of other settings is refused)."""
+        # the Hessian-vector products' chunk size changes the last digits, as a surface's batch does
+        identity = {k: v for k, v in asdict(config).items() if k not in ("device", "workers")}
+        identity.update(split=split_name, samples=len(split), data_sha256=split_fingerprint(split),
+                        convex_tol=CONVEX_TOL, method="lanczos")
+        stored = _settings_of(surface.extra)
+        differs = stored is not None and stored.get("identity") != json.loads(json.dumps(identity))
+        if overwrite == "other-settings":  # the caller owns the file (a study): replace only those
+            overwrite = differs
+        if differs and not overwrite:
+            raise UserError(f"{surface_file} holds a curvature map with other settings; pass "
+                            "--overwrite to replace it")
+        if stored is None or overwrite or surface.extra.get("hessian_max_eig") is None:
+            shape = (config.resolution, config.resolution)
+            x, y = ((float(c.min()), float(c.max()))
+                    for c in (surface.xcoordinates, surface.ycoordinates))
+            surface.extra.update(curvature_xcoordinates=grid_coordinates(x, config.resolution),
+                                 curvature_ycoordinates=grid_coordinates(y, config.resolution),
+                                 hessian_max_eig=np.full(shape, np.nan),
+                                 hessian_min_eig=np.full(shape, np.nan),
+                                 curvature_done=np.zeros(shape, dtype=np.uint8))
+        return cls(surface, identity, surface.extra["curvature_done"].astype(bool))
 
-    def save():
+    def save(self, surface_file: Path) -> None:
+        """Write the surface file with the map as it stands (atomically)."""
+        extra, done = self.surface.extra, self.done
+        largest, smallest = extra["hessian_max_eig"], extra["hessian_min_eig"]
         extra["curvature_done"] = done.astype(np.uint8)
         extra["curvature_ratio"] = _ratio(largest, smallest)
         finished = largest[done]
         share = float(convex_mask(finished, smallest[done]).mean()) if done.all() else None
         extra["curvature_settings"] = np.bytes_(json.dumps(
-            {"identity": identity, "convex_share": share, "points_done": int(done.sum()),
+            {"identity": self.identity, "convex_share": share, "points_done": int(done.sum()),
              "rule": f"convex where lambda_min >= -{CONVEX_TOL} * |lambda_max|"}, sort_keys=True))
-        write_surface(surface_file, surface)
+        write_surface(surface_file, self.surface)
 
-    missing = np.flatnonzero(~done.ravel())
-    if len(missing) == 0:
-        if dist.rank == 0 and _settings_of(extra) is None:
-            save()
-        return surface_file
+
+def _sweep_map(curvature: _Map, surface_file: Path, run, split, config: CurvatureConfig, dist, *,
+               progress: bool, save_every: float, on_point) -> None:
+    """Compute the map's missing points (:func:`~depthscape.analysis.landscape.sweep.sweep`)."""
+    extra = curvature.surface.extra
+    x, y = extra["curvature_xcoordinates"], extra["curvature_ycoordinates"]
+    largest, smallest = extra["hessian_max_eig"], extra["hessian_min_eig"]
     device = dist.device
-    model = model.to(device)
+    model = run.model.to(device)
     base = {k: v.detach().clone() for k, v in model.state_dict().items()}
     directions = [{k: v.to(device) for k, v in d.items() if bool(v.ne(0).any())}
-                  for d in surface.directions]
-    inputs = preprocess.normalize(split.images.to(device))
+                  for d in curvature.surface.directions]
+    inputs = run.preprocess.normalize(split.images.to(device))
     labels = split.labels.to(device)
-    mine = missing[dist.rank::dist.world_size]
     # On the CPU, one point per core, each single-threaded (as the landscape's PointPool):
     # small-batch Hessian-vector products do not scale over threads, and every value is
     # then computed by the same one-thread code whatever the worker count (resume is exact).
     workers = config.workers or (torch.get_num_threads() if device.type == "cpu" else 1)
-    workers = max(1, min(workers, len(mine)))
+    workers = max(1, min(workers, len(rank_share(curvature.done, dist))))
     replicas = [model] + [copy.deepcopy(model) for _ in range(workers - 1)]
-    rounds = max(dist.gather_objects(math.ceil(len(mine) / workers)))
-    bar = tqdm(total=done.size, initial=int(done.sum()), unit="point", dynamic_ncols=True,
-               desc=f"curvature {surface_file.stem}", disable=not progress or dist.rank != 0)
-    last_save, unsaved = time.monotonic(), 0
-    try:
-        with full_float32(), _one_thread_each(workers, device.type == "cpu") as pool:
-            for round_index in range(rounds):
-                chunk = [int(k) for k in mine[round_index * workers:(round_index + 1) * workers]]
 
-                def point(replica, index):
-                    row, col = divmod(index, len(x))
-                    return curvature_at(replica, base, directions, (float(x[col]), float(y[row])),
-                                        inputs, labels, config)
+    def point(replica: nn.Module, index: int) -> tuple[float, float]:
+        row, col = divmod(index, len(x))
+        found = curvature_at(replica, base, directions, (float(x[col]), float(y[row])),
+                             inputs, labels, config)
+        return found.largest, found.smallest
 
-                found = pool(point, list(zip(replicas, chunk)))
-                results = [(index, f.largest, f.smallest) for index, f in zip(chunk, found)]
-                for index, high, low in [r for part in dist.gather_objects(results) for r in part]:
-                    largest.flat[index], smallest.flat[index] = high, low
-                    done.flat[index] = True
-                    unsaved += 1
-                    bar.update(1)
-                    if on_point is not None:
-                        on_point(index)
-                if dist.rank == 0 and unsaved and time.monotonic() - last_save >= save_every:
-                    save()
-                    last_save, unsaved = time.monotonic(), 0
-    finally:
-        bar.close()
-        if dist.rank == 0 and unsaved:
-            save()
-    dist.barrier()
-    return surface_file
+    def store(index: int, value: tuple[float, float]) -> None:
+        largest.flat[index], smallest.flat[index] = value
 
-
-@contextlib.contextmanager
-def _one_thread_each(workers: int, cpu: bool):
-    """A map over ``(replica, index)`` pairs. On the CPU torch runs one intra-op thread and
-    ``workers`` points run at once, one per thread; elsewhere one after the other."""
-    if not cpu:
-        yield lambda fn, items: [fn(*item) for item in items]
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        if workers <= 1:
-            yield lambda fn, items: [fn(*item) for item in items]
-            return
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(workers, thread_name_prefix="curvature") as executor:
-            yield lambda fn, items: [f.result() for f in [executor.submit(fn, *item) for item in items]]
-    finally:
-        torch.set_num_threads(threads)
+    sweep(curvature.done, WorkerPool(replicas, one_thread=device.type == "cpu", name="curvature"),
+          point, store, dist, save=lambda: curvature.save(surface_file), save_every=save_every,
+          progress=progress, desc=f"curvature {surface_file.stem}", on_point=on_point)
 
 
 def read_curvature(surface_file: str | os.PathLike) -> dict:
     """The curvature map of a surface file: ``x``, ``y``, ``largest``, ``smallest``, ``ratio``,
     ``done``, ``complete``, ``convex`` (mask), ``convex_share`` and ``settings``."""
-    from depthscape.analysis.landscape.storage import read_state
-
     state = read_state(surface_file, with_directions=False)
     settings = _settings_of(state.extra)
     if settings is None:

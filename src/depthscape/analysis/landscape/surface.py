@@ -19,12 +19,9 @@ in eval mode with the trained running statistics at every point.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
 import os
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,6 +34,16 @@ from depthscape.analysis.landscape.directions import (
     interpolation_direction,
     random_directions,
 )
+from depthscape.analysis.landscape.identity import (  # noqa: F401  (re-exported)
+    SUBSET_SEED,
+    default_surface_path,
+    grid_coordinates,
+    grid_identity,
+    model_directions,
+    settings_hash,
+    split_fingerprint,
+    state_fingerprint,
+)
 from depthscape.analysis.landscape.points import PointEvaluator, PointPool, effective_batch_size
 from depthscape.analysis.landscape.storage import (
     SurfaceState,
@@ -45,6 +52,7 @@ from depthscape.analysis.landscape.storage import (
     read_state,
     write_surface,
 )
+from depthscape.analysis.landscape.sweep import sweep
 from depthscape.core.data import Dataset, Split
 from depthscape.core.distributed import DistContext, setup
 from depthscape.core.errors import UserError
@@ -52,10 +60,6 @@ from depthscape.core.limits import require_fits
 from depthscape.core.locking import claim_output
 from depthscape.core.runtime import PRECISIONS, resolve_precision
 from depthscape.core.trained import load_trained_run
-
-#: Seed of the fixed random evaluation subset (kept apart from the direction seed, so
-#: surfaces drawn with different directions are measured on the same images).
-SUBSET_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,7 @@ class LandscapeConfig:
     data_dir: str | None = None
     cache_dir: str | None = None
     model: str | None = None
-    precision: str = "fp32"  # core.runtime.PRECISIONS: fp32 (exact, TF32 off) | tf32 (CUDA) | bf16
+    precision: str = "fp32"  # one of core.runtime.PRECISIONS (fp32: exact, TF32 off)
 
     def validate(self) -> "LandscapeConfig":
         """Check the settings; a bad one is a one-line UserError. Returns self normalised."""
@@ -126,65 +130,6 @@ class LandscapeConfig:
                        yrange=(float(self.yrange[0]), float(self.yrange[1])))
 
 
-def grid_coordinates(span: tuple[float, float], resolution: int) -> np.ndarray:
-    """``resolution`` evenly spaced values over ``span``, with an exact 0 where the grid has one."""
-    values = np.linspace(span[0], span[1], resolution)
-    values[np.abs(values) < 1e-12 * (span[1] - span[0])] = 0.0
-    return values
-
-
-def state_fingerprint(state: dict[str, torch.Tensor]) -> str:
-    """SHA-256 of a state dict's names, dtypes, shapes and values (order-independent)."""
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        tensor = state[name].detach().to("cpu").contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def split_fingerprint(split: Split) -> str:
-    """SHA-256 of a split's images and labels."""
-    digest = hashlib.sha256()
-    digest.update(f"{tuple(split.images.shape)}|{split.images.dtype}|".encode())
-    digest.update(split.images.contiguous().numpy().tobytes())
-    digest.update(split.labels.contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def grid_identity(config: LandscapeConfig, split: Split) -> dict:
-    """The grid and data part of a surface's identity (every surface, CLI or API, has it)."""
-    return {
-        "dims": config.dims,
-        "resolution": config.resolution,
-        "xrange": list(config.xrange),
-        "yrange": list(config.yrange) if config.dims == 2 else None,
-        "split": config.split,
-        "subset": config.subset,
-        "samples": len(split),
-        "data_sha256": split_fingerprint(split),
-    }
-
-
-def _settings_hash(identity: dict) -> str:
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
-
-
-def default_surface_path(checkpoint: str | os.PathLike, config: LandscapeConfig, identity: dict) -> Path:
-    """``<run dir>/landscapes/<checkpoint stem>_<split>_<2d|1d|line>_<settings hash>.h5``.
-
-    The run dir is the folder above ``models/`` when the checkpoint lies in one (the layout
-    ``depthscape train`` writes), else the checkpoint's folder. The hash keeps surfaces with
-    different settings apart; the settings themselves are stored inside the file.
-    """
-    checkpoint = Path(checkpoint)
-    root = checkpoint.parent.parent if checkpoint.parent.name == "models" else checkpoint.parent
-    kind = "line" if config.target else f"{config.dims}d"
-    return root / "landscapes" / f"{checkpoint.stem}_{config.split}_{kind}_{_settings_hash(identity)}.h5"
-
-
-
-
 def compute_landscape(checkpoint: str | os.PathLike, config: LandscapeConfig | None = None,
                       output: str | os.PathLike | None = None, dataset: Dataset | None = None,
                       progress: bool = True, *, overwrite: bool = False,
@@ -211,12 +156,9 @@ def compute_landscape(checkpoint: str | os.PathLike, config: LandscapeConfig | N
     checkpoint = Path(checkpoint)
     dist = setup(config.device)
     try:
-        precision, notice = resolve_precision(config.precision, dist.device)  # what runs here
-        if notice and dist.is_main:
-            print(f"depthscape: notice: {notice}", file=sys.stderr, flush=True)
-        config = replace(config, precision=precision)
+        config = _resolved(config, dist, notify=True)  # the precision that runs here
         given = (directions, direction_identity, extra)
-        # issue 11: the surface's lock (taken in _compute) lives as long as this call
+        # issue 11: the surface's lock (taken in fill_surface) lives as long as this call
         with contextlib.ExitStack() as held:
             return _compute(checkpoint, config, output, dataset, progress, overwrite, save_every,
                             dist, held, given)
@@ -224,11 +166,28 @@ def compute_landscape(checkpoint: str | os.PathLike, config: LandscapeConfig | N
         dist.close()
 
 
+def _resolved(config: LandscapeConfig, dist: DistContext, notify: bool) -> LandscapeConfig:
+    """``config`` with its precision resolved for ``dist.device`` (a notice printed by rank
+    0 where ``notify`` and the choice cannot act there)."""
+    precision, notice = resolve_precision(config.precision, dist.device)
+    if notice and dist.is_main and notify:
+        print(f"depthscape: notice: {notice}", file=sys.stderr, flush=True)
+    return replace(config, precision=precision)
+
+
+def _run_info(config: LandscapeConfig, dist: DistContext) -> dict:
+    """How a surface is computed (stored with it, free to differ between its runs)."""
+    import depthscape
+
+    return {"batch_size": config.batch_size, "device": str(dist.device),
+            "world_size": dist.world_size, "compile": config.compile,
+            "depthscape_version": depthscape.__version__, "torch_version": torch.__version__,
+            "subset_seed": SUBSET_SEED, "precision": config.precision}
+
+
 def _compute(checkpoint: Path, config: LandscapeConfig, output, dataset: Dataset | None,
              progress: bool, overwrite: bool, save_every: float, dist: DistContext,
              held: contextlib.ExitStack, given: tuple = (None, None, None)) -> Path:
-    import depthscape
-
     run = load_trained_run(checkpoint, model=config.model,  # the one loader and its rule
                            dataset=dataset if dataset is not None else config.data_source,
                            data_dir=config.data_dir, cache_dir=config.cache_dir)
@@ -256,9 +215,8 @@ def _compute(checkpoint: Path, config: LandscapeConfig, output, dataset: Dataset
         if len(given_directions) != config.dims or target_model is not None:
             raise ValueError(f"{len(given_directions)} directions given for dims={config.dims}")
         identity.update({"norm": None, "seed": None, **(given_identity or {"direction": "given"})})
-    precision = config.precision  # resolved for this device by compute_landscape
-    if precision != "fp32":  # fp32 surfaces (all earlier ones) keep their identity
-        identity["precision"] = precision
+    if config.precision != "fp32":  # fp32 surfaces (all earlier ones) keep their identity
+        identity["precision"] = config.precision
     path = Path(output) if output is not None else default_surface_path(checkpoint, config, identity)
 
     def make_directions():
@@ -268,13 +226,8 @@ def _compute(checkpoint: Path, config: LandscapeConfig, output, dataset: Dataset
             return [interpolation_direction(state, target_model.state_dict())]
         return random_directions(model, config.dims, config.seed, config.norm)
 
-    info = {
-        "checkpoint": str(checkpoint), "target": str(config.target) if config.target else None,
-        "dataset": dataset.name, "batch_size": config.batch_size, "device": str(dist.device),
-        "world_size": dist.world_size, "compile": config.compile,
-        "depthscape_version": depthscape.__version__, "torch_version": torch.__version__,
-        "subset_seed": SUBSET_SEED, "precision": precision,
-    }
+    info = {"checkpoint": str(checkpoint), "target": str(config.target) if config.target else None,
+            "dataset": dataset.name, **_run_info(config, dist)}
     fill_surface(path, model, split, preprocess, identity, config, dist, held=held, info=info,
                  directions=make_directions, extra=given_extra, overwrite=overwrite,
                  save_every=save_every, progress=progress)
@@ -299,36 +252,13 @@ def fill_surface(path: Path | None, model: torch.nn.Module, split: Split, prepro
     :class:`PointEvaluator` (``None``: inputs as given; cross-entropy). ``path=None`` keeps
     the surface in memory only. The file is rewritten atomically at most every
     ``save_every`` seconds and when the work ends or is interrupted; under torchrun the
-    missing points are dealt out to the ranks and rank 0 writes. ``config.precision`` must
-    already be resolved for ``dist.device``. Returns the (complete) surface.
+    missing points are dealt out to the ranks and rank 0 writes (:func:`sweep`).
+    ``config.precision`` must already be resolved for ``dist.device``. Returns the
+    (complete) surface.
     """
-    from tqdm.auto import tqdm
-
-    if path is not None:
-        if path.exists() and path.is_dir():
-            raise UserError(f"{path} is a directory; give a file name for the surface")
-        # issue 11: one writer per surface (rank 0 holds the lock); stale temporaries go
-        held.enter_context(claim_output(path, f"surface {path}", owner=dist.is_main,
-                                        agree=dist.all_true))
-
-    surface: SurfaceState | None = None
-    if path is not None and path.exists() and not overwrite:
-        surface = read_state(path)
-        difference = identity_difference(surface.identity, identity)
-        if difference:
-            raise UserError(f"{path} holds a surface computed with other settings ({difference}); "
-                            "choose another output file or pass --overwrite")
-    dist.barrier()  # every rank has read the old file before rank 0 replaces it
-
-    if surface is None:
-        y = grid_coordinates(config.yrange, config.resolution) if config.dims == 2 else None
-        surface = new_state(config.split, grid_coordinates(config.xrange, config.resolution), y,
-                            directions(), identity, {})
-        surface.extra.update(extra or {})
+    surface = _open_surface(path, identity, config, dist, held, directions, extra, overwrite)
     surface.info = dict(info)
-
-    missing = np.flatnonzero(~surface.done.ravel())
-    if len(missing) == 0:
+    if surface.done.all():
         return surface
     evaluator = PointEvaluator(model, surface.directions, split, preprocess, config.batch_size,
                                dist.device, compile=config.compile, precision=config.precision,
@@ -337,35 +267,41 @@ def fill_surface(path: Path | None, model: torch.nn.Module, split: Split, prepro
     workers = config.workers or (torch.get_num_threads() if dist.device.type == "cpu" else 1)
     workers = 1 if config.compile else workers  # one compiled network is enough to wait for
     surface.info["workers"] = workers
-    mine = missing[dist.rank::dist.world_size]
-    # Every rank takes part in every round (the gather is collective), some with no points.
-    rounds = max(dist.gather_objects(math.ceil(len(mine) / workers)))
-    name = path.stem if path is not None else "surface"
-    bar = tqdm(total=surface.done.size, initial=surface.done.size - len(missing), unit="point",
-               desc=f"landscape {name}", disable=not progress or not dist.is_main,
-               dynamic_ncols=True)
-    writes = path is not None and dist.is_main
-    last_save, unsaved = time.monotonic(), 0
-    try:
-        with PointPool(evaluator, workers) as pool:
-            for round_index in range(rounds):
-                chunk = [int(k) for k in mine[round_index * workers:(round_index + 1) * workers]]
-                values = pool.evaluate([surface.coordinates(k) for k in chunk])
-                gathered = [item for part in dist.gather_objects(list(zip(chunk, values))) for item in part]
-                for index, (loss, acc) in gathered:
-                    surface.loss.flat[index] = loss
-                    surface.acc.flat[index] = acc
-                    surface.done.flat[index] = True
-                unsaved += len(gathered)
-                bar.update(len(gathered))
-                if writes and unsaved and time.monotonic() - last_save >= save_every:
-                    write_surface(path, surface)
-                    last_save, unsaved = time.monotonic(), 0
-    finally:
-        bar.close()
-        if writes and unsaved:
-            write_surface(path, surface)
-    dist.barrier()
+
+    def store(index: int, value: tuple[float, float]) -> None:
+        surface.loss.flat[index], surface.acc.flat[index] = value
+
+    sweep(surface.done, PointPool(evaluator, workers),
+          lambda replica, index: replica.evaluate(surface.coordinates(index)), store, dist,
+          save=(lambda: write_surface(path, surface)) if path is not None else None,
+          save_every=save_every, progress=progress,
+          desc=f"landscape {path.stem if path is not None else 'surface'}")
+    return surface
+
+
+def _open_surface(path: Path | None, identity: dict, config: LandscapeConfig, dist: DistContext,
+                  held: contextlib.ExitStack, directions, extra, overwrite: bool) -> SurfaceState:
+    """The surface at ``path`` to continue (its lock held in ``held``), refused if it holds
+    another ``identity``; else a new one with ``directions()`` and the ``extra`` datasets."""
+    if path is not None:
+        if path.exists() and path.is_dir():
+            raise UserError(f"{path} is a directory; give a file name for the surface")
+        # issue 11: one writer per surface (rank 0 holds the lock); stale temporaries go
+        held.enter_context(claim_output(path, f"surface {path}", owner=dist.is_main,
+                                        agree=dist.all_true))
+    surface: SurfaceState | None = None
+    if path is not None and path.exists() and not overwrite:
+        surface = read_state(path)
+        difference = identity_difference(surface.identity, identity)
+        if difference:
+            raise UserError(f"{path} holds a surface computed with other settings ({difference}); "
+                            "choose another output file or pass --overwrite")
+    dist.barrier()  # every rank has read the old file before rank 0 replaces it
+    if surface is None:
+        y = grid_coordinates(config.yrange, config.resolution) if config.dims == 2 else None
+        surface = new_state(config.split, grid_coordinates(config.xrange, config.resolution), y,
+                            directions(), identity, {})
+        surface.extra.update(extra or {})
     return surface
 
 
@@ -389,48 +325,13 @@ def compute_model_surface(model: torch.nn.Module, split: Split, config: Landscap
     gives ``<root>/landscapes/<model>_<split>_<kind>_<settings hash>.h5``, and with
     neither the surface stays in memory. Returns the surface and its file (or None).
     """
-    import depthscape
-
     config = config.validate()
     dist = setup(config.device)
     try:
-        precision, notice = resolve_precision(config.precision, dist.device)
-        if notice and dist.is_main and progress:
-            print(f"depthscape: notice: {notice}", file=sys.stderr, flush=True)
-        config = replace(config, precision=precision)
+        config = _resolved(config, dist, notify=progress)
         state = model.state_dict()
-        if target_state is not None:
-            kind = {"direction": "interpolation",
-                    "target_weights_sha256": state_fingerprint(target_state),
-                    "norm": None, "seed": None}
-
-            def make():
-                return [interpolation_direction(state, target_state)]
-
-            make()  # another architecture is refused before any work
-        elif directions is not None:
-            given = [{k: v.detach().to("cpu", torch.float32) for k, v in d.items()}
-                     for d in directions]
-            if len(given) != config.dims:
-                raise UserError(f"{len(given)} directions given for dims={config.dims}")
-            unknown = sorted({k for d in given for k in d} - set(state))
-            if unknown:
-                raise UserError(f"a direction has an entry the model does not: {unknown[0]!r}")
-            digest = hashlib.sha256()
-            for direction in given:
-                digest.update(state_fingerprint(direction).encode())
-            kind = {"direction": "given", "target_weights_sha256": None, "norm": None,
-                    "seed": None, "directions_sha256": digest.hexdigest(),
-                    **(direction_identity or {})}
-
-            def make():
-                return given
-        else:
-            kind = {"direction": "random", "target_weights_sha256": None, "norm": config.norm,
-                    "seed": config.seed}
-
-            def make():
-                return random_directions(model, config.dims, config.seed, config.norm)
+        kind, make = model_directions(model, state, config, directions, direction_identity,
+                                      target_state)
         name = model_name or type(model).__name__
         identity = {
             "model": name,
@@ -442,21 +343,15 @@ def compute_model_surface(model: torch.nn.Module, split: Split, config: Landscap
             "loss": loss_name,
             "batch_size": effective_batch_size(config.batch_size, dist.device),
         }
-        if precision != "fp32":
-            identity["precision"] = precision
+        if config.precision != "fp32":
+            identity["precision"] = config.precision
         path = Path(output) if output is not None else None
         if path is None and default_root is not None:
             stem = "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
             kind_name = "line" if target_state is not None else f"{config.dims}d"
             path = Path(default_root) / "landscapes" / \
-                f"{stem}_{config.split}_{kind_name}_{_settings_hash(identity)}.h5"
-        info = {
-            "source": "model", "dataset": "given", **(info or {}),
-            "batch_size": config.batch_size, "device": str(dist.device),
-            "world_size": dist.world_size, "compile": config.compile,
-            "depthscape_version": depthscape.__version__, "torch_version": torch.__version__,
-            "subset_seed": SUBSET_SEED, "precision": precision,
-        }
+                f"{stem}_{config.split}_{kind_name}_{settings_hash(identity)}.h5"
+        info = {"source": "model", "dataset": "given", **(info or {}), **_run_info(config, dist)}
         with contextlib.ExitStack() as held:
             surface = fill_surface(path, model, split, preprocess, identity, config, dist,
                                    held=held, info=info, directions=make, overwrite=overwrite,

@@ -1,0 +1,136 @@
+"""One resumable, sharded pass over the unfinished points of a grid.
+
+Loss surfaces (:mod:`~depthscape.analysis.landscape.surface`), curvature maps
+(:mod:`~depthscape.analysis.landscape.curvature`) and trajectory contours (a surface along
+a run's principal directions) all fill a grid the same way, through :func:`sweep`:
+
+* the points not yet done are dealt out to the torchrun ranks (every ``world_size``-th,
+  from the rank's own index), and each rank's share in rounds of one point per worker;
+* a :class:`WorkerPool` evaluates a round: on the CPU one point per thread, each thread
+  running torch single-threaded, so every value is computed by the same one-thread code
+  whatever the worker or rank count (a resumed or sharded grid is bit-identical);
+* after each round every rank gathers every rank's values (so all hold the whole grid),
+  records them and marks the points done; rank 0 saves (atomically, at most every
+  ``save_every`` seconds, and when the sweep ends or is interrupted);
+* every rank runs the same number of rounds (the largest share decides; a rank with
+  fewer points takes part in the gathers with none) and meets the others at a barrier.
+
+A rerun finds the saved mask and computes only what is missing: resume is the caller
+reading its file back before it calls :func:`sweep`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from depthscape.core.distributed import DistContext
+from depthscape.core.runtime import tf32_scope
+
+
+class WorkerPool:
+    """Runs one call per replica at once: the one pool every grid sweep evaluates with.
+
+    ``replicas`` are independent copies of what a point is computed with (an evaluator, a
+    model): call ``i`` of a :meth:`map` gets replica ``i``. With ``one_thread`` (the CPU's
+    way) the calls run in parallel, one thread each, while torch is held to one intra-op
+    thread; without it they run one after another on torch's threads as they are. Inside
+    the block TF32 is off (full float32 on NVIDIA GPUs) unless ``tf32``.
+    """
+
+    def __init__(self, replicas: Sequence, *, one_thread: bool, tf32: bool = False,
+                 name: str = "grid"):
+        self.replicas = list(replicas)
+        self.workers = len(self.replicas)
+        self.one_thread, self.tf32, self.name = one_thread, tf32, name
+        self._executor = None
+        self._threads = None
+        self._precision = None
+
+    def __enter__(self) -> WorkerPool:
+        self._precision = tf32_scope(self.tf32)
+        self._precision.__enter__()
+        if self.one_thread:
+            self._threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            if self.workers > 1:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix=self.name)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+        if self._threads is not None:
+            torch.set_num_threads(self._threads)
+            self._threads = None
+        self._precision.__exit__(None, None, None)
+
+    def map(self, fn: Callable[[Any, Any], Any], items: Sequence) -> list:
+        """``[fn(replica_i, item_i)]`` for up to :attr:`workers` items."""
+        if len(items) > self.workers:
+            raise ValueError(f"{len(items)} points for {self.workers} workers")
+        if self._executor is None:
+            return [fn(replica, item) for replica, item in zip(self.replicas, items)]
+        futures = [self._executor.submit(fn, r, item) for r, item in zip(self.replicas, items)]
+        return [future.result() for future in futures]
+
+
+def rank_share(done: np.ndarray, dist: DistContext) -> np.ndarray:
+    """The flat indices of the points not ``done`` that this rank computes."""
+    return np.flatnonzero(~done.ravel())[dist.rank::dist.world_size]
+
+
+def sweep(done: np.ndarray, pool: WorkerPool, evaluate: Callable[[Any, int], Any],
+          store: Callable[[int, Any], None], dist: DistContext, *,
+          save: Callable[[], None] | None = None, save_every: float = 5.0,
+          progress: bool = True, desc: str = "grid",
+          on_point: Callable[[int], None] | None = None) -> None:
+    """Compute every point of the grid not yet ``done`` (a bool mask, set in place).
+
+    ``evaluate(replica, flat_index)`` computes one point with one of the ``pool``'s
+    replicas and returns its value (picklable: it travels between ranks);
+    ``store(flat_index, value)`` records it (on every rank, for every point). ``save``
+    (rank 0 only; None: nothing is written) writes the grid atomically, at most every
+    ``save_every`` seconds, and once more when the sweep ends or is interrupted with
+    points recorded since the last save. ``on_point(flat_index)`` is called after each
+    point is recorded (tests use it to interrupt). Every rank calls this collectively.
+    """
+    from tqdm.auto import tqdm
+
+    mine = rank_share(done, dist)
+    workers = pool.workers
+    # Every rank takes part in every round (the gather is collective), some with no points.
+    rounds = max(dist.gather_objects(math.ceil(len(mine) / workers)))
+    bar = tqdm(total=done.size, initial=int(done.sum()), unit="point", desc=desc,
+               disable=not progress or not dist.is_main, dynamic_ncols=True)
+    writes = save is not None and dist.is_main
+    last_save, unsaved = time.monotonic(), 0
+    try:
+        with pool:
+            for round_index in range(rounds):
+                chunk = [int(k) for k in mine[round_index * workers:(round_index + 1) * workers]]
+                values = pool.map(evaluate, chunk)
+                for part in dist.gather_objects(list(zip(chunk, values))):
+                    for index, value in part:
+                        store(index, value)
+                        done.flat[index] = True
+                        unsaved += 1
+                        bar.update(1)
+                        if on_point is not None:
+                            on_point(index)
+                if writes and unsaved and time.monotonic() - last_save >= save_every:
+                    save()
+                    last_save, unsaved = time.monotonic(), 0
+    finally:
+        bar.close()
+        if writes and unsaved:
+            save()
+    dist.barrier()
