@@ -84,17 +84,14 @@ def config_from_args(args: argparse.Namespace, model: str | None = None, recipe=
 def run(args: argparse.Namespace) -> int:
     from depthscape.core.distributed import is_main_process
     from depthscape.core.errors import UserError
-    from depthscape.core.recipe_file import read_recipe_file
+    from depthscape.core.recipe_file import read_model_recipe, read_recipe_file
 
     plugin = plugin_from_args(args, instead_of=("a model (MODEL [DEPTH])", args.model))
     if plugin is None:
         if args.model is None:
             raise UserError(f"give a model ({model_names()}) or --model-from SPEC --recipe FILE")
         name = model_name(args.model, args.depth)
-        recipe = read_recipe_file(args.recipe, name) if args.recipe else None
-        if recipe is not None and recipe.name != name:
-            raise UserError(f"recipe {args.recipe}: name names a --model-from run; "
-                            f"depthscape's {name} keeps its own name")
+        recipe = read_model_recipe(args.recipe, name) if args.recipe else None
         from depthscape.training.loop import train
 
         result = train(config_from_args(args, name, recipe))  # checks memory before any work

@@ -192,3 +192,13 @@ def _preprocess(table: _Reader) -> dict:
                                            "on the 0..255 scale)")
     return {"pixel_scale": scale, "subtract_mean": subtract,
             "augment": table.flag("augment", False)}
+
+
+def read_model_recipe(path: str | os.PathLike, model: str) -> Recipe:
+    """A recipe file for one of depthscape's own models (``model``, canonical): its runs
+    keep the model's name, so a ``name`` other than it is refused."""
+    recipe = read_recipe_file(path, model)
+    if recipe.name != model:
+        raise UserError(f"recipe {Path(path).expanduser()}: name names a --model-from run; "
+                        f"depthscape's {model} keeps its own name")
+    return recipe
