@@ -177,6 +177,18 @@ def test_a_plugin_trains_and_resumes_bit_for_bit(zoo, tiny_data, cache_dir, tmp_
     assert code != 0 and "different setting (plugin)" in err and len(err.splitlines()) == 1
 
 
+def test_a_recipe_file_replaces_a_built_in_model_s_recipe(tiny_data, cache_dir, tmp_path, capsys):
+    recipe = tmp_path / "short.toml"
+    recipe.write_text("lr = 0.02\nbatch_size = 24\nepochs = 1\n[preprocess]\npixel_scale = 255\n"
+                      "subtract_mean = true\n")
+    code, out, _ = cli(capsys, "train", "resnet", "8", "--recipe", recipe, "--dataset", tiny_data,
+                       "--out", tmp_path, "--no-progress")
+    assert code == 0 and "resnet8" in out
+    saved = load_checkpoint(tmp_path / "models" / f"resnet-8_{tiny_data.name}.pth")
+    assert saved["iteration"] == 3 and saved["config"]["recipe"]["name"] == "resnet8"  # 72 / 24
+    assert (saved["config"]["recipe"]["lr"], saved["config"]["recipe"]["unit"]) == (0.02, "epoch")
+
+
 def test_train_refuses_what_does_not_fit_in_one_line(zoo, tiny_data, cache_dir, tmp_path, capsys):
     recipe = Path(zoo).with_name("recipe.toml")
     data = ["--dataset", tiny_data, "--out", tmp_path / "out", "--no-progress"]
