@@ -260,6 +260,8 @@ def test_eval_sharpness_and_trajectory_of_a_trained_plugin(zoo, tiny_data, cache
         assert code != 0 and len(err.strip().splitlines()) == 1, (command, err)
         assert ("cannot read this data" if command != "trajectory" else
                 "snapshots of another architecture") in err
+    code, _, err = cli(capsys, "eval", weights)  # a plug-in run names what it needs
+    assert code != 0 and f"give --model-from {zoo}:small --weights {weights}" in err
     code, _, err = cli(capsys, "eval", weights, "--model-from", f"{zoo}:small")
     assert code != 0 and "give either a checkpoint" in err
     code, _, err = cli(capsys, "sharpness", *plugin, "--density")
