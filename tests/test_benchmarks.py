@@ -94,6 +94,22 @@ def test_a_graph_asked_for_and_not_used_exits_non_zero(bench_train, capsys, cach
     assert "FAILED: the captured step was asked for and not used for resnet8" in out
 
 
+def test_a_dry_run_of_bench_api_prints_both_paths_times_and_their_ratio(capsys, cache_dir,
+                                                                         one_thread):
+    import re
+
+    bench = load_benchmark("bench_api")
+    assert bench.main(["--model", "resnet8", "--images", "20", "--size", "8",
+                       "--resolution", "2", "--repeats", "1", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("cpu: CPU ") and torch.__version__ in lines[0]
+    number = r"\d+\.\d{3}"
+    assert re.fullmatch(
+        rf"resnet8 \| 20 images 8x8 \| 4 points \| CLI \(depthscape landscape\) {number} s \| "
+        rf"API \(ds\.loss_surface\) {number} s \| API/CLI speed {number} \| "
+        r"max \|loss difference\| 0 \| best of 1", lines[1]), lines[1]
+
+
 # ---- the device check script ------------------------------------------------------------
 
 REPO = BENCHMARKS.parent

@@ -8,6 +8,7 @@ their training, and draw and measure their loss landscapes -- of those runs, or 
     surface = ds.loss_surface(model, (inputs, targets), resolution=21)
     surface.plot("contour").savefig("surface.png")
     print(ds.hessian_extremes(model, (inputs, targets)))
+    ds.train("resnet", 20, out="runs")   # or a model of your own, with a recipe file
 
 The API's names load on first use, so ``import depthscape`` (and the CLI) stay free of torch.
 """
@@ -23,6 +24,7 @@ __all__ = [
     "EigenExtremes",
     "Surface",
     "TraceEstimate",
+    "TrajectorySurface",
     "hessian_extremes",
     "hessian_trace",
     "interpolate",
@@ -30,6 +32,8 @@ __all__ = [
     "loss_surface",
     "random_directions",
     "select_output",
+    "train",
+    "trajectory",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and editors
@@ -37,6 +41,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and editors
         EigenExtremes,
         Surface,
         TraceEstimate,
+        TrajectorySurface,
         hessian_extremes,
         hessian_trace,
         interpolate,
@@ -44,6 +49,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and editors
         loss_surface,
         random_directions,
         select_output,
+        train,
+        trajectory,
     )
 
 

@@ -156,6 +156,46 @@ def trajectory_from_snapshots(snapshot_file: str | os.PathLike, final: torch.nn.
     rows = len(steps) - 1
     matrix = read_snapshot_rows(snapshot_file, range(rows),
                                 torch.empty(rows, info["width"], dtype=torch.float32, device=device))
+    return _principal_path(matrix, theta, steps, names, shapes)
+
+
+def trajectory_from_states(states, final: torch.nn.Module, device: torch.device | str = "cpu"
+                           ) -> Trajectory:
+    """PCA of a path given as state dicts (keyed like ``final.state_dict()``, in order)
+    around ``final``'s weights: the Python API's snapshots. Where the last state is not
+    ``final``'s weights, they are the path's end (appended). Steps are the states' indices."""
+    device = torch.device(device)
+    names = [n for n, p in final.named_parameters() if p.dim() > 1]
+    theta = torch.from_numpy(flatten_parameters(final)).to(device)
+    rows = []
+    for index, state in enumerate(states):
+        try:
+            row = torch.cat([state[n].detach().to(device, torch.float32).reshape(-1) for n in names])
+        except (KeyError, TypeError, AttributeError):
+            missing = next((n for n in names if n not in state), "?") if hasattr(state, "keys") else "?"
+            raise UserError(f"snapshot {index} is not a state dict of this model (no {missing!r})") \
+                from None
+        except RuntimeError as error:
+            raise UserError(f"snapshot {index} does not fit this model: "
+                            f"{str(error).splitlines()[0][:160]}") from None
+        if row.numel() != theta.numel():
+            raise UserError(f"snapshot {index} holds {row.numel()} weights, the model {theta.numel()}")
+        rows.append(row)
+    if rows and torch.equal(rows[-1], theta):
+        rows.pop()  # the end is the model's weights: the origin
+    if len(rows) + 1 < MIN_SNAPSHOTS:
+        raise UserError(f"a trajectory needs at least {MIN_SNAPSHOTS} snapshots (the model's own "
+                        f"weights ending them), got {len(rows) + 1}")
+    shapes = [tuple(final.get_parameter(n).shape) for n in names]
+    steps = np.arange(len(rows) + 1, dtype=np.int64)
+    return _principal_path(torch.stack(rows), theta, steps, names, shapes)
+
+
+def _principal_path(matrix: torch.Tensor, theta: torch.Tensor, steps: np.ndarray, names, shapes
+                    ) -> Trajectory:
+    """The :class:`Trajectory` of the path whose rows are ``matrix`` (every snapshot but the
+    last), ending at ``theta``; ``matrix`` is changed in place."""
+    device = matrix.device
     matrix -= theta
     components, variance, ratio, mean = principal_directions(matrix)
     # the path: (theta_i - theta_final) . d_j, the centred rows plus the mean's projection
@@ -174,6 +214,24 @@ def trajectory_from_snapshots(snapshot_file: str | os.PathLike, final: torch.nn.
             offset += size
         directions.append(direction)
     return Trajectory(steps, path, variance, ratio, directions)
+
+
+def directions_key(trajectory: Trajectory) -> str:
+    """The sha256 of a trajectory's directions (its surface's identity and file name)."""
+    digest = hashlib.sha256()
+    for direction in trajectory.directions:
+        for name in direction:
+            digest.update(direction[name].numpy().tobytes())
+    return digest.hexdigest()
+
+
+def trajectory_extra(trajectory: Trajectory) -> dict[str, np.ndarray]:
+    """The arrays a trajectory's surface file holds besides the surface."""
+    return {"path_x": trajectory.path[:, 0], "path_y": trajectory.path[:, 1],
+            "path_steps": trajectory.steps,
+            "explained_variance": np.asarray(trajectory.explained_variance, dtype=np.float64),
+            "explained_variance_ratio": np.asarray(trajectory.explained_variance_ratio,
+                                                   dtype=np.float64)}
 
 
 def path_span(path: np.ndarray, margin: float) -> tuple[tuple[float, float], tuple[float, float]]:
@@ -218,21 +276,13 @@ def compute_trajectory(checkpoint: str | os.PathLike, config: TrajectoryConfig |
     trajectory = trajectory_from_snapshots(snapshots, model, get_device(config.device),
                                            data.get("iteration"))
     xrange, yrange = path_span(trajectory.path, config.margin)
-    digest = hashlib.sha256()
-    for direction in trajectory.directions:
-        for name in direction:
-            digest.update(direction[name].numpy().tobytes())
-    key = digest.hexdigest()
+    key = directions_key(trajectory)
     landscape = LandscapeConfig(
         resolution=config.resolution, xrange=xrange, yrange=yrange, split=config.split,
         subset=config.subset, batch_size=config.batch_size, device=config.device,
         workers=config.workers, data_source=config.data_source, data_dir=config.data_dir,
         cache_dir=config.cache_dir, model=config.model, dims=2, precision=config.precision)
-    extra = {"path_x": trajectory.path[:, 0], "path_y": trajectory.path[:, 1],
-             "path_steps": trajectory.steps,
-             "explained_variance": np.asarray(trajectory.explained_variance, dtype=np.float64),
-             "explained_variance_ratio": np.asarray(trajectory.explained_variance_ratio,
-                                                    dtype=np.float64)}
+    extra = trajectory_extra(trajectory)
     if output is None:  # a contour of another precision is another file (its own identity)
         tag = "" if config.precision == "fp32" else f"_{config.precision}"
         output = default_trajectory_path(checkpoint, config.split, key[:10] + tag)
@@ -243,6 +293,54 @@ def compute_trajectory(checkpoint: str | os.PathLike, config: TrajectoryConfig |
                                                  "snapshots": len(trajectory.steps),
                                                  "margin": config.margin},
                              extra=extra)
+
+
+def compute_model_trajectory(model: torch.nn.Module, split, snapshots,
+                             config: TrajectoryConfig | None = None, *, preprocess=None,
+                             loss_fn=None, loss_name: str = "cross_entropy",
+                             model_name: str | None = None,
+                             output: str | os.PathLike | None = None,
+                             default_root: str | os.PathLike | None = None,
+                             info: dict | None = None, overwrite: bool = False,
+                             progress: bool = True):
+    """The trajectory surface of any ``model`` (not a depthscape checkpoint) on ``split``:
+    the Python API's and ``trajectory --model-from``'s path, through
+    :func:`~depthscape.analysis.landscape.surface.compute_model_surface` (its resume and
+    sharding). ``snapshots``: a snapshot file (:func:`trajectory_from_snapshots`, ending at
+    ``model``'s weights) or a list of state dicts (:func:`trajectory_from_states`).
+    ``output``, else ``<default_root>/landscapes/<model>_trajectory_<split>_<hash>.h5``,
+    else in memory. Returns ``(SurfaceState, path or None)``."""
+    from depthscape.analysis.landscape.surface import LandscapeConfig, compute_model_surface
+
+    config = config or TrajectoryConfig()
+    if not config.margin >= 0:
+        raise UserError(f"margin must be non-negative, got {config.margin}")
+    device = get_device(config.device)
+    if isinstance(snapshots, (str, os.PathLike)):
+        if not Path(snapshots).is_file():
+            raise UserError(f"no snapshot file {snapshots}")
+        trajectory = trajectory_from_snapshots(snapshots, model, device)
+    else:
+        trajectory = trajectory_from_states(list(snapshots), model, device)
+    key = directions_key(trajectory)
+    xrange, yrange = path_span(trajectory.path, config.margin)
+    landscape = LandscapeConfig(
+        resolution=config.resolution, xrange=xrange, yrange=yrange, split=config.split,
+        subset=config.subset, batch_size=config.batch_size, device=config.device,
+        workers=config.workers, dims=2, precision=config.precision)
+    name = model_name or type(model).__name__
+    if output is None and default_root is not None:
+        stem = "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
+        tag = "" if config.precision == "fp32" else f"_{config.precision}"
+        output = Path(default_root) / "landscapes" / \
+            f"{stem}_trajectory_{config.split}_{key[:10]}{tag}.h5"
+    return compute_model_surface(
+        model, split, landscape, preprocess=preprocess, loss_fn=loss_fn, loss_name=loss_name,
+        model_name=name, directions=trajectory.directions,
+        direction_identity={"direction": "pca", "directions_sha256": key,
+                            "snapshots": len(trajectory.steps), "margin": config.margin},
+        output=output, info=info, overwrite=overwrite, progress=progress,
+        extra=trajectory_extra(trajectory))
 
 
 def read_trajectory(surface_file: str | os.PathLike) -> dict:

@@ -43,9 +43,13 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every subcommand."""
+    from depthscape.core.models import families
+
+    labels = [f.plural_label for f in families()]
     parser = _Parser(
         prog="depthscape",
-        description="Train CNNs, ResNets and PlainNets on CIFAR-10 and measure their loss landscapes.",
+        description=f"Train {', '.join(labels[:-1])} and {labels[-1]} (or a model of your own, "
+                    "--model-from) on CIFAR-10 and measure their loss landscapes.",
     )
     parser.add_argument("--version", action="version", version=f"depthscape {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -95,10 +95,68 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                             "(default $DEPTHSCAPE_DATA or ~/.cache/depthscape)")
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """MODEL [DEPTH] positionals: `cnn`, `resnet 56`, `plainnet 110`, `resnet56`."""
-    parser.add_argument("model", help="cnn, resnet, plainnet (with DEPTH), or e.g. resnet56")
-    parser.add_argument("depth", nargs="?", default=None, help="depth 6n+2 for resnet/plainnet")
+def model_names() -> str:
+    """The model names users type, read off the family records (for help texts)."""
+    from depthscape.core.models import model_names_text
+
+    return model_names_text()
+
+
+def depth_help() -> str:
+    """DEPTH's help: each depth rule and the families it applies to, from the records."""
+    from depthscape.core.models import families
+
+    forms: dict[str, list[str]] = {}
+    for family in families(with_depth=True):
+        forms.setdefault(family.depth_form, []).append((family.aliases or (family.prefix,))[0])
+    return "; ".join(f"depth {form} for {'/'.join(names)}" for form, names in forms.items())
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, optional: bool = False) -> None:
+    """MODEL [DEPTH] positionals: `cnn`, `resnet 56`, `plainnet 110`, `resnet56`
+    (``optional``: left out with --model-from)."""
+    parser.add_argument("model", help=f"{model_names()}, or e.g. resnet56",
+                        **({"nargs": "?", "default": None} if optional else {}))
+    parser.add_argument("depth", nargs="?", default=None, help=depth_help())
+
+
+def add_plugin_arguments(parser: argparse.ArgumentParser, what: str = "") -> None:
+    """--model-from, --model-kwargs, --weights: a model from outside the package (every
+    command that takes a model: landscape, eval, sharpness, trajectory, train)."""
+    plugin = parser.add_argument_group("a model from outside the package (instead of a run)")
+    plugin.add_argument("--model-from", default=None, metavar="SPEC",
+                        help="torchvision:NAME (random init, nothing downloaded), "
+                             "PKG.MODULE:FACTORY or path/to/file.py:FACTORY" + what)
+    plugin.add_argument("--model-kwargs", default=None, metavar="JSON",
+                        help="keyword arguments of the factory, e.g. '{\"num_classes\": 10}'")
+    plugin.add_argument("--weights", default=None, metavar="FILE",
+                        help="a state dict (or a checkpoint holding one, e.g. a plug-in run's) "
+                             "to load, weights-only; a depthscape run's checkpoint also gives "
+                             "the preprocessing and the data it was trained on")
+
+
+def plugin_from_args(args: argparse.Namespace, not_with: dict | None = None,
+                     instead_of: tuple[str, object] | None = None):
+    """The :class:`~depthscape.core.plugins.PluginModel` of --model-from (None without it).
+
+    ``not_with`` maps option names (``"--target"``) to their values: options of
+    depthscape's own runs that a plug-in model refuses; ``instead_of`` is ``(what, value)``
+    of the command's own way to name a model (its run). One line each, before any work."""
+    from depthscape.core.errors import UserError
+
+    if not args.model_from:
+        for flag, value in (("--model-kwargs", args.model_kwargs), ("--weights", args.weights)):
+            if value:
+                raise UserError(f"{flag} goes with --model-from")
+        return None
+    if instead_of is not None and instead_of[1]:
+        raise UserError(f"give either {instead_of[0]} or --model-from, not both")
+    for flag, value in (not_with or {}).items():
+        if value:
+            raise UserError(f"{flag} works on depthscape runs, not with --model-from")
+    from depthscape.core.plugins import load_plugin
+
+    return load_plugin(args.model_from, args.model_kwargs, args.weights)
 
 
 def add_run_data_arguments(parser: argparse.ArgumentParser) -> None:

@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from depthscape.cli._common import finite_float, int_in, model_name, positive_int, seed_int
+from depthscape.cli._common import (
+    add_plugin_arguments,
+    finite_float,
+    int_in,
+    model_name,
+    model_names,
+    plugin_from_args,
+    positive_int,
+    seed_int,
+)
 from depthscape.cli.plot import add_plot_arguments, default_plots_dir, plot_from_args
 from depthscape.core.runtime import PRECISIONS
 
@@ -61,17 +70,10 @@ def checkpoint_with_outputs_checked(args: argparse.Namespace) -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_run_arguments(parser, "a checkpoint file, or a model (cnn, resnet 56, plainnet110) whose "
-                              "run lies in --out (or none, with --model-from)", optional=True)
-    plugin = parser.add_argument_group("a model from outside the package (instead of a run)")
-    plugin.add_argument("--model-from", default=None, metavar="SPEC",
-                        help="torchvision:NAME (random init, nothing downloaded), "
-                             "PKG.MODULE:FACTORY or path/to/file.py:FACTORY; measured on "
-                             "--dataset/--data-dir with pixels scaled to [0, 1]")
-    plugin.add_argument("--model-kwargs", default=None, metavar="JSON",
-                        help="keyword arguments of the factory, e.g. '{\"num_classes\": 10}'")
-    plugin.add_argument("--weights", default=None, metavar="FILE",
-                        help="a state dict (or a checkpoint holding one) to load, weights-only")
+    add_run_arguments(parser, f"a checkpoint file, or a model ({model_names()}; e.g. resnet 56) "
+                              "whose run lies in --out (or none, with --model-from)", optional=True)
+    add_plugin_arguments(parser, "; measured on --dataset/--data-dir with pixels scaled to "
+                                 "[0, 1] (or as the run of --weights was trained)")
     grid = parser.add_argument_group("grid and directions")
     grid.add_argument("--resolution", type=int_in(2, 10**6), default=21,
                       help="points per axis (default 21; the original tool's figures use 51)")
@@ -160,7 +162,7 @@ def grid_dims(args: argparse.Namespace) -> int:
     return dims
 
 
-def run_model_from(args: argparse.Namespace) -> Path:
+def run_model_from(args: argparse.Namespace, plugin) -> Path:
     """``--model-from``: the surface of a model built outside the package, on the data given
     (the Python API's path, :func:`compute_model_surface`); returns the surface file."""
     from depthscape.analysis.landscape.surface import (
@@ -168,32 +170,8 @@ def run_model_from(args: argparse.Namespace) -> Path:
         LandscapeConfig,
         compute_model_surface,
     )
-    from depthscape.core.atomic import ensure_writable_dir
-    from depthscape.core.data import Preprocess, load_dataset
-    from depthscape.core.errors import UserError
-    from depthscape.core.plugins import build_model, load_weights, parse_model_kwargs
 
-    if args.run is not None:
-        raise UserError("give either a run (checkpoint, or model and depth) or --model-from, "
-                        "not both")
-    for flag, value in (("--target", args.target), ("--curvature", args.curvature),
-                        ("--model", args.model)):
-        if value:
-            raise UserError(f"{flag} works on depthscape runs, not with --model-from")
-    if args.dataset is None and args.data_dir is None:
-        raise UserError("--model-from needs the data to measure on: --dataset (cifar10, mnist, "
-                        "fashion-mnist or an ImageFolder path) or --data-dir")
-    root = Path(args.out)
-    ensure_writable_dir(Path(args.output).parent if args.output else root / "landscapes",
-                        create=False)
-    if not args.no_plots:
-        ensure_writable_dir(args.plots_dir or root / "plots", create=False)
-    kwargs = parse_model_kwargs(args.model_kwargs)
-    model = build_model(args.model_from, kwargs)
-    if args.weights:
-        load_weights(model, args.weights)
-    dataset = load_dataset(args.dataset or "cifar10", data_dir=args.data_dir,
-                           cache_dir=args.cache_dir)
+    dataset, root = plugin_outputs_checked(args, plugin)
     split = (dataset.test if args.split == "test" else dataset.train).subset(args.subset,
                                                                              SUBSET_SEED)
     config = LandscapeConfig(
@@ -202,13 +180,26 @@ def run_model_from(args: argparse.Namespace) -> Path:
         split=args.split, subset=args.subset, seed=args.seed, norm=args.norm,
         batch_size=args.batch_size, device=args.device, workers=args.workers,
         dims=grid_dims(args), compile=args.compile, precision=args.precision)
-    info = {"source": "--model-from", "model_kwargs": kwargs, "weights": args.weights,
+    info = {"source": "--model-from", "model_kwargs": plugin.kwargs, "weights": args.weights,
             "dataset": dataset.name}
     _, path = compute_model_surface(
-        model, split, config, preprocess=Preprocess(scale=1.0, mean=(0.0,)),  # ToTensor()
-        model_name=args.model_from, output=args.output, default_root=root, info=info,
-        overwrite=args.overwrite, progress=not args.no_progress)
+        plugin.model, split, config, preprocess=plugin.preprocess, model_name=args.model_from,
+        output=args.output, default_root=root, info=info, overwrite=args.overwrite,
+        progress=not args.no_progress)
     return path
+
+
+def plugin_outputs_checked(args: argparse.Namespace, plugin):
+    """``--model-from``'s data (a Dataset) and output root, after checking where the
+    surface and its pictures go (landscape, trajectory)."""
+    from depthscape.core.atomic import ensure_writable_dir
+
+    root = Path(args.out)
+    ensure_writable_dir(Path(args.output).parent if args.output else root / "landscapes",
+                        create=False)
+    if not args.no_plots:
+        ensure_writable_dir(args.plots_dir or root / "plots", create=False)
+    return plugin.dataset(args.dataset, args.data_dir, args.cache_dir), root
 
 
 def run(args: argparse.Namespace) -> int:
@@ -219,8 +210,11 @@ def run(args: argparse.Namespace) -> int:
     dims = grid_dims(args)
     if not args.no_plots:
         check_plot_options(args, dims)
-    if args.model_from:
-        return _report(run_model_from(args), None, args)
+    plugin = plugin_from_args(args, {"--target": args.target, "--curvature": args.curvature,
+                                     "--model": args.model},
+                              instead_of=("a run (checkpoint, or model and depth)", args.run))
+    if plugin is not None:
+        return _report(run_model_from(args, plugin), None, args)
     if args.run is None:
         raise UserError("give a run (a checkpoint, or a model and depth) or --model-from")
     checkpoint = checkpoint_with_outputs_checked(args)

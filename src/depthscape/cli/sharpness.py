@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from depthscape.cli._common import add_run_data_arguments, float_in, int_in, positive_int, seed_int
+from depthscape.cli._common import (
+    add_plugin_arguments,
+    add_run_data_arguments,
+    float_in,
+    int_in,
+    plugin_from_args,
+    positive_int,
+    seed_int,
+)
 from depthscape.core.runtime import PRECISIONS
 
 NAME = "sharpness"
@@ -63,6 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="arithmetic of the forward passes: fp32 (default), bf16 autocast "
                              "(CUDA, or a CPU with native bf16), tf32 (CUDA)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_plugin_arguments(parser, "; measured on --dataset/--data-dir with pixels scaled to "
+                                 "[0, 1] (or as the run of --weights was trained); the table "
+                                 "goes to <out>/sharpness_<name>.md and .csv")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,9 +91,8 @@ def run(args: argparse.Namespace) -> int:
     from depthscape.core.distributed import setup
     from depthscape.core.locking import claim_folder
 
-    # under torchrun every rank runs this command: the Hessian-vector products are split
-    # over the ranks, rank 0 holds the folder's lock, writes and prints
-    dist = setup(args.device)
+    plugin = plugin_from_args(args, {"--density": args.density},
+                              instead_of=("run models (MODEL ...)", args.models))
     config = SharpnessConfig(split=args.split, subset=args.subset, batch_size=args.batch_size,
                              power_iters=args.power_iters, power_tol=args.power_tol,
                              trace_samples=args.trace_samples, trace_tol=args.trace_tol,
@@ -90,6 +100,11 @@ def run(args: argparse.Namespace) -> int:
                              precision=args.precision, top_k=args.top_k, draws=args.draws)
     out = ensure_writable_dir(Path(args.out) if args.out else Path(args.run_dir) / "sharpness",
                               create=False)
+    if plugin is not None:
+        return run_plugin(args, plugin, config, out)
+    # under torchrun every rank runs this command: the Hessian-vector products are split
+    # over the ranks, rank 0 holds the folder's lock, writes and prints
+    dist = setup(args.device)
     source = {"dataset": args.dataset, "data_dir": args.data_dir, "cache_dir": args.cache_dir}
     with claim_folder(out, f"sharpness folder {out}", owner=dist.is_main, agree=dist.all_true):
         results = measure_runs(args.run_dir, out, args.models or None, config,
@@ -108,6 +123,55 @@ def run(args: argparse.Namespace) -> int:
                 written.append(out / "density.png")
     if not dist.is_main:
         return 0
+    print(f"{table.title}\n\n{table.markdown()}")
+    print("written: " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def run_plugin(args: argparse.Namespace, plugin, config, out) -> int:
+    """``--model-from``: the sharpness of one model from outside the package, measured as a
+    run's (:func:`~depthscape.analysis.sharpness.model_sharpness` per draw, combined)."""
+    import sys
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from depthscape.analysis.sharpness import (
+        combine_draws,
+        draw_subsets,
+        model_sharpness,
+        sharpness_table,
+    )
+    from depthscape.analysis.spectrum import run_seed
+    from depthscape.analysis.tables import write_table
+    from depthscape.core.distributed import setup
+    from depthscape.core.plugins import check_model_reads, plugin_name, registered
+    from depthscape.core.runtime import resolve_precision
+
+    dataset = plugin.dataset(args.dataset, args.data_dir, args.cache_dir)
+    # "train": the split the run of --weights trained on (else the whole training split)
+    split = dataset.train.subset(plugin.train_subset) if config.split == "train" else dataset.test
+    check_model_reads(plugin.model, split, plugin.preprocess, dataset.num_classes)
+    subsets = draw_subsets(split, config.subset, config.draws, config.seed)
+    dist = setup(args.device)
+    try:
+        precision, notice = resolve_precision(config.precision, dist.device)
+        if notice and dist.is_main:
+            print(f"depthscape: notice: {notice}", file=sys.stderr, flush=True)
+        config = replace(config, precision=precision)
+        model = plugin.model.to(dist.device)
+        seeds = [run_seed(config.seed, i) for i in range(config.draws)]
+        draws = [model_sharpness(model, plugin.preprocess.normalize(subset.images.to(dist.device)),
+                                 subset.labels.to(dist.device), config, seed, dist)
+                 for subset, seed in zip(subsets, seeds)]
+    finally:
+        dist.close()
+    result = combine_draws(draws, seeds)
+    if not dist.is_main:
+        return 0
+    name = plugin_name(plugin.spec)
+    with registered(name, lambda: plugin.model, label=plugin.spec):  # the table's name for it
+        table = sharpness_table([(SimpleNamespace(model=name, seed=0), result)])
+    written = write_table(table, out, f"sharpness_{name}")
     print(f"{table.title}\n\n{table.markdown()}")
     print("written: " + ", ".join(str(p) for p in written))
     return 0

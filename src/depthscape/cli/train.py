@@ -8,20 +8,31 @@ from depthscape.cli._common import (
     add_data_arguments,
     add_gpu_arguments,
     add_model_arguments,
+    add_plugin_arguments,
     float_in,
     gpu_settings,
     model_name,
+    model_names,
+    plugin_from_args,
     positive_int,
     seed_int,
 )
 
 NAME = "train"
-HELP = "train cnn | resnet DEPTH | plainnet DEPTH with the spec's recipe"
+HELP = ("train one of depthscape's models with the spec's recipe, or any model "
+        "(--model-from) with a recipe file")
 ORDER = 10
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_arguments(parser)
+    parser.description = f"{HELP}; models: {model_names()}"
+    add_model_arguments(parser, optional=True)
+    add_plugin_arguments(parser, "; trained with --recipe FILE.toml")
+    parser.add_argument("--recipe", default=None, metavar="FILE.toml",
+                        help="the training recipe as a TOML file (optimizer, lr and schedule, "
+                             "epochs or iterations, batch, weight decay, preprocessing, "
+                             "augmentation; docs/api.md); needed with --model-from, else it "
+                             "replaces the model's own")
     add_data_arguments(parser)
     parser.add_argument("--out", default=".", help="output root holding logs/ and models/ (default .)")
     parser.add_argument("--seed", type=seed_int, default=0)
@@ -52,12 +63,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_gpu_arguments(parser)
 
 
-def config_from_args(args: argparse.Namespace):
-    """A TrainConfig from parsed arguments (the one place a Namespace becomes typed settings)."""
+def config_from_args(args: argparse.Namespace, model: str | None = None, recipe=None):
+    """A TrainConfig from parsed arguments (the one place a Namespace becomes typed settings).
+    ``model``: the run's name (default: MODEL [DEPTH]); ``recipe``: replaces the model's own."""
     from depthscape.training.loop import TrainConfig
 
     return TrainConfig(
-        model=model_name(args.model, args.depth),
+        model=model or model_name(args.model, args.depth), recipe=recipe,
         dataset=args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir,
         out_dir=args.out, seed=args.seed, device=args.device, scale=args.scale,
         train_subset=args.train_subset, test_subset=args.test_subset,
@@ -71,10 +83,28 @@ def config_from_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from depthscape.core.distributed import is_main_process
-    from depthscape.training.loop import train
+    from depthscape.core.errors import UserError
+    from depthscape.core.recipe_file import read_model_recipe, read_recipe_file
 
-    config = config_from_args(args)
-    result = train(config)  # checks the recipe's memory before any work
+    plugin = plugin_from_args(args, instead_of=("a model (MODEL [DEPTH])", args.model))
+    if plugin is None:
+        if args.model is None:
+            raise UserError(f"give a model ({model_names()}) or --model-from SPEC --recipe FILE")
+        name = model_name(args.model, args.depth)
+        recipe = read_model_recipe(args.recipe, name) if args.recipe else None
+        from depthscape.training.loop import train
+
+        result = train(config_from_args(args, name, recipe))  # checks memory before any work
+    else:
+        if not args.recipe:
+            raise UserError("--model-from needs --recipe FILE.toml: a model from outside the "
+                            "package has no recipe of its own (see docs/api.md)")
+        from depthscape.core.plugins import plugin_name
+        from depthscape.training.plugin import train_plugin
+
+        recipe = read_recipe_file(args.recipe, plugin_name(args.model_from))
+        name = plugin_name(args.model_from, recipe.name)
+        result = train_plugin(plugin, recipe, config_from_args(args, name, recipe))
     if not is_main_process():  # under torchrun rank 0 speaks for every rank
         return 0
     if not result.finished:

@@ -172,7 +172,15 @@ def load_trained_run(checkpoint_or_run: str | os.PathLike | Any, *, model: str |
     data = load_checkpoint(path, map_location="cpu")
     recorded = data.get("model")
     if recorded is not None:
-        recorded = canonical_name(recorded)
+        plugin = ((data.get("config") or {}).get("train") or {}).get("plugin")
+        try:
+            recorded = canonical_name(recorded)
+        except UserError:
+            if not isinstance(plugin, dict):
+                raise
+            raise UserError(f"{path} holds {plugin.get('spec')}, a model from outside the "
+                            f"package: give --model-from {plugin.get('spec')} --weights {path}") \
+                from None
     given = canonical_name(model) if model else None
     if given is not None and recorded is not None and given != recorded:
         raise UserError(f"{path} holds a {recorded}, not a {given}: drop --model {model} or "

@@ -46,6 +46,10 @@ class TrainConfig:
     # weight snapshots every N iterations (epochs for epoch recipes) into
     # models/<checkpoint>.snapshots.h5, for trajectories; None: none (training/snapshots.py)
     snapshot_every: int | None = None
+    # a model from outside the package (--model-from): {"spec", "kwargs", "weights_sha256"},
+    # part of the run's identity; ``model`` is then the plug-in run's name
+    # (training/plugin.py). None: one of the package's models.
+    plugin: dict | None = None
 
 
 def run_settings(config: TrainConfig, recipe: Recipe, dataset: Dataset, preprocess: Preprocess,

@@ -313,7 +313,8 @@ def compute_model_surface(model: torch.nn.Module, split: Split, config: Landscap
                           direction_identity: dict | None = None, target_state: dict | None = None,
                           output: str | os.PathLike | None = None,
                           default_root: str | os.PathLike | None = None, info: dict | None = None,
-                          overwrite: bool = False, progress: bool = True) -> tuple[SurfaceState, Path | None]:
+                          overwrite: bool = False, progress: bool = True,
+                          extra: dict[str, np.ndarray] | None = None) -> tuple[SurfaceState, Path | None]:
     """The surface of any ``model`` on ``split`` (not a depthscape checkpoint): the Python
     API's and ``landscape --model-from``'s path, through :func:`fill_surface`.
 
@@ -323,7 +324,8 @@ def compute_model_surface(model: torch.nn.Module, split: Split, config: Landscap
     line to ``target_state`` (a state dict of the same architecture, 1-D). ``output`` is
     the HDF5 file (resumed if it holds the same settings); without it, ``default_root``
     gives ``<root>/landscapes/<model>_<split>_<kind>_<settings hash>.h5``, and with
-    neither the surface stays in memory. Returns the surface and its file (or None).
+    neither the surface stays in memory. ``extra``: arrays stored alongside (a trajectory's
+    path). Returns the surface and its file (or None).
     """
     config = config.validate()
     dist = setup(config.device)
@@ -355,7 +357,7 @@ def compute_model_surface(model: torch.nn.Module, split: Split, config: Landscap
         with contextlib.ExitStack() as held:
             surface = fill_surface(path, model, split, preprocess, identity, config, dist,
                                    held=held, info=info, directions=make, overwrite=overwrite,
-                                   progress=progress, loss_fn=loss_fn)
+                                   progress=progress, loss_fn=loss_fn, extra=extra)
     finally:
         dist.close()
     return surface, path

@@ -22,8 +22,10 @@ from depthscape.core.models.registry import (
     model_family,
     model_info,
     model_kwargs_for,
+    model_names_text,
     pairs,
     register_model,
+    unregister,
 )
 
 #: Modules of this package that are not model families.
@@ -53,6 +55,8 @@ __all__ = [
     "model_family",
     "model_info",
     "model_kwargs_for",
+    "model_names_text",
     "pairs",
     "register_model",
+    "unregister",
 ]

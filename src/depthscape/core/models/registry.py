@@ -208,6 +208,24 @@ def register_family(info: FamilyInfo) -> None:
     _FAMILIES[info.prefix] = info
 
 
+def unregister(name: str) -> None:
+    """Remove a model registered for a while (a plug-in model's record and factory, see
+    :func:`depthscape.core.plugins.registered`); an unknown name is ignored."""
+    _FAMILIES.pop(name, None)
+    _FACTORIES.pop(name, None)
+
+
+def model_names_text() -> str:
+    """The model names users type, from the records, for help texts: ``cnn, resnet,
+    plainnet, preresnet (with a depth 6n+2)``."""
+    fixed = [f.prefix for f in families(with_depth=False)]
+    forms: dict[str, list[str]] = {}
+    for family in families(with_depth=True):
+        forms.setdefault(family.depth_form, []).append((family.aliases or (family.prefix,))[0])
+    depth = "; ".join(f"{', '.join(names)} (with a depth {form})" for form, names in forms.items())
+    return ", ".join(fixed + ([depth] if depth else []))
+
+
 def family_info(prefix: str) -> FamilyInfo:
     """The record registered under ``prefix`` (``"resnet"``, ``"cnn"``)."""
     return _FAMILIES[prefix]
