@@ -85,7 +85,6 @@ class SurfaceBlock:
     caption: str
 
 
-
 def figure_block(figure, caption: str) -> FigureBlock:
     """A curves.Figure as a block: its PNG, with its other formats linked."""
     png = next(p for p in figure.paths if p.suffix == ".png")

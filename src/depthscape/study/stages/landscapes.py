@@ -6,7 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from depthscape.analysis.curves import display_name
-from depthscape.analysis.landscape.surface import LandscapeConfig
+from depthscape.analysis.landscape import LandscapeConfig
 from depthscape.study.blocks import (
     FigureBlock,
     FigureGrid,
