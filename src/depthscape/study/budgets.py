@@ -91,7 +91,8 @@ def budget_numbers(budget: Budget) -> dict:
 
     numbers = {"name": budget.name, "description": budget.description}
     for stage in all_stages():
-        numbers.update(stage.settings_of(budget) if stage.numbers else {})
+        if stage.numbers:
+            numbers.update(stage.settings_of(budget))
     return numbers
 
 
