@@ -206,12 +206,12 @@ def test_report_shows_the_density_and_flatness(tmp_path):
     markdown = render_markdown(blocks, tmp_path)
     quick = get_budget("quick")
     assert "## Hessian eigenvalue density" in markdown
-    assert f"{quick.density_runs} Lanczos run(s) of {quick.density_steps} steps" in markdown
+    assert f"{quick.density.runs} Lanczos run(s) of {quick.density.steps} steps" in markdown
     assert "*ResNet-20 vs PlainNet-20*" in markdown
     assert "## Flatness with error bars" in markdown and "| ResNet-20 |" in markdown
     assert "Loss rise at radius 0.25" in markdown and "within noise" not in markdown
-    assert (f"| eigenvalue density | {quick.density_runs} Lanczos runs x "
-            f"{quick.density_steps} steps") in markdown
-    assert (f"| flatness | {quick.flatness_directions} random 1-D slices x "
-            f"{quick.flatness_points} points on {quick.flatness_subset} test images |") in markdown
+    assert (f"| eigenvalue density | {quick.density.runs} Lanczos runs x "
+            f"{quick.density.steps} steps") in markdown
+    assert (f"| flatness | {quick.flatness.directions} random 1-D slices x "
+            f"{quick.flatness.points} points on {quick.flatness.subset} test images |") in markdown
     assert render_html(blocks).count("data:image/png;base64,") == 2

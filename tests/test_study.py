@@ -130,7 +130,7 @@ def test_a_folder_from_before_a_new_stage_is_still_this_budget(tmp_path):
     (tmp_path / "study.json").write_text(json.dumps({**settings, "budget": old}))
     with pytest.raises(UserError, match="'quick' budget"):
         _check_folder(tmp_path, settings)
-    assert asdict(budget)["density_runs"] == 2
+    assert asdict(budget)["stages"]["density"]["runs"] == 2
 
 
 def test_study_cli_switches_turn_the_density_and_flatness_off(monkeypatch, tmp_path):
@@ -250,12 +250,10 @@ def test_every_budget_keeps_enough_snapshots_for_every_trajectory(name):
 
 def test_too_few_snapshots_are_a_note_not_an_option_to_change(tmp_path, tiny_data, cache_dir,
                                                               monkeypatch):
-    from dataclasses import replace
-
     from depthscape.study import runner
 
     # one snapshot per run: the start and the end, one fewer than a trajectory needs
-    coarse = replace(get_budget("smoke"), snapshots=1)
+    coarse = get_budget("smoke").with_stage("training", snapshots=1)
     monkeypatch.setitem(runner.BUDGETS, "smoke", coarse)
     assert coarse.snapshot_count("resnet8") == 2
     config = StudyConfig(budget="smoke", out_dir=str(tmp_path / "out"), dataset=str(tiny_data),

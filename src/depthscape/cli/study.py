@@ -21,7 +21,7 @@ ORDER = 5
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from depthscape.study.runner import BUDGETS, describe_budgets
+    from depthscape.study.runner import BUDGETS, describe_budgets, switchable_stages
 
     parser.description = HELP + "\n\nbudgets:\n" + describe_budgets()
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -35,15 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="study these models instead of the seven (e.g. resnet20 plain20)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps")
     add_data_arguments(parser)
-    parser.add_argument("--no-landscapes", action="store_true", help="skip the loss landscapes")
-    parser.add_argument("--no-sharpness", action="store_true", help="skip the Hessian sharpness")
-    parser.add_argument("--no-trajectories", action="store_true",
-                        help="keep no weight snapshots and skip the optimization trajectories")
-    parser.add_argument("--no-curvature", action="store_true", help="skip the curvature maps")
-    parser.add_argument("--no-density", action="store_true",
-                        help="skip the Hessian's eigenvalue density (SLQ)")
-    parser.add_argument("--no-flatness", action="store_true",
-                        help="skip the random 1-D slices with error bars (flatness)")
+    for stage in switchable_stages():  # --no-landscapes, --no-sharpness, ...
+        parser.add_argument(f"--no-{stage.name}", action="store_true", help=stage.skip_help)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_gpu_arguments(parser)
     parser.add_argument("--runs-per-gpu", type=positive_int, default=None,
@@ -55,17 +48,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from depthscape.core.atomic import ensure_writable_dir
-    from depthscape.study.runner import StudyConfig, run_study
+    from depthscape.study.runner import StudyConfig, run_study, switchable_stages
 
     ensure_writable_dir(args.out or f"study-{args.budget}", create=False)
 
     config = StudyConfig(
         budget=args.budget, seeds=args.seeds, out_dir=args.out or f"study-{args.budget}",
         dataset=args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir,
-        device=args.device, models=args.models, landscapes=not args.no_landscapes,
-        sharpness=not args.no_sharpness, trajectories=not args.no_trajectories,
-        curvature=not args.no_curvature, density=not args.no_density,
-        flatness=not args.no_flatness, progress=not args.no_progress,
+        device=args.device, models=args.models, progress=not args.no_progress,
+        skip=tuple(s.name for s in switchable_stages() if getattr(args, f"no_{s.name}")),
         runs_per_gpu=args.runs_per_gpu, landscape_precision=args.landscape_precision,
         **{k: v for k, v in gpu_settings(args).items() if k != "amp"})
     if args.amp:  # --amp is the older name of --precision bf16

@@ -1,1 +1,2 @@
-"""The study: budgets, the multi-run launcher and the report, over training and analysis."""
+"""The study: its stages (``stages/``, one module each), the budgets built from them, the
+runner, the multi-run launcher and the report, over training and analysis."""

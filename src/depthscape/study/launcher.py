@@ -118,27 +118,67 @@ def _say(message: str) -> None:
 
 
 def _run_concurrently(configs: list[TrainConfig], dataset, slots: list[str]) -> list[TrainResult]:
-    import multiprocessing.connection
+    return _Workers(configs, dataset, slots).run()
 
-    import torch.multiprocessing as mp
 
-    from depthscape.core.models import canonical_name
+class _Workers:
+    """Concurrent trainings: one worker process per slot, each handed the next pending run
+    as soon as it is free; results and errors collected in the order of ``configs``."""
 
-    context = mp.get_context("spawn")
-    results: list[TrainResult | None] = [None] * len(configs)
-    errors: list[tuple[int, BaseException]] = []
-    pending = list(range(len(configs)))
-    running: dict[int, tuple] = {}  # slot -> (config index, process, connection, started)
-    messages: dict[int, tuple] = {}  # slot -> what its worker sent (read as soon as it comes)
-    free = list(range(len(slots)))
-    interrupted = False
+    def __init__(self, configs: list[TrainConfig], dataset, slots: list[str]):
+        import torch.multiprocessing as mp
 
-    def start(slot: int, index: int) -> None:
-        device, visible = _gpu_env(slots[slot])
-        config = replace(configs[index], device=device, progress=False)
-        receive, send = context.Pipe(duplex=False)
-        process = context.Process(target=_worker, args=(config, dataset, send),
-                                  name=f"depthscape-run-{index}", daemon=False)
+        self.configs, self.dataset, self.slots = configs, dataset, slots
+        self.context = mp.get_context("spawn")
+        self.results: list[TrainResult | None] = [None] * len(configs)
+        self.errors: list[tuple[int, BaseException]] = []
+        self.pending = list(range(len(configs)))
+        self.running: dict[int, tuple] = {}  # slot -> (config index, process, connection, started)
+        self.messages: dict[int, tuple] = {}  # slot -> what its worker sent (read as soon as it comes)
+        self.free = list(range(len(slots)))
+        self.interrupted = False
+
+    def run(self) -> list[TrainResult]:
+        old_handler = None
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+            old_handler = signal.signal(signal.SIGTERM, self._forward_sigterm)
+        try:
+            while self.pending or self.running:
+                while self.pending and self.free and not self.errors and not self.interrupted:
+                    self.free.sort()
+                    self._start(self.free.pop(0), self.pending.pop(0))
+                if not self.running:
+                    break
+                self._wait()
+        except KeyboardInterrupt:
+            for _, process, _, _ in self.running.values():
+                process.kill()
+            raise
+        finally:
+            if old_handler is not None:
+                signal.signal(signal.SIGTERM, old_handler)
+        if self.interrupted:
+            raise UserError("interrupted; each unfinished run saved a resumable checkpoint: run "
+                            "the same command again to continue them", exit_code=130)
+        if self.errors:
+            self.errors.sort(key=lambda item: item[0])
+            raise self.errors[0][1]
+        return [r for r in self.results if r is not None]
+
+    def _forward_sigterm(self, signum, frame):  # a SIGTERM to us reaches the workers too
+        for _, process, _, _ in list(self.running.values()):
+            with contextlib.suppress(OSError):
+                os.kill(process.pid, signal.SIGTERM)
+        raise KeyboardInterrupt
+
+    def _start(self, slot: int, index: int) -> None:
+        from depthscape.core.models import canonical_name
+
+        device, visible = _gpu_env(self.slots[slot])
+        config = replace(self.configs[index], device=device, progress=False)
+        receive, send = self.context.Pipe(duplex=False)
+        process = self.context.Process(target=_worker, args=(config, self.dataset, send),
+                                       name=f"depthscape-run-{index}", daemon=False)
         saved = os.environ.get("CUDA_VISIBLE_DEVICES")
         try:
             if visible is not None:
@@ -151,85 +191,60 @@ def _run_concurrently(configs: list[TrainConfig], dataset, slots: list[str]) -> 
                 else:
                     os.environ["CUDA_VISIBLE_DEVICES"] = saved
         send.close()
-        running[slot] = (index, process, receive, time.perf_counter())
-        _say(f"[{slots[slot]}] {canonical_name(configs[index].model)} (seed "
-             f"{configs[index].seed}) started")
+        self.running[slot] = (index, process, receive, time.perf_counter())
+        _say(f"[{self.slots[slot]}] {canonical_name(config.model)} (seed {config.seed}) started")
 
-    def collect(slot: int) -> None:
-        index, process, receive, began = running.pop(slot)
-        message = messages.pop(slot, None)
+    def _wait(self) -> None:
+        """Until a worker sends its result or ends; read what came, collect who ended."""
+        import multiprocessing.connection
+
+        waiting = [r[1].sentinel for r in self.running.values()]
+        waiting += [r[2] for slot, r in self.running.items() if slot not in self.messages]
+        try:
+            ready = multiprocessing.connection.wait(waiting)
+        except KeyboardInterrupt:
+            # a Ctrl-C reached the workers as well: they save a resumable checkpoint
+            # and exit; wait for them (a second Ctrl-C stops them at once)
+            self.interrupted = True
+            _say("interrupted: waiting for the running trainings to save their state")
+            return
+        for slot, (_, process, receive, _) in list(self.running.items()):
+            if receive in ready and slot not in self.messages:
+                # read now: a result bigger than the pipe's buffer blocks its sender
+                try:
+                    self.messages[slot] = receive.recv()
+                except (EOFError, OSError):  # ended without a word: _collect() says so
+                    self.messages[slot] = None
+            if process.sentinel in ready:
+                self._collect(slot)
+
+    def _collect(self, slot: int) -> None:
+        from depthscape.core.models import canonical_name
+
+        index, process, receive, began = self.running.pop(slot)
+        message = self.messages.pop(slot, None)
         if message is None:
             with contextlib.suppress(EOFError, OSError):
                 if receive.poll():
                     message = receive.recv()
         process.join()
         receive.close()
-        free.append(slot)
-        name = canonical_name(configs[index].model)
+        self.free.append(slot)
+        name, where = canonical_name(self.configs[index].model), self.slots[slot]
         minutes = (time.perf_counter() - began) / 60
         if message is None:
-            errors.append((index, RuntimeError(
+            self.errors.append((index, RuntimeError(
                 f"the process training {name} ended with exit code {process.exitcode} "
                 "and no result")))
         elif message[0] == "ok":
-            results[index] = message[1]
+            self.results[index] = message[1]
             outcome = (f"test acc {message[1].test_acc:.2f}%" if message[1].finished
                        else f"stopped at iteration {message[1].iteration}")
-            _say(f"[{slots[slot]}] {name} done in {minutes:.1f} min: {outcome}")
+            _say(f"[{where}] {name} done in {minutes:.1f} min: {outcome}")
         elif message[0] == "user":
             _, text, exit_code = message[1]
-            errors.append((index, UserError(text, exit_code=exit_code)))
-            _say(f"[{slots[slot]}] {name} failed: {text}")
+            self.errors.append((index, UserError(text, exit_code=exit_code)))
+            _say(f"[{where}] {name} failed: {text}")
         else:
-            errors.append((index, RuntimeError(f"training {name} crashed:\n{message[1]}")))
-            _say(f"[{slots[slot]}] {name} crashed (traceback follows at the end)")
-
-    def forward_sigterm(signum, frame):  # a SIGTERM to us reaches the workers too
-        for _, process, _, _ in list(running.values()):
-            with contextlib.suppress(OSError):
-                os.kill(process.pid, signal.SIGTERM)
-        raise KeyboardInterrupt
-
-    old_handler = None
-    with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-        old_handler = signal.signal(signal.SIGTERM, forward_sigterm)
-    try:
-        while pending or running:
-            while pending and free and not errors and not interrupted:
-                free.sort()
-                start(free.pop(0), pending.pop(0))
-            if not running:
-                break
-            waiting = [r[1].sentinel for r in running.values()]
-            waiting += [r[2] for slot, r in running.items() if slot not in messages]
-            try:
-                ready = multiprocessing.connection.wait(waiting)
-            except KeyboardInterrupt:
-                # a Ctrl-C reached the workers as well: they save a resumable checkpoint
-                # and exit; wait for them (a second Ctrl-C stops them at once)
-                interrupted = True
-                _say("interrupted: waiting for the running trainings to save their state")
-                continue
-            for slot, (_, process, receive, _) in list(running.items()):
-                if receive in ready and slot not in messages:
-                    # read now: a result bigger than the pipe's buffer blocks its sender
-                    try:
-                        messages[slot] = receive.recv()
-                    except (EOFError, OSError):  # ended without a word: collect() says so
-                        messages[slot] = None
-                if process.sentinel in ready:
-                    collect(slot)
-    except KeyboardInterrupt:
-        for _, process, _, _ in running.values():
-            process.kill()
-        raise
-    finally:
-        if old_handler is not None:
-            signal.signal(signal.SIGTERM, old_handler)
-    if interrupted:
-        raise UserError("interrupted; each unfinished run saved a resumable checkpoint: run the "
-                        "same command again to continue them", exit_code=130)
-    if errors:
-        errors.sort(key=lambda item: item[0])
-        raise errors[0][1]
-    return [r for r in results if r is not None]
+            self.errors.append((index, RuntimeError(f"training {name} crashed:\n{message[1]}")))
+            _say(f"[{where}] {name} crashed (traceback follows at the end)")

@@ -1,0 +1,74 @@
+"""Sharpness: the Hessian's extreme eigenvalues and trace at every finished minimum."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from depthscape.analysis.sharpness import SharpnessConfig
+from depthscape.study.blocks import Heading, TableBlock
+from depthscape.study.stages.base import Stage
+
+
+def _measure(subset: int, power_iters: int, trace_samples: int, power_tol: float = 1e-3,
+             trace_tol: float = 0.05) -> SharpnessConfig:
+    """The study's measurement: on ``subset`` training images, at most ``power_iters``
+    Lanczos steps and ``trace_samples`` Hutchinson probes."""
+    return SharpnessConfig(
+        split="train", subset=subset,
+        batch_size=min(subset, 512),  # bounds the double-backward's memory
+        power_iters=power_iters, power_tol=power_tol, trace_samples=trace_samples,
+        trace_tol=trace_tol, min_trace_samples=min(5, trace_samples), seed=0)
+
+
+def measurement(study) -> SharpnessConfig:
+    """The budget's sharpness settings on the study's device (the density's data, too)."""
+    return replace(study.budget.sharpness, device=study.config.device)
+
+
+class SharpnessStage(Stage):
+    name = "sharpness"
+    order = 50
+    report_order = 20
+    budgets = {"paper": _measure(2000, 50, 100, trace_tol=0.02),
+               "quick": _measure(128, 8, 6, power_tol=1e-2, trace_tol=0.1),
+               "smoke": _measure(16, 2, 2, power_tol=1e-2, trace_tol=0.5)}
+    numbers = {"sharpness_subset": "subset", "sharpness_power_iters": "power_iters",
+               "sharpness_trace_samples": "trace_samples", "sharpness_power_tol": "power_tol",
+               "sharpness_trace_tol": "trace_tol"}
+    skip_help = "skip the Hessian sharpness"
+    folders = ("sharpness",)
+
+    def run(self, study) -> None:
+        from tqdm.auto import tqdm
+
+        from depthscape.analysis.sharpness import measure_sharpness, sharpness_table
+        from depthscape.analysis.tables import write_table
+
+        config, out = measurement(study), study.out
+        results = study.result.sharpness
+        for run in tqdm(study.finished_runs(), desc="sharpness", unit="run",
+                        disable=not study.config.progress, dynamic_ncols=True):
+            results.append((run, measure_sharpness(run.paths.final, config, study.dataset,
+                                                   out / "sharpness" / f"{run.paths.run_name}.json")))
+        if results:
+            write_table(sharpness_table(results), out / "sharpness", "sharpness")
+
+    def blocks(self, result, budget) -> list:
+        from depthscape.analysis.sharpness import sharpness_table
+
+        if not result.sharpness:
+            return []
+        return [Heading("Sharpness of the minima"),
+                TableBlock(sharpness_table(result.sharpness),
+                           f"Hessian of the training loss on {budget.sharpness.subset} "
+                           "training images, BatchNorm in eval mode: the largest and the "
+                           "smallest (algebraic) eigenvalue by Lanczos, the trace by "
+                           "Hutchinson's estimator.")]
+
+    def budget_rows(self, budget) -> list[list[str]]:
+        sharp = budget.sharpness
+        return [["sharpness", f"{sharp.subset} training images, <= {sharp.power_iters} "
+                              f"Lanczos steps, <= {sharp.trace_samples} Hutchinson probes"]]
+
+
+STAGE = SharpnessStage()
