@@ -13,11 +13,10 @@ import torch
 from depthscape.analysis.trajectory import (
     TrajectoryConfig,
     compute_trajectory,
-    plot_trajectory,
     principal_directions,
-    read_trajectory,
     trajectory_from_snapshots,
 )
+from depthscape.analysis.trajectory_plots import plot_trajectory, read_trajectory
 from depthscape.cli import main
 from depthscape.core.models import get_model
 from depthscape.training.loop import TrainConfig, train

@@ -293,7 +293,7 @@ class TrajectorySurface(Surface):
             return super().plot(kind, log_scale=log_scale, levels=levels, **options)
         from matplotlib.figure import Figure
 
-        from depthscape.analysis.trajectory import draw_trajectory
+        from depthscape.analysis.trajectory_plots import draw_trajectory
 
         fig = Figure(figsize=(6.4, 5.2))
         draw_trajectory(fig.add_subplot(), {

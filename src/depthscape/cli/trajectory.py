@@ -60,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from depthscape.analysis.trajectory import TrajectoryConfig, compute_trajectory, plot_trajectory
+    from depthscape.analysis.trajectory import TrajectoryConfig, compute_trajectory
+    from depthscape.analysis.trajectory_plots import plot_trajectory
     from depthscape.core.errors import UserError
 
     plugin = plugin_from_args(args, {"--model": args.model},

@@ -38,11 +38,8 @@ class TrajectoriesStage(Stage):
         """The run's trajectory surface and its drawing (None: no snapshots or too few)."""
         from dataclasses import replace
 
-        from depthscape.analysis.trajectory import (
-            MIN_SNAPSHOTS,
-            compute_trajectory,
-            plot_trajectory,
-        )
+        from depthscape.analysis.trajectory import MIN_SNAPSHOTS, compute_trajectory
+        from depthscape.analysis.trajectory_plots import plot_trajectory
         from depthscape.training.snapshots import read_snapshot_steps, snapshot_path
 
         budget, config = study.budget, study.config
@@ -72,7 +69,7 @@ class TrajectoriesStage(Stage):
 
     def _pairs(self, study, by_model: dict) -> None:
         """ResNet | PlainNet side by side at each depth where both have a trajectory."""
-        from depthscape.analysis.trajectory import plot_trajectory_pair
+        from depthscape.analysis.trajectory_plots import plot_trajectory_pair
         from depthscape.core.models import model_depth, model_info, pairs
 
         result = study.result
