@@ -114,6 +114,8 @@ def test_interpolation_direction_covers_batchnorm_state_and_skips_integers():
     torch.testing.assert_close(a["bn1.running_var"] + direction["bn1.running_var"], b["bn1.running_var"])
     with pytest.raises(UserError, match="differ in tensor"):
         interpolation_direction(a, get_model("resnet14", num_classes=3).state_dict())
+    with pytest.raises(UserError, match="equal the checkpoint's"):  # a line of one point
+        interpolation_direction(a, {k: v.clone() for k, v in a.items()})
 
 
 # ----------------------------------------------------------------------------- folding

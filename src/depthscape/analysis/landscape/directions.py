@@ -79,7 +79,8 @@ def interpolation_direction(start: dict[str, torch.Tensor], target: dict[str, to
     """``target - start`` over every floating-point entry of two state dicts.
 
     Integer entries (BatchNorm's ``num_batches_tracked``) are left out: they do not enter
-    the forward pass. The two states must hold the same tensors with the same shapes.
+    the forward pass. The two states must hold the same tensors with the same shapes, and
+    differ somewhere (else the line is one point, and its plot a flat line that says nothing).
     """
     direction = {}
     extra = [name for name, value in target.items() if value.is_floating_point() and name not in start]
@@ -94,4 +95,7 @@ def interpolation_direction(start: dict[str, torch.Tensor], target: dict[str, to
                             "same architecture to draw the line between them")
         direction[name] = target[name].detach().to("cpu", torch.float32) - \
             value.detach().to("cpu", torch.float32)
+    if not any(bool(delta.any()) for delta in direction.values()):
+        raise UserError("the target's weights equal the checkpoint's: the line between them is "
+                        "a single point (give the checkpoint of another run or iteration)")
     return direction
