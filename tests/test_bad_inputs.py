@@ -1,17 +1,18 @@
 """Every command's bad inputs: one line ``depthscape: error: ...`` on stderr, a non-zero exit.
 
-One table (command, arguments, exit code, fragment of the line); each case is a real
-``python -m depthscape`` subprocess. The cases start together on a thread pool (python with
-torch takes seconds to start) and each test reads its own case's result.
+One table (command, arguments, exit code, fragment of the line); each case is a process
+of its own, forked four at a time from one that has imported torch once
+(``tests/forkrun.py``; python with torch takes seconds to start), and each test reads its
+own case's result.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import tarfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,8 @@ CASES = [
      "--yrange applies to a 2-D surface only: drop it, or drop --dims 1"),
     ("landscape", ["{ckpt}", "--target", "{ckpt}", "--dims", "2", "--no-plots"], 2,
      "--target draws a 1-D line to that checkpoint: drop --dims 2"),
+    ("landscape", ["{ckpt}", "--target", "{ckpt}", "--no-plots", "--out", "{cwd}/same"], 2,
+     "the target's weights equal the checkpoint's: the line between them is a single point"),
     ("landscape", ["{ckpt}", "--zmin", "5", "--zmax", "1"], 2, "--zmin 5 must be below --zmax 1"),
     ("landscape", ["{ckpt}", "--dims", "1", "--kinds", "contour"], 2,
      "plot kind 'contour' does not fit a 1-D surface"),
@@ -229,27 +232,53 @@ def _fill(text: str, world: dict[str, str]) -> str:
     return text.format(**world)
 
 
+FORKRUN = Path(__file__).with_name("forkrun.py")
+_ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "",
+        "PYTHONPATH": os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[1] / "src"),
+                                                   os.environ.get("PYTHONPATH")) if p)}
+
+
 @pytest.fixture(scope="module")
 def results(world) -> dict[int, subprocess.CompletedProcess]:
-    """Every case run at once, each as ``python -m depthscape COMMAND ARGS``."""
-    env = {**os.environ, "DEPTHSCAPE_DATA": world["cache"], "CUDA_VISIBLE_DEVICES": ""}
+    """Every case run once, each as ``python -m depthscape COMMAND ARGS`` in its own process.
+
+    The processes are forked from one that has imported torch and the CLI already
+    (``tests/forkrun.py``), four at a time: each is still a process of its own (its exit
+    code, its file descriptors 1 and 2, its working directory), without the seconds of
+    start-up a hundred fresh interpreters would spend importing torch.
+    """
+    env = {**_ENV, "DEPTHSCAPE_DATA": world["cache"]}
     logs = {key: (Path(world[key]) / "logs").glob("*_log.csv")
             for key in world if key.startswith("logs_")}
     before = {p: p.read_bytes() for paths in logs.values() for p in paths}
-
-    def one(index: int) -> tuple[int, subprocess.CompletedProcess]:
-        command, argv, _code, _fragment = CASES[index]
-        args = ([command] if command else []) + [_fill(a, world) for a in argv]
-        result = subprocess.run([sys.executable, "-m", "depthscape", *args], capture_output=True,
-                                text=True, env=env, timeout=600, cwd=world["cwd"])
-        return index, result
-
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        done = dict(pool.map(one, range(len(CASES))))
+    commands = [([command] if command else []) + [_fill(a, world) for a in argv]
+                for command, argv, _code, _fragment in CASES]
+    request = json.dumps({"cwd": world["cwd"], "jobs": 4, "commands": commands})
+    server = subprocess.run([sys.executable, str(FORKRUN)],
+                            input=request, capture_output=True, text=True, env=env,
+                            timeout=1200)
+    assert server.returncode == 0, server.stderr
+    done = {index: subprocess.CompletedProcess(commands[index], code, out, err)
+            for index, (code, out, err) in enumerate(json.loads(server.stdout))}
     # refusing a damaged log must leave it as it was (no row dropped or repaired)
     for path, content in before.items():
         assert path.read_bytes() == content, path
     return done
+
+
+def test_a_forked_case_is_the_real_command():
+    """The fork server gives what ``python -m depthscape`` gives: exit code, both streams."""
+    commands = [["eval", "/nonexistent/x.pth"], ["--version"], ["train", "resnet", "21"]]
+    env = _ENV
+    server = subprocess.run([sys.executable, str(FORKRUN)],
+                            input=json.dumps({"cwd": os.getcwd(), "jobs": 2,
+                                              "commands": commands}),
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert server.returncode == 0, server.stderr
+    for args, (code, out, err) in zip(commands, json.loads(server.stdout)):
+        real = subprocess.run([sys.executable, "-m", "depthscape", *args], capture_output=True,
+                              text=True, env=env, timeout=300)
+        assert (code, out, err) == (real.returncode, real.stdout, real.stderr), args
 
 
 @pytest.mark.parametrize("index", range(len(CASES)),
