@@ -56,3 +56,14 @@ def real_cifar10() -> Path:
     if not REAL_CIFAR10.exists():
         pytest.skip(f"real CIFAR-10 archive not found at {REAL_CIFAR10}")
     return REAL_CIFAR10
+
+
+@pytest.fixture
+def trained_resnet8(tiny_data, cache_dir, tmp_path_factory) -> Path:
+    """A ResNet-8 trained for two iterations on ``tiny_data``: its final checkpoint."""
+    from depthscape.training.loop import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("trained")
+    result = train(TrainConfig(model="resnet8", dataset=str(tiny_data), out_dir=str(out),
+                               scale=2 / 64_000, progress=False))
+    return result.paths.final

@@ -6,25 +6,14 @@ from __future__ import annotations
 import re
 import sys
 
-import pytest
 from test_benchmarks import load_benchmark
 
 
-@pytest.fixture
-def trained(tiny_data, cache_dir, tmp_path_factory):
-    from depthscape.training.loop import TrainConfig, train
-
-    out = tmp_path_factory.mktemp("trained")
-    result = train(TrainConfig(model="resnet8", dataset=str(tiny_data), out_dir=str(out),
-                               scale=2 / 64_000, progress=False))
-    return result.paths.final
-
-
-def test_a_tiny_run_prints_each_measure_with_its_products(trained, capsys, monkeypatch):
+def test_a_tiny_run_prints_each_measure_with_its_products(trained_resnet8, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyhessian", None)  # a peer that does not import
     monkeypatch.setitem(sys.modules, "hessian_eigenthings", None)
     bench = load_benchmark("bench_hessian")
-    assert bench.main([str(trained), "--images", "8", "--trace-samples", "5",
+    assert bench.main([str(trained_resnet8), "--images", "8", "--trace-samples", "5",
                        "--peer-models", "resnet8", "--threads", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("# ") and "torch" in lines[0] and "8 training images" in lines[0]
@@ -39,12 +28,12 @@ def test_a_tiny_run_prints_each_measure_with_its_products(trained, capsys, monke
     assert "hessian-eigenthings does not import" in lines[4]
 
 
-def test_the_extremes_it_prints_are_the_apis(trained, capsys, monkeypatch):
+def test_the_extremes_it_prints_are_the_apis(trained_resnet8, capsys, monkeypatch):
     import depthscape as ds
 
     monkeypatch.setitem(sys.modules, "pyhessian", None)
     bench = load_benchmark("bench_hessian")
-    run = ds.load_run(trained)
+    run = ds.load_run(trained_resnet8)
     x, y = bench._batch(run, 8)
     ours = bench._ours(run, x, y, trace_samples=5)
     direct = ds.hessian_extremes(run.model, (x, y), iters=20, tol=1e-3, batch_size=8)

@@ -30,16 +30,6 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
         assert fragment in lines[0], lines[0]
 
 
-@pytest.fixture
-def trained_resnet8(tiny_data, cache_dir, tmp_path_factory) -> Path:
-    from depthscape.training.loop import TrainConfig, train
-
-    out = tmp_path_factory.mktemp("trained")
-    result = train(TrainConfig(model="resnet8", dataset=str(tiny_data), out_dir=str(out),
-                               scale=2 / 64_000, progress=False))
-    return result.paths.final
-
-
 def test_main_py_trains_cnn_and_writes_spec_files(tiny_data, cache_dir, tmp_path):
     result = run([str(REPO / "main.py"), "cnn", "--dataset", str(tiny_data), "--scale", "0.02",
                   "--out", str(tmp_path), "--no-progress"], cwd=tmp_path)
