@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -47,6 +46,7 @@ from depthscape.analysis.sharpness_table import (  # noqa: F401  (re-exported)
 )
 from depthscape.core.atomic import atomic_write_text
 from depthscape.core.errors import UserError
+from depthscape.core.errors import notice as print_notice
 from depthscape.core.runtime import resolve_precision
 
 
@@ -64,7 +64,7 @@ def _resolved(checkpoint: Path, config: SharpnessConfig):
     device = dist.device
     precision, notice = resolve_precision(config.precision, device)  # bf16 unsupported: UserError
     if notice and dist.is_main:
-        print(f"depthscape: notice: {notice}", file=sys.stderr, flush=True)
+        print_notice(notice)
     return replace(config, precision=precision), device, dist
 
 

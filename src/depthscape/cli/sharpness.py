@@ -131,7 +131,6 @@ def run(args: argparse.Namespace) -> int:
 def run_plugin(args: argparse.Namespace, plugin, config, out) -> int:
     """``--model-from``: the sharpness of one model from outside the package, measured as a
     run's (:func:`~depthscape.analysis.sharpness.model_sharpness` per draw, combined)."""
-    import sys
     from dataclasses import replace
     from types import SimpleNamespace
 
@@ -144,6 +143,7 @@ def run_plugin(args: argparse.Namespace, plugin, config, out) -> int:
     from depthscape.analysis.spectrum import run_seed
     from depthscape.analysis.tables import write_table
     from depthscape.core.distributed import setup
+    from depthscape.core.errors import notice as print_notice
     from depthscape.core.plugins import check_model_reads, plugin_name, registered
     from depthscape.core.runtime import resolve_precision
 
@@ -156,7 +156,7 @@ def run_plugin(args: argparse.Namespace, plugin, config, out) -> int:
     try:
         precision, notice = resolve_precision(config.precision, dist.device)
         if notice and dist.is_main:
-            print(f"depthscape: notice: {notice}", file=sys.stderr, flush=True)
+            print_notice(notice)
         config = replace(config, precision=precision)
         model = plugin.model.to(dist.device)
         seeds = [run_seed(config.seed, i) for i in range(config.draws)]

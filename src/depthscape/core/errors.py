@@ -1,4 +1,6 @@
-"""User-facing errors: one clear line and a non-zero exit, never a traceback."""
+"""User-facing errors: one clear line and a non-zero exit, never a traceback; and notices."""
+
+import sys
 
 
 class UserError(Exception):
@@ -20,3 +22,8 @@ class TrainingDiverged(UserError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
     exit_code = 3
+
+
+def notice(message: str) -> None:
+    """One line ``depthscape: notice: MESSAGE`` on stderr: worth knowing, not an error."""
+    print(f"depthscape: notice: {message}", file=sys.stderr, flush=True)

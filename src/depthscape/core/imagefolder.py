@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import os
-import sys
 import tarfile
 import zlib
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 
 from depthscape.core.atomic import atomic_open, refuse_link, remove_stale_temporaries
 from depthscape.core.datacache import cache_file_for, default_cache_dir, make_cache_dir
-from depthscape.core.errors import UserError
+from depthscape.core.errors import UserError, notice
 from depthscape.core.splits import Dataset, Split
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
@@ -108,10 +107,6 @@ def _first_line(error: BaseException) -> str:
     return text[:200] or type(error).__name__
 
 
-def _notice(message: str) -> None:
-    print(f"depthscape: notice: {message}", file=sys.stderr, flush=True)
-
-
 def _pixels(image, where: str) -> np.ndarray:
     """An opened image's pixels as HxW or HxWxC uint8, 16-bit grey scaled to 8 bits."""
     width, height = image.size  # from the header: nothing is decoded yet
@@ -184,8 +179,8 @@ def _check_classes(where: str, train: list[str], test: set[str], empty: list[str
         raise UserError(f"{where} has {len(train)} class{'' if len(train) == 1 else 'es'} with "
                         f"training images{named}; a classifier needs at least 2")
     if empty:
-        _notice(f"{where}: the class folder(s) {', '.join(repr(c) for c in empty)} of train/ "
-                f"hold no images and are left out; training on {len(train)} classes")
+        notice(f"{where}: the class folder(s) {', '.join(repr(c) for c in empty)} of train/ "
+               f"hold no images and are left out; training on {len(train)} classes")
 
 
 def _decode_tree(root: Path) -> tuple[dict[str, Split], list[str]]:

@@ -17,7 +17,6 @@ import fcntl
 import json
 import os
 import socket
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,7 +28,7 @@ from depthscape.core.atomic import (
     remove_stale_temporaries,
     remove_stale_temporaries_in,
 )
-from depthscape.core.errors import UserError
+from depthscape.core.errors import UserError, notice
 
 
 class LockHeld(UserError):
@@ -52,10 +51,6 @@ def _read_holder(handle) -> dict:
         return data if isinstance(data, dict) else {}
     except (OSError, ValueError):
         return {}
-
-
-def _notice(message: str) -> None:
-    print(f"depthscape: notice: {message}", file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
@@ -97,8 +92,8 @@ def exclusive_lock(path: str | os.PathLike, what: str) -> Iterator[Path]:
     try:
         old = _read_holder(handle)
         if old.get("pid"):
-            _notice(f"taking over the lock of {what} left by {_describe(old)}, "
-                    "which is no longer running")
+            notice(f"taking over the lock of {what} left by {_describe(old)}, "
+                   "which is no longer running")
         try:
             handle.seek(0)
             handle.truncate()

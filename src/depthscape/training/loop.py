@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -45,7 +44,7 @@ from depthscape.core.checkpoint import check_state_dict, load_checkpoint
 from depthscape.core.data import Dataset, load_dataset
 from depthscape.core.device import get_device
 from depthscape.core.distributed import DistContext, env_world_size, setup
-from depthscape.core.errors import UserError
+from depthscape.core.errors import UserError, notice
 from depthscape.core.limits import check_model_fits
 from depthscape.core.locking import claim_run
 from depthscape.core.models import canonical_name, get_model, model_kwargs_for
@@ -127,7 +126,7 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> TrainResult:
 
 def _notice(dist: DistContext, message: str) -> None:
     if dist.is_main:
-        print(f"depthscape: notice: {message}", file=sys.stderr, flush=True)
+        notice(message)
 
 
 def _load_data(config: TrainConfig, dist: DistContext) -> Dataset:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -56,6 +55,7 @@ from depthscape.analysis.landscape.sweep import sweep
 from depthscape.core.data import Dataset, Split
 from depthscape.core.distributed import DistContext, setup
 from depthscape.core.errors import UserError
+from depthscape.core.errors import notice as print_notice
 from depthscape.core.limits import require_fits
 from depthscape.core.locking import claim_output
 from depthscape.core.runtime import PRECISIONS, resolve_precision
@@ -171,7 +171,7 @@ def _resolved(config: LandscapeConfig, dist: DistContext, notify: bool) -> Lands
     0 where ``notify`` and the choice cannot act there)."""
     precision, notice = resolve_precision(config.precision, dist.device)
     if notice and dist.is_main and notify:
-        print(f"depthscape: notice: {notice}", file=sys.stderr, flush=True)
+        print_notice(notice)
     return replace(config, precision=precision)
 
 
