@@ -47,7 +47,7 @@ from depthscape.analysis.landscape.identity import (
     state_fingerprint,
 )
 from depthscape.analysis.landscape.storage import SurfaceState, read_state, write_surface
-from depthscape.analysis.landscape.sweep import WorkerPool, rank_share, sweep
+from depthscape.analysis.landscape.sweep import WorkerPool, default_workers, rank_share, sweep
 from depthscape.core.distributed import setup
 from depthscape.core.errors import UserError
 from depthscape.core.locking import claim_output
@@ -237,7 +237,7 @@ def _sweep_map(curvature: _Map, surface_file: Path, run, split, config: Curvatur
     # On the CPU, one point per core, each single-threaded (as the landscape's PointPool):
     # small-batch Hessian-vector products do not scale over threads, and every value is
     # then computed by the same one-thread code whatever the worker count (resume is exact).
-    workers = config.workers or (torch.get_num_threads() if device.type == "cpu" else 1)
+    workers = default_workers(config.workers, device)
     workers = max(1, min(workers, len(rank_share(curvature.done, dist))))
     replicas = [model] + [copy.deepcopy(model) for _ in range(workers - 1)]
 

@@ -51,7 +51,7 @@ from depthscape.analysis.landscape.storage import (
     read_state,
     write_surface,
 )
-from depthscape.analysis.landscape.sweep import sweep
+from depthscape.analysis.landscape.sweep import default_workers, sweep
 from depthscape.core.data import Dataset, Split
 from depthscape.core.distributed import DistContext, setup
 from depthscape.core.errors import UserError
@@ -264,7 +264,7 @@ def fill_surface(path: Path | None, model: torch.nn.Module, split: Split, prepro
                                dist.device, compile=config.compile, precision=config.precision,
                                loss_fn=loss_fn)
     surface.info["batchnorms_folded"] = len(evaluator.folded_pairs)
-    workers = config.workers or (torch.get_num_threads() if dist.device.type == "cpu" else 1)
+    workers = default_workers(config.workers, dist.device)
     workers = 1 if config.compile else workers  # one compiled network is enough to wait for
     surface.info["workers"] = workers
 

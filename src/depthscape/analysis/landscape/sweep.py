@@ -83,6 +83,12 @@ class WorkerPool:
         return [future.result() for future in futures]
 
 
+def default_workers(workers: int | None, device: torch.device) -> int:
+    """The workers of a sweep: ``workers`` where given, else on the CPU one per intra-op
+    thread (each point then single-threaded: see :class:`WorkerPool`), else one."""
+    return workers or (torch.get_num_threads() if device.type == "cpu" else 1)
+
+
 def rank_share(done: np.ndarray, dist: DistContext) -> np.ndarray:
     """The flat indices of the points not ``done`` that this rank computes."""
     return np.flatnonzero(~done.ravel())[dist.rank::dist.world_size]
