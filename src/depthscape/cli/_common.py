@@ -104,12 +104,9 @@ def model_names() -> str:
 
 def depth_help() -> str:
     """DEPTH's help: each depth rule and the families it applies to, from the records."""
-    from depthscape.core.models import families
+    from depthscape.core.models import depth_forms
 
-    forms: dict[str, list[str]] = {}
-    for family in families(with_depth=True):
-        forms.setdefault(family.depth_form, []).append((family.aliases or (family.prefix,))[0])
-    return "; ".join(f"depth {form} for {'/'.join(names)}" for form, names in forms.items())
+    return "; ".join(f"depth {form} for {'/'.join(names)}" for form, names in depth_forms().items())
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, optional: bool = False) -> None:

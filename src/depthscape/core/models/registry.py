@@ -215,13 +215,19 @@ def unregister(name: str) -> None:
     _FACTORIES.pop(name, None)
 
 
+def depth_forms() -> dict[str, list[str]]:
+    """Each depth rule (``"6n+2"``) and the names users type of the families it applies to."""
+    forms: dict[str, list[str]] = {}
+    for family in families(with_depth=True):
+        forms.setdefault(family.depth_form, []).append((family.aliases or (family.prefix,))[0])
+    return forms
+
+
 def model_names_text() -> str:
     """The model names users type, from the records, for help texts: ``cnn, resnet,
     plainnet, preresnet (with a depth 6n+2)``."""
     fixed = [f.prefix for f in families(with_depth=False)]
-    forms: dict[str, list[str]] = {}
-    for family in families(with_depth=True):
-        forms.setdefault(family.depth_form, []).append((family.aliases or (family.prefix,))[0])
+    forms = depth_forms()
     depth = "; ".join(f"{', '.join(names)} (with a depth {form})" for form, names in forms.items())
     return ", ".join(fixed + ([depth] if depth else []))
 
