@@ -165,15 +165,9 @@ def grid_dims(args: argparse.Namespace) -> int:
 def run_model_from(args: argparse.Namespace, plugin) -> Path:
     """``--model-from``: the surface of a model built outside the package, on the data given
     (the Python API's path, :func:`compute_model_surface`); returns the surface file."""
-    from depthscape.analysis.landscape.surface import (
-        SUBSET_SEED,
-        LandscapeConfig,
-        compute_model_surface,
-    )
+    from depthscape.analysis.landscape.surface import LandscapeConfig, compute_model_surface
 
-    dataset, root = plugin_outputs_checked(args, plugin)
-    split = (dataset.test if args.split == "test" else dataset.train).subset(args.subset,
-                                                                             SUBSET_SEED)
+    dataset, split, root = plugin_outputs_checked(args, plugin)
     config = LandscapeConfig(
         resolution=args.resolution, xrange=tuple(args.xrange),
         yrange=tuple(args.yrange) if args.yrange is not None else (-1.0, 1.0),
@@ -190,8 +184,10 @@ def run_model_from(args: argparse.Namespace, plugin) -> Path:
 
 
 def plugin_outputs_checked(args: argparse.Namespace, plugin):
-    """``--model-from``'s data (a Dataset) and output root, after checking where the
-    surface and its pictures go (landscape, trajectory)."""
+    """``--model-from``'s data (the Dataset, and its ``--split`` cut to ``--subset`` as a
+    run's surface cuts it) and output root, after checking where the surface and its
+    pictures go (landscape, trajectory)."""
+    from depthscape.analysis.landscape.surface import SUBSET_SEED
     from depthscape.core.atomic import ensure_writable_dir
 
     root = Path(args.out)
@@ -199,7 +195,10 @@ def plugin_outputs_checked(args: argparse.Namespace, plugin):
                         create=False)
     if not args.no_plots:
         ensure_writable_dir(args.plots_dir or root / "plots", create=False)
-    return plugin.dataset(args.dataset, args.data_dir, args.cache_dir), root
+    dataset = plugin.dataset(args.dataset, args.data_dir, args.cache_dir)
+    split = (dataset.test if args.split == "test" else dataset.train).subset(args.subset,
+                                                                             SUBSET_SEED)
+    return dataset, split, root
 
 
 def run(args: argparse.Namespace) -> int:

@@ -94,7 +94,6 @@ def run(args: argparse.Namespace) -> int:
 def run_model_from(args: argparse.Namespace, plugin, config) -> Path:
     """``--model-from``: the trajectory of a model from outside the package, from its
     snapshot file to its --weights (the Python API's path); returns the surface file."""
-    from depthscape.analysis.landscape.surface import SUBSET_SEED
     from depthscape.analysis.trajectory import compute_model_trajectory
     from depthscape.core.errors import UserError
     from depthscape.core.runs import snapshot_path
@@ -106,9 +105,7 @@ def run_model_from(args: argparse.Namespace, plugin, config) -> Path:
     if not snapshots.is_file():
         raise UserError(f"no snapshot file {snapshots}" + ("" if args.snapshots else
                         ": train the run with --snapshot-every N, or give --snapshots FILE"))
-    dataset, root = plugin_outputs_checked(args, plugin)
-    split = (dataset.test if args.split == "test" else dataset.train).subset(args.subset,
-                                                                             SUBSET_SEED)
+    dataset, split, root = plugin_outputs_checked(args, plugin)
     info = {"source": "--model-from", "model_kwargs": plugin.kwargs, "weights": args.weights,
             "snapshots_file": str(snapshots), "dataset": dataset.name}
     _, path = compute_model_trajectory(
