@@ -95,14 +95,14 @@ class StudyResult:
     report_html: Path
     metrics: list = field(default_factory=list)  # tables.RunMetrics
     figures: list = field(default_factory=list)  # curves.Figure
-    landscapes: list = field(default_factory=list)  # report.Landscape
+    landscapes: list = field(default_factory=list)  # blocks.Landscape
     sharpness: list = field(default_factory=list)  # (RunInfo, SharpnessResult)
     timings: dict = field(default_factory=dict)  # stage -> seconds in this call
     notes: list = field(default_factory=list)
-    trajectories: list = field(default_factory=list)  # report.View (one per run)
+    trajectories: list = field(default_factory=list)  # blocks.View (one per run)
     trajectory_pairs: list = field(default_factory=list)  # (depth, PNG of ResNet | PlainNet)
     trajectory_titles: dict = field(default_factory=dict)  # PNG -> "ResNet-20 (left) vs ..."
-    curvature: list = field(default_factory=list)  # report.View (one per run)
+    curvature: list = field(default_factory=list)  # blocks.View (one per run)
     curvature_grid: Path | None = None  # PNG: every map on one colour scale
     densities: list = field(default_factory=list)  # (RunInfo, SpectralDensity), seed 0
     density_pairs: list = field(default_factory=list)  # (depth, PNG of ResNet and PlainNet)
