@@ -164,8 +164,8 @@ def test_curvature_map_under_torchrun_points_dealt_or_products_split(tmp_path):
     the split recorded in the map's identity, so a resume alone refuses it."""
     import h5py
     import numpy as np
-
     from _landscape_tools import calibrated_model, tiny_dataset, write_checkpoint
+
     from depthscape.analysis.landscape import LandscapeConfig, compute_landscape
     from depthscape.analysis.landscape.curvature import (
         CurvatureConfig,
@@ -214,9 +214,9 @@ def test_curvature_map_under_torchrun_points_dealt_or_products_split(tmp_path):
 
 
 def test_curvature_parallel_choices_are_the_library_s():
-    from depthscape.analysis.landscape.curvature import PARALLEL, CurvatureConfig
     import argparse
 
+    from depthscape.analysis.landscape.curvature import PARALLEL, CurvatureConfig
     from depthscape.cli.landscape import add_arguments
     from depthscape.core.errors import UserError
 
