@@ -85,6 +85,8 @@ CASES = [
     # --- landscape --------------------------------------------------------------------------
     ("landscape", ["{ckpt}", "--curvature", "--curvature-iters", "1"], 2,
      "argument --curvature-iters: must be between 2"),
+    ("landscape", ["{ckpt}", "--curvature", "--curvature-parallel", "ranks"], 2,
+     "argument --curvature-parallel: invalid choice: 'ranks'"),
     ("landscape", ["{ckpt}", "--curvature", "--dims", "1", "--no-plots"], 2, "--curvature needs a 2-D surface"),
     # --- trajectory -------------------------------------------------------------------------
     ("trajectory", ["{ckpt}", "--resolution", "1"], 2, "argument --resolution: must be between 2"),

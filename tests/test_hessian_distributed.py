@@ -130,3 +130,99 @@ def test_sharpness_and_density_cli_under_torchrun_match_one_process(tmp_path, ti
                       _env(cache_dir))
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((two / "resnet8_tinydata0.json").read_text())["result"] == split
+
+
+CURVATURE_SCRIPT = """
+import json, os, sys
+from _landscape_tools import tiny_dataset
+import depthscape.analysis.landscape.curvature as curvature
+from depthscape.analysis.landscape.curvature import CurvatureConfig, compute_curvature
+
+shares = []  # the images each of this rank's products is formed on, per point
+
+class Recorded(curvature.HessianOperator):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        shares.append(self.local)
+
+curvature.HessianOperator = Recorded
+checkpoint, *files = sys.argv[1:]
+for file in files:  # one torchrun job, one map per file (the process group reused)
+    parallel = "batch" if "batch" in file else "points"
+    config = CurvatureConfig(resolution=3, subset=11, iterations=4, batch_size=4,
+                             device="cpu", parallel=parallel)
+    compute_curvature(file, checkpoint, config, tiny_dataset(), progress=False)
+    open(f"{file}.{os.environ['RANK']}.json", "w").write(json.dumps(shares))
+    shares.clear()
+"""
+
+
+def test_curvature_map_under_torchrun_points_dealt_or_products_split(tmp_path):
+    """``parallel="points"``: the ranks deal out the grid, and the map is one process's, bit
+    for bit. ``"batch"``: every point on both ranks, its products split over shares of 5
+    and 6 images and all-reduced: one process's values to rounding (``TOL``, as above), and
+    the split recorded in the map's identity, so a resume alone refuses it."""
+    import h5py
+    import numpy as np
+    from _landscape_tools import calibrated_model, tiny_dataset, write_checkpoint
+
+    from depthscape.analysis.landscape import LandscapeConfig, compute_landscape
+    from depthscape.analysis.landscape.curvature import (
+        CurvatureConfig,
+        compute_curvature,
+        read_curvature,
+    )
+    from depthscape.core.errors import UserError
+
+    torch.set_num_threads(1)
+    dataset = tiny_dataset()
+    model = calibrated_model("resnet8", dataset=dataset, steps=2)
+    checkpoint = write_checkpoint(tmp_path / "models" / "resnet8.pth", model)
+    surface = compute_landscape(checkpoint, LandscapeConfig(resolution=3, subset=12, workers=1,
+                                                            device="cpu"),
+                                output=tmp_path / "surface.h5", dataset=dataset, progress=False)
+    files = {name: tmp_path / f"{name}.h5" for name in ("single", "points", "batch")}
+    for file in files.values():
+        file.write_bytes(surface.read_bytes())
+    compute_curvature(files["single"], checkpoint,
+                      CurvatureConfig(resolution=3, subset=11, iterations=4, batch_size=4,
+                                      device="cpu"), dataset, progress=False)
+    script = tmp_path / "curvature.py"
+    script.write_text(CURVATURE_SCRIPT)
+    done = _torchrun([str(script), str(checkpoint), str(files["points"]), str(files["batch"])],
+                     _env(tmp_path / "cache"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    def shares(name: str) -> list[list[int]]:
+        return [json.loads(Path(f"{files[name]}.{rank}.json").read_text()) for rank in (0, 1)]
+
+    assert sorted(shares("points")[0] + shares("points")[1]) == [11] * 9  # the grid dealt out
+    assert shares("batch") == [[5] * 9, [6] * 9]  # every point on both ranks, the images split
+    single, points, batch = (read_curvature(files[n]) for n in ("single", "points", "batch"))
+    assert single["complete"] and points["complete"] and batch["complete"]
+    with h5py.File(files["single"], "r") as a, h5py.File(files["points"], "r") as b:
+        for key in ("hessian_max_eig", "hessian_min_eig", "curvature_done", "curvature_settings"):
+            assert np.array_equal(a[key][()], b[key][()]), key
+    for key in ("largest", "smallest"):
+        assert not np.array_equal(batch[key], np.zeros_like(batch[key]))
+        _close(batch[key].ravel().tolist(), single[key].ravel().tolist(), key)
+    assert "hvp_shards" not in single["settings"]["identity"]
+    assert batch["settings"]["identity"] == {**single["settings"]["identity"], "hvp_shards": 2}
+    with pytest.raises(UserError, match="other settings"):  # alone, the split map is not its
+        compute_curvature(files["batch"], checkpoint,
+                          CurvatureConfig(resolution=3, subset=11, iterations=4, batch_size=4,
+                                          device="cpu", parallel="batch"), dataset, progress=False)
+
+
+def test_curvature_parallel_choices_are_the_library_s():
+    import argparse
+
+    from depthscape.analysis.landscape.curvature import PARALLEL, CurvatureConfig
+    from depthscape.cli.landscape import add_arguments
+    from depthscape.core.errors import UserError
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    action = next(a for a in parser._actions if a.dest == "curvature_parallel")
+    assert tuple(action.choices) == PARALLEL and action.default == CurvatureConfig.parallel
+    with pytest.raises(UserError, match="curvature parallel must be one of points, batch"):
+        CurvatureConfig(parallel="ranks").validate()

@@ -114,6 +114,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            help="most Lanczos steps (Hessian-vector products) per point (default 20)")
     curvature.add_argument("--curvature-split", choices=("test", "train"), default=None,
                            help="split of those images (default: the surface's --split)")
+    curvature.add_argument("--curvature-parallel", choices=("points", "batch"), default="points",
+                           help="under torchrun: deal the grid points out to the ranks (points, "
+                                "default: one process's values, bit for bit), or compute each "
+                                "point on every rank, its Hessian-vector products split over the "
+                                "ranks' shares of the images and all-reduced (batch: for a "
+                                "--curvature-subset too large for one process; agrees to "
+                                "rounding, the rank count recorded)")
     output = parser.add_argument_group("output")
     output.add_argument("--output", default=None,
                         help="surface file (default <run>/landscapes/<checkpoint>_<split>_<kind>_<hash>.h5)")
@@ -236,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
         curvature = CurvatureConfig(
             resolution=args.curvature_resolution, subset=args.curvature_subset,
             iterations=args.curvature_iters, split=args.curvature_split,
-            device=args.device, workers=args.workers).validate()
+            device=args.device, workers=args.workers, parallel=args.curvature_parallel).validate()
     surface = compute_landscape(checkpoint, config, output=args.output,
                                 progress=not args.no_progress, overwrite=args.overwrite)
     if curvature is not None:

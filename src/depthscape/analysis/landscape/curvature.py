@@ -23,7 +23,11 @@ resolve (Li et al. read such points as blue, "convex", too).
 Resume: the file is rewritten atomically as points finish; running the same call again
 computes only the missing points, each by the same deterministic code (the same seeded
 start vector, data and settings), so a killed and rerun computation ends with the same
-file. Under torchrun the missing points are dealt out to the ranks; rank 0 writes.
+file. Under torchrun the missing points are dealt out to the ranks (``parallel="points"``,
+the default: the values are those of one process, bit for bit), or every rank computes
+every point together, each Hessian-vector product formed on the rank's share of the images
+and all-reduced (``parallel="batch"``: for a subset too large for one process; the values
+agree with one process's to rounding, and the rank count is recorded). Rank 0 writes.
 """
 
 from __future__ import annotations
@@ -56,6 +60,9 @@ from depthscape.core.trained import load_trained_run
 #: A negative curvature smaller than this fraction of the positive one counts as convex.
 CONVEX_TOL = 0.01
 
+#: How torchrun's ranks share a map: grid points dealt out, or each point's batch split.
+PARALLEL = ("points", "batch")
+
 
 @dataclass(frozen=True)
 class CurvatureConfig:
@@ -67,6 +74,9 @@ class CurvatureConfig:
     once both extremes move by less than ``tol`` (relative). ``batch_size`` (images per
     Hessian-vector product chunk), ``device`` and ``workers`` change the speed, not the
     values (on the CPU each point runs on one thread, whatever the worker count).
+    ``parallel`` says how torchrun's ranks share the work: ``"points"`` (each rank its own
+    grid points) or ``"batch"`` (each point's Hessian-vector products split over the ranks'
+    shares of the subset and all-reduced; one point at a time); alone they are the same.
     """
 
     resolution: int = 11
@@ -78,6 +88,7 @@ class CurvatureConfig:
     batch_size: int = 256
     device: str | None = None
     workers: int | None = None  # points at once, one thread each (default: CPU threads; GPU 1)
+    parallel: str = "points"  # under torchrun: "points" dealt to the ranks, or "batch" split
 
     def validate(self) -> "CurvatureConfig":
         """Check the settings; a bad one is a one-line UserError."""
@@ -87,15 +98,20 @@ class CurvatureConfig:
             raise UserError(f"curvature split must be train or test, got {self.split!r}")
         if self.subset <= 0 or self.iterations < 2 or self.batch_size <= 0:
             raise UserError("curvature subset, batch size must be positive and iterations at least 2")
+        if self.parallel not in PARALLEL:
+            raise UserError(f"curvature parallel must be one of {', '.join(PARALLEL)}, "
+                            f"got {self.parallel!r}")
         return self
 
 
 def curvature_at(model: nn.Module, base: dict[str, torch.Tensor],
                  directions: Sequence[dict[str, torch.Tensor]], coefficients: Sequence[float],
-                 inputs: torch.Tensor, labels: torch.Tensor, config: CurvatureConfig
-                 ) -> EigenExtremes:
+                 inputs: torch.Tensor, labels: torch.Tensor, config: CurvatureConfig,
+                 dist=None) -> EigenExtremes:
     """Hessian eigen-extremes of ``model``'s mean loss on ``(inputs, labels)`` at
-    ``base + sum_i c_i d_i`` (``model`` is overwritten; BatchNorm in eval mode)."""
+    ``base + sum_i c_i d_i`` (``model`` is overwritten; BatchNorm in eval mode). With
+    ``dist`` (torchrun, every rank at the same point) the products are split over the ranks
+    (:class:`~depthscape.analysis.hessian.HessianOperator`)."""
     with torch.no_grad():
         state = model.state_dict()
         for name, value in base.items():
@@ -105,7 +121,7 @@ def curvature_at(model: nn.Module, base: dict[str, torch.Tensor],
                     target.add_(direction[name].to(target), alpha=float(c))
             state[name].copy_(target)
     model.eval()
-    operator = HessianOperator(model, inputs, labels, config.batch_size)
+    operator = HessianOperator(model, inputs, labels, config.batch_size, dist=dist)
     return extreme_eigenvalues(operator, operator.params, config.iterations, config.tol,
                                config.seed)
 
@@ -160,7 +176,9 @@ def compute_curvature(surface_file: str | os.PathLike, checkpoint: str | os.Path
             split_name = config.split or surface.split
             split = (run.dataset.test if split_name == "test" else run.dataset.train).subset(
                 config.subset, SUBSET_SEED)
-            curvature = _Map.prepare(surface, surface_file, config, split_name, split, overwrite)
+            shards = dist.world_size if config.parallel == "batch" else 1
+            curvature = _Map.prepare(surface, surface_file, config, split_name, split, overwrite,
+                                     shards)
             dist.barrier()
             if not curvature.done.all():
                 _sweep_map(curvature, surface_file, run, split, config, dist, progress=progress,
@@ -182,13 +200,18 @@ class _Map:
 
     @classmethod
     def prepare(cls, surface: SurfaceState, surface_file: Path, config: CurvatureConfig,
-                split_name: str, split, overwrite: bool | str) -> _Map:
+                split_name: str, split, overwrite: bool | str, shards: int = 1) -> _Map:
         """The map of these settings in ``surface``: the one stored, or a new empty one
-        (where there is none, or ``overwrite``; one of other settings is refused)."""
-        # the Hessian-vector products' chunk size changes the last digits, as a surface's batch does
-        identity = {k: v for k, v in asdict(config).items() if k not in ("device", "workers")}
+        (where there is none, or ``overwrite``; one of other settings is refused).
+        ``shards``: the ranks each point's products are split over (1: not split)."""
+        # the Hessian-vector products' chunk size changes the last digits, as a surface's batch
+        # does, and so does splitting them over ranks (recorded only then: old maps still match)
+        identity = {k: v for k, v in asdict(config).items()
+                    if k not in ("device", "workers", "parallel")}
         identity.update(split=split_name, samples=len(split), data_sha256=split_fingerprint(split),
                         convex_tol=CONVEX_TOL, method="lanczos")
+        if shards > 1:
+            identity["hvp_shards"] = shards
         stored = _settings_of(surface.extra)
         differs = stored is not None and stored.get("identity") != json.loads(json.dumps(identity))
         if overwrite == "other-settings":  # the caller owns the file (a study): replace only those
@@ -237,14 +260,15 @@ def _sweep_map(curvature: _Map, surface_file: Path, run, split, config: Curvatur
     # On the CPU, one point per core, each single-threaded (as the landscape's PointPool):
     # small-batch Hessian-vector products do not scale over threads, and every value is
     # then computed by the same one-thread code whatever the worker count (resume is exact).
-    workers = default_workers(config.workers, device)
-    workers = max(1, min(workers, len(rank_share(curvature.done, dist))))
+    together = config.parallel == "batch" and dist.enabled  # each point's batch split
+    workers = 1 if together else default_workers(config.workers, device)
+    workers = max(1, min(workers, len(rank_share(curvature.done, dist, together))))
     replicas = [model] + [copy.deepcopy(model) for _ in range(workers - 1)]
 
     def point(replica: nn.Module, index: int) -> tuple[float, float]:
         row, col = divmod(index, len(x))
         found = curvature_at(replica, base, directions, (float(x[col]), float(y[row])),
-                             inputs, labels, config)
+                             inputs, labels, config, dist if together else None)
         return found.largest, found.smallest
 
     def store(index: int, value: tuple[float, float]) -> None:
@@ -252,7 +276,8 @@ def _sweep_map(curvature: _Map, surface_file: Path, run, split, config: Curvatur
 
     sweep(curvature.done, WorkerPool(replicas, one_thread=device.type == "cpu", name="curvature"),
           point, store, dist, save=lambda: curvature.save(surface_file), save_every=save_every,
-          progress=progress, desc=f"curvature {surface_file.stem}", on_point=on_point)
+          progress=progress, desc=f"curvature {surface_file.stem}", on_point=on_point,
+          together=together)
 
 
 def read_curvature(surface_file: str | os.PathLike) -> dict:

@@ -5,7 +5,9 @@ Loss surfaces (:mod:`~depthscape.analysis.landscape.surface`), curvature maps
 a run's principal directions) all fill a grid the same way, through :func:`sweep`:
 
 * the points not yet done are dealt out to the torchrun ranks (every ``world_size``-th,
-  from the rank's own index), and each rank's share in rounds of one point per worker;
+  from the rank's own index), and each rank's share in rounds of one point per worker
+  (or, ``together``, every rank computes every point with the others, each point's work
+  split over the ranks by the caller's own collectives);
 * a :class:`WorkerPool` evaluates a round: on the CPU one point per thread, each thread
   running torch single-threaded, so every value is computed by the same one-thread code
   whatever the worker or rank count (a resumed or sharded grid is bit-identical);
@@ -89,16 +91,18 @@ def default_workers(workers: int | None, device: torch.device) -> int:
     return workers or (torch.get_num_threads() if device.type == "cpu" else 1)
 
 
-def rank_share(done: np.ndarray, dist: DistContext) -> np.ndarray:
-    """The flat indices of the points not ``done`` that this rank computes."""
-    return np.flatnonzero(~done.ravel())[dist.rank::dist.world_size]
+def rank_share(done: np.ndarray, dist: DistContext, together: bool = False) -> np.ndarray:
+    """The flat indices of the points not ``done`` that this rank computes: every
+    ``world_size``-th, or all of them where the ranks compute each point ``together``."""
+    missing = np.flatnonzero(~done.ravel())
+    return missing if together else missing[dist.rank::dist.world_size]
 
 
 def sweep(done: np.ndarray, pool: WorkerPool, evaluate: Callable[[Any, int], Any],
           store: Callable[[int, Any], None], dist: DistContext, *,
           save: Callable[[], None] | None = None, save_every: float = 5.0,
           progress: bool = True, desc: str = "grid",
-          on_point: Callable[[int], None] | None = None) -> None:
+          on_point: Callable[[int], None] | None = None, together: bool = False) -> None:
     """Compute every point of the grid not yet ``done`` (a bool mask, set in place).
 
     ``evaluate(replica, flat_index)`` computes one point with one of the ``pool``'s
@@ -108,13 +112,23 @@ def sweep(done: np.ndarray, pool: WorkerPool, evaluate: Callable[[Any, int], Any
     ``save_every`` seconds, and once more when the sweep ends or is interrupted with
     points recorded since the last save. ``on_point(flat_index)`` is called after each
     point is recorded (tests use it to interrupt). Every rank calls this collectively.
+
+    ``together``: the points are not dealt out; every rank computes every point with the
+    others, ``evaluate`` itself splitting the point's work over the ranks (its own
+    collectives: a curvature map's Hessian-vector products all-reduced), so every rank
+    returns the same value and nothing is gathered. One worker then: collectives from
+    concurrent threads would meet in a different order on each rank.
     """
     from tqdm.auto import tqdm
 
-    mine = rank_share(done, dist)
+    mine = rank_share(done, dist, together)
     workers = pool.workers
+    if together and dist.enabled and workers > 1:
+        raise ValueError("points computed by every rank together run one worker at a time")
     # Every rank takes part in every round (the gather is collective), some with no points.
-    rounds = max(dist.gather_objects(math.ceil(len(mine) / workers)))
+    rounds = math.ceil(len(mine) / workers)
+    if not together:
+        rounds = max(dist.gather_objects(rounds))
     bar = tqdm(total=done.size, initial=int(done.sum()), unit="point", desc=desc,
                disable=not progress or not dist.is_main, dynamic_ncols=True)
     writes = save is not None and dist.is_main
@@ -123,8 +137,8 @@ def sweep(done: np.ndarray, pool: WorkerPool, evaluate: Callable[[Any, int], Any
         with pool:
             for round_index in range(rounds):
                 chunk = [int(k) for k in mine[round_index * workers:(round_index + 1) * workers]]
-                values = pool.map(evaluate, chunk)
-                for part in dist.gather_objects(list(zip(chunk, values))):
+                values = list(zip(chunk, pool.map(evaluate, chunk)))
+                for part in [values] if together else dist.gather_objects(values):
                     for index, value in part:
                         store(index, value)
                         done.flat[index] = True
