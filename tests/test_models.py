@@ -120,3 +120,16 @@ def test_the_registry_gives_the_specs_file_names():
         assert (paths.log.name, paths.final.name) == (log, final)
     assert run_paths("out", "plain20", seed=2, dataset="mnist").final.name == \
         "plainnet-20.mnist_seed2.pth"
+
+
+def test_present_pairs_are_the_pairings_both_of_whose_models_are_there():
+    from depthscape.core.models import present_pairs
+
+    names = ["cnn", "resnet20", "plain20", "resnet56", "plain110", "resnet110", "preresnet20"]
+    found = [(p.names, p.stem, p.depth) for p in present_pairs(names)]
+    assert found == [  # pairing by pairing (ResNet | PlainNet first), depths rising
+        (("resnet20", "plain20"), "resnet_vs_plain_20", 20),
+        (("resnet110", "plain110"), "resnet_vs_plain_110", 110),
+        (("preresnet20", "resnet20"), "preresnet_vs_resnet_20", 20),
+    ]
+    assert present_pairs(["cnn", "resnet56"]) == []

@@ -28,7 +28,7 @@ from depthscape.core.models import (
     model_depth,
     model_family,
     model_info,
-    pairs,
+    present_pairs,
 )
 from depthscape.core.runs import run_paths
 
@@ -352,17 +352,11 @@ def standard_figures(run_dir: str | os.PathLike, out_dir: str | os.PathLike,
             figures.append(Figure(family.prefix, title, plot_comparison(
                 group, out / f"{family.file_name}_depths_curves", title, ema_factor, formats,
                 reuse=reuse)))
-    depths = sorted({model_depth(n) for n in curves if model_depth(n) is not None})
-    for first, second in pairs():  # the families' pairings (ResNet vs PlainNet) at each depth
-        key = f"{first.prefix}_vs_{second.prefix}"
-        for depth in depths:
-            names = (f"{first.prefix}{depth}", f"{second.prefix}{depth}")
-            if all(n in curves for n in names):
-                pair = [curves[n] for n in names]
-                title = " vs ".join(c.label for c in pair)
-                figures.append(Figure(f"{key}_{depth}", title, plot_comparison(
-                    pair, out / f"{key}_{depth}_curves", title, ema_factor, formats,
-                    reuse=reuse)))
+    for found in present_pairs(curves):  # the families' pairings (ResNet vs PlainNet) at each depth
+        pair = [curves[n] for n in found.names]
+        title = " vs ".join(c.label for c in pair)
+        figures.append(Figure(found.stem, title, plot_comparison(
+            pair, out / f"{found.stem}_curves", title, ema_factor, formats, reuse=reuse)))
     if per_run:
         for name, curve in curves.items():
             if name in baselines:

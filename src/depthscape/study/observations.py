@@ -14,7 +14,7 @@ import numpy as np
 
 from depthscape.analysis.curves import display_name
 from depthscape.analysis.tables import group_by_model, mean_std
-from depthscape.core.models import families, model_depth, model_family, pairs
+from depthscape.core.models import families, model_depth, model_family, pairs, present_pairs
 
 
 def describe_trend(values: Sequence[float], digits: int = 2) -> str:
@@ -134,13 +134,12 @@ def observations(metrics, sharpness, flatness=None) -> list[str]:
                          f"{chain[0][0]} to {chain[-1][0]} "
                          f"({describe_change(accs[0], accs[-1])}): {steps}.")
     depths = sorted({model_depth(m) for m in groups if model_depth(m)})
+    present = present_pairs(groups)
     for first, second in pairs():  # each family's pairing in the study (ResNet, PlainNet)
         gaps = []
-        for depth in depths:
-            if f"{first.prefix}{depth}" in groups and f"{second.prefix}{depth}" in groups:
-                gap = (mean_std([r.test_acc for r in groups[f"{first.prefix}{depth}"]])[0]
-                       - mean_std([r.test_acc for r in groups[f"{second.prefix}{depth}"]])[0])
-                gaps.append(f"{gap:+.2f} at depth {depth}")
+        for found in (p for p in present if p.first == first and p.second == second):
+            accs = [mean_std([r.test_acc for r in groups[n]])[0] for n in found.names]
+            gaps.append(f"{accs[0] - accs[1]:+.2f} at depth {found.depth}")
         if gaps:
             lines.append(f"{first.label} minus {second.label} test accuracy: " + ", ".join(gaps)
                          + " (points).")

@@ -10,6 +10,7 @@ import importlib as _importlib
 import pkgutil as _pkgutil
 
 from depthscape.core.models.registry import (
+    DepthPair,
     FamilyInfo,
     ModelInfo,
     canonical_name,
@@ -25,6 +26,7 @@ from depthscape.core.models.registry import (
     model_kwargs_for,
     model_names_text,
     pairs,
+    present_pairs,
     register_model,
     unregister,
 )
@@ -45,6 +47,7 @@ __all__ = [
     "canonical_name",
     "FamilyInfo",
     "FAMILY_MODULES",
+    "DepthPair",
     "ModelInfo",
     "depth_to_blocks",
     "depth_forms",
@@ -59,6 +62,7 @@ __all__ = [
     "model_kwargs_for",
     "model_names_text",
     "pairs",
+    "present_pairs",
     "register_model",
     "unregister",
 ]

@@ -16,8 +16,9 @@ listed.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from torch import nn
 
@@ -242,6 +243,33 @@ def pairs() -> list[tuple[FamilyInfo, FamilyInfo]]:
     in the order of the first family; a partner that is not registered is left out."""
     return [(f, _FAMILIES[f.paired_with]) for f in families(with_depth=True)
             if f.paired_with in _FAMILIES]
+
+
+class DepthPair(NamedTuple):
+    """One pairing of :func:`pairs` at one depth: ResNet-56 beside PlainNet-56."""
+
+    first: FamilyInfo
+    second: FamilyInfo
+    depth: int
+
+    @property
+    def names(self) -> tuple[str, str]:
+        """The two models' canonical names (``("resnet56", "plain56")``)."""
+        return f"{self.first.prefix}{self.depth}", f"{self.second.prefix}{self.depth}"
+
+    @property
+    def stem(self) -> str:
+        """The start of the pair's file names (``resnet_vs_plain_56``)."""
+        return f"{self.first.prefix}_vs_{self.second.prefix}_{self.depth}"
+
+
+def present_pairs(names: Iterable[str]) -> list[DepthPair]:
+    """The pairings at each depth where both models are among ``names`` (canonical model
+    names, e.g. a study's runs): pairing by pairing in :func:`pairs`' order, depths rising."""
+    names = set(names)
+    depths = sorted({d for d in map(model_depth, names) if d is not None})
+    every = (DepthPair(first, second, depth) for first, second in pairs() for depth in depths)
+    return [pair for pair in every if all(n in names for n in pair.names)]
 
 
 def model_info(name: str) -> ModelInfo:

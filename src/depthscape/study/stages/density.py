@@ -50,17 +50,16 @@ class DensityStage(Stage):
     def _pairs(self, study, by_model: dict) -> None:
         from depthscape.analysis.curves import display_name
         from depthscape.analysis.spectrum import plot_densities
-        from depthscape.core.models import model_depth, pairs
+        from depthscape.core.models import present_pairs
 
         plot_dir = study.out / "plots" / "density"
-        for (first, second), depth in ((p, d) for p in pairs()
-                                       for d in sorted({model_depth(m) for m in by_model})):
-            pair = [by_model[m] for m in (f"{first.prefix}{depth}", f"{second.prefix}{depth}")
-                    if m in by_model]
+        for found in present_pairs(by_model):  # a figure of a pairing needs both of its models
+            pair = [by_model[m] for m in found.names]
             drawn = [(display_name(run.model), d) for run, d in pair if d.density]
-            if len(pair) < 2 or not drawn:  # a figure of the pairing needs both of its models
+            if not drawn:
                 continue
-            png = plot_dir / f"{first.prefix}_vs_{second.prefix}_{depth}_density.png"
+            depth = found.depth
+            png = plot_dir / f"{found.stem}_density.png"
             if not is_fresh(png, [_file(study.out, run) for run, _ in pair]):
                 plot_dir.mkdir(parents=True, exist_ok=True)
                 plot_densities(drawn, png, title=f"Hessian eigenvalue density at depth {depth}")

@@ -70,23 +70,18 @@ class TrajectoriesStage(Stage):
     def _pairs(self, study, by_model: dict) -> None:
         """ResNet | PlainNet side by side at each depth where both have a trajectory."""
         from depthscape.analysis.trajectory_plots import plot_trajectory_pair
-        from depthscape.core.models import model_depth, model_info, pairs
+        from depthscape.core.models import model_info, present_pairs
 
         result = study.result
         plot_dir = study.out / "plots" / "trajectories"
-        depths = sorted({model_depth(m) for m in by_model if model_depth(m) is not None})
-        for first, second in pairs():  # the families' pairings in the study (ResNet | PlainNet)
-            for depth in depths:
-                names = (f"{first.prefix}{depth}", f"{second.prefix}{depth}")
-                pair = [by_model.get(n) for n in names]
-                if not all(pair):
-                    continue
-                labels = [model_info(n).display_name for n in names]
-                png = plot_dir / f"{first.prefix}_vs_{second.prefix}_{depth}_path.png"
-                if not is_fresh(png, [v.data for v in pair]):
-                    plot_trajectory_pair([v.data for v in pair], png.with_suffix(""), titles=labels)
-                result.trajectory_pairs.append((depth, png))
-                result.trajectory_titles[png] = f"{labels[0]} (left) vs {labels[1]} (right)"
+        for found in present_pairs(by_model):  # the families' pairings (ResNet | PlainNet)
+            pair = [by_model[n] for n in found.names]
+            labels = [model_info(n).display_name for n in found.names]
+            png = plot_dir / f"{found.stem}_path.png"
+            if not is_fresh(png, [v.data for v in pair]):
+                plot_trajectory_pair([v.data for v in pair], png.with_suffix(""), titles=labels)
+            result.trajectory_pairs.append((found.depth, png))
+            result.trajectory_titles[png] = f"{labels[0]} (left) vs {labels[1]} (right)"
 
     def blocks(self, result, budget) -> list:
         if not result.trajectory_pairs:
