@@ -197,6 +197,7 @@ class _Map:
     surface: SurfaceState
     identity: dict  # the settings that decide the values
     done: np.ndarray  # bool, (ny, nx)
+    shards: int = 1  # the ranks each point's Hessian-vector products are split over
 
     @classmethod
     def prepare(cls, surface: SurfaceState, surface_file: Path, config: CurvatureConfig,
@@ -228,7 +229,7 @@ class _Map:
                                  hessian_max_eig=np.full(shape, np.nan),
                                  hessian_min_eig=np.full(shape, np.nan),
                                  curvature_done=np.zeros(shape, dtype=np.uint8))
-        return cls(surface, identity, surface.extra["curvature_done"].astype(bool))
+        return cls(surface, identity, surface.extra["curvature_done"].astype(bool), shards)
 
     def save(self, surface_file: Path) -> None:
         """Write the surface file with the map as it stands (atomically)."""
@@ -260,7 +261,7 @@ def _sweep_map(curvature: _Map, surface_file: Path, run, split, config: Curvatur
     # On the CPU, one point per core, each single-threaded (as the landscape's PointPool):
     # small-batch Hessian-vector products do not scale over threads, and every value is
     # then computed by the same one-thread code whatever the worker count (resume is exact).
-    together = config.parallel == "batch" and dist.enabled  # each point's batch split
+    together = curvature.shards > 1  # each point's batch split over the ranks
     workers = 1 if together else default_workers(config.workers, device)
     workers = max(1, min(workers, len(rank_share(curvature.done, dist, together))))
     replicas = [model] + [copy.deepcopy(model) for _ in range(workers - 1)]
