@@ -43,7 +43,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from depthscape.analysis.hessian import EigenExtremes, HessianOperator, extreme_eigenvalues
+from depthscape.analysis.hessian import (
+    STOP_RULE,
+    EigenExtremes,
+    HessianOperator,
+    extreme_eigenvalues,
+)
 from depthscape.analysis.landscape.identity import (
     SUBSET_SEED,
     grid_coordinates,
@@ -210,7 +215,7 @@ class _Map:
         identity = {k: v for k, v in asdict(config).items()
                     if k not in ("device", "workers", "parallel")}
         identity.update(split=split_name, samples=len(split), data_sha256=split_fingerprint(split),
-                        convex_tol=CONVEX_TOL, method="lanczos")
+                        convex_tol=CONVEX_TOL, method="lanczos", stop_rule=STOP_RULE)
         if shards > 1:
             identity["hvp_shards"] = shards
         stored = _settings_of(surface.extra)
