@@ -239,8 +239,8 @@ def extreme_eigenvalues(operator: Callable, params: Sequence[torch.Tensor], iter
                   else (None, None))
         # each end against its own magnitude: the smallest end creeps out of the bulk near 0
         # long after the largest has settled, so a tolerance scaled by the largest calls it
-        # settled while it is far off (ResNet-20, quick budget: -0.003 after 6 steps against
-        # -7.1 after 40; docs/spectrum.md). The floor is float32's resolution of the products.
+        # settled while it is far off (ResNet-20, quick budget: -0.011 after 8 steps against
+        # -7.12 after 60; docs/spectrum.md). An end near 0 has a floor of tol x 1e-6 of the larger end.
         settled = tuple(c is not None and c <= tol * max(abs(v), 1e-6 * scale)
                         for c, v in zip(change, new))
         exact = beta <= 1e-10 * scale  # an invariant subspace: its Ritz values are exact

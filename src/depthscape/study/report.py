@@ -95,7 +95,8 @@ def _arithmetic(result, budget) -> str:
         text += (" bf16 is autocast with float32 weights: close to float32, not equal to "
                  "it")
         text += (f"; the `{budget.name}` budget uses it on a CPU with native bf16 to finish in "
-                 "time, `--precision fp32 --landscape-precision fp32` computes in float32."
+                 "time, `--precision fp32 --landscape-precision fp32` with a new `--out` computes in "
+                 "float32."
                  if budget.cpu_bf16 else ".")
     return text
 
