@@ -179,3 +179,23 @@ def test_a_tiny_dry_run_of_the_device_check_on_the_cpu(tmp_path):
     assert all(r["device"] == "cpu" and r["recipe"] == "scaled" and r["iterations"] == "4"
                and r["commit"] == "abc1234" and r["precision"] == "fp32" for r in rows)
     assert all(0 <= float(r["test_acc"]) <= 100 for r in rows)
+
+
+def test_lanczos_steps_replays_the_same_steps_and_reads_where_an_end_settles():
+    """benchmarks/lanczos_steps.py reads Lanczos after every k steps from one recorded run:
+    the replay must give exactly what a run of k steps gives, and "settled from" is the
+    first step after which every value stays within the tolerance of the last."""
+    from depthscape.analysis.hessian import extreme_eigenvalues
+
+    steps = load_benchmark("lanczos_steps")
+    spectrum = torch.cat([torch.tensor([50.0, -3.0]), torch.linspace(0, 4, 98)]).double()
+    params = [torch.zeros(100, dtype=torch.float64)]
+    recorded = steps._Recorded(lambda v: [spectrum * v[0]])
+    extreme_eigenvalues(recorded, params, 12, 0.0, 3)
+    for k in (1, 5, 12):
+        replayed = extreme_eigenvalues(steps._Replayed(recorded.products), params, k, 0.0, 3)
+        direct = extreme_eigenvalues(lambda v: [spectrum * v[0]], params, k, 0.0, 3)
+        assert replayed == direct
+    assert steps.settled_from([1.0, 5.0, 9.9, 10.0], 10.0, 10.0, 0.02) == 3
+    assert steps.settled_from([9.9, 5.0, 9.95, 10.0], 10.0, 10.0, 0.02) == 3  # left, came back
+    assert steps.settled_from([1.0, 2.0], 10.0, 10.0, 0.02) is None

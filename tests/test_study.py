@@ -126,7 +126,12 @@ def test_a_folder_from_before_a_new_stage_is_still_this_budget(tmp_path):
     old = {k: v for k, v in settings["budget"].items() if not k.startswith(("density", "flat"))}
     (tmp_path / "study.json").write_text(json.dumps({**settings, "budget": old}))
     _check_folder(tmp_path, settings)
-    old["sharpness_subset"] = 64
+    # the sharpness recomputes where its settings change (the quick budget's Lanczos steps
+    # went from 8 to 40): not another budget; a training number is
+    old["sharpness_power_iters"] = 8
+    (tmp_path / "study.json").write_text(json.dumps({**settings, "budget": old}))
+    _check_folder(tmp_path, settings)
+    old["train_subset"] = 5000
     (tmp_path / "study.json").write_text(json.dumps({**settings, "budget": old}))
     with pytest.raises(UserError, match="'quick' budget"):
         _check_folder(tmp_path, settings)
@@ -280,3 +285,66 @@ def test_smoke_study_finishes_on_real_cifar10(real_cifar10, tmp_path, cache_dir,
         paths = run_paths(out, model, 0, "cifar10")
         assert paths.final.exists() and (out / "trajectories" / f"{paths.run_name}.h5").exists()
     assert "no trajectory" not in result_md
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_new_quick_study_on_a_cpu_with_bf16_takes_bf16(tmp_path, monkeypatch, native):
+    """Issue 18: the quick budget trains and draws its landscapes in bf16 on a CPU with
+    native bf16 (its 45 minutes need it); on one without, fp32. Only a new folder."""
+    from depthscape.core import runtime
+    from depthscape.study.runner import _arithmetic
+
+    monkeypatch.setattr(runtime, "cpu_bf16_supported", lambda: native)
+    quick = _arithmetic(StudyConfig(out_dir=str(tmp_path), device="cpu"), get_budget("quick"),
+                        tmp_path)
+    want = "bf16" if native else None
+    assert (quick.precision, quick.landscape_precision) == (want, want or "fp32")
+    for name in ("paper", "smoke"):  # the other budgets keep fp32 on the CPU
+        other = _arithmetic(StudyConfig(out_dir=str(tmp_path), device="cpu"), get_budget(name),
+                            tmp_path)
+        assert (other.precision, other.landscape_precision) == (None, "fp32")
+    explicit = _arithmetic(StudyConfig(out_dir=str(tmp_path), device="cpu", precision="fp32",
+                                       landscape_precision="fp32"), get_budget("quick"), tmp_path)
+    assert (explicit.precision, explicit.landscape_precision) == ("fp32", "fp32")
+
+
+def test_a_folder_keeps_the_arithmetic_it_was_made_with(tmp_path, monkeypatch):
+    """A folder made before the arithmetic was recorded keeps fp32 (its runs and surfaces
+    stay valid); one that recorded bf16 keeps bf16 even where the default would differ."""
+    from depthscape.core import runtime
+    from depthscape.study.runner import _arithmetic
+
+    monkeypatch.setattr(runtime, "cpu_bf16_supported", lambda: True)
+    quick = get_budget("quick")
+    (tmp_path / "study.json").write_text(json.dumps({"budget": {"name": "quick"}}))
+    old = _arithmetic(StudyConfig(out_dir=str(tmp_path), device="cpu"), quick, tmp_path)
+    assert (old.precision, old.landscape_precision) == (None, "fp32")
+    (tmp_path / "study.json").write_text(json.dumps(
+        {"arithmetic": {"precision": "bf16", "landscape_precision": "bf16"}}))
+    monkeypatch.setattr(runtime, "cpu_bf16_supported", lambda: False)
+    kept = _arithmetic(StudyConfig(out_dir=str(tmp_path), device="cpu"), quick, tmp_path)
+    assert (kept.precision, kept.landscape_precision) == ("bf16", "bf16")
+
+
+def test_the_report_says_which_arithmetic_the_runs_used(smoke):
+    """Issue 16/18: the summary names each run's recorded arithmetic and the landscapes';
+    bf16 comes with what it means and how to get float32."""
+    from dataclasses import replace
+
+    import torch
+
+    from depthscape.study.report import _arithmetic
+
+    config, result = smoke
+    text = (result.out_dir / "report.md").read_text()
+    if not torch.cuda.is_available():  # the smoke budget keeps the CPU's fp32 default
+        assert "Arithmetic: training fp32, channels-last (every run), landscapes and " \
+               "trajectories fp32." in text
+        assert "bf16" not in text.split("## ")[0]
+    mixed = replace(result, arithmetic={"training": {"resnet8": "bf16, channels-last",
+                                                      "plainnet8": "fp32"},
+                                        "landscapes": "bf16"})
+    line = _arithmetic(mixed, get_budget("quick"))
+    assert "training bf16, channels-last (resnet8); fp32 (plainnet8)" in line
+    assert "landscapes and trajectories bf16" in line and "--landscape-precision fp32" in line
+    assert "--landscape-precision" not in _arithmetic(mixed, get_budget("smoke"))

@@ -20,6 +20,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from depthscape.analysis.hessian import (  # noqa: F401  (re-exported: sharpness's tools)
+    STOP_RULE,
     EigenExtremes,
     HessianOperator,
     dominant_eigenvalue,
@@ -124,6 +125,7 @@ def measure_sharpness(checkpoint: str | os.PathLike,
     for name, off in (("top_k", 0), ("draws", 1)):  # as do results without these
         if settings[name] == off:
             settings.pop(name)
+    settings["stop_rule"] = STOP_RULE  # results of the older rule are measured again
     key = _cache_key(checkpoint, settings)
     stored = _cached(output, key, lambda data: SharpnessResult(**data), dist)
     if stored is not None:

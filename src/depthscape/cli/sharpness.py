@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="most Lanczos steps (Hessian-vector products) for the largest and "
                              "smallest eigenvalue (default 20)")
     parser.add_argument("--power-tol", type=float_in(0.0, 1.0, lo_open=True), default=1e-3,
-                        help="relative change of both eigenvalues that ends Lanczos (default 1e-3)")
+                        help="change of each eigenvalue in one step, relative to itself, that "
+                             "ends Lanczos (default 1e-3)")
     parser.add_argument("--trace-samples", type=int_in(1, 10**6), default=50,
                         help="most Hutchinson probe vectors (default 50)")
     parser.add_argument("--trace-tol", type=float_in(0.0, 1e3, lo_open=True), default=1e-2,

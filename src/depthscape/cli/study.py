@@ -41,9 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_gpu_arguments(parser)
     parser.add_argument("--runs-per-gpu", type=positive_int, default=None,
                         help="trainings run at once on each GPU (default $DEPTHSCAPE_RUNS_PER_GPU or 1)")
-    parser.add_argument("--landscape-precision", choices=PRECISIONS, default="fp32",
-                        help="arithmetic of the landscapes and trajectories (default fp32, "
-                             "exact; bf16 on CUDA or a CPU with native bf16)")
+    parser.add_argument("--landscape-precision", choices=PRECISIONS, default=None,
+                        help="arithmetic of the landscapes and trajectories: fp32 (exact), "
+                             "bf16 (CUDA or a CPU with native bf16), ... (default: the "
+                             "folder's; a new quick study bf16 on such a CPU, else fp32)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,6 +17,11 @@ from depthscape.core.errors import UserError
 #: The seven models of the spec, in its order.
 STUDY_MODELS = ("cnn", "resnet20", "resnet56", "resnet110", "plain20", "plain56", "plain110")
 
+#: The budgets that train and draw their landscapes in bf16 on a CPU with native bf16
+#: (AVX-512 BF16 or AMX) unless told otherwise: the quick study's 45 minutes on two cores
+#: need it (docs/study.md); on other CPUs, and on GPUs (their own defaults), nothing changes.
+CPU_BF16 = ("quick",)
+
 #: The budgets, in the order ``--help`` lists them.
 DESCRIPTIONS = {
     "paper": "the spec's full recipes and data",
@@ -33,6 +38,7 @@ class Budget:
     description: str
     stages: Mapping[str, object] = field(default_factory=dict)  # stage name -> its config
     models: tuple[str, ...] = STUDY_MODELS
+    cpu_bf16: bool = False  # bf16 training and landscapes on a CPU with native bf16 (CPU_BF16)
 
     def __getattr__(self, name: str):
         stages = self.__dict__.get("stages", {})
@@ -71,7 +77,7 @@ def _budget(name: str) -> Budget:
             if name not in stage.budgets:
                 raise TypeError(f"stage {stage.name!r} has no config for the {name!r} budget")
             configs[stage.name] = stage.budgets[name]
-    return Budget(name, DESCRIPTIONS[name], configs)
+    return Budget(name, DESCRIPTIONS[name], configs, cpu_bf16=name in CPU_BF16)
 
 
 BUDGETS: dict[str, Budget] = {name: _budget(name) for name in DESCRIPTIONS}
@@ -103,5 +109,7 @@ def describe_budgets() -> str:
     lines = []
     for budget in BUDGETS.values():
         parts = [part for stage in all_stages() if (part := stage.describe(budget))]
+        if budget.cpu_bf16:
+            parts.append("bf16 training and landscapes on a CPU with native bf16")
         lines.append(f"{budget.name}: {budget.description}; {', '.join(parts)}")
     return "\n".join(lines)

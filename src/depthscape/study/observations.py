@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from itertools import groupby
 
 import numpy as np
 
@@ -134,15 +135,14 @@ def observations(metrics, sharpness, flatness=None) -> list[str]:
                          f"{chain[0][0]} to {chain[-1][0]} "
                          f"({describe_change(accs[0], accs[-1])}): {steps}.")
     depths = sorted({model_depth(m) for m in groups if model_depth(m)})
-    present = present_pairs(groups)
-    for first, second in pairs():  # each family's pairing in the study (ResNet, PlainNet)
+    # each family's pairing in the study (ResNet, PlainNet), its depths together
+    for (first, second), found in groupby(present_pairs(groups), lambda p: (p.first, p.second)):
         gaps = []
-        for found in (p for p in present if p.first == first and p.second == second):
-            accs = [mean_std([r.test_acc for r in groups[n]])[0] for n in found.names]
-            gaps.append(f"{accs[0] - accs[1]:+.2f} at depth {found.depth}")
-        if gaps:
-            lines.append(f"{first.label} minus {second.label} test accuracy: " + ", ".join(gaps)
-                         + " (points).")
+        for pair in found:
+            accs = [mean_std([r.test_acc for r in groups[n]])[0] for n in pair.names]
+            gaps.append(f"{accs[0] - accs[1]:+.2f} at depth {pair.depth}")
+        lines.append(f"{first.label} minus {second.label} test accuracy: " + ", ".join(gaps)
+                     + " (points).")
     for model, group in groups.items():  # models of fixed depth: the baseline CNN
         if model_depth(model) is None:
             train_acc = mean_std([r.train_acc for r in group])[0]

@@ -70,8 +70,35 @@ def _summary(result, budget, settings: dict) -> Paragraph:
         f"Budget `{budget.name}` ({budget.description}): ResNet/PlainNet trained for "
         f"{budget.iterations('resnet20')}, the CNN for {budget.iterations('cnn')}, on "
         f"{budget.training.train_subset or 'all'} training images; {settings.get('seeds', 1)} "
-        f"seed(s) per model; dataset `{settings.get('dataset')}`.{sizes} Generated "
-        f"{time.strftime('%Y-%m-%d %H:%M')}.")
+        f"seed(s) per model; dataset `{settings.get('dataset')}`.{sizes}"
+        f"{_arithmetic(result, budget)} Generated {time.strftime('%Y-%m-%d %H:%M')}.")
+
+
+def _arithmetic(result, budget) -> str:
+    """The sentence saying which arithmetic the runs and the landscapes used ("" if none
+    is known)."""
+    training = result.arithmetic.get("training") or {}
+    parts = []
+    kinds = sorted(set(training.values()))
+    if len(kinds) == 1:
+        parts.append(f"training {kinds[0]} (every run)")
+    elif kinds:
+        parts.append("training " + "; ".join(
+            f"{kind} ({', '.join(n for n, k in training.items() if k == kind)})" for kind in kinds))
+    landscapes = result.arithmetic.get("landscapes")
+    if landscapes and (result.landscapes or result.trajectories):
+        parts.append(f"landscapes and trajectories {landscapes}")
+    if not parts:
+        return ""
+    text = f" Arithmetic: {', '.join(parts)}."
+    if "bf16" in " ".join(kinds + [landscapes or ""]):
+        text += (" bf16 is autocast with float32 weights: close to float32, not equal to "
+                 "it")
+        text += (f"; the `{budget.name}` budget uses it on a CPU with native bf16 to finish in "
+                 "time, `--precision fp32 --landscape-precision fp32` with a new `--out` computes in "
+                 "float32."
+                 if budget.cpu_bf16 else ".")
+    return text
 
 
 def _how_it_was_made(result, budget, stages) -> list:

@@ -68,13 +68,16 @@ class StudyConfig:
     progress: bool = True
     # switches passed to every training (None: the device's defaults; on CUDA the captured
     # step, bf16 and channels-last, on the CPU channels-last fp32; bf16 where asked);
-    # landscape_precision goes to the landscapes and trajectories; see docs/scaling.md
+    # landscape_precision goes to the landscapes and trajectories; see docs/scaling.md.
+    # The two precisions left None are the folder's (the arithmetic it was made with) or,
+    # for a new folder, the budget's: bf16 on a CPU with native bf16 for `quick`, else
+    # fp32 (training: the device's default); see _arithmetic
     precision: str | None = None
     cuda_graph: bool | None = None
     channels_last: bool | None = None
     compile: bool = False
     runs_per_gpu: int | None = None  # concurrent trainings per GPU (None: $DEPTHSCAPE_RUNS_PER_GPU or 1)
-    landscape_precision: str = "fp32"
+    landscape_precision: str | None = None
     skip: tuple[str, ...] = ()  # stages not to run, by name (`depthscape study --no-<name>`)
 
     def __post_init__(self):
@@ -109,6 +112,9 @@ class StudyResult:
     flatness: list = field(default_factory=list)  # (RunInfo, FlatnessResult)
     flatness_figure: Path | None = None  # PNG: both measures by depth, with error bars
     outputs: dict = field(default_factory=dict)  # stage name -> what a later stage found
+    # the arithmetic used: "training" {run name: "bf16, channels-last"} (as each run's config
+    # records it), "landscapes" (the landscapes' and trajectories' precision)
+    arithmetic: dict = field(default_factory=dict)
 
 
 def _settings(config: StudyConfig, budget: Budget, models: list[str]) -> dict:
@@ -126,8 +132,11 @@ def _check_folder(out: Path, settings: dict) -> None:
         saved = json.loads(marker.read_text())
     except (OSError, ValueError):
         return
-    old = saved.get("budget", {})
     new = settings["budget"]
+    # the numbers of stages that recompute on their own where their settings change do not
+    # make it another budget (Stage.recomputes)
+    free = {key for stage in all_stages() if stage.recomputes for key in stage.numbers}
+    old = {k: v for k, v in saved.get("budget", {}).items() if k not in free}
     # a number the saved study has not heard of (a stage added since) is no conflict: that
     # stage's results are new either way
     if old and {key: new.get(key) for key in old} != old:
@@ -178,9 +187,42 @@ def _start(config: StudyConfig) -> Study:
     config = replace(config, out_dir=str(out))
     settings = _settings(config, budget, models)
     _check_folder(out, settings)
+    config = _arithmetic(config, budget, out)
+    settings["arithmetic"] = {"precision": config.precision,
+                              "landscape_precision": config.landscape_precision}
     atomic_write_text(out / "study.json", json.dumps(settings, indent=2) + "\n")
-    result = StudyResult(out, out / "report.md", out / "report.html")
+    result = StudyResult(out, out / "report.md", out / "report.html",
+                         arithmetic={"landscapes": config.landscape_precision})
     return Study(config, budget, out, models, settings, result)
+
+
+def _arithmetic(config: StudyConfig, budget: Budget, out: Path) -> StudyConfig:
+    """``config`` with the precisions it leaves open (None) filled in: a folder keeps the
+    arithmetic it was made with (``study.json``'s ``arithmetic``; a folder made before that
+    was recorded: the device's default training and fp32 landscapes), so its runs and
+    surfaces stay valid; a new folder takes the budget's (:data:`~depthscape.study.budgets.
+    CPU_BF16`: bf16 training and landscapes on a CPU with native bf16, else fp32). A
+    precision given explicitly always wins (a surface of other arithmetic is recomputed)."""
+    marker = out / "study.json"
+    saved = None
+    if marker.exists():
+        try:
+            saved = json.loads(marker.read_text()).get("arithmetic")
+        except (OSError, ValueError, AttributeError):
+            saved = None
+        saved = saved if isinstance(saved, dict) else {"precision": None,
+                                                       "landscape_precision": "fp32"}
+    else:
+        from depthscape.core.device import get_device
+        from depthscape.core.runtime import cpu_bf16_supported
+
+        bf16 = (budget.cpu_bf16 and get_device(config.device).type == "cpu"
+                and cpu_bf16_supported())
+        saved = {"precision": "bf16" if bf16 else None,
+                 "landscape_precision": "bf16" if bf16 else "fp32"}
+    precision = config.precision if config.precision is not None else saved.get("precision")
+    landscape = config.landscape_precision or saved.get("landscape_precision") or "fp32"
+    return replace(config, precision=precision, landscape_precision=landscape)
 
 
 class _Timer:

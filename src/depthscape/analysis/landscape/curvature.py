@@ -43,7 +43,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from depthscape.analysis.hessian import EigenExtremes, HessianOperator, extreme_eigenvalues
+from depthscape.analysis.hessian import (
+    STOP_RULE,
+    EigenExtremes,
+    HessianOperator,
+    extreme_eigenvalues,
+)
 from depthscape.analysis.landscape.identity import (
     SUBSET_SEED,
     grid_coordinates,
@@ -197,6 +202,7 @@ class _Map:
     surface: SurfaceState
     identity: dict  # the settings that decide the values
     done: np.ndarray  # bool, (ny, nx)
+    shards: int = 1  # the ranks each point's Hessian-vector products are split over
 
     @classmethod
     def prepare(cls, surface: SurfaceState, surface_file: Path, config: CurvatureConfig,
@@ -209,7 +215,7 @@ class _Map:
         identity = {k: v for k, v in asdict(config).items()
                     if k not in ("device", "workers", "parallel")}
         identity.update(split=split_name, samples=len(split), data_sha256=split_fingerprint(split),
-                        convex_tol=CONVEX_TOL, method="lanczos")
+                        convex_tol=CONVEX_TOL, method="lanczos", stop_rule=STOP_RULE)
         if shards > 1:
             identity["hvp_shards"] = shards
         stored = _settings_of(surface.extra)
@@ -228,7 +234,7 @@ class _Map:
                                  hessian_max_eig=np.full(shape, np.nan),
                                  hessian_min_eig=np.full(shape, np.nan),
                                  curvature_done=np.zeros(shape, dtype=np.uint8))
-        return cls(surface, identity, surface.extra["curvature_done"].astype(bool))
+        return cls(surface, identity, surface.extra["curvature_done"].astype(bool), shards)
 
     def save(self, surface_file: Path) -> None:
         """Write the surface file with the map as it stands (atomically)."""
@@ -260,7 +266,7 @@ def _sweep_map(curvature: _Map, surface_file: Path, run, split, config: Curvatur
     # On the CPU, one point per core, each single-threaded (as the landscape's PointPool):
     # small-batch Hessian-vector products do not scale over threads, and every value is
     # then computed by the same one-thread code whatever the worker count (resume is exact).
-    together = config.parallel == "batch" and dist.enabled  # each point's batch split
+    together = curvature.shards > 1  # each point's batch split over the ranks
     workers = 1 if together else default_workers(config.workers, device)
     workers = max(1, min(workers, len(rank_share(curvature.done, dist, together))))
     replicas = [model] + [copy.deepcopy(model) for _ in range(workers - 1)]

@@ -32,6 +32,10 @@ class Stage:
     #: the config's numbers that identify a study folder (``study.json``): name in the
     #: file -> field of the config; a changed number makes the folder "another budget"
     numbers: Mapping[str, str] = {}
+    #: True where the stage stores each result with the settings that made it and computes
+    #: it again where they differ: a changed number of such a stage does not make a folder
+    #: "another budget" (its runs stay valid; the stage redoes its own part)
+    recomputes: bool = False
     #: the help of ``--no-<name>``; None: the stage cannot be switched off
     skip_help: str | None = None
     #: folders under the study folder the stage writes (stale temporaries are removed there)

@@ -30,11 +30,12 @@ class SharpnessStage(Stage):
     order = 50
     report_order = 20
     budgets = {"paper": _measure(2000, 50, 100, trace_tol=0.02),
-               "quick": _measure(128, 8, 6, power_tol=1e-2, trace_tol=0.1),
+               "quick": _measure(128, 40, 6, power_tol=1e-2, trace_tol=0.1),
                "smoke": _measure(16, 2, 2, power_tol=1e-2, trace_tol=0.5)}
     numbers = {"sharpness_subset": "subset", "sharpness_power_iters": "power_iters",
                "sharpness_trace_samples": "trace_samples", "sharpness_power_tol": "power_tol",
                "sharpness_trace_tol": "trace_tol"}
+    recomputes = True  # measure_sharpness keys each stored result by its settings
     skip_help = "skip the Hessian sharpness"
     folders = ("sharpness",)
 

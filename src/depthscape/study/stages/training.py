@@ -3,6 +3,7 @@ ones resumed), on the schedules and data the budget scales."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -110,6 +111,21 @@ def training_configs(config, budget, models: Sequence[str]) -> list:
     return configs
 
 
+def recorded_arithmetic(runs) -> dict[str, str]:
+    """Each run's arithmetic as its config records it (``"bf16, channels-last"``), by run
+    name: what the runs were trained with, which a folder's earlier calls may have chosen."""
+    found = {}
+    for run in runs:
+        try:
+            runtime = json.loads(run.paths.config.read_text()).get("runtime") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        text = runtime.get("precision") or "fp32"
+        found[run.paths.run_name] = text + (", channels-last" if runtime.get("channels_last")
+                                            else "")
+    return found
+
+
 class TrainingStage(Stage):
     name = "training"
     order = 10
@@ -134,6 +150,7 @@ class TrainingStage(Stage):
             where = str(error).split(";")[0]  # "interrupted at iteration N"
             raise UserError(f"{where}; the run is saved: run the same study command again "
                             "to continue", exit_code=130) from None
+        study.result.arithmetic["training"] = recorded_arithmetic(study.finished_runs())
 
     def budget_rows(self, budget) -> list[list[str]]:
         train = budget.training
