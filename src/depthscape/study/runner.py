@@ -123,14 +123,19 @@ def _settings(config: StudyConfig, budget: Budget, models: list[str]) -> dict:
                                   "models": models, "dataset": config.dataset}))
 
 
+def _saved_study(out: Path) -> dict | None:
+    """The folder's ``study.json`` as saved (None: absent, unreadable or not an object)."""
+    try:
+        saved = json.loads((out / "study.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
 def _check_folder(out: Path, settings: dict) -> None:
     """Refuse a folder that holds a study with another budget (its runs would not match)."""
-    marker = out / "study.json"
-    if not marker.exists():
-        return
-    try:
-        saved = json.loads(marker.read_text())
-    except (OSError, ValueError):
+    saved = _saved_study(out)
+    if saved is None:
         return
     new = settings["budget"]
     # the numbers of stages that recompute on their own where their settings change do not
@@ -203,13 +208,8 @@ def _arithmetic(config: StudyConfig, budget: Budget, out: Path) -> StudyConfig:
     surfaces stay valid; a new folder takes the budget's (:data:`~depthscape.study.budgets.
     CPU_BF16`: bf16 training and landscapes on a CPU with native bf16, else fp32). A
     precision given explicitly always wins (a surface of other arithmetic is recomputed)."""
-    marker = out / "study.json"
-    saved = None
-    if marker.exists():
-        try:
-            saved = json.loads(marker.read_text()).get("arithmetic")
-        except (OSError, ValueError, AttributeError):
-            saved = None
+    if (out / "study.json").exists():
+        saved = (_saved_study(out) or {}).get("arithmetic")
         saved = saved if isinstance(saved, dict) else {"precision": None,
                                                        "landscape_precision": "fp32"}
     else:
