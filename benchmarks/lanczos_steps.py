@@ -73,6 +73,9 @@ def main() -> None:
 
     budget = get_budget(args.budget)
     config = budget.sharpness
+    if args.steps < config.power_iters:  # the budget's rule is replayed from the recorded steps
+        parser.error(f"--steps must be at least the {budget.name} budget's {config.power_iters} "
+                     f"Lanczos steps, got {args.steps}")
     torch.set_num_threads(torch.get_num_threads())
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; budget {budget.name}: {config.power_iters} "

@@ -199,3 +199,16 @@ def test_lanczos_steps_replays_the_same_steps_and_reads_where_an_end_settles():
     assert steps.settled_from([1.0, 5.0, 9.9, 10.0], 10.0, 10.0, 0.02) == 3
     assert steps.settled_from([9.9, 5.0, 9.95, 10.0], 10.0, 10.0, 0.02) == 3  # left, came back
     assert steps.settled_from([1.0, 2.0], 10.0, 10.0, 0.02) is None
+
+
+def test_lanczos_steps_refuses_fewer_steps_than_the_budget_replays(monkeypatch, capsys, tmp_path):
+    """The budget's rule is replayed from the recorded products: --steps below the budget's
+    step count would run out of them, so it is refused in one line before any work."""
+    steps = load_benchmark("lanczos_steps")
+    monkeypatch.setattr(sys, "argv", ["lanczos_steps.py", "--run-dir", str(tmp_path),
+                                      "--budget", "quick", "--steps", "5"])
+    with pytest.raises(SystemExit) as exit_:
+        steps.main()
+    assert exit_.value.code == 2
+    assert "--steps must be at least the quick budget's 40 Lanczos steps, got 5" in \
+        capsys.readouterr().err

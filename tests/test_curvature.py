@@ -203,7 +203,8 @@ def test_a_study_replaces_only_a_map_of_other_settings(tmp_path):
                       overwrite="other-settings", on_point=points.append)
     assert points == []  # kept
     other = CurvatureConfig(resolution=2, subset=4, iterations=4, device="cpu")
-    with pytest.raises(UserError, match="other settings"):
+    # the refusal names the first setting that differs
+    with pytest.raises(UserError, match=r"other settings \(iterations is 3 there, 4 here\)"):
         compute_curvature(surface, checkpoint, other, dataset, progress=False)
     compute_curvature(surface, checkpoint, other, dataset, progress=False,
                       overwrite="other-settings", on_point=points.append)

@@ -146,6 +146,25 @@ def test_the_smallest_end_is_not_called_settled_by_the_largest_ones_scale():
     assert ends.smallest == pytest.approx(-5.0, rel=0.01)
 
 
+@pytest.mark.parametrize("noise", [0.0, 1e-5])
+def test_an_end_at_zero_settles_in_float32(noise):
+    """A null space (an end at exactly 0, as a network's Hessian has) is judged against its
+    own magnitude, near 0: it must still settle in float32, even where every product carries
+    noise of 1e-5 of the largest eigenvalue: its Ritz value stops moving (change ~1e-11) within
+    about 20 steps."""
+    generator = torch.Generator().manual_seed(1)
+    spectrum = torch.cat([torch.zeros(100), torch.linspace(1, 10, 200)])
+    params = [torch.zeros(len(spectrum))]
+
+    def apply(v):
+        jitter = torch.randn(len(spectrum), generator=generator) / math.sqrt(len(spectrum))
+        return [spectrum * v[0] + noise * 10 * v[0].norm() * jitter]
+
+    ends = extreme_eigenvalues(apply, params, iters=40, tol=1e-3)
+    assert ends.converged and ends.smallest_converged and ends.iterations < 40
+    assert abs(ends.smallest) < 1e-4 and ends.largest == pytest.approx(10.0, rel=0.01)
+
+
 def test_sharpness_table_marks_what_did_not_converge():
     from depthscape.analysis.sharpness import SharpnessResult, sharpness_table
     from depthscape.core.runs import RunInfo, run_paths

@@ -119,22 +119,22 @@ def test_a_folder_from_before_a_new_stage_is_still_this_budget(tmp_path):
     not make it "another budget"; a changed number does."""
     from dataclasses import asdict
 
-    from depthscape.study.runner import _check_folder, _settings
+    from depthscape.study.runner import _check_folder, _saved_study, _settings
 
     budget = get_budget("quick")
     settings = _settings(StudyConfig(out_dir=str(tmp_path)), budget, ["resnet20"])
     old = {k: v for k, v in settings["budget"].items() if not k.startswith(("density", "flat"))}
     (tmp_path / "study.json").write_text(json.dumps({**settings, "budget": old}))
-    _check_folder(tmp_path, settings)
+    _check_folder(tmp_path, _saved_study(tmp_path), settings)
     # the sharpness recomputes where its settings change (the quick budget's Lanczos steps
     # went from 8 to 40): not another budget; a training number is
     old["sharpness_power_iters"] = 8
     (tmp_path / "study.json").write_text(json.dumps({**settings, "budget": old}))
-    _check_folder(tmp_path, settings)
+    _check_folder(tmp_path, _saved_study(tmp_path), settings)
     old["train_subset"] = 5000
     (tmp_path / "study.json").write_text(json.dumps({**settings, "budget": old}))
     with pytest.raises(UserError, match="'quick' budget"):
-        _check_folder(tmp_path, settings)
+        _check_folder(tmp_path, _saved_study(tmp_path), settings)
     assert asdict(budget)["stages"]["density"]["runs"] == 2
 
 
@@ -295,17 +295,24 @@ def test_a_new_quick_study_on_a_cpu_with_bf16_takes_bf16(tmp_path, monkeypatch, 
     from depthscape.study.runner import _arithmetic
 
     monkeypatch.setattr(runtime, "cpu_bf16_supported", lambda: native)
-    quick = _arithmetic(StudyConfig(out_dir=str(tmp_path), device="cpu"), get_budget("quick"),
-                        tmp_path)
+    quick, by_budget = _arithmetic(StudyConfig(out_dir=str(tmp_path), device="cpu"),
+                                   get_budget("quick"), None)
     want = "bf16" if native else None
     assert (quick.precision, quick.landscape_precision) == (want, want or "fp32")
+    assert by_budget == native  # the report says the budget chose it
     for name in ("paper", "smoke"):  # the other budgets keep fp32 on the CPU
-        other = _arithmetic(StudyConfig(out_dir=str(tmp_path), device="cpu"), get_budget(name),
-                            tmp_path)
-        assert (other.precision, other.landscape_precision) == (None, "fp32")
-    explicit = _arithmetic(StudyConfig(out_dir=str(tmp_path), device="cpu", precision="fp32",
-                                       landscape_precision="fp32"), get_budget("quick"), tmp_path)
-    assert (explicit.precision, explicit.landscape_precision) == ("fp32", "fp32")
+        other, by_budget = _arithmetic(StudyConfig(out_dir=str(tmp_path), device="cpu"),
+                                       get_budget(name), None)
+        assert (other.precision, other.landscape_precision, by_budget) == (None, "fp32", False)
+    explicit, by_budget = _arithmetic(StudyConfig(out_dir=str(tmp_path), device="cpu",
+                                                  precision="fp32", landscape_precision="fp32"),
+                                      get_budget("quick"), None)
+    assert (explicit.precision, explicit.landscape_precision, by_budget) == ("fp32", "fp32", False)
+    # bf16 asked for is not the budget's choice, even where the budget would choose it
+    asked, by_budget = _arithmetic(StudyConfig(out_dir=str(tmp_path), device="cpu",
+                                               precision="bf16", landscape_precision="bf16"),
+                                   get_budget("quick"), None)
+    assert (asked.precision, by_budget) == ("bf16", False)
 
 
 def test_a_folder_keeps_the_arithmetic_it_was_made_with(tmp_path, monkeypatch):
@@ -316,14 +323,30 @@ def test_a_folder_keeps_the_arithmetic_it_was_made_with(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runtime, "cpu_bf16_supported", lambda: True)
     quick = get_budget("quick")
-    (tmp_path / "study.json").write_text(json.dumps({"budget": {"name": "quick"}}))
-    old = _arithmetic(StudyConfig(out_dir=str(tmp_path), device="cpu"), quick, tmp_path)
-    assert (old.precision, old.landscape_precision) == (None, "fp32")
-    (tmp_path / "study.json").write_text(json.dumps(
-        {"arithmetic": {"precision": "bf16", "landscape_precision": "bf16"}}))
+    old, by_budget = _arithmetic(StudyConfig(out_dir=str(tmp_path), device="cpu"), quick,
+                                 {"budget": {"name": "quick"}})
+    assert (old.precision, old.landscape_precision, by_budget) == (None, "fp32", False)
     monkeypatch.setattr(runtime, "cpu_bf16_supported", lambda: False)
-    kept = _arithmetic(StudyConfig(out_dir=str(tmp_path), device="cpu"), quick, tmp_path)
-    assert (kept.precision, kept.landscape_precision) == ("bf16", "bf16")
+    saved = {"arithmetic": {"precision": "bf16", "landscape_precision": "bf16", "by_budget": True}}
+    kept, by_budget = _arithmetic(StudyConfig(out_dir=str(tmp_path), device="cpu"), quick, saved)
+    assert (kept.precision, kept.landscape_precision, by_budget) == ("bf16", "bf16", True)
+    # fp32 asked for on both: the budget's bf16 is no longer in force
+    fp32, by_budget = _arithmetic(StudyConfig(out_dir=str(tmp_path), device="cpu",
+                                              precision="fp32", landscape_precision="fp32"),
+                                  quick, saved)
+    assert (fp32.precision, fp32.landscape_precision, by_budget) == ("fp32", "fp32", False)
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]"])
+def test_an_unreadable_study_json_is_refused_not_overwritten(tmp_path, content):
+    """A study.json that cannot be read is refused in one line before any work: the folder's
+    runs could not be matched to a budget, nor its arithmetic kept."""
+    from depthscape.study.runner import _start
+
+    (tmp_path / "study.json").write_text(content)
+    with pytest.raises(UserError, match="study.json .*another --out"):
+        _start(StudyConfig(out_dir=str(tmp_path), budget="smoke", device="cpu"))
+    assert (tmp_path / "study.json").read_text() == content
 
 
 def test_the_report_says_which_arithmetic_the_runs_used(smoke):
@@ -344,7 +367,10 @@ def test_the_report_says_which_arithmetic_the_runs_used(smoke):
     mixed = replace(result, arithmetic={"training": {"resnet8": "bf16, channels-last",
                                                       "plainnet8": "fp32"},
                                         "landscapes": "bf16"})
-    line = _arithmetic(mixed, get_budget("quick"))
+    line = _arithmetic(replace(mixed, arithmetic={**mixed.arithmetic, "by_budget": True}),
+                       get_budget("quick"))
     assert "training bf16, channels-last (resnet8); fp32 (plainnet8)" in line
     assert "landscapes and trajectories bf16" in line and "--landscape-precision fp32" in line
-    assert "--landscape-precision" not in _arithmetic(mixed, get_budget("smoke"))
+    assert "to finish in time" in line
+    asked = _arithmetic(mixed, get_budget("quick"))  # bf16 asked for: not the budget's choice
+    assert "to finish in time" not in asked and "asked for with `--precision`" in asked

@@ -3,8 +3,8 @@
 All three come from Hessian-vector products (:mod:`depthscape.analysis.hessian`):
 
 * the largest and the smallest (algebraic) eigenvalue, by Lanczos
-  (:func:`~depthscape.analysis.hessian.extreme_eigenvalues`), stopped when both change
-  by less than ``power_tol`` (relative) in one step or after ``power_iters`` steps (the
+  (:func:`~depthscape.analysis.hessian.extreme_eigenvalues`), stopped when each changes
+  by less than ``power_tol`` times its own magnitude in one step or after ``power_iters`` steps (the
   settings keep their old names; one step is one Hessian-vector product). The largest says how sharp the sharpest direction is; a negative smallest
   says the point is not a minimum of the measured loss (some direction still descends).
 * the trace by Hutchinson's estimator ``E[v^T H v]`` with Rademacher ``v``, stopped when
@@ -35,7 +35,7 @@ class SharpnessConfig:
     subset: int | None = 1000  # fixed random subset of that split; None: all of it
     batch_size: int = 500  # images per Hessian-vector product chunk
     power_iters: int = 20  # most Lanczos steps (Hessian-vector products) for both ends
-    power_tol: float = 1e-3  # stop when both ends change by less than this (relative)
+    power_tol: float = 1e-3  # stop when each end changes by less than this x its magnitude
     trace_samples: int = 50  # most Hutchinson probe vectors
     trace_tol: float = 1e-2  # stop when the standard error is under this fraction of the mean
     min_trace_samples: int = 5  # probes before the trace may stop early

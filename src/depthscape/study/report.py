@@ -97,7 +97,8 @@ def _arithmetic(result, budget) -> str:
         text += (f"; the `{budget.name}` budget uses it on a CPU with native bf16 to finish in "
                  "time, `--precision fp32 --landscape-precision fp32` with a new `--out` computes in "
                  "float32."
-                 if budget.cpu_bf16 else ".")
+                 if result.arithmetic.get("by_budget") else
+                 " (asked for with `--precision` or `--landscape-precision`).")
     return text
 
 

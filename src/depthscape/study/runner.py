@@ -124,17 +124,26 @@ def _settings(config: StudyConfig, budget: Budget, models: list[str]) -> dict:
 
 
 def _saved_study(out: Path) -> dict | None:
-    """The folder's ``study.json`` as saved (None: absent, unreadable or not an object)."""
-    try:
-        saved = json.loads((out / "study.json").read_text())
-    except (OSError, ValueError):
+    """The folder's ``study.json`` as saved (None: the folder holds no study yet). One that
+    cannot be read, or is not a JSON object, is refused (one line) rather than overwritten:
+    the folder's runs could not be matched to a budget."""
+    path = out / "study.json"
+    if not path.exists():
         return None
-    return saved if isinstance(saved, dict) else None
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path} cannot be read ({exc}); move it away or use another --out") \
+            from None
+    if not isinstance(saved, dict):
+        raise UserError(f"{path} is not a study's settings (not a JSON object); move it away "
+                        "or use another --out")
+    return saved
 
 
-def _check_folder(out: Path, settings: dict) -> None:
-    """Refuse a folder that holds a study with another budget (its runs would not match)."""
-    saved = _saved_study(out)
+def _check_folder(out: Path, saved: dict | None, settings: dict) -> None:
+    """Refuse a folder whose saved study (``saved``) has another budget (its runs would not
+    match)."""
     if saved is None:
         return
     new = settings["budget"]
@@ -191,38 +200,49 @@ def _start(config: StudyConfig) -> Study:
     out = ensure_writable_dir(config.out_dir)
     config = replace(config, out_dir=str(out))
     settings = _settings(config, budget, models)
-    _check_folder(out, settings)
-    config = _arithmetic(config, budget, out)
+    saved = _saved_study(out)
+    _check_folder(out, saved, settings)
+    config, by_budget = _arithmetic(config, budget, saved)
     settings["arithmetic"] = {"precision": config.precision,
-                              "landscape_precision": config.landscape_precision}
+                              "landscape_precision": config.landscape_precision,
+                              "by_budget": by_budget}
     atomic_write_text(out / "study.json", json.dumps(settings, indent=2) + "\n")
     result = StudyResult(out, out / "report.md", out / "report.html",
-                         arithmetic={"landscapes": config.landscape_precision})
+                         arithmetic={"landscapes": config.landscape_precision,
+                                     "by_budget": by_budget})
     return Study(config, budget, out, models, settings, result)
 
 
-def _arithmetic(config: StudyConfig, budget: Budget, out: Path) -> StudyConfig:
-    """``config`` with the precisions it leaves open (None) filled in: a folder keeps the
-    arithmetic it was made with (``study.json``'s ``arithmetic``; a folder made before that
-    was recorded: the device's default training and fp32 landscapes), so its runs and
-    surfaces stay valid; a new folder takes the budget's (:data:`~depthscape.study.budgets.
-    CPU_BF16`: bf16 training and landscapes on a CPU with native bf16, else fp32). A
-    precision given explicitly always wins (a surface of other arithmetic is recomputed)."""
-    if (out / "study.json").exists():
-        saved = (_saved_study(out) or {}).get("arithmetic")
-        saved = saved if isinstance(saved, dict) else {"precision": None,
-                                                       "landscape_precision": "fp32"}
+def _arithmetic(config: StudyConfig, budget: Budget,
+                saved: dict | None) -> tuple[StudyConfig, bool]:
+    """``config`` with the precisions it leaves open (None) filled in, and whether the
+    budget chose bf16 for any of them (the report says so).
+
+    A folder keeps the arithmetic it was made with (``saved``, its ``study.json``: the
+    ``arithmetic`` entry; a folder made before that was recorded: the device's default
+    training and fp32 landscapes), so its runs and surfaces stay valid; a new folder takes
+    the budget's (:data:`~depthscape.study.budgets.CPU_BF16`: bf16 training and landscapes
+    on a CPU with native bf16, else fp32). A precision given explicitly always wins (a
+    surface of other arithmetic is recomputed)."""
+    if saved is not None:
+        kept = saved.get("arithmetic")
+        kept = kept if isinstance(kept, dict) else {"precision": None,
+                                                    "landscape_precision": "fp32"}
+        chosen = bool(kept.get("by_budget"))
     else:
         from depthscape.core.device import get_device
         from depthscape.core.runtime import cpu_bf16_supported
 
-        bf16 = (budget.cpu_bf16 and get_device(config.device).type == "cpu"
-                and cpu_bf16_supported())
-        saved = {"precision": "bf16" if bf16 else None,
-                 "landscape_precision": "bf16" if bf16 else "fp32"}
-    precision = config.precision if config.precision is not None else saved.get("precision")
-    landscape = config.landscape_precision or saved.get("landscape_precision") or "fp32"
-    return replace(config, precision=precision, landscape_precision=landscape)
+        chosen = (budget.cpu_bf16 and get_device(config.device).type == "cpu"
+                  and cpu_bf16_supported())
+        kept = {"precision": "bf16" if chosen else None,
+                "landscape_precision": "bf16" if chosen else "fp32"}
+    precision = config.precision if config.precision is not None else kept.get("precision")
+    landscape = config.landscape_precision or kept.get("landscape_precision") or "fp32"
+    # the budget's choice is still in force where a bf16 left open came from it
+    by_budget = chosen and ((config.precision is None and precision == "bf16")
+                            or (config.landscape_precision is None and landscape == "bf16"))
+    return replace(config, precision=precision, landscape_precision=landscape), by_budget
 
 
 class _Timer:

@@ -55,7 +55,12 @@ from depthscape.analysis.landscape.identity import (
     split_fingerprint,
     state_fingerprint,
 )
-from depthscape.analysis.landscape.storage import SurfaceState, read_state, write_surface
+from depthscape.analysis.landscape.storage import (
+    SurfaceState,
+    identity_difference,
+    read_state,
+    write_surface,
+)
 from depthscape.analysis.landscape.sweep import WorkerPool, default_workers, rank_share, sweep
 from depthscape.core.distributed import setup
 from depthscape.core.errors import UserError
@@ -76,7 +81,7 @@ class CurvatureConfig:
     ``resolution`` points per axis over the surface's ranges; the Hessian of the mean loss
     on a fixed random ``subset`` of the ``split`` (None: the surface's split); at most
     ``iterations`` Lanczos steps from a start vector drawn with ``seed``, stopping early
-    once both extremes move by less than ``tol`` (relative). ``batch_size`` (images per
+    once each extreme moves by less than ``tol`` times its own magnitude. ``batch_size`` (images per
     Hessian-vector product chunk), ``device`` and ``workers`` change the speed, not the
     values (on the CPU each point runs on one thread, whatever the worker count).
     ``parallel`` says how torchrun's ranks share the work: ``"points"`` (each rank its own
@@ -219,12 +224,13 @@ class _Map:
         if shards > 1:
             identity["hvp_shards"] = shards
         stored = _settings_of(surface.extra)
-        differs = stored is not None and stored.get("identity") != json.loads(json.dumps(identity))
+        differs = (identity_difference(stored.get("identity") or {}, json.loads(json.dumps(identity)))
+                   if stored is not None else None)
         if overwrite == "other-settings":  # the caller owns the file (a study): replace only those
-            overwrite = differs
+            overwrite = differs is not None
         if differs and not overwrite:
-            raise UserError(f"{surface_file} holds a curvature map with other settings; pass "
-                            "--overwrite to replace it")
+            raise UserError(f"{surface_file} holds a curvature map with other settings ({differs}); "
+                            "pass --overwrite to replace it")
         if stored is None or overwrite or surface.extra.get("hessian_max_eig") is None:
             shape = (config.resolution, config.resolution)
             x, y = ((float(c.min()), float(c.max()))
