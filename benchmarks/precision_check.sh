@@ -19,20 +19,22 @@ seeds=("$@"); [ ${#seeds[@]} -gt 0 ] || seeds=(0 1)
 here=$(cd "$(dirname "$0")/.." && pwd)
 py=${PYTHON:-python3}
 export PYTHONPATH="$here/src${PYTHONPATH:+:$PYTHONPATH}"
+"$py" -c "import sys; from depthscape.core.runtime import cpu_bf16_supported as ok; sys.exit(not ok())" \
+  || { echo "$0: this CPU has no native bf16: nothing to compare" >&2; exit 2; }
 mkdir -p "$out"
 echo "# $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs), $(nproc) cores; scale $scale, seeds ${seeds[*]}"
 for seed in "${seeds[@]}"; do
   for precision in bf16 fp32; do
     start=$(date +%s)
     "$py" -m depthscape train resnet 20 --precision "$precision" --channels-last --seed "$seed" \
-      --scale "$scale" --data-dir "$data" --resume --no-progress --out "$out/$precision" \
+      --device cpu --scale "$scale" --data-dir "$data" --resume --no-progress --out "$out/$precision" \
       > "$out/$precision.seed$seed.log" 2>&1 || { tail -3 "$out/$precision.seed$seed.log"; exit 1; }
     echo "trained $precision seed $seed in $(( $(date +%s) - start )) s"
   done
 done
 header=""
 for precision in bf16 fp32; do
-  "$py" -m depthscape tables --run-dir "$out/$precision" --data-dir "$data" --no-progress \
+  "$py" -m depthscape tables --run-dir "$out/$precision" --data-dir "$data" --device cpu --no-progress \
     > "$out/$precision.tables.log" 2>&1 || { tail -3 "$out/$precision.tables.log"; exit 1; }
   "$py" "$here/benchmarks/gpu_check_report.py" "$out/$precision" "$out/$precision/tables/runs.csv" \
     "$out/$precision.results.csv" --device cpu --models resnet20 \

@@ -330,6 +330,9 @@ def test_a_folder_keeps_the_arithmetic_it_was_made_with(tmp_path, monkeypatch):
     saved = {"arithmetic": {"precision": "bf16", "landscape_precision": "bf16", "by_budget": True}}
     kept, by_budget = _arithmetic(StudyConfig(out_dir=str(tmp_path), device="cpu"), quick, saved)
     assert (kept.precision, kept.landscape_precision, by_budget) == ("bf16", "bf16", True)
+    # a folder from before by_budget was recorded: its bf16 was the budget's default
+    older = {"arithmetic": {"precision": "bf16", "landscape_precision": "bf16"}}
+    assert _arithmetic(StudyConfig(out_dir=str(tmp_path), device="cpu"), quick, older)[1]
     # fp32 asked for on both: the budget's bf16 is no longer in force
     fp32, by_budget = _arithmetic(StudyConfig(out_dir=str(tmp_path), device="cpu",
                                               precision="fp32", landscape_precision="fp32"),
@@ -337,16 +340,38 @@ def test_a_folder_keeps_the_arithmetic_it_was_made_with(tmp_path, monkeypatch):
     assert (fp32.precision, fp32.landscape_precision, by_budget) == ("fp32", "fp32", False)
 
 
-@pytest.mark.parametrize("content", ["{not json", "[1, 2]"])
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", None])
 def test_an_unreadable_study_json_is_refused_not_overwritten(tmp_path, content):
-    """A study.json that cannot be read is refused in one line before any work: the folder's
-    runs could not be matched to a budget, nor its arithmetic kept."""
+    """A study.json that cannot be read (not JSON, not an object, a directory) is refused in
+    one line before any work: the folder's runs could not be matched to a budget, nor its
+    arithmetic kept."""
     from depthscape.study.runner import _start
 
-    (tmp_path / "study.json").write_text(content)
+    path = tmp_path / "study.json"
+    path.mkdir() if content is None else path.write_text(content)
     with pytest.raises(UserError, match="study.json .*another --out"):
         _start(StudyConfig(out_dir=str(tmp_path), budget="smoke", device="cpu"))
-    assert (tmp_path / "study.json").read_text() == content
+    assert path.is_dir() if content is None else path.read_text() == content
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_the_study_records_whether_the_budget_chose_bf16(tmp_path, monkeypatch, native):
+    """study.json keeps by_budget (the report's sentence reads it, and a later call keeps
+    it); the result says whether bf16 was the budget's choice or asked for."""
+    from depthscape.core import runtime
+    from depthscape.study.runner import _start
+
+    monkeypatch.setattr(runtime, "cpu_bf16_supported", lambda: native)
+    study = _start(StudyConfig(out_dir=str(tmp_path / "a"), budget="quick", device="cpu"))
+    saved = json.loads((tmp_path / "a" / "study.json").read_text())["arithmetic"]
+    assert saved["by_budget"] is native and study.result.arithmetic["by_budget"] is native
+    assert study.result.arithmetic["asked"] is False
+    monkeypatch.setattr(runtime, "cpu_bf16_supported", lambda: not native)
+    again = _start(StudyConfig(out_dir=str(tmp_path / "a"), budget="quick", device="cpu"))
+    assert again.result.arithmetic["by_budget"] is native  # kept where the default differs
+    asked = _start(StudyConfig(out_dir=str(tmp_path / "b"), budget="smoke", device="cpu",
+                               landscape_precision="bf16"))
+    assert asked.result.arithmetic == {"landscapes": "bf16", "by_budget": False, "asked": True}
 
 
 def test_the_report_says_which_arithmetic_the_runs_used(smoke):
@@ -372,5 +397,9 @@ def test_the_report_says_which_arithmetic_the_runs_used(smoke):
     assert "training bf16, channels-last (resnet8); fp32 (plainnet8)" in line
     assert "landscapes and trajectories bf16" in line and "--landscape-precision fp32" in line
     assert "to finish in time" in line
-    asked = _arithmetic(mixed, get_budget("quick"))  # bf16 asked for: not the budget's choice
+    asked = _arithmetic(replace(mixed, arithmetic={**mixed.arithmetic, "asked": True}),
+                        get_budget("quick"))  # bf16 asked for: not the budget's choice
     assert "to finish in time" not in asked and "asked for with `--precision`" in asked
+    default = _arithmetic(mixed, get_budget("quick"))  # CUDA's default bf16: neither
+    assert "to finish in time" not in default and "asked for" not in default
+    assert default.endswith("not equal to it.")

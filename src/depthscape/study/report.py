@@ -98,7 +98,8 @@ def _arithmetic(result, budget) -> str:
                  "time, `--precision fp32 --landscape-precision fp32` with a new `--out` computes in "
                  "float32."
                  if result.arithmetic.get("by_budget") else
-                 " (asked for with `--precision` or `--landscape-precision`).")
+                 " (asked for with `--precision` or `--landscape-precision`)."
+                 if result.arithmetic.get("asked") else ".")
     return text
 
 

@@ -207,9 +207,12 @@ def _start(config: StudyConfig) -> Study:
                               "landscape_precision": config.landscape_precision,
                               "by_budget": by_budget}
     atomic_write_text(out / "study.json", json.dumps(settings, indent=2) + "\n")
+    # bf16 in force not by the budget's choice: asked for (now or when the folder was made);
+    # a training precision left None is the device's default (bf16 on CUDA), asked by no one
+    asked = not by_budget and "bf16" in (config.precision, config.landscape_precision)
     result = StudyResult(out, out / "report.md", out / "report.html",
                          arithmetic={"landscapes": config.landscape_precision,
-                                     "by_budget": by_budget})
+                                     "by_budget": by_budget, "asked": asked})
     return Study(config, budget, out, models, settings, result)
 
 
@@ -228,7 +231,8 @@ def _arithmetic(config: StudyConfig, budget: Budget,
         kept = saved.get("arithmetic")
         kept = kept if isinstance(kept, dict) else {"precision": None,
                                                     "landscape_precision": "fp32"}
-        chosen = bool(kept.get("by_budget"))
+        # folders from before by_budget was recorded: bf16 there came from the budget's default
+        chosen = bool(kept.get("by_budget", budget.cpu_bf16))
     else:
         from depthscape.core.device import get_device
         from depthscape.core.runtime import cpu_bf16_supported

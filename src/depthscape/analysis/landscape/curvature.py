@@ -224,12 +224,13 @@ class _Map:
         if shards > 1:
             identity["hvp_shards"] = shards
         stored = _settings_of(surface.extra)
-        differs = (identity_difference(stored.get("identity") or {}, json.loads(json.dumps(identity)))
-                   if stored is not None else None)
+        wanted = json.loads(json.dumps(identity))
+        differs = stored is not None and stored.get("identity") != wanted  # 1 == 1.0, as stored
         if overwrite == "other-settings":  # the caller owns the file (a study): replace only those
-            overwrite = differs is not None
+            overwrite = differs
         if differs and not overwrite:
-            raise UserError(f"{surface_file} holds a curvature map with other settings ({differs}); "
+            why = identity_difference(stored.get("identity") or {}, wanted)
+            raise UserError(f"{surface_file} holds a curvature map with other settings ({why}); "
                             "pass --overwrite to replace it")
         if stored is None or overwrite or surface.extra.get("hessian_max_eig") is None:
             shape = (config.resolution, config.resolution)
