@@ -5,7 +5,8 @@
 
 Imports nothing from depthscape: its own reading of the ImageFolder archive (PIL), its own
 model (He et al.'s ResNet-20, the spec's ResBlockA: avg_pool2d subsampling and zero channel
-padding on the shortcut where the shape changes; Kaiming-normal convolutions), torchvision's
+padding on the shortcut where the shape changes; Kaiming-normal convolutions, ``--init``
+fan-out as torchvision or fan-in with the linear layer too as depthscape), torchvision's
 own ``RandomCrop(32, padding=4)`` and ``RandomHorizontalFlip()`` image by image, x255 and the
 mean [125, 123, 114] subtracted, SGD (momentum 0.9, weight decay 1e-4 on every parameter),
 lr 0.1 divided by 10 at half and three quarters of the iterations, batch 128, a fresh
@@ -75,7 +76,7 @@ class Block(nn.Module):
 
 
 class ResNet20(nn.Module):
-    def __init__(self, n: int = 3):
+    def __init__(self, n: int = 3, init: str = "fan-out"):
         super().__init__()
         self.conv = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
         self.bn = nn.BatchNorm2d(16)
@@ -87,8 +88,10 @@ class ResNet20(nn.Module):
         self.layers = nn.Sequential(*layers)
         self.fc = nn.Linear(64, 10)
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
+            if init == "fan-out" and isinstance(m, nn.Conv2d):  # torchvision's ResNets
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif init == "fan-in" and isinstance(m, (nn.Conv2d, nn.Linear)):  # akamaster's
+                nn.init.kaiming_normal_(m.weight)
 
     def forward(self, x):
         x = self.layers(F.relu(self.bn(self.conv(x))))
@@ -117,6 +120,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--init", choices=("fan-out", "fan-in"), default="fan-out",
+                        help="fan-out: Kaiming-normal (fan out) convolutions, PyTorch's default "
+                        "linear layer (torchvision's ResNets); fan-in: Kaiming-normal (fan in) "
+                        "convolutions and linear layer (akamaster's CIFAR ResNets)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -125,13 +132,13 @@ def main() -> None:
     milestones = [round(32000 * args.scale), round(48000 * args.scale)]
     splits = read_archive(args.data)
     train_x, train_y = splits["train"]
-    model = ResNet20().to(memory_format=torch.channels_last)
+    model = ResNet20(init=args.init).to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
     augment = transforms.Compose([transforms.RandomCrop(32, padding=4),
                                   transforms.RandomHorizontalFlip()])
     print(f"# reference ResNet-20: {total} iterations (decays at {milestones}), {args.precision}, "
-          f"seed {args.seed}, {torch.get_num_threads()} threads, {len(train_x)} training images",
+          f"init {args.init}, seed {args.seed}, {torch.get_num_threads()} threads, {len(train_x)} training images",
           flush=True)
     order, at, start = torch.randperm(len(train_x)), 0, time.perf_counter()
     for step in range(total):
@@ -153,7 +160,7 @@ def main() -> None:
     train_acc, train_loss = evaluate(model, train_x, train_y)
     test_acc, test_loss = evaluate(model, *splits["test"])
     assert math.isfinite(train_loss) and math.isfinite(test_loss)
-    print(f"reference resnet20 scale {args.scale} seed {args.seed} {args.precision}: "
+    print(f"reference resnet20 scale {args.scale} seed {args.seed} {args.precision} init {args.init}: "
           f"train {train_acc:.2f} % (loss {train_loss:.4f}), test {test_acc:.2f} % "
           f"(loss {test_loss:.4f}), {time.perf_counter() - start:.0f} s")
 

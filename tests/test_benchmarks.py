@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import sys
 from pathlib import Path
 
@@ -212,3 +213,33 @@ def test_lanczos_steps_refuses_fewer_steps_than_the_budget_replays(monkeypatch, 
     assert exit_.value.code == 2
     assert "--steps must be at least the quick budget's 40 Lanczos steps, got 5" in \
         capsys.readouterr().err
+
+
+def test_the_reference_resnet20_is_the_same_network_read_from_the_same_archive(tmp_path):
+    """benchmarks/reference_resnet20.py shares no code with depthscape: its model must still
+    be ResNet-20 (the same parameter shapes, the same 0.27 M parameters) and its reader must
+    give the archive's images and labels as depthscape's ImageFolder reader does."""
+    import tarfile
+
+    from depthscape.core.data import load_dataset
+    from depthscape.core.models import get_model
+
+    reference = load_benchmark("reference_resnet20")
+    for init in ("fan-out", "fan-in"):
+        ours = [tuple(p.shape) for p in get_model("resnet20").parameters()]
+        theirs = [tuple(p.shape) for p in reference.ResNet20(init=init).parameters()]
+        assert theirs == ours and sum(map(math.prod, theirs)) == 269722
+    out = reference.ResNet20()(torch.zeros(2, 3, 32, 32))
+    assert out.shape == (2, 10)
+    write_image_folder(tmp_path / "tiny", train_per_class=3, test_per_class=2)
+    archive = tmp_path / "tiny.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "tiny", arcname="tiny")
+    splits = reference.read_archive(str(archive))
+    ours = load_dataset(str(archive), cache_dir=str(tmp_path / "cache"))
+    for name, split in (("train", ours.train), ("test", ours.test)):
+        images, labels = splits[name]
+        assert images.dtype == torch.uint8 and images.shape[1:] == (3, 32, 32)
+        # the same multiset of (image, label): the two readers may order files differently
+        key = sorted(zip(images.flatten(1).sum(1).tolist(), labels.tolist()))
+        assert key == sorted(zip(split.images.flatten(1).sum(1).tolist(), split.labels.tolist()))
