@@ -76,7 +76,7 @@ class Block(nn.Module):
 
 
 class ResNet20(nn.Module):
-    def __init__(self, n: int = 3, init: str = "fan-out"):
+    def __init__(self, n: int = 3, init: str = "fan-in"):
         super().__init__()
         self.conv = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
         self.bn = nn.BatchNorm2d(16)
@@ -120,10 +120,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--init", choices=("fan-out", "fan-in"), default="fan-out",
+    parser.add_argument("--init", choices=("fan-out", "fan-in"), default="fan-in",
                         help="fan-out: Kaiming-normal (fan out) convolutions, PyTorch's default "
-                        "linear layer (torchvision's ResNets); fan-in: Kaiming-normal (fan in) "
-                        "convolutions and linear layer (akamaster's CIFAR ResNets)")
+                        "linear layer (torchvision's ResNets); fan-in (default): Kaiming-normal "
+                        "(fan in) convolutions and linear layer (akamaster's CIFAR ResNets, "
+                        "depthscape's)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

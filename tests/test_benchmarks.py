@@ -229,8 +229,16 @@ def test_the_reference_resnet20_is_the_same_network_read_from_the_same_archive(t
         ours = [tuple(p.shape) for p in get_model("resnet20").parameters()]
         theirs = [tuple(p.shape) for p in reference.ResNet20(init=init).parameters()]
         assert theirs == ours and sum(map(math.prod, theirs)) == 269722
-    out = reference.ResNet20()(torch.zeros(2, 3, 32, 32))
-    assert out.shape == (2, 10)
+    # the same function: depthscape's weights copied in, parameter by parameter, give its
+    # outputs (eval mode and training mode, where BatchNorm uses the batch)
+    model, twin = get_model("resnet20"), reference.ResNet20()
+    mine, theirs = model.state_dict(), twin.state_dict()
+    assert [v.shape for v in mine.values()] == [v.shape for v in theirs.values()]
+    twin.load_state_dict(dict(zip(theirs, mine.values())))
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 60
+    for train in (False, True):
+        model.train(train), twin.train(train)
+        assert torch.allclose(model(x), twin(x), atol=1e-5, rtol=1e-5)
     write_image_folder(tmp_path / "tiny", train_per_class=3, test_per_class=2)
     archive = tmp_path / "tiny.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:

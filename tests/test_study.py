@@ -290,54 +290,57 @@ def test_smoke_study_finishes_on_real_cifar10(real_cifar10, tmp_path, cache_dir,
 @pytest.mark.parametrize("native", [True, False])
 def test_a_new_quick_study_on_a_cpu_with_bf16_takes_bf16(tmp_path, monkeypatch, native):
     """Issue 18: the quick budget trains and draws its landscapes in bf16 on a CPU with
-    native bf16 (its 45 minutes need it); on one without, fp32. Only a new folder."""
+    native bf16 (its 45 minutes need it); on one without, fp32. Only a new folder. Each
+    precision records who chose it (the report's sentence reads it)."""
     from depthscape.core import runtime
     from depthscape.study.runner import _arithmetic
 
     monkeypatch.setattr(runtime, "cpu_bf16_supported", lambda: native)
-    quick, by_budget = _arithmetic(StudyConfig(out_dir=str(tmp_path), device="cpu"),
-                                   get_budget("quick"), None)
-    want = "bf16" if native else None
-    assert (quick.precision, quick.landscape_precision) == (want, want or "fp32")
-    assert by_budget == native  # the report says the budget chose it
+
+    def resolve(name="quick", **switches):
+        config, by = _arithmetic(StudyConfig(out_dir=str(tmp_path), device="cpu", **switches),
+                                 get_budget(name), None)
+        return config.precision, config.landscape_precision, by["precision"], \
+            by["landscape_precision"]
+
+    chosen = "budget" if native else "default"
+    assert resolve() == ("bf16" if native else None, "bf16" if native else "fp32", chosen, chosen)
     for name in ("paper", "smoke"):  # the other budgets keep fp32 on the CPU
-        other, by_budget = _arithmetic(StudyConfig(out_dir=str(tmp_path), device="cpu"),
-                                       get_budget(name), None)
-        assert (other.precision, other.landscape_precision, by_budget) == (None, "fp32", False)
-    explicit, by_budget = _arithmetic(StudyConfig(out_dir=str(tmp_path), device="cpu",
-                                                  precision="fp32", landscape_precision="fp32"),
-                                      get_budget("quick"), None)
-    assert (explicit.precision, explicit.landscape_precision, by_budget) == ("fp32", "fp32", False)
-    # bf16 asked for is not the budget's choice, even where the budget would choose it
-    asked, by_budget = _arithmetic(StudyConfig(out_dir=str(tmp_path), device="cpu",
-                                               precision="bf16", landscape_precision="bf16"),
-                                   get_budget("quick"), None)
-    assert (asked.precision, by_budget) == ("bf16", False)
+        assert resolve(name) == (None, "fp32", "default", "default")
+    assert resolve(precision="fp32", landscape_precision="fp32") == ("fp32", "fp32", "asked",
+                                                                     "asked")
+    # one switch asked for, the other left to the budget: each says so
+    assert resolve(precision="bf16") == ("bf16", "bf16" if native else "fp32", "asked", chosen)
 
 
 def test_a_folder_keeps_the_arithmetic_it_was_made_with(tmp_path, monkeypatch):
     """A folder made before the arithmetic was recorded keeps fp32 (its runs and surfaces
-    stay valid); one that recorded bf16 keeps bf16 even where the default would differ."""
+    stay valid); one that recorded bf16 keeps bf16, and who chose it, even where the
+    default would differ; one that recorded bf16 but not who chose it says "unknown"."""
+    from dataclasses import replace
+
     from depthscape.core import runtime
     from depthscape.study.runner import _arithmetic
 
     monkeypatch.setattr(runtime, "cpu_bf16_supported", lambda: True)
     quick = get_budget("quick")
-    old, by_budget = _arithmetic(StudyConfig(out_dir=str(tmp_path), device="cpu"), quick,
-                                 {"budget": {"name": "quick"}})
-    assert (old.precision, old.landscape_precision, by_budget) == (None, "fp32", False)
+    plain = StudyConfig(out_dir=str(tmp_path), device="cpu")
+    old, by = _arithmetic(plain, quick, {"budget": {"name": "quick"}})
+    assert (old.precision, old.landscape_precision) == (None, "fp32")
+    assert by == {"precision": "default", "landscape_precision": "default"}
     monkeypatch.setattr(runtime, "cpu_bf16_supported", lambda: False)
-    saved = {"arithmetic": {"precision": "bf16", "landscape_precision": "bf16", "by_budget": True}}
-    kept, by_budget = _arithmetic(StudyConfig(out_dir=str(tmp_path), device="cpu"), quick, saved)
-    assert (kept.precision, kept.landscape_precision, by_budget) == ("bf16", "bf16", True)
-    # a folder from before by_budget was recorded: its bf16 was the budget's default
+    saved = {"arithmetic": {"precision": "bf16", "landscape_precision": "bf16",
+                            "chosen_by": {"precision": "asked", "landscape_precision": "budget"}}}
+    kept, by = _arithmetic(plain, quick, saved)
+    assert (kept.precision, kept.landscape_precision) == ("bf16", "bf16")
+    assert by == {"precision": "asked", "landscape_precision": "budget"}
     older = {"arithmetic": {"precision": "bf16", "landscape_precision": "bf16"}}
-    assert _arithmetic(StudyConfig(out_dir=str(tmp_path), device="cpu"), quick, older)[1]
-    # fp32 asked for on both: the budget's bf16 is no longer in force
-    fp32, by_budget = _arithmetic(StudyConfig(out_dir=str(tmp_path), device="cpu",
-                                              precision="fp32", landscape_precision="fp32"),
-                                  quick, saved)
-    assert (fp32.precision, fp32.landscape_precision, by_budget) == ("fp32", "fp32", False)
+    assert _arithmetic(plain, quick, older)[1] == {"precision": "unknown",
+                                                   "landscape_precision": "unknown"}
+    fp32, by = _arithmetic(replace(plain, precision="fp32", landscape_precision="fp32"), quick,
+                           saved)
+    assert (fp32.precision, fp32.landscape_precision) == ("fp32", "fp32")
+    assert by == {"precision": "asked", "landscape_precision": "asked"}
 
 
 @pytest.mark.parametrize("content", ["{not json", "[1, 2]", None])
@@ -355,23 +358,25 @@ def test_an_unreadable_study_json_is_refused_not_overwritten(tmp_path, content):
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_the_study_records_whether_the_budget_chose_bf16(tmp_path, monkeypatch, native):
-    """study.json keeps by_budget (the report's sentence reads it, and a later call keeps
-    it); the result says whether bf16 was the budget's choice or asked for."""
+def test_the_study_records_who_chose_its_arithmetic(tmp_path, monkeypatch, native):
+    """study.json keeps chosen_by (the report's sentence reads it, and a later call keeps
+    it where the default would now differ)."""
     from depthscape.core import runtime
     from depthscape.study.runner import _start
 
     monkeypatch.setattr(runtime, "cpu_bf16_supported", lambda: native)
+    chosen = "budget" if native else "default"
     study = _start(StudyConfig(out_dir=str(tmp_path / "a"), budget="quick", device="cpu"))
     saved = json.loads((tmp_path / "a" / "study.json").read_text())["arithmetic"]
-    assert saved["by_budget"] is native and study.result.arithmetic["by_budget"] is native
-    assert study.result.arithmetic["asked"] is False
+    want = {"precision": chosen, "landscape_precision": chosen}
+    assert saved["chosen_by"] == want and study.result.arithmetic["chosen_by"] == want
     monkeypatch.setattr(runtime, "cpu_bf16_supported", lambda: not native)
     again = _start(StudyConfig(out_dir=str(tmp_path / "a"), budget="quick", device="cpu"))
-    assert again.result.arithmetic["by_budget"] is native  # kept where the default differs
+    assert again.result.arithmetic["chosen_by"] == want
     asked = _start(StudyConfig(out_dir=str(tmp_path / "b"), budget="smoke", device="cpu",
                                landscape_precision="bf16"))
-    assert asked.result.arithmetic == {"landscapes": "bf16", "by_budget": False, "asked": True}
+    assert asked.result.arithmetic == {"landscapes": "bf16", "chosen_by": {
+        "precision": "default", "landscape_precision": "asked"}}
 
 
 def test_the_report_says_which_arithmetic_the_runs_used(smoke):
@@ -392,14 +397,25 @@ def test_the_report_says_which_arithmetic_the_runs_used(smoke):
     mixed = replace(result, arithmetic={"training": {"resnet8": "bf16, channels-last",
                                                       "plainnet8": "fp32"},
                                         "landscapes": "bf16"})
-    line = _arithmetic(replace(mixed, arithmetic={**mixed.arithmetic, "by_budget": True}),
-                       get_budget("quick"))
+
+    def sentence(training, landscapes, result=mixed):
+        chosen = {"precision": training, "landscape_precision": landscapes}
+        return _arithmetic(replace(result, arithmetic={**result.arithmetic, "chosen_by": chosen}),
+                           get_budget("quick"))
+
+    line = sentence("budget", "budget")
     assert "training bf16, channels-last (resnet8); fp32 (plainnet8)" in line
     assert "landscapes and trajectories bf16" in line and "--landscape-precision fp32" in line
-    assert "to finish in time" in line
-    asked = _arithmetic(replace(mixed, arithmetic={**mixed.arithmetic, "asked": True}),
-                        get_budget("quick"))  # bf16 asked for: not the budget's choice
+    assert "to finish in time" in line and "asked for" not in line
+    asked = sentence("asked", "asked")  # bf16 asked for: not the budget's choice
     assert "to finish in time" not in asked and "asked for with `--precision`" in asked
-    default = _arithmetic(mixed, get_budget("quick"))  # CUDA's default bf16: neither
+    both = sentence("asked", "budget")  # one each: both are said
+    assert "to finish in time" in both and "asked for" in both
+    # no landscape in the report: its precision is not named, nor who chose it
+    bare = replace(mixed, landscapes=[], trajectories=[])
+    assert "to finish in time" not in sentence("asked", "budget", bare)
+    fp32_runs = replace(bare, arithmetic={"training": {"resnet8": "fp32"}, "landscapes": "bf16"})
+    assert "bf16" not in sentence("asked", "budget", fp32_runs)
+    default = sentence("default", "unknown")  # CUDA's default bf16, an old folder: neither
     assert "to finish in time" not in default and "asked for" not in default
     assert default.endswith("not equal to it.")

@@ -86,20 +86,26 @@ def _arithmetic(result, budget) -> str:
         parts.append("training " + "; ".join(
             f"{kind} ({', '.join(n for n, k in training.items() if k == kind)})" for kind in kinds))
     landscapes = result.arithmetic.get("landscapes")
-    if landscapes and (result.landscapes or result.trajectories):
-        parts.append(f"landscapes and trajectories {landscapes}")
+    shown = landscapes if landscapes and (result.landscapes or result.trajectories) else None
+    if shown:
+        parts.append(f"landscapes and trajectories {shown}")
     if not parts:
         return ""
     text = f" Arithmetic: {', '.join(parts)}."
-    if "bf16" in " ".join(kinds + [landscapes or ""]):
-        text += (" bf16 is autocast with float32 weights: close to float32, not equal to "
-                 "it")
-        text += (f"; the `{budget.name}` budget uses it on a CPU with native bf16 to finish in "
-                 "time, `--precision fp32 --landscape-precision fp32` with a new `--out` computes in "
-                 "float32."
-                 if result.arithmetic.get("by_budget") else
-                 " (asked for with `--precision` or `--landscape-precision`)."
-                 if result.arithmetic.get("asked") else ".")
+    # who chose the bf16 of each part the sentence names (runner._arithmetic's chosen_by)
+    chosen_by = result.arithmetic.get("chosen_by") or {}
+    sources = {chosen_by.get(key, "unknown") for key, used in
+               (("precision", any(kind.startswith("bf16") for kind in kinds)),
+                ("landscape_precision", shown == "bf16")) if used}
+    if sources:
+        text += " bf16 is autocast with float32 weights: close to float32, not equal to it"
+        if "budget" in sources:
+            text += (f"; the `{budget.name}` budget uses it on a CPU with native bf16 to finish "
+                     "in time, `--precision fp32 --landscape-precision fp32` with a new `--out` "
+                     "computes in float32")
+        if "asked" in sources:
+            text += "; asked for with `--precision` or `--landscape-precision`"
+        text += "."
     return text
 
 

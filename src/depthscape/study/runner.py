@@ -202,24 +202,28 @@ def _start(config: StudyConfig) -> Study:
     settings = _settings(config, budget, models)
     saved = _saved_study(out)
     _check_folder(out, saved, settings)
-    config, by_budget = _arithmetic(config, budget, saved)
+    config, chosen_by = _arithmetic(config, budget, saved)
     settings["arithmetic"] = {"precision": config.precision,
                               "landscape_precision": config.landscape_precision,
-                              "by_budget": by_budget}
+                              "chosen_by": chosen_by}
     atomic_write_text(out / "study.json", json.dumps(settings, indent=2) + "\n")
-    # bf16 in force not by the budget's choice: asked for (now or when the folder was made);
-    # a training precision left None is the device's default (bf16 on CUDA), asked by no one
-    asked = not by_budget and "bf16" in (config.precision, config.landscape_precision)
     result = StudyResult(out, out / "report.md", out / "report.html",
                          arithmetic={"landscapes": config.landscape_precision,
-                                     "by_budget": by_budget, "asked": asked})
+                                     "chosen_by": chosen_by})
     return Study(config, budget, out, models, settings, result)
 
 
+#: The two precisions a study resolves, and who chose each one's value (``study.json``'s
+#: ``arithmetic["chosen_by"]``; the report's bf16 sentence reads it): "asked" (a switch, now
+#: or when the folder was made), "budget" (the budget's CPU bf16), "default" (the device's
+#: default training, fp32 landscapes) or "unknown" (a folder from before it was recorded).
+PRECISIONS = ("precision", "landscape_precision")
+
+
 def _arithmetic(config: StudyConfig, budget: Budget,
-                saved: dict | None) -> tuple[StudyConfig, bool]:
-    """``config`` with the precisions it leaves open (None) filled in, and whether the
-    budget chose bf16 for any of them (the report says so).
+                saved: dict | None) -> tuple[StudyConfig, dict[str, str]]:
+    """``config`` with the precisions it leaves open (None) filled in, and who chose each
+    (:data:`PRECISIONS`).
 
     A folder keeps the arithmetic it was made with (``saved``, its ``study.json``: the
     ``arithmetic`` entry; a folder made before that was recorded: the device's default
@@ -229,24 +233,29 @@ def _arithmetic(config: StudyConfig, budget: Budget,
     surface of other arithmetic is recomputed)."""
     if saved is not None:
         kept = saved.get("arithmetic")
-        kept = kept if isinstance(kept, dict) else {"precision": None,
-                                                    "landscape_precision": "fp32"}
-        # folders from before by_budget was recorded: bf16 there came from the budget's default
-        chosen = bool(kept.get("by_budget", budget.cpu_bf16))
+        if isinstance(kept, dict):
+            chosen = kept.get("chosen_by") if isinstance(kept.get("chosen_by"), dict) else {}
+            by = {key: chosen.get(key, "unknown") for key in PRECISIONS}
+        else:  # made before the arithmetic was recorded: the defaults of that time
+            kept, by = {"precision": None, "landscape_precision": "fp32"}, dict.fromkeys(
+                PRECISIONS, "default")
     else:
         from depthscape.core.device import get_device
         from depthscape.core.runtime import cpu_bf16_supported
 
-        chosen = (budget.cpu_bf16 and get_device(config.device).type == "cpu"
-                  and cpu_bf16_supported())
-        kept = {"precision": "bf16" if chosen else None,
-                "landscape_precision": "bf16" if chosen else "fp32"}
-    precision = config.precision if config.precision is not None else kept.get("precision")
-    landscape = config.landscape_precision or kept.get("landscape_precision") or "fp32"
-    # the budget's choice is still in force where a bf16 left open came from it
-    by_budget = chosen and ((config.precision is None and precision == "bf16")
-                            or (config.landscape_precision is None and landscape == "bf16"))
-    return replace(config, precision=precision, landscape_precision=landscape), by_budget
+        bf16 = (budget.cpu_bf16 and get_device(config.device).type == "cpu"
+                and cpu_bf16_supported())
+        kept = {"precision": "bf16" if bf16 else None,
+                "landscape_precision": "bf16" if bf16 else "fp32"}
+        by = dict.fromkeys(PRECISIONS, "budget" if bf16 else "default")
+    values = {}
+    for key in PRECISIONS:
+        asked = getattr(config, key)
+        values[key] = asked if asked is not None else kept.get(key)
+        if asked is not None:
+            by[key] = "asked"
+    values["landscape_precision"] = values["landscape_precision"] or "fp32"
+    return replace(config, **values), by
 
 
 class _Timer:
