@@ -225,8 +225,8 @@ def test_the_reference_resnet20_is_the_same_network_read_from_the_same_archive(t
     from depthscape.core.models import get_model
 
     reference = load_benchmark("reference_resnet20")
+    ours = [tuple(p.shape) for p in get_model("resnet20").parameters()]
     for init in ("fan-out", "fan-in"):
-        ours = [tuple(p.shape) for p in get_model("resnet20").parameters()]
         theirs = [tuple(p.shape) for p in reference.ResNet20(init=init).parameters()]
         assert theirs == ours and sum(map(math.prod, theirs)) == 269722
     # the same function: depthscape's weights copied in, parameter by parameter, give its

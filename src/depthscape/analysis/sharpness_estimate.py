@@ -4,9 +4,10 @@ All three come from Hessian-vector products (:mod:`depthscape.analysis.hessian`)
 
 * the largest and the smallest (algebraic) eigenvalue, by Lanczos
   (:func:`~depthscape.analysis.hessian.extreme_eigenvalues`), stopped when each changes
-  by less than ``power_tol`` times its own magnitude in one step or after ``power_iters`` steps (the
-  settings keep their old names; one step is one Hessian-vector product). The largest says how sharp the sharpest direction is; a negative smallest
-  says the point is not a minimum of the measured loss (some direction still descends).
+  by less than ``power_tol`` times its own magnitude in one step or after ``power_iters``
+  steps (the settings keep their old names; one step is one Hessian-vector product). The
+  largest says how sharp the sharpest direction is; a negative smallest says the point is
+  not a minimum of the measured loss (some direction still descends).
 * the trace by Hutchinson's estimator ``E[v^T H v]`` with Rademacher ``v``, stopped when
   the running mean's standard error falls under ``trace_tol`` times its magnitude.
 

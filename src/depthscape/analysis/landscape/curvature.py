@@ -81,8 +81,8 @@ class CurvatureConfig:
     ``resolution`` points per axis over the surface's ranges; the Hessian of the mean loss
     on a fixed random ``subset`` of the ``split`` (None: the surface's split); at most
     ``iterations`` Lanczos steps from a start vector drawn with ``seed``, stopping early
-    once each extreme moves by less than ``tol`` times its own magnitude. ``batch_size`` (images per
-    Hessian-vector product chunk), ``device`` and ``workers`` change the speed, not the
+    once each extreme moves by less than ``tol`` times its own magnitude. ``batch_size``
+    (images per Hessian-vector product chunk), ``device`` and ``workers`` change the speed, not the
     values (on the CPU each point runs on one thread, whatever the worker count).
     ``parallel`` says how torchrun's ranks share the work: ``"points"`` (each rank its own
     grid points) or ``"batch"`` (each point's Hessian-vector products split over the ranks'
