@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import torch_threads
 from torch import nn
 
 from depthscape.core.checkpoint import save_checkpoint
@@ -79,10 +80,8 @@ def write_checkpoint(path: Path, model: torch.nn.Module, name: str = "resnet8",
 def one_thread():
     """One intra-op thread: on a busy 2-core machine, tiny models run far faster (and
     bit-for-bit like the one-thread subprocesses) than with threads fighting for cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 class TinyNet(nn.Module):

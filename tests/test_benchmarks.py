@@ -33,14 +33,6 @@ def bench_train():
     return load_benchmark("bench_train")
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_the_rate_is_read_over_whole_windows_without_the_first_and_the_last(bench_train):
     rows = [{"iteration": 100, "elapsed_s": 5.0},  # start-up, capture and the first steps
             {"iteration": 200, "elapsed_s": 5.5}, {"iteration": 300, "elapsed_s": 6.0},

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_image_folder
+from conftest import torch_threads, write_image_folder
 
 from depthscape.core.checkpoint import load_checkpoint
 from depthscape.core.csvlog import LOG_COLUMNS, read_log
@@ -54,10 +54,8 @@ def load_trace(folder: Path, rank: int) -> list[torch.Tensor]:
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """One intra-op thread, as torchrun gives each worker: far faster on a small busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

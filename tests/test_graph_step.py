@@ -33,14 +33,6 @@ from depthscape.training.step import MetricSums, make_loss, make_train_step, set
 LRS = [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def batches(count: int, batch: int = 8):
     generator = torch.Generator().manual_seed(3)
     return [(torch.randn(batch, 3, 16, 16, generator=generator),

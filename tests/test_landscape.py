@@ -212,6 +212,25 @@ def test_surface_file_layout_matches_the_original_tool(surface, checkpoint, trai
     assert all(torch.equal(directions[0][k], fresh[0][k]) for k in fresh[0])
 
 
+def test_one_test_of_settings_decides_and_names_the_difference():
+    """A number read back from JSON is the number asked for (1 and 1.0), so a setting sorted
+    before the real difference is not named in its place; booleans, None and strings are
+    only themselves; nested values are compared item by item; a missing key differs."""
+    from depthscape.analysis.landscape.storage import identity_difference
+
+    stored = {"alpha": 1, "beta": [1, 2.0], "gamma": {"k": 0}, "seed": 0}
+    assert identity_difference(stored, {"alpha": 1.0, "beta": [1.0, 2], "gamma": {"k": 0.0},
+                                        "seed": 0}) is None
+    assert identity_difference(stored, {**stored, "seed": 1}) == "seed is 0 there, 1 here"
+    assert identity_difference({"a": 1, "z": True}, {"a": 1.0, "z": 1}) == "z is True there, 1 here"
+    assert identity_difference({"a": None}, {"a": 0}) == "a is None there, 0 here"
+    assert identity_difference({"a": "1"}, {"a": 1}) is not None
+    assert identity_difference({"a": [1]}, {"a": [1, 1]}) is not None
+    assert identity_difference({}, {"a": None}) == "a is not recorded there, None here"
+    assert identity_difference({"a": 2}, {}) == "a is 2 there, not set here"
+    assert identity_difference({"g": {"k": 0}}, {"g": {"k": 0, "j": 1}}) is not None
+
+
 def test_train_split_and_subset(checkpoint, data, tmp_path):
     config = LandscapeConfig(resolution=3, split="train", subset=10)
     path = compute_landscape(checkpoint, config, output=tmp_path / "s.h5", dataset=data, progress=False)

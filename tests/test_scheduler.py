@@ -14,13 +14,9 @@ from depthscape.training.loop import TrainConfig
 
 
 @pytest.fixture
-def one_thread(monkeypatch):
-    """One intra-op thread here and in spawned workers: much faster on a small busy machine."""
+def one_thread(one_thread, monkeypatch):
+    """conftest's one thread, here and in the spawned workers."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def configs(n: int, **kw) -> list[TrainConfig]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import torch_threads
 
 from depthscape.analysis.landscape.sweep import WorkerPool, rank_share, sweep
 from depthscape.core.distributed import DistContext
@@ -80,7 +81,5 @@ def test_the_pool_holds_torch_to_one_thread_and_gives_them_back(one_thread_free)
 @pytest.fixture
 def one_thread_free():
     """Two intra-op threads, so the pool's hold to one is visible."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(2):
+        yield

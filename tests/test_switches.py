@@ -29,14 +29,6 @@ OPTIONS = ["--scale", repr(8 / 64_000), "--log-every", "4", "--eval-every", "4",
 CPU = torch.device("cpu")
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(autouse=True)
 def process_wide_switches_restored():
     """cuDNN's and TF32's process-wide flags as they were before each test (training on CUDA

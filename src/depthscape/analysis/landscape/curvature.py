@@ -225,11 +225,11 @@ class _Map:
             identity["hvp_shards"] = shards
         stored = _settings_of(surface.extra)
         wanted = json.loads(json.dumps(identity))
-        differs = stored is not None and stored.get("identity") != wanted  # 1 == 1.0, as stored
+        why = None if stored is None else identity_difference(stored.get("identity") or {}, wanted)
+        differs = why is not None
         if overwrite == "other-settings":  # the caller owns the file (a study): replace only those
             overwrite = differs
         if differs and not overwrite:
-            why = identity_difference(stored.get("identity") or {}, wanted)
             raise UserError(f"{surface_file} holds a curvature map with other settings ({why}); "
                             "pass --overwrite to replace it")
         if stored is None or overwrite or surface.extra.get("hessian_max_eig") is None:

@@ -259,10 +259,29 @@ def _short(value):
     return (str(value)[:12] + "...") if isinstance(value, str) and len(value) > 16 else value
 
 
+def same_setting(a, b) -> bool:
+    """Whether two identity values, as JSON holds them, are the same setting: numbers by value
+    (a 1 read back from a file is the 1.0 asked for), booleans, strings and None only as
+    themselves, lists and objects item by item."""
+    def number(value):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    if number(a) and number(b):
+        return a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_setting(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(map(same_setting, a, b))
+    return type(a) is type(b) and a == b
+
+
 def identity_difference(stored: dict, wanted: dict) -> str | None:
-    """A short description of the first setting where ``stored`` and ``wanted`` differ."""
+    """A short description of the first setting where ``stored`` and ``wanted`` differ (by
+    ``same_setting``), None where they are the same identity: the one test of a file's
+    settings, so the decision and the message that explains it cannot disagree."""
     for key in sorted(set(stored) | set(wanted)):
-        a, b = stored.get(key), wanted.get(key)
-        if json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
-            return f"{key} is {_short(a)} there, {_short(b)} here"
+        if key not in stored or key not in wanted or not same_setting(stored[key], wanted[key]):
+            there = _short(stored[key]) if key in stored else "not recorded"
+            here = _short(wanted[key]) if key in wanted else "not set"
+            return f"{key} is {there} there, {here} here"
     return None
