@@ -21,7 +21,7 @@ from depthscape.core.csvlog import (
     truncate_log,
 )
 from depthscape.core.errors import UserError
-from depthscape.core.limits import require_fits, resnet_training_bytes
+from depthscape.core.limits import require_fits, training_bytes
 from depthscape.core.locking import LockHeld, claim_run, exclusive_lock, output_lock_path
 from depthscape.core.runs import run_paths
 
@@ -159,10 +159,11 @@ def test_damaged_log_is_refused_and_left_alone(tmp_path, damage, fragment):
 
 
 def test_memory_refusal_names_the_size():
-    assert resnet_training_bytes(110, 128) > resnet_training_bytes(56, 128) > 0
+    assert training_bytes("resnet110", 128) > training_bytes("resnet56", 128) > 0
+    assert training_bytes("plain56", 128) > 0
     with pytest.raises(UserError, match=r"needs about .* GiB, more than"):
-        require_fits(resnet_training_bytes(60002, 128), "training resnet60002")
-    require_fits(resnet_training_bytes(20, 128), "training resnet20")  # fits anywhere
+        require_fits(training_bytes("resnet60002", 128), "training resnet60002")
+    require_fits(training_bytes("resnet20", 128), "training resnet20")  # fits anywhere
 
 
 def test_output_check_creates_nothing(tmp_path):

@@ -44,14 +44,6 @@ def available_memory(device: torch.device | str | None = None) -> int:
         return 1 << 62  # unknown: do not refuse
 
 
-def resnet_training_bytes(depth: int, batch_size: int) -> int:
-    """The ResNet family's estimate (kept under its old name): see its record's
-    ``training_bytes`` in :mod:`depthscape.core.models.resnet`."""
-    from depthscape.core.models import family_info
-
-    return family_info("resnet").training_bytes(depth, batch_size)
-
-
 def training_bytes(model: str, batch_size: int) -> int | None:
     """Estimated memory of training ``model`` at ``batch_size``, from its family's record;
     None where the family gives no estimate (nothing is refused then)."""
