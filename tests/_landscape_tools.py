@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import torch_threads
+from _threads import torch_threads
 from torch import nn
 
 from depthscape.core.checkpoint import save_checkpoint

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _threads import torch_threads
 
 REPO = Path(__file__).resolve().parents[1]
 #: The JPEG CIFAR-10 archive beside the checkout (../shared/data), or $DEPTHSCAPE_CIFAR10_JPEG.
@@ -68,19 +68,6 @@ def trained_resnet8(tiny_data, cache_dir, tmp_path_factory) -> Path:
     result = train(TrainConfig(model="resnet8", dataset=str(tiny_data), out_dir=str(out),
                                scale=2 / 64_000, progress=False))
     return result.paths.final
-
-
-@contextmanager
-def torch_threads(count: int):
-    """torch's intra-op threads set to ``count`` inside, given back as they were after."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import torch_threads, write_image_folder
+from _threads import torch_threads
+from conftest import write_image_folder
 
 from depthscape.core.checkpoint import load_checkpoint
 from depthscape.core.csvlog import LOG_COLUMNS, read_log

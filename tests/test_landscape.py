@@ -224,7 +224,9 @@ def test_one_test_of_settings_decides_and_names_the_difference():
     assert identity_difference(stored, {**stored, "seed": 1}) == "seed is 0 there, 1 here"
     assert identity_difference({"a": 1, "z": True}, {"a": 1.0, "z": 1}) == "z is True there, 1 here"
     assert identity_difference({"a": None}, {"a": 0}) == "a is None there, 0 here"
-    assert identity_difference({"a": "1"}, {"a": 1}) is not None
+    assert identity_difference({"a": "1"}, {"a": 1}) == "a is '1' there, 1 here"
+    assert identity_difference({"a": float("nan"), "b": (1, 2)}, {"a": float("nan"), "b": [1, 2]}) is None
+    assert identity_difference({"h": "0123456789abcdef0"}, {"h": "x"}) == "h is '0123456789ab...' there, 'x' here"
     assert identity_difference({"a": [1]}, {"a": [1, 1]}) is not None
     assert identity_difference({}, {"a": None}) == "a is not recorded there, None here"
     assert identity_difference({"a": 2}, {}) == "a is 2 there, not set here"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import torch_threads
+from _threads import torch_threads
 
 from depthscape.analysis.landscape.sweep import WorkerPool, rank_share, sweep
 from depthscape.core.distributed import DistContext

@@ -256,7 +256,11 @@ def read_state(path: str | os.PathLike, with_directions: bool = True) -> Surface
 
 
 def _short(value):
-    return (str(value)[:12] + "...") if isinstance(value, str) and len(value) > 16 else value
+    """A setting as a message shows it: strings quoted (so "1" is not read as 1), long ones
+    cut to their first 12 characters."""
+    if isinstance(value, str):
+        return repr(value[:12] + "...") if len(value) > 16 else repr(value)
+    return value
 
 
 def same_setting(a, b) -> bool:
@@ -267,7 +271,7 @@ def same_setting(a, b) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
 
     if number(a) and number(b):
-        return a == b
+        return a == b or (a != a and b != b)  # NaN, as JSON writes it, is the NaN asked for
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(same_setting(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
@@ -278,7 +282,9 @@ def same_setting(a, b) -> bool:
 def identity_difference(stored: dict, wanted: dict) -> str | None:
     """A short description of the first setting where ``stored`` and ``wanted`` differ (by
     ``same_setting``), None where they are the same identity: the one test of a file's
-    settings, so the decision and the message that explains it cannot disagree."""
+    settings, so the decision and the message that explains it cannot disagree. Both sides
+    are compared as JSON holds them (a tuple is a list, keys are strings)."""
+    stored, wanted = (json.loads(json.dumps(side)) for side in (stored, wanted))
     for key in sorted(set(stored) | set(wanted)):
         if key not in stored or key not in wanted or not same_setting(stored[key], wanted[key]):
             there = _short(stored[key]) if key in stored else "not recorded"
