@@ -224,8 +224,7 @@ class _Map:
         if shards > 1:
             identity["hvp_shards"] = shards
         stored = _settings_of(surface.extra)
-        wanted = json.loads(json.dumps(identity))
-        why = None if stored is None else identity_difference(stored.get("identity") or {}, wanted)
+        why = None if stored is None else identity_difference(stored.get("identity") or {}, identity)
         differs = why is not None
         if overwrite == "other-settings":  # the caller owns the file (a study): replace only those
             overwrite = differs
