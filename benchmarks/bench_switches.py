@@ -12,7 +12,7 @@ and with all together, against the plain eager path; then the landscape evaluato
 points/s) and the ratio to the plain path for each.
 
 On CUDA the variants are exactly what training uses: ``plain`` has everything off,
-``cudnn.benchmark`` and ``fused optimizer`` are on in every real run, ``--amp``,
+``cudnn.benchmark`` and ``fused optimizer`` are on in every real run, ``--precision bf16``,
 ``--channels-last`` and ``--compile`` are the optional switches. Elsewhere (CPU, MPS)
 ``depthscape train`` ignores every switch, so the rows there are marked ``forced``: they
 show what the switch would do if it were allowed, not what training does.
@@ -65,12 +65,12 @@ def variants(device: torch.device, skip: set[str]) -> list[tuple[str, FastPath]]
                  ("fused optimizer", replace(plain, fused_optimizer=True))]
     forced = "" if on_cuda else " (forced)"
     rows += [(f"--channels-last{forced}", replace(plain, channels_last=True)),
-             (f"--amp bf16{forced}", replace(plain, amp=True))]
+             (f"--precision bf16{forced}", replace(plain, precision="bf16"))]
     compiler = on_cuda or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if "compile" not in skip and compiler:
         rows.append((f"--compile{forced}", replace(plain, compile=True)))
     base = replace(plain, cudnn_benchmark=on_cuda, fused_optimizer=on_cuda)
-    rows.append((f"all switches{forced}", replace(base, channels_last=True, amp=True,
+    rows.append((f"all switches{forced}", replace(base, channels_last=True, precision="bf16",
                                                   compile="compile" not in skip and bool(compiler))))
     return [(label, fast) for label, fast in rows if label.split()[0].lstrip("-") not in skip]
 

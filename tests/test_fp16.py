@@ -36,9 +36,11 @@ LOSS_RTOL = 1e-2
 
 def test_fp16_is_one_of_the_precisions_and_resolves_per_device():
     assert "fp16" in runtime.PRECISIONS
-    assert runtime.resolve_precision("fp16", "cuda") == ("fp16", None)
-    precision, notice = runtime.resolve_precision("fp16", "mps")
-    assert precision == "fp32" and "--precision fp16 acts only on CUDA and the CPU" in notice
+    resolved = runtime.resolve_precision("fp16", "cuda")
+    assert (resolved.name, resolved.device_type, resolved.notice) == ("fp16", "cuda", None)
+    elsewhere = runtime.resolve_precision("fp16", "mps")
+    assert elsewhere.name == "fp32" and \
+        "--precision fp16 acts only on CUDA and the CPU" in elsewhere.notice
 
 
 def test_fp16_on_a_cpu_autocast_without_it_is_a_one_line_refusal(monkeypatch):
@@ -56,10 +58,13 @@ def test_training_refuses_fp16_in_one_line(tmp_path, capsys):
     with pytest.raises(UserError, match="gradient scaler"):
         runtime.resolve_precision("fp16", "cpu", backward=True)
     # and any forward pass that autograd records (Hessians, sharpness) refuses it too
+    half = runtime.precision_named("fp16", "cpu")
     with pytest.raises(UserError, match="gradient scaler"):
-        runtime.autocast("cpu", "fp16")
+        half.forward()
+    with pytest.raises(UserError, match="gradient scaler"):
+        half.check_backward()
     with torch.inference_mode():
-        with runtime.autocast("cpu", "fp16"):
+        with half.forward():
             assert torch.get_autocast_dtype("cpu") == torch.float16
     images = write_image_folder(tmp_path / "data", train_per_class=4, size=16)
     code = main(["train", "resnet", "8", "--dataset", str(images), "--device", "cpu",

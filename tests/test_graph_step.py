@@ -211,15 +211,15 @@ def test_the_graph_is_off_under_torchrun_and_with_compile_with_one_notice():
     from depthscape.training.fastpath import FastPath
     from depthscape.training.graph import graph_allowed
 
-    on = FastPath(device_type="cuda", cuda_graph=True, precision="bf16", amp=True)
+    on = FastPath(device_type="cuda", cuda_graph=True, precision="bf16")
     assert graph_allowed(on, distributed=False) == (on, None)
     off, notice = graph_allowed(on, distributed=True)
-    assert not off.cuda_graph and off.amp and "torchrun" in notice
+    assert not off.cuda_graph and off.arithmetic == "bf16" and "torchrun" in notice
     off, notice = graph_allowed(FastPath(device_type="cuda", cuda_graph=True, compile=True), False)
     assert not off.cuda_graph and "--compile" in notice
     plain = FastPath(device_type="cpu")
     assert graph_allowed(plain, distributed=True) == (plain, None)  # nothing to turn off: no notice
-    assert on.to_dict()["precision"] == "bf16" and FastPath(amp=True).arithmetic == "bf16"
+    assert on.to_dict()["precision"] == "bf16" and FastPath(precision="bf16").arithmetic == "bf16"
 
 
 # ---- the capture itself, driven on the CPU through a stand-in for torch.cuda ------------

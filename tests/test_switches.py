@@ -97,9 +97,9 @@ def test_the_cpu_fast_path_is_channels_last_fp32_unless_asked_and_mps_is_plain(m
     assert bf16.arithmetic == "bf16" and bf16.channels_last and notice is None
     monkeypatch.setattr(runtime, "cpu_bf16_supported", lambda: False)
     with pytest.raises(UserError, match="no native bf16"):
-        fast_path_for(CPU, amp=True)
+        fast_path_for(CPU, precision="bf16")
     # MPS: every switch off, one notice
-    mps, notice = fast_path_for(torch.device("mps"), amp=True, channels_last=True)
+    mps, notice = fast_path_for(torch.device("mps"), precision="bf16", channels_last=True)
     assert mps == FastPath(device_type="mps") and "ignored on mps" in notice
 
 
@@ -114,7 +114,7 @@ def test_resume_refuses_another_precision_but_not_another_layout_or_process_coun
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_fast_path_trains_with_every_switch_but_compile(tmp_path, cache_dir):
-    fast, notice = fast_path_for(torch.device("cuda"), amp=True, channels_last=True)
+    fast, notice = fast_path_for(torch.device("cuda"), precision="bf16", channels_last=True)
     assert fast.cudnn_benchmark and fast.fused_optimizer and fast.channels_last and fast.cuda_graph
     data = write_image_folder(tmp_path / "data", size=16)
     assert main(["train", "resnet", "8", "--dataset", str(data), "--device", "cuda", *OPTIONS,
@@ -173,7 +173,7 @@ def test_the_cuda_code_path_forced_on_cpu_trains_and_resumes_exactly(tmp_path, c
     it must train, record itself, and resume to the same weights as an uninterrupted run."""
     import depthscape.training.loop as training
 
-    forced = FastPath(device_type="cpu", amp=True, channels_last=True, fused_optimizer=True)
+    forced = FastPath(device_type="cpu", precision="bf16", channels_last=True, fused_optimizer=True)
     monkeypatch.setattr(training, "fast_path_for", lambda device, **kw: (forced, None))
     data = write_image_folder(tmp_path / "data", size=16)
 

@@ -21,16 +21,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from depthscape.core.runtime import autocast
+from depthscape.core.runtime import Precision, precision_named
 
 
 class HessianOperator:
     """``v -> H v`` for the mean loss of ``model`` over ``(inputs, labels)``, model in eval mode.
 
     The data is cut into chunks of ``batch_size``; each product sums the chunks' Hessian-
-    vector products weighted by their share of the samples. ``precision="bf16"`` runs the
-    forward pass under bf16 autocast (the loss and the products stay float32). With a single chunk the
-    gradient graph is built once and reused by every product.
+    vector products weighted by their share of the samples. ``precision`` (a resolved
+    :class:`~depthscape.core.runtime.Precision`; None: fp32) is the forward pass's autocast
+    (bf16: the loss and the products stay float32) and the TF32 switches of every product,
+    set as it says inside the product and restored after it, whatever the process had
+    (fp32: TF32 off). With a single chunk the gradient graph is built once and reused by
+    every product.
 
     Data parallel (``dist`` a :class:`~depthscape.core.distributed.DistContext` of
     ``world_size > 1``, every rank passing the same ``inputs``/``labels``): each rank keeps
@@ -44,10 +47,12 @@ class HessianOperator:
     def __init__(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
                  batch_size: int = 500,
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                 precision: str = "fp32", dist=None):
+                 precision: Precision | None = None, dist=None):
         self.model = model
         self.dist = dist if dist is not None and dist.enabled else None
-        self.precision = precision  # core.runtime: bf16 autocasts the forward pass
+        device_type = next(iter(model.parameters()), torch.empty(0)).device.type
+        self.precision = (precision if precision is not None else
+                          precision_named(None, device_type)).check_backward()
         self.model.eval()
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
@@ -70,18 +75,18 @@ class HessianOperator:
         return sum(p.numel() for p in self.params)
 
     def _grads(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
-        with autocast(x.device.type, self.precision):
+        with self.precision.forward():
             logits = self.model(x)
-        if logits.dtype == torch.bfloat16:  # the loss in float32 (autocast leaves bf16 logits)
-            logits = logits.float()
+        logits = self.precision.float_output(logits)  # the loss in float32
         loss = self.loss_fn(logits, y) / self.total
         return list(torch.autograd.grad(loss, self.params, create_graph=True))
 
     def __call__(self, vector: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         self.products += 1
-        if self.dist is None:
-            return self._local(vector)
-        return self._all_sum(self._local(vector))
+        with self.precision.scope():
+            if self.dist is None:
+                return self._local(vector)
+            return self._all_sum(self._local(vector))
 
     def _local(self, vector: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """The product on this process's data (its share under torchrun)."""

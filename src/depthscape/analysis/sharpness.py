@@ -52,7 +52,8 @@ from depthscape.core.runtime import resolve_precision
 
 
 def _resolved(checkpoint: Path, config: SharpnessConfig):
-    """The config with its precision resolved for its device, that device and the process's
+    """The config with its precision's name resolved for its device, that
+    :class:`~depthscape.core.runtime.Precision`, the device and the process's
     :class:`~depthscape.core.distributed.DistContext` (under torchrun: ``cuda:LOCAL_RANK``
     or the CPU, and the process group joined)."""
     from depthscape.core.distributed import setup
@@ -63,10 +64,10 @@ def _resolved(checkpoint: Path, config: SharpnessConfig):
         raise UserError(f"checkpoint not found: {checkpoint}")
     dist = setup(config.device)
     device = dist.device
-    precision, notice = resolve_precision(config.precision, device)  # bf16 unsupported: UserError
-    if notice and dist.is_main:
-        print_notice(notice)
-    return replace(config, precision=precision), device, dist
+    precision = resolve_precision(config.precision, device, backward=True)  # e.g. bf16 unsupported: UserError
+    if precision.notice and dist.is_main:
+        print_notice(precision.notice)
+    return replace(config, precision=precision.name), precision, device, dist
 
 
 def _load_split(checkpoint, config, device, dataset, data_source, datasets, dist=None):
@@ -117,10 +118,10 @@ def measure_sharpness(checkpoint: str | os.PathLike,
     from depthscape.analysis.spectrum import run_seed
 
     checkpoint = Path(checkpoint)
-    config, device, dist = _resolved(checkpoint, config)
+    config, precision, device, dist = _resolved(checkpoint, config)
     settings = asdict(config)
     settings.pop("device")
-    if settings["precision"] == "fp32":  # fp32 results (all earlier ones) keep their key
+    if precision.is_default:  # fp32 results (all earlier ones) keep their key
         settings.pop("precision")
     for name, off in (("top_k", 0), ("draws", 1)):  # as do results without these
         if settings[name] == off:
@@ -136,7 +137,7 @@ def measure_sharpness(checkpoint: str | os.PathLike,
     for subset, seed in zip(draw_subsets(split, config.subset, config.draws, config.seed), seeds):
         inputs = run.preprocess.normalize(subset.images.to(device))
         draws.append(model_sharpness(run.model, inputs, subset.labels.to(device), config, seed,
-                                     dist))
+                                     dist, precision))
     result = combine_draws(draws, seeds)
     if output is not None and dist.is_main:
         atomic_write_text(output, json.dumps({"key": key, "result": asdict(result)}, indent=2) + "\n")
@@ -160,7 +161,7 @@ def measure_density(checkpoint: str | os.PathLike,
     from depthscape.analysis.spectrum import SpectralDensity, plot_densities, spectral_density
 
     checkpoint = Path(checkpoint)
-    config, device, dist = _resolved(checkpoint, config)
+    config, precision, device, dist = _resolved(checkpoint, config)
     settings = {"split": config.split, "subset": config.subset, "batch_size": config.batch_size,
                 "seed": config.seed, "precision": config.precision, **asdict(density)}
     key = _cache_key(checkpoint, settings)
@@ -171,7 +172,7 @@ def measure_density(checkpoint: str | os.PathLike,
     subset = split.subset(config.subset, seed=config.seed)
     operator = HessianOperator(run.model, run.preprocess.normalize(subset.images.to(device)),
                                subset.labels.to(device), config.batch_size,
-                               precision=config.precision, dist=dist)
+                               precision=precision, dist=dist)
     result = spectral_density(operator, operator.params, density.runs, density.steps,
                               density.width, density.points, seed=config.seed)
     result.settings.update({k: v for k, v in settings.items() if k not in result.settings})

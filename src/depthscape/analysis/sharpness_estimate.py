@@ -26,6 +26,7 @@ from torch import nn
 
 from depthscape.analysis.hessian import HessianOperator, extreme_eigenvalues, hessian_trace
 from depthscape.core.errors import UserError
+from depthscape.core.runtime import Precision, resolve_precision
 
 
 @dataclass(frozen=True)
@@ -103,17 +104,21 @@ class SharpnessResult:
 
 def model_sharpness(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
                     config: SharpnessConfig = SharpnessConfig(), seed: int | None = None,
-                    dist=None) -> SharpnessResult:
+                    dist=None, precision: Precision | None = None) -> SharpnessResult:
     """Largest and smallest eigenvalue and trace (and the top-k where ``config.top_k``) of
     the Hessian of ``model``'s mean loss on the given data: one draw, its Lanczos and probe
     starts from ``seed`` (default ``config.seed``). Under torchrun (``dist``, every rank
     the same data) the Hessian-vector products are split over the ranks and all-reduced
-    (:class:`HessianOperator`): every rank returns the same result."""
+    (:class:`HessianOperator`): every rank returns the same result. ``precision`` is
+    ``config.precision`` as the caller resolved it (None: resolved here for the inputs'
+    device)."""
     from depthscape.analysis.spectrum import top_eigenvalues
 
     seed = config.seed if seed is None else seed
+    if precision is None:
+        precision = resolve_precision(config.precision, inputs.device, backward=True)
     operator = HessianOperator(model, inputs, labels, config.batch_size,
-                               precision=config.precision, dist=dist)
+                               precision=precision, dist=dist)
     params = operator.params
     ends = extreme_eigenvalues(operator, params, config.power_iters, config.power_tol, seed)
     trace, stderr, count, trace_ok = hessian_trace(

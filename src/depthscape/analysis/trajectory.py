@@ -37,6 +37,7 @@ import torch
 from depthscape.core.data import Dataset
 from depthscape.core.device import get_device
 from depthscape.core.errors import UserError
+from depthscape.core.runtime import precision_named
 from depthscape.core.trained import load_trained_run
 from depthscape.training.snapshots import (
     flatten_parameters,
@@ -284,7 +285,7 @@ def compute_trajectory(checkpoint: str | os.PathLike, config: TrajectoryConfig |
         cache_dir=config.cache_dir, model=config.model, dims=2, precision=config.precision)
     extra = trajectory_extra(trajectory)
     if output is None:  # a contour of another precision is another file (its own identity)
-        tag = "" if config.precision == "fp32" else f"_{config.precision}"
+        tag = precision_named(config.precision).tag
         output = default_trajectory_path(checkpoint, config.split, key[:10] + tag)
     output = Path(output)
     return compute_landscape(checkpoint, landscape, output, dataset, progress, overwrite=overwrite,
@@ -331,7 +332,7 @@ def compute_model_trajectory(model: torch.nn.Module, split, snapshots,
     name = model_name or type(model).__name__
     if output is None and default_root is not None:
         stem = "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
-        tag = "" if config.precision == "fp32" else f"_{config.precision}"
+        tag = precision_named(config.precision).tag
         output = Path(default_root) / "landscapes" / \
             f"{stem}_trajectory_{config.split}_{key[:10]}{tag}.h5"
     return compute_model_surface(

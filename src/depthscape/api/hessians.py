@@ -13,7 +13,7 @@ from torch import nn
 from depthscape.analysis import hessian as _hessian
 from depthscape.analysis.hessian import EigenExtremes
 from depthscape.api._inputs import Data, LossFn, check_model, collect
-from depthscape.core.runtime import resolve_precision, tf32_scope
+from depthscape.core.runtime import resolve_precision
 
 
 class TraceEstimate(NamedTuple):
@@ -33,7 +33,7 @@ def _operator(model: nn.Module, data: Data, loss: LossFn | None, batch_size: int
 
     check_model(model)
     device = get_device(str(device) if device is not None else None)
-    precision, _ = resolve_precision(precision, device)
+    precision = resolve_precision(precision, device, backward=True)
     inputs, targets = collect(data)
     network = copy.deepcopy(model).to(device).eval()
     if loss is None:
@@ -42,9 +42,9 @@ def _operator(model: nn.Module, data: Data, loss: LossFn | None, batch_size: int
         def summed(outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             value = loss(outputs, y)
             return value.sum() if value.dim() else value * len(y)
-    with tf32_scope(precision == "tf32"):
-        yield _hessian.HessianOperator(network, inputs.to(device), targets.to(device),
-                                       batch_size, summed, precision)
+    # the operator sets the TF32 switches as the precision says around each product
+    yield _hessian.HessianOperator(network, inputs.to(device), targets.to(device),
+                                   batch_size, summed, precision)
 
 
 def hessian_extremes(model: nn.Module, data: Data, *, loss: LossFn | None = None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from depthscape.core.runtime import PRECISIONS
+from depthscape.core.runtime import PRECISIONS, amp_alias, precision_help
 
 #: Upper bounds of counts and seeds: what every library below can represent (a torch
 #: generator seed is 64-bit and seeds are multiplied by ~1e6; counts index tensors).
@@ -170,9 +170,11 @@ def add_gpu_arguments(parser: argparse.ArgumentParser) -> None:
         "fast path (CUDA: all of them; the CPU: --precision fp32|bf16 and --channels-last; "
         "the others are ignored there with a notice)")
     fast.add_argument("--precision", choices=PRECISIONS, default=None,
-                      help="arithmetic of the forward pass (default: bf16 autocast on CUDA, fp32 "
-                           "on the CPU; bf16 on the CPU needs native bf16, AVX-512 BF16 or AMX)")
-    fast.add_argument("--amp", action="store_true", help="the same as --precision bf16")
+                      help="arithmetic of the forward pass (default: bf16 on CUDA, fp32 on the "
+                           "CPU; bf16 on the CPU needs native bf16, AVX-512 BF16 or AMX). "
+                           + precision_help())
+    fast.add_argument("--amp", action="store_true",
+                      help="deprecated: the older name of --precision bf16")
     fast.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                       help="capture the training step as one CUDA graph (default on CUDA: on)")
     fast.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
@@ -182,10 +184,7 @@ def add_gpu_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def gpu_settings(args: argparse.Namespace) -> dict:
-    """The TrainConfig fields of :func:`add_gpu_arguments`' options (checked: --amp is bf16)."""
-    from depthscape.core.errors import UserError
-
-    if args.amp and args.precision not in (None, "bf16"):
-        raise UserError(f"--amp means --precision bf16, not {args.precision}: pass one of them")
-    return {"amp": args.amp, "precision": args.precision, "cuda_graph": args.cuda_graph,
+    """The TrainConfig fields of :func:`add_gpu_arguments`' options (--amp, the deprecated
+    name of --precision bf16, resolved here)."""
+    return {"precision": amp_alias(args.amp, args.precision), "cuda_graph": args.cuda_graph,
             "channels_last": args.channels_last, "compile": args.compile}

@@ -13,7 +13,7 @@ from depthscape.cli._common import (
     positive_int,
     seed_int,
 )
-from depthscape.core.runtime import PRECISIONS
+from depthscape.core.runtime import PRECISIONS, resolve_precision
 
 NAME = "sharpness"
 HELP = ("measure the Hessian's largest and smallest eigenvalue (Lanczos) and trace "
@@ -146,7 +146,6 @@ def run_plugin(args: argparse.Namespace, plugin, config, out) -> int:
     from depthscape.core.distributed import setup
     from depthscape.core.errors import notice as print_notice
     from depthscape.core.plugins import check_model_reads, plugin_name, registered
-    from depthscape.core.runtime import resolve_precision
 
     dataset = plugin.dataset(args.dataset, args.data_dir, args.cache_dir)
     # "train": the split the run of --weights trained on (else the whole training split)
@@ -155,14 +154,14 @@ def run_plugin(args: argparse.Namespace, plugin, config, out) -> int:
     subsets = draw_subsets(split, config.subset, config.draws, config.seed)
     dist = setup(args.device)
     try:
-        precision, notice = resolve_precision(config.precision, dist.device)
-        if notice and dist.is_main:
-            print_notice(notice)
-        config = replace(config, precision=precision)
+        precision = resolve_precision(config.precision, dist.device, backward=True)
+        if precision.notice and dist.is_main:
+            print_notice(precision.notice)
+        config = replace(config, precision=precision.name)
         model = plugin.model.to(dist.device)
         seeds = [run_seed(config.seed, i) for i in range(config.draws)]
         draws = [model_sharpness(model, plugin.preprocess.normalize(subset.images.to(dist.device)),
-                                 subset.labels.to(dist.device), config, seed, dist)
+                                 subset.labels.to(dist.device), config, seed, dist, precision)
                  for subset, seed in zip(subsets, seeds)]
     finally:
         dist.close()

@@ -59,9 +59,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device, models=args.models, progress=not args.no_progress,
         skip=tuple(s.name for s in switchable_stages() if getattr(args, f"no_{s.name}")),
         runs_per_gpu=args.runs_per_gpu, landscape_precision=args.landscape_precision,
-        **{k: v for k, v in gpu_settings(args).items() if k != "amp"})
-    if args.amp:  # --amp is the older name of --precision bf16
-        config.precision = "bf16"
+        **gpu_settings(args))
     result = run_study(config)
     print(f"report: {result.report_md}\n        {result.report_html}")
     return 0

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from depthscape.analysis.tables import Table, format_duration
 from depthscape.core.atomic import atomic_write_text
+from depthscape.core.runtime import caveat_of
 
 # the report's parts, importable from here as before
 from depthscape.study.blocks import (  # noqa: F401
@@ -92,13 +93,14 @@ def _arithmetic(result, budget) -> str:
     if not parts:
         return ""
     text = f" Arithmetic: {', '.join(parts)}."
-    # who chose the bf16 of each part the sentence names (runner._arithmetic's chosen_by)
+    # what each inexact precision the sentence names means (its record's caveat), and who
+    # chose it for each part (runner._arithmetic's chosen_by)
     chosen_by = result.arithmetic.get("chosen_by") or {}
-    sources = {chosen_by.get(key, "unknown") for key, used in
-               (("precision", any(kind.startswith("bf16") for kind in kinds)),
-                ("landscape_precision", shown == "bf16")) if used}
+    caveats = {"precision": {caveat_of(kind) for kind in kinds} - {None},
+               "landscape_precision": {caveat_of(shown)} - {None}}
+    sources = {chosen_by.get(key, "unknown") for key, found in caveats.items() if found}
     if sources:
-        text += " bf16 is autocast with float32 weights: close to float32, not equal to it"
+        text += " " + "; ".join(sorted(set().union(*caveats.values())))
         if "budget" in sources:
             text += (f"; the `{budget.name}` budget uses it on a CPU with native bf16 to finish "
                      "in time, `--precision fp32 --landscape-precision fp32` with a new `--out` "

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 
 from depthscape.core.data import Dataset, Preprocess
 from depthscape.core.recipes import Recipe
+from depthscape.core.runtime import recorded_precision
 
 
 @dataclass
@@ -38,7 +39,6 @@ class TrainConfig:
     progress: bool = True
     # GPU fast-path switches: act only on CUDA, ignored (with a notice) elsewhere; None is
     # the device's default (on CUDA: bf16, channels-last, the captured step; docs/scaling.md).
-    amp: bool = False  # bf16 autocast: the older name of precision="bf16"
     compile: bool = False  # torch.compile the training model
     channels_last: bool | None = None  # NHWC weights and inputs
     precision: str | None = None  # fp32 | tf32 | bf16
@@ -58,7 +58,7 @@ def run_settings(config: TrainConfig, recipe: Recipe, dataset: Dataset, preproce
     :func:`first_difference` compares on resume."""
     settings = asdict(config)
     for transient in ("resume", "overwrite", "stop_after", "progress", "device", "recipe",
-                      "amp", "compile", "channels_last", "precision",
+                      "compile", "channels_last", "precision",
                       "cuda_graph"):  # switches in effect: "runtime"
         settings.pop(transient)
     return {
@@ -96,12 +96,6 @@ def first_difference(saved: dict, current: dict) -> str | None:
             return key
     # The precision changes the arithmetic; the other runtime settings (layout, graph,
     # compile, process count) only change speed and rounding, so a run may resume with others.
-    if runtime_precision(saved.get("runtime")) != runtime_precision(current.get("runtime")):
+    if recorded_precision(saved.get("runtime")) != recorded_precision(current.get("runtime")):
         return "precision"
     return None
-
-
-def runtime_precision(runtime: dict | None) -> str:
-    """The precision a run's saved "runtime" records (older runs record only ``amp``)."""
-    runtime = runtime or {}
-    return runtime.get("precision") or ("bf16" if runtime.get("amp") else "fp32")

@@ -147,7 +147,7 @@ def _train(config: TrainConfig, recipe: Recipe, dataset: Dataset | None, dist: D
            held: contextlib.ExitStack) -> TrainResult:
     """Set up, resume or start, then ``batch -> step -> events`` until the run is done."""
     model_name = canonical_name(config.model)
-    fast, notice = fast_path_for(dist.device, amp=config.amp, channels_last=config.channels_last,
+    fast, notice = fast_path_for(dist.device, channels_last=config.channels_last,
                                  compile=config.compile, precision=config.precision,
                                  cuda_graph=config.cuda_graph)
     if notice:

@@ -34,6 +34,7 @@ from depthscape.analysis.landscape.directions import random_directions
 from depthscape.analysis.landscape.points import PointEvaluator
 from depthscape.analysis.stats import CONFIDENCE, format_ci, mean_ci
 from depthscape.core.data import Preprocess, Split
+from depthscape.core.runtime import resolve_precision
 
 
 @dataclass
@@ -122,8 +123,9 @@ def slice_flatness(model: nn.Module, split: Split, preprocess: Preprocess, direc
     if not 0 < radius <= span:
         raise ValueError(f"the radius must be in (0, span], got {radius} (span {span})")
     drawn = random_directions(model, directions, seed, norm)
+    device = torch.device(device) if device is not None else torch.device("cpu")
     evaluator = PointEvaluator(model, drawn, split, preprocess, batch_size, device,
-                               precision=precision)
+                               precision=resolve_precision(precision, device))
     coordinates = slice_coordinates(span, points, radius)
     losses = []
     with torch.no_grad():

@@ -35,7 +35,7 @@ from depthscape.analysis.landscape.folding import (  # noqa: F401  (FoldPair etc
 from depthscape.analysis.landscape.sweep import WorkerPool
 from depthscape.core.data import Preprocess, Split
 from depthscape.core.errors import UserError
-from depthscape.core.runtime import autocast, tf32_scope
+from depthscape.core.runtime import Precision, precision_named, tf32_scope
 
 #: Largest batch on the CPU. Batches this small keep a ResNet's activations near the
 #: cache; measured faster per image than batches of 1,000 there (GPUs take the batch as given).
@@ -102,18 +102,18 @@ class PointEvaluator:
     def __init__(self, model: nn.Module, directions: list[dict[str, torch.Tensor]], split: Split,
                  preprocess: Preprocess | None, batch_size: int = 1000,
                  device: torch.device | None = None, fold: bool = True, compile: bool = False,
-                 channels_last: bool | None = None, precision: str = "fp32",
+                 channels_last: bool | None = None, precision: Precision | None = None,
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None):
         device = torch.device(device) if device is not None else torch.device("cpu")
         self.device = device
-        # one of core.runtime.PRECISIONS (fp32: exact, TF32 off), as the caller
-        # resolved it for this device (core.runtime.resolve_precision)
-        self.precision = precision
+        # as the caller resolved it for this device (core.runtime.resolve_precision);
+        # None: fp32 (exact, TF32 off)
+        self.precision = precision if precision is not None else precision_named(None, device.type)
         self.batch_size = effective_batch_size(batch_size, device)
         self.compiled = compile
         model = copy.deepcopy(model).to(device).eval()
         if channels_last is None:
-            channels_last = device.type == "cpu" or self.precision == "bf16"
+            channels_last = self.precision.channels_last_default()
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.labels = split.labels.to(device)
         self.count = len(split)
@@ -199,6 +199,10 @@ class PointEvaluator:
     @torch.inference_mode()
     def evaluate_async(self, coefficients) -> torch.Tensor:
         """``[mean loss, accuracy %]`` at the point, as a float64 tensor left on the device."""
+        with self.precision.scope():
+            return self._evaluate_async(coefficients)
+
+    def _evaluate_async(self, coefficients) -> torch.Tensor:
         self.folded.load(self.state_at(coefficients), self.rewrite)
         # Per-sample losses in float64, summed once over the whole split: the reduction
         # then does not depend on how the split was cut into batches.
@@ -206,24 +210,19 @@ class PointEvaluator:
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         for start in range(0, self.count, self.batch_size):
             stop = min(start + self.batch_size, self.count)
-            with self._autocast():
+            with self.precision.forward():  # entered per call: autocast is per thread
                 logits = self.network(self._batch(start, stop))
             y = self.labels[start:stop]
             if self.loss_fn is None:
                 losses[start:stop] = F.cross_entropy(logits.double(), y, reduction="none")
             else:  # the batch's mean for each of its samples: sums to the split's total
-                if logits.dtype in (torch.bfloat16, torch.float16):
-                    logits = logits.float()
+                logits = self.precision.float_output(logits)
                 losses[start:stop] = self.loss_fn(logits, y).double()
             if self.accuracy:
                 correct += (logits.argmax(1) == y).sum()
         accuracy = correct.double() * 100.0 / self.count if self.accuracy else \
             torch.full((), float("nan"), dtype=torch.float64, device=self.device)
         return torch.stack([losses.sum() / self.count, accuracy])
-
-    def _autocast(self):
-        """The precision's autocast (core.runtime; entered per call: it is per thread)."""
-        return autocast(self.device.type, self.precision)
 
     def evaluate(self, coefficients) -> tuple[float, float]:
         """Mean loss and accuracy (percent; NaN without one) at the point (one host sync)."""
@@ -235,13 +234,13 @@ class PointPool(WorkerPool):
     """A :class:`~depthscape.analysis.landscape.sweep.WorkerPool` of ``workers`` replicas
     of ``evaluator``: up to ``workers`` points at once, one thread each (torch then runs
     one intra-op thread per worker, so every value is computed by the same one-thread code
-    however many workers or ranks share the grid), TF32 only under ``precision="tf32"``."""
+    however many workers or ranks share the grid); each point in ``evaluator``'s precision
+    (its TF32 switches set as it says, :meth:`PointEvaluator.evaluate_async`)."""
 
     def __init__(self, evaluator: PointEvaluator, workers: int = 1):
         workers = max(1, int(workers))
         super().__init__([evaluator] + [evaluator.replica() for _ in range(workers - 1)],
-                         one_thread=workers > 1, tf32=evaluator.precision == "tf32",
-                         name="landscape")
+                         one_thread=workers > 1, name="landscape")
 
     def evaluate(self, points: list) -> list[tuple[float, float]]:
         """``(loss, accuracy)`` at each of up to ``workers`` points."""

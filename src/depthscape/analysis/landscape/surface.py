@@ -58,7 +58,7 @@ from depthscape.core.errors import UserError
 from depthscape.core.errors import notice as print_notice
 from depthscape.core.limits import require_fits
 from depthscape.core.locking import claim_output
-from depthscape.core.runtime import PRECISIONS, resolve_precision
+from depthscape.core.runtime import PRECISIONS, precision_named, resolve_precision
 from depthscape.core.trained import load_trained_run
 
 
@@ -169,10 +169,16 @@ def compute_landscape(checkpoint: str | os.PathLike, config: LandscapeConfig | N
 def _resolved(config: LandscapeConfig, dist: DistContext, notify: bool) -> LandscapeConfig:
     """``config`` with its precision resolved for ``dist.device`` (a notice printed by rank
     0 where ``notify`` and the choice cannot act there)."""
-    precision, notice = resolve_precision(config.precision, dist.device)
-    if notice and dist.is_main and notify:
-        print_notice(notice)
-    return replace(config, precision=precision)
+    precision = resolve_precision(config.precision, dist.device)
+    if precision.notice and dist.is_main and notify:
+        print_notice(precision.notice)
+    return replace(config, precision=precision.name)
+
+
+def _precision_identity(config: LandscapeConfig) -> dict:
+    """The identity's precision key: none for fp32 (the surfaces from before precisions were
+    recorded keep their identity), else the (resolved) precision's name."""
+    return {} if precision_named(config.precision).is_default else {"precision": config.precision}
 
 
 def _run_info(config: LandscapeConfig, dist: DistContext) -> dict:
@@ -215,8 +221,7 @@ def _compute(checkpoint: Path, config: LandscapeConfig, output, dataset: Dataset
         if len(given_directions) != config.dims or target_model is not None:
             raise ValueError(f"{len(given_directions)} directions given for dims={config.dims}")
         identity.update({"norm": None, "seed": None, **(given_identity or {"direction": "given"})})
-    if config.precision != "fp32":  # fp32 surfaces (all earlier ones) keep their identity
-        identity["precision"] = config.precision
+    identity.update(_precision_identity(config))
     path = Path(output) if output is not None else default_surface_path(checkpoint, config, identity)
 
     def make_directions():
@@ -261,7 +266,8 @@ def fill_surface(path: Path | None, model: torch.nn.Module, split: Split, prepro
     if surface.done.all():
         return surface
     evaluator = PointEvaluator(model, surface.directions, split, preprocess, config.batch_size,
-                               dist.device, compile=config.compile, precision=config.precision,
+                               dist.device, compile=config.compile,
+                               precision=precision_named(config.precision, dist.device.type),
                                loss_fn=loss_fn)
     surface.info["batchnorms_folded"] = len(evaluator.folded_pairs)
     workers = default_workers(config.workers, dist.device)
@@ -345,8 +351,7 @@ def compute_model_surface(model: torch.nn.Module, split: Split, config: Landscap
             "loss": loss_name,
             "batch_size": effective_batch_size(config.batch_size, dist.device),
         }
-        if config.precision != "fp32":
-            identity["precision"] = config.precision
+        identity.update(_precision_identity(config))
         path = Path(output) if output is not None else None
         if path is None and default_root is not None:
             stem = "".join(c if c.isalnum() or c in "-_." else "-" for c in name)

@@ -32,7 +32,6 @@ import numpy as np
 import torch
 
 from depthscape.core.distributed import DistContext
-from depthscape.core.runtime import tf32_scope
 
 
 class WorkerPool:
@@ -41,22 +40,19 @@ class WorkerPool:
     ``replicas`` are independent copies of what a point is computed with (an evaluator, a
     model): call ``i`` of a :meth:`map` gets replica ``i``. With ``one_thread`` (the CPU's
     way) the calls run in parallel, one thread each, while torch is held to one intra-op
-    thread; without it they run one after another on torch's threads as they are. Inside
-    the block TF32 is off (full float32 on NVIDIA GPUs) unless ``tf32``.
+    thread; without it they run one after another on torch's threads as they are. The
+    arithmetic is each replica's own (its precision sets the TF32 switches around each of
+    its calls: :meth:`~depthscape.core.runtime.Precision.scope`).
     """
 
-    def __init__(self, replicas: Sequence, *, one_thread: bool, tf32: bool = False,
-                 name: str = "grid"):
+    def __init__(self, replicas: Sequence, *, one_thread: bool, name: str = "grid"):
         self.replicas = list(replicas)
         self.workers = len(self.replicas)
-        self.one_thread, self.tf32, self.name = one_thread, tf32, name
+        self.one_thread, self.name = one_thread, name
         self._executor = None
         self._threads = None
-        self._precision = None
 
     def __enter__(self) -> WorkerPool:
-        self._precision = tf32_scope(self.tf32)
-        self._precision.__enter__()
         if self.one_thread:
             self._threads = torch.get_num_threads()
             torch.set_num_threads(1)
@@ -73,7 +69,6 @@ class WorkerPool:
         if self._threads is not None:
             torch.set_num_threads(self._threads)
             self._threads = None
-        self._precision.__exit__(None, None, None)
 
     def map(self, fn: Callable[[Any, Any], Any], items: Sequence) -> list:
         """``[fn(replica_i, item_i)]`` for up to :attr:`workers` items."""

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 
 from depthscape.core.errors import UserError
 from depthscape.core.models import canonical_name
+from depthscape.core.runtime import recorded_precision
 from depthscape.study.stages.base import Stage
 
 
@@ -114,15 +115,13 @@ def training_configs(config, budget, models: Sequence[str]) -> list:
 def recorded_arithmetic(runs) -> dict[str, str]:
     """Each run's arithmetic as its config records it (``"bf16, channels-last"``), by run
     name: what the runs were trained with, which a folder's earlier calls may have chosen."""
-    from depthscape.training.config import runtime_precision
-
     found = {}
     for run in runs:
         try:
             runtime = json.loads(run.paths.config.read_text()).get("runtime") or {}
         except (OSError, ValueError, AttributeError):
             continue
-        found[run.paths.run_name] = runtime_precision(runtime) + (
+        found[run.paths.run_name] = recorded_precision(runtime) + (
             ", channels-last" if runtime.get("channels_last") else "")
     return found
 
