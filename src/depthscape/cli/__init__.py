@@ -1,8 +1,11 @@
 """The ``depthscape`` command line: argparse subcommands, each calling one library function.
 
 Subcommands live in ``depthscape.cli``: every module there defines ``NAME``, ``HELP``,
-``add_arguments(parser)`` and ``run(args) -> int``. User errors (:class:`UserError`) print
-one line and exit non-zero; so does an operating-system error no command turned into one
+``ORDER`` (literals), ``add_arguments(parser)`` and ``run(args) -> int``. Only the module of
+the command that runs is imported (with the library, and torch, it needs); the list of
+commands and their one-line help are read from the modules' source, so ``depthscape
+--help`` and ``--version`` load no torch. User errors (:class:`UserError`) print one line
+and exit non-zero; so does an operating-system error no command turned into one
 (``OSError``: a full disk, a folder made read-only; exit 1), naming the file and the reason.
 Other exceptions are bugs and keep their traceback.
 """
@@ -10,20 +13,47 @@ Other exceptions are bugs and keep their traceback.
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
-import pkgutil
 import sys
 import warnings
+from pathlib import Path
+from typing import NamedTuple
 
 from depthscape import __version__
+from depthscape.core.atomic import os_error_text
 from depthscape.core.errors import UserError
 
 
-def _command_modules():
-    import depthscape.cli as package
+class Command(NamedTuple):
+    """A subcommand as its module declares it, read without importing the module."""
 
-    names = sorted(m.name for m in pkgutil.iter_modules(package.__path__) if not m.name.startswith("_"))
-    return [importlib.import_module(f"depthscape.cli.{name}") for name in names]
+    name: str
+    help: str
+    order: int
+    module: str  # depthscape.cli.<file>
+
+
+def commands() -> list[Command]:
+    """Every subcommand, in ``ORDER``: each module's ``NAME``, ``HELP`` and ``ORDER`` read
+    from its source (literals), so listing them imports none."""
+    found = []
+    for path in sorted(Path(__file__).parent.glob("[!_]*.py")):
+        declared = {}
+        for node in ast.parse(path.read_text(encoding="utf-8"), str(path)).body:
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and \
+                    isinstance(node.targets[0], ast.Name) and \
+                    node.targets[0].id in ("NAME", "HELP", "ORDER"):
+                declared[node.targets[0].id] = ast.literal_eval(node.value)
+        if "NAME" in declared:
+            found.append(Command(declared["NAME"], declared.get("HELP", ""),
+                                 declared.get("ORDER", 50), f"{__name__}.{path.stem}"))
+    return sorted(found, key=lambda c: c.order)
+
+
+def _command_modules():
+    """Every subcommand's module, imported (the whole parser; tests and docs)."""
+    return [importlib.import_module(c.module) for c in commands()]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,29 +71,35 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser with every subcommand."""
-    from depthscape.core.models import families
-
-    labels = [f.plural_label for f in families()]
+def build_parser(command: str | None = None, every: bool = True) -> argparse.ArgumentParser:
+    """The argument parser: every subcommand named, with its arguments for ``command``
+    alone (its module imported), or for all of them where ``every`` and no ``command``."""
     parser = _Parser(
         prog="depthscape",
-        description=f"Train {', '.join(labels[:-1])} and {labels[-1]} (or a model of your own, "
-                    "--model-from) on CIFAR-10 and measure their loss landscapes.",
+        description="Train a baseline CNN, ResNets and PlainNets at any depth 6n+2 and other "
+                    "model families (or a model of your own, --model-from) on CIFAR-10 and "
+                    "measure their loss landscapes and Hessians.",
     )
     parser.add_argument("--version", action="version", version=f"depthscape {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    modules = sorted(_command_modules(), key=lambda m: getattr(m, "ORDER", 50))
-    for module in modules:
-        command = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
-        module.add_arguments(command)
-        command.set_defaults(_run=module.run)
+    for entry in commands():
+        subparser = sub.add_parser(entry.name, help=entry.help, description=entry.help)
+        if entry.name == command or (command is None and every):
+            module = importlib.import_module(entry.module)
+            module.add_arguments(subparser)
+            subparser.set_defaults(_run=module.run)
     return parser
+
+
+def _command_of(argv: list[str]) -> str | None:
+    """The subcommand ``argv`` names: its first word that is not an option."""
+    return next((word for word in argv if not word.startswith("-")), None)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``depthscape`` console script."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else [str(word) for word in argv]
+    parser = build_parser(_command_of(argv), every=False)
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
@@ -79,8 +115,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"depthscape: error: {error}", file=sys.stderr)
             return error.exit_code
         except OSError as error:  # the backstop: the commands name their own files first
-            from depthscape.core.atomic import os_error_text
-
             if _speaks():
                 print(f"depthscape: error: {os_error_text(error)}", file=sys.stderr)
             return 1
@@ -106,6 +140,7 @@ def _show(caught: list) -> None:
 
 def _speaks() -> bool:
     """Whether this process prints errors: all but torchrun's ranks other than 0."""
+    # deferred on purpose: core.distributed loads torch, and `depthscape --help` loads none
     from depthscape.core.distributed import env_rank
 
     return env_rank() == 0

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import math
 
+from depthscape.core.errors import UserError
+from depthscape.core.models import canonical_name, depth_forms, model_names_text
+from depthscape.core.plugins import load_plugin
 from depthscape.core.runtime import PRECISIONS, amp_alias, precision_help
 
 #: Upper bounds of counts and seeds: what every library below can represent (a torch
@@ -65,9 +68,6 @@ DEPTH_MAX = 10**6
 
 def model_name(model: str, depth: str | None) -> str:
     """The canonical model name from MODEL [DEPTH] as typed, naming what was typed on error."""
-    from depthscape.core.errors import UserError
-    from depthscape.core.models import canonical_name
-
     if depth is not None:
         text = depth.strip()
         try:
@@ -97,15 +97,11 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 def model_names() -> str:
     """The model names users type, read off the family records (for help texts)."""
-    from depthscape.core.models import model_names_text
-
     return model_names_text()
 
 
 def depth_help() -> str:
     """DEPTH's help: each depth rule and the families it applies to, from the records."""
-    from depthscape.core.models import depth_forms
-
     return "; ".join(f"depth {form} for {'/'.join(names)}" for form, names in depth_forms().items())
 
 
@@ -139,8 +135,6 @@ def plugin_from_args(args: argparse.Namespace, not_with: dict | None = None,
     ``not_with`` maps option names (``"--target"``) to their values: options of
     depthscape's own runs that a plug-in model refuses; ``instead_of`` is ``(what, value)``
     of the command's own way to name a model (its run). One line each, before any work."""
-    from depthscape.core.errors import UserError
-
     if not args.model_from:
         for flag, value in (("--model-kwargs", args.model_kwargs), ("--weights", args.weights)):
             if value:
@@ -151,7 +145,6 @@ def plugin_from_args(args: argparse.Namespace, not_with: dict | None = None,
     for flag, value in (not_with or {}).items():
         if value:
             raise UserError(f"{flag} works on depthscape runs, not with --model-from")
-    from depthscape.core.plugins import load_plugin
 
     return load_plugin(args.model_from, args.model_kwargs, args.weights)
 

@@ -3,8 +3,20 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from depthscape.analysis.curves import (
+    load_curve,
+    plot_comparison,
+    plot_run,
+    resolve_runs,
+    standard_figures,
+)
 from depthscape.cli._common import float_in, seed_int
+from depthscape.core.atomic import ensure_writable_dir
+from depthscape.core.errors import UserError
+from depthscape.core.locking import claim_folder
+from depthscape.core.runs import find_runs
 
 NAME = "curves"
 HELP = "plot training vs validation accuracy, loss and error from the training logs"
@@ -31,20 +43,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from depthscape.analysis.curves import (
-        load_curve,
-        plot_comparison,
-        plot_run,
-        resolve_runs,
-        standard_figures,
-    )
-    from depthscape.core.atomic import ensure_writable_dir
-    from depthscape.core.errors import UserError
-    from depthscape.core.locking import claim_folder
-    from depthscape.core.runs import find_runs
-
     out = ensure_writable_dir(Path(args.out) if args.out else Path(args.run_dir) / "plots",
                               create=False)
     if not args.runs or [r.lower() for r in args.runs] == ["all"]:

@@ -10,6 +10,11 @@ from depthscape.cli._common import (
     plugin_from_args,
     positive_int,
 )
+from depthscape.core.device import get_device
+from depthscape.core.errors import UserError
+from depthscape.core.plugins import check_model_reads
+from depthscape.core.trained import load_trained_run
+from depthscape.training.evaluation import evaluate
 
 NAME = "eval"
 HELP = "evaluate a checkpoint: loss and accuracy on the test (or train) split"
@@ -35,17 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from depthscape.core.device import get_device
-    from depthscape.core.errors import UserError
-    from depthscape.core.trained import load_trained_run
-    from depthscape.training.evaluation import evaluate
-
     plugin = plugin_from_args(args, {"--model": args.model},
                               instead_of=("a checkpoint (give it as --weights)", args.checkpoint))
     device = get_device(args.device)
     if plugin is not None:
-        from depthscape.core.plugins import check_model_reads
-
         dataset = plugin.dataset(args.dataset, args.data_dir, args.cache_dir)
         split = getattr(dataset, args.split).subset(args.subset)
         model, preprocess = plugin.model, plugin.preprocess

@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from depthscape.analysis.landscape.flatness import (
+    FlatnessConfig,
+    flatness_table,
+    measure_run_flatness,
+)
+from depthscape.analysis.tables import write_table
 from depthscape.cli._common import add_run_data_arguments, float_in, int_in, positive_int, seed_int
+from depthscape.core.atomic import ensure_writable_dir
+from depthscape.core.errors import UserError
+from depthscape.core.locking import claim_folder
 
 NAME = "flatness"
 HELP = ("loss rise at a radius and radius where the loss doubles along K filter-normalised "
@@ -38,18 +48,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from depthscape.analysis.landscape.flatness import (
-        FlatnessConfig,
-        flatness_table,
-        measure_run_flatness,
-    )
-    from depthscape.analysis.tables import write_table
-    from depthscape.core.atomic import ensure_writable_dir
-    from depthscape.core.errors import UserError
-    from depthscape.core.locking import claim_folder
-
     if args.radius > args.span:
         raise UserError(f"--radius {args.radius:g} lies outside --span {args.span:g}")
     config = FlatnessConfig(directions=args.directions, radius=args.radius, span=args.span,

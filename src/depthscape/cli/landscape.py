@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
+from depthscape.analysis.landscape import LandscapeConfig, compute_landscape
+from depthscape.analysis.landscape.curvature import (
+    CurvatureConfig,
+    compute_curvature,
+    plot_curvature,
+)
+from depthscape.analysis.landscape.surface import SUBSET_SEED, compute_model_surface
 from depthscape.cli._common import (
     add_plugin_arguments,
     finite_float,
@@ -15,7 +23,16 @@ from depthscape.cli._common import (
     positive_int,
     seed_int,
 )
-from depthscape.cli.plot import add_plot_arguments, default_plots_dir, plot_from_args
+from depthscape.cli.plot import (
+    add_plot_arguments,
+    check_plot_names,
+    check_plot_options,
+    default_plots_dir,
+    plot_from_args,
+)
+from depthscape.core.atomic import check_name_lengths, ensure_writable_dir
+from depthscape.core.errors import UserError
+from depthscape.core.runs import run_paths
 from depthscape.core.runtime import PRECISIONS
 
 NAME = "landscape"
@@ -51,9 +68,6 @@ def add_surface_data_arguments(parser: argparse.ArgumentParser) -> None:
 def checkpoint_with_outputs_checked(args: argparse.Namespace) -> Path:
     """The run's checkpoint, after checking every output location (--output's folder, the
     plots folder), so a bad path never costs a computation."""
-    from depthscape.cli.plot import check_plot_names
-    from depthscape.core.atomic import check_name_lengths, ensure_writable_dir
-
     checkpoint = resolve_checkpoint(args.run, args.depth, args.out, args.run_seed, args.dataset)
     root = checkpoint.parent.parent if checkpoint.parent.name == "models" else checkpoint.parent
     ensure_writable_dir(Path(args.output).parent if args.output else root / "landscapes",
@@ -134,9 +148,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def resolve_checkpoint(run: str, depth: str | None, out: str, run_seed: int, dataset: str | None) -> Path:
     """A checkpoint file as given, or the final checkpoint of the named run under ``out``."""
-    from depthscape.core.errors import UserError
-    from depthscape.core.runs import run_paths
-
     given = Path(run).expanduser()
     if depth is None and given.is_file():
         return given
@@ -158,8 +169,6 @@ def resolve_checkpoint(run: str, depth: str | None, out: str, run_seed: int, dat
 def grid_dims(args: argparse.Namespace) -> int:
     """The surface's dimensions from --dims/--target/--yrange; options that would be
     silently ignored are refused (one line) instead."""
-    from depthscape.core.errors import UserError
-
     if args.target and args.dims == 2:
         raise UserError("--target draws a 1-D line to that checkpoint: drop --dims 2")
     dims = 1 if args.target else (args.dims or 2)
@@ -172,8 +181,6 @@ def grid_dims(args: argparse.Namespace) -> int:
 def run_model_from(args: argparse.Namespace, plugin) -> Path:
     """``--model-from``: the surface of a model built outside the package, on the data given
     (the Python API's path, :func:`compute_model_surface`); returns the surface file."""
-    from depthscape.analysis.landscape.surface import LandscapeConfig, compute_model_surface
-
     dataset, split, root = plugin_outputs_checked(args, plugin)
     config = LandscapeConfig(
         resolution=args.resolution, xrange=tuple(args.xrange),
@@ -194,9 +201,6 @@ def plugin_outputs_checked(args: argparse.Namespace, plugin):
     """``--model-from``'s data (the Dataset, and its ``--split`` cut to ``--subset`` as a
     run's surface cuts it) and output root, after checking where the surface and its
     pictures go (landscape, trajectory)."""
-    from depthscape.analysis.landscape.surface import SUBSET_SEED
-    from depthscape.core.atomic import ensure_writable_dir
-
     root = Path(args.out)
     ensure_writable_dir(Path(args.output).parent if args.output else root / "landscapes",
                         create=False)
@@ -209,10 +213,6 @@ def plugin_outputs_checked(args: argparse.Namespace, plugin):
 
 
 def run(args: argparse.Namespace) -> int:
-    from depthscape.analysis.landscape import LandscapeConfig, compute_landscape
-    from depthscape.cli.plot import check_plot_options
-    from depthscape.core.errors import UserError
-
     dims = grid_dims(args)
     if not args.no_plots:
         check_plot_options(args, dims)
@@ -235,8 +235,6 @@ def run(args: argparse.Namespace) -> int:
     )
     curvature = None
     if args.curvature:  # checked before any work
-        from depthscape.analysis.landscape.curvature import CurvatureConfig
-        from depthscape.core.errors import UserError
 
         if config.dims != 2:
             raise UserError("--curvature needs a 2-D surface (not --dims 1 or --target)")
@@ -247,8 +245,6 @@ def run(args: argparse.Namespace) -> int:
     surface = compute_landscape(checkpoint, config, output=args.output,
                                 progress=not args.no_progress, overwrite=args.overwrite)
     if curvature is not None:
-        from depthscape.analysis.landscape.curvature import compute_curvature
-
         compute_curvature(surface, checkpoint, curvature, progress=not args.no_progress,
                           overwrite=args.overwrite, data_source=args.dataset,
                           data_dir=args.data_dir, cache_dir=args.cache_dir, model_name=args.model)
@@ -257,8 +253,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _report(surface: Path, curvature, args: argparse.Namespace) -> int:
     """Print the surface file and draw its pictures (rank 0 only)."""
-    import os
-
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     print(f"surface: {surface}")
@@ -268,8 +262,6 @@ def _report(surface: Path, curvature, args: argparse.Namespace) -> int:
         for path in plot_from_args(surface, args):
             print(f"plot: {path}")
         if curvature is not None:
-            from depthscape.analysis.landscape.curvature import plot_curvature
-
             for path in plot_curvature(surface, args.plots_dir, formats=tuple(args.formats)):
                 print(f"plot: {path}")
     return 0

@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from depthscape.analysis.landscape import plot_landscape
+from depthscape.analysis.landscape.plots import KINDS_1D, KINDS_2D
 from depthscape.cli._common import finite_float, float_in, int_in
+from depthscape.core.atomic import check_name_lengths, ensure_writable_dir
+from depthscape.core.errors import UserError
+from depthscape.core.locking import claim_folder
 
 NAME = "plot"
 HELP = "draw a loss surface file: contours, heatmap, 3-D surface, 1-D curve, .vtp, HTML"
@@ -53,8 +58,6 @@ def default_plots_dir(surface: Path) -> Path:
 def check_plot_names(surface: Path, plots_dir: Path, args: argparse.Namespace) -> None:
     """Refuse (one line) picture names of ``surface`` too long for the plots folder's
     filesystem, before any work (the names as :func:`plot_landscape` makes them)."""
-    from depthscape.core.atomic import check_name_lengths
-
     stem = f"{Path(surface).stem}_{args.quantity}{'_log' if args.log else ''}"
     for kind in args.kinds or ALL_KINDS:
         extensions = [kind] if kind in ("vtp", "html") else list(args.formats)
@@ -65,9 +68,6 @@ def check_plot_names(surface: Path, plots_dir: Path, args: argparse.Namespace) -
 def check_plot_options(args: argparse.Namespace, dims: int | None = None) -> None:
     """Refuse (one line) picture options that cannot work, before any work: --zmin not
     below --zmax, and (where the surface's ``dims`` is known) a kind that does not fit it."""
-    from depthscape.analysis.landscape.plots import KINDS_1D, KINDS_2D
-    from depthscape.core.errors import UserError
-
     if args.zmin is not None and args.zmax is not None and args.zmin >= args.zmax:
         raise UserError(f"--zmin {args.zmin:g} must be below --zmax {args.zmax:g}")
     if dims is not None:
@@ -80,9 +80,6 @@ def check_plot_options(args: argparse.Namespace, dims: int | None = None) -> Non
 
 def plot_from_args(surface: Path, args: argparse.Namespace) -> list[Path]:
     """Draw ``surface`` with the picture options in ``args``."""
-    from depthscape.analysis.landscape import plot_landscape
-    from depthscape.core.locking import claim_folder
-
     plots_dir = Path(args.plots_dir) if args.plots_dir else default_plots_dir(surface)
     with claim_folder(plots_dir, f"plots folder {plots_dir}"):
         return plot_landscape(surface, plots_dir, kinds=args.kinds, log_scale=args.log,
@@ -91,8 +88,6 @@ def plot_from_args(surface: Path, args: argparse.Namespace) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from depthscape.core.atomic import ensure_writable_dir
-
     plots_dir = Path(args.plots_dir) if args.plots_dir else default_plots_dir(Path(args.surface))
     ensure_writable_dir(plots_dir, create=False)
     check_plot_options(args)

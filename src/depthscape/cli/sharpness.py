@@ -3,7 +3,22 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
 
+from depthscape.analysis.sharpness import (
+    DensityConfig,
+    SharpnessConfig,
+    combine_draws,
+    draw_subsets,
+    measure_run_densities,
+    measure_runs,
+    model_sharpness,
+    sharpness_table,
+)
+from depthscape.analysis.spectrum import run_seed
+from depthscape.analysis.tables import write_table
 from depthscape.cli._common import (
     add_plugin_arguments,
     add_run_data_arguments,
@@ -13,6 +28,11 @@ from depthscape.cli._common import (
     positive_int,
     seed_int,
 )
+from depthscape.core.atomic import ensure_writable_dir
+from depthscape.core.distributed import setup
+from depthscape.core.errors import notice as print_notice
+from depthscape.core.locking import claim_folder
+from depthscape.core.plugins import check_model_reads, plugin_name, registered
 from depthscape.core.runtime import PRECISIONS, resolve_precision
 
 NAME = "sharpness"
@@ -78,20 +98,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from depthscape.analysis.sharpness import (
-        DensityConfig,
-        SharpnessConfig,
-        measure_run_densities,
-        measure_runs,
-        sharpness_table,
-    )
-    from depthscape.analysis.tables import write_table
-    from depthscape.core.atomic import ensure_writable_dir
-    from depthscape.core.distributed import setup
-    from depthscape.core.locking import claim_folder
-
     plugin = plugin_from_args(args, {"--density": args.density},
                               instead_of=("run models (MODEL ...)", args.models))
     config = SharpnessConfig(split=args.split, subset=args.subset, batch_size=args.batch_size,
@@ -132,21 +138,6 @@ def run(args: argparse.Namespace) -> int:
 def run_plugin(args: argparse.Namespace, plugin, config, out) -> int:
     """``--model-from``: the sharpness of one model from outside the package, measured as a
     run's (:func:`~depthscape.analysis.sharpness.model_sharpness` per draw, combined)."""
-    from dataclasses import replace
-    from types import SimpleNamespace
-
-    from depthscape.analysis.sharpness import (
-        combine_draws,
-        draw_subsets,
-        model_sharpness,
-        sharpness_table,
-    )
-    from depthscape.analysis.spectrum import run_seed
-    from depthscape.analysis.tables import write_table
-    from depthscape.core.distributed import setup
-    from depthscape.core.errors import notice as print_notice
-    from depthscape.core.plugins import check_model_reads, plugin_name, registered
-
     dataset = plugin.dataset(args.dataset, args.data_dir, args.cache_dir)
     # "train": the split the run of --weights trained on (else the whole training split)
     split = dataset.train.subset(plugin.train_subset) if config.split == "train" else dataset.test

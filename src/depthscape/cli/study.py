@@ -11,7 +11,10 @@ from depthscape.cli._common import (
     int_in,
     positive_int,
 )
+from depthscape.core.atomic import ensure_writable_dir
 from depthscape.core.runtime import PRECISIONS
+from depthscape.study import runner
+from depthscape.study.runner import BUDGETS, StudyConfig, describe_budgets, switchable_stages
 
 NAME = "study"
 HELP = ("run the whole comparison: train the seven models, plot, measure landscapes, "
@@ -21,8 +24,6 @@ ORDER = 5
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from depthscape.study.runner import BUDGETS, describe_budgets, switchable_stages
-
     parser.description = HELP + "\n\nbudgets:\n" + describe_budgets()
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--budget", choices=list(BUDGETS), default="quick",
@@ -48,9 +49,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from depthscape.core.atomic import ensure_writable_dir
-    from depthscape.study.runner import StudyConfig, run_study, switchable_stages
-
     ensure_writable_dir(args.out or f"study-{args.budget}", create=False)
 
     config = StudyConfig(
@@ -60,6 +58,6 @@ def run(args: argparse.Namespace) -> int:
         skip=tuple(s.name for s in switchable_stages() if getattr(args, f"no_{s.name}")),
         runs_per_gpu=args.runs_per_gpu, landscape_precision=args.landscape_precision,
         **gpu_settings(args))
-    result = run_study(config)
+    result = runner.run_study(config)
     print(f"report: {result.report_md}\n        {result.report_html}")
     return 0

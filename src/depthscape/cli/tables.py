@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from depthscape.analysis.tables import make_tables, table1, table2
 from depthscape.cli._common import add_run_data_arguments, positive_int
+from depthscape.core.atomic import ensure_writable_dir
+from depthscape.core.locking import claim_folder
 
 NAME = "tables"
 HELP = "evaluate the finished runs and write Table 1 (train/test metrics) and Table 2 (by depth)"
@@ -29,12 +33,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from depthscape.analysis.tables import make_tables, table1, table2
-    from depthscape.core.atomic import ensure_writable_dir
-    from depthscape.core.locking import claim_folder
-
     out = ensure_writable_dir(args.out or Path(args.run_dir) / "tables", create=False)
     source = {"dataset": args.dataset, "data_dir": args.data_dir, "cache_dir": args.cache_dir}
     with claim_folder(out, f"tables folder {out}", subfolders=("metrics",)):

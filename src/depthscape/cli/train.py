@@ -17,6 +17,12 @@ from depthscape.cli._common import (
     positive_int,
     seed_int,
 )
+from depthscape.core.distributed import is_main_process
+from depthscape.core.errors import UserError
+from depthscape.core.plugins import plugin_name
+from depthscape.core.recipe_file import read_model_recipe, read_recipe_file
+from depthscape.training.loop import TrainConfig, train
+from depthscape.training.plugin import train_plugin
 
 NAME = "train"
 HELP = ("train one of depthscape's models with the spec's recipe, or any model "
@@ -66,8 +72,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace, model: str | None = None, recipe=None):
     """A TrainConfig from parsed arguments (the one place a Namespace becomes typed settings).
     ``model``: the run's name (default: MODEL [DEPTH]); ``recipe``: replaces the model's own."""
-    from depthscape.training.loop import TrainConfig
-
     return TrainConfig(
         model=model or model_name(args.model, args.depth), recipe=recipe,
         dataset=args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir,
@@ -82,25 +86,18 @@ def config_from_args(args: argparse.Namespace, model: str | None = None, recipe=
 
 
 def run(args: argparse.Namespace) -> int:
-    from depthscape.core.distributed import is_main_process
-    from depthscape.core.errors import UserError
-    from depthscape.core.recipe_file import read_model_recipe, read_recipe_file
-
     plugin = plugin_from_args(args, instead_of=("a model (MODEL [DEPTH])", args.model))
     if plugin is None:
         if args.model is None:
             raise UserError(f"give a model ({model_names()}) or --model-from SPEC --recipe FILE")
         name = model_name(args.model, args.depth)
         recipe = read_model_recipe(args.recipe, name) if args.recipe else None
-        from depthscape.training.loop import train
 
         result = train(config_from_args(args, name, recipe))  # checks memory before any work
     else:
         if not args.recipe:
             raise UserError("--model-from needs --recipe FILE.toml: a model from outside the "
                             "package has no recipe of its own (see docs/api.md)")
-        from depthscape.core.plugins import plugin_name
-        from depthscape.training.plugin import train_plugin
 
         recipe = read_recipe_file(args.recipe, plugin_name(args.model_from))
         name = plugin_name(args.model_from, recipe.name)

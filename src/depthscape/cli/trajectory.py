@@ -6,6 +6,12 @@ import argparse
 import os
 from pathlib import Path
 
+from depthscape.analysis.trajectory import (
+    TrajectoryConfig,
+    compute_model_trajectory,
+    compute_trajectory,
+)
+from depthscape.analysis.trajectory_plots import plot_trajectory
 from depthscape.cli._common import (
     add_plugin_arguments,
     float_in,
@@ -21,6 +27,8 @@ from depthscape.cli.landscape import (
     plugin_outputs_checked,
 )
 from depthscape.cli.plot import default_plots_dir
+from depthscape.core.errors import UserError
+from depthscape.core.runs import snapshot_path
 from depthscape.core.runtime import PRECISIONS
 
 NAME = "trajectory"
@@ -60,10 +68,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from depthscape.analysis.trajectory import TrajectoryConfig, compute_trajectory
-    from depthscape.analysis.trajectory_plots import plot_trajectory
-    from depthscape.core.errors import UserError
-
     plugin = plugin_from_args(args, {"--model": args.model},
                               instead_of=("a run (checkpoint, or model and depth)", args.run))
     config = TrajectoryConfig(
@@ -94,10 +98,6 @@ def run(args: argparse.Namespace) -> int:
 def run_model_from(args: argparse.Namespace, plugin, config) -> Path:
     """``--model-from``: the trajectory of a model from outside the package, from its
     snapshot file to its --weights (the Python API's path); returns the surface file."""
-    from depthscape.analysis.trajectory import compute_model_trajectory
-    from depthscape.core.errors import UserError
-    from depthscape.core.runs import snapshot_path
-
     if args.snapshots is None and plugin.weights is None:
         raise UserError("--model-from needs the path: --snapshots FILE (and --weights, the "
                         "path's end), or --weights of a run trained with --snapshot-every")
