@@ -30,7 +30,7 @@ from depthscape.core.models import (
     model_info,
     present_pairs,
 )
-from depthscape.core.runs import run_paths
+from depthscape.core.runs import find_runs, run_paths
 
 #: The three panels of every curve figure: (log column stem, axis label).
 METRICS = (("acc", "accuracy (%)"), ("loss", "cross-entropy loss"), ("err", "error (%)"))
@@ -143,8 +143,6 @@ def resolve_runs(tokens: Sequence[str], run_dir: str | os.PathLike = ".", seed: 
     a bare depth joins the name before it). Model names look in ``<run_dir>/logs/`` for
     that model's run with ``seed`` on ``dataset`` (default: CIFAR-10, else the one found).
     """
-    from depthscape.core.runs import find_runs
-
     runs = find_runs(run_dir)
     data_tag = _pick_dataset(runs, dataset) or "cifar10"
     paths: list[Path] = []
@@ -320,8 +318,6 @@ def standard_figures(run_dir: str | os.PathLike, out_dir: str | os.PathLike,
     one found). Missing runs are left out silently. ``reuse`` keeps figures that are
     newer than their logs (a rerun of a finished study draws nothing again).
     """
-    from depthscape.core.runs import find_runs
-
     runs = [r for r in find_runs(run_dir) if r.seed == seed]
     dataset = _pick_dataset(runs, dataset)
     wanted = {canonical_name(m) for m in models} if models else None

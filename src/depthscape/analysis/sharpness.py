@@ -19,6 +19,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
+from depthscape.analysis.curves import display_name
 from depthscape.analysis.hessian import (  # noqa: F401  (re-exported: sharpness's tools)
     STOP_RULE,
     EigenExtremes,
@@ -45,10 +48,16 @@ from depthscape.analysis.sharpness_table import (  # noqa: F401  (re-exported)
     unconverged_details,
     unconverged_note,
 )
+from depthscape.analysis.spectrum import SpectralDensity, plot_densities, run_seed, spectral_density
+from depthscape.analysis.tables import model_sort_key
 from depthscape.core.atomic import atomic_write_text
+from depthscape.core.distributed import is_main_process, setup
 from depthscape.core.errors import UserError
 from depthscape.core.errors import notice as print_notice
+from depthscape.core.models import canonical_name
+from depthscape.core.runs import find_runs
 from depthscape.core.runtime import resolve_precision
+from depthscape.core.trained import load_trained_run
 
 
 def _resolved(checkpoint: Path, config: SharpnessConfig):
@@ -56,8 +65,6 @@ def _resolved(checkpoint: Path, config: SharpnessConfig):
     :class:`~depthscape.core.runtime.Precision`, the device and the process's
     :class:`~depthscape.core.distributed.DistContext` (under torchrun: ``cuda:LOCAL_RANK``
     or the CPU, and the process group joined)."""
-    from depthscape.core.distributed import setup
-
     if config.split not in ("train", "test"):
         raise UserError(f"split must be train or test, got {config.split!r}")
     if not checkpoint.exists():
@@ -87,7 +94,6 @@ def _load_split(checkpoint, config, device, dataset, data_source, datasets, dist
                                      "(see rank 0)")
         return loaded if loaded is not None else _load_split(
             checkpoint, config, device, dataset, data_source, datasets)
-    from depthscape.core.trained import load_trained_run
 
     source = data_source or {}
     run = load_trained_run(checkpoint, dataset=dataset if dataset is not None else
@@ -115,8 +121,6 @@ def measure_sharpness(checkpoint: str | os.PathLike,
     share of every subset, the ranks sum them (:class:`HessianOperator`), all return the
     same result and rank 0 alone writes ``output``.
     """
-    from depthscape.analysis.spectrum import run_seed
-
     checkpoint = Path(checkpoint)
     config, precision, device, dist = _resolved(checkpoint, config)
     settings = asdict(config)
@@ -158,8 +162,6 @@ def measure_density(checkpoint: str | os.PathLike,
     Under torchrun the products are split over the ranks as :func:`measure_sharpness`'s
     are; rank 0 alone writes.
     """
-    from depthscape.analysis.spectrum import SpectralDensity, plot_densities, spectral_density
-
     checkpoint = Path(checkpoint)
     config, precision, device, dist = _resolved(checkpoint, config)
     settings = {"split": config.split, "subset": config.subset, "batch_size": config.batch_size,
@@ -192,9 +194,6 @@ def measure_density(checkpoint: str | os.PathLike,
 
 
 def _finished_runs(run_dir, models):
-    from depthscape.core.models import canonical_name
-    from depthscape.core.runs import find_runs
-
     runs = [r for r in find_runs(run_dir) if r.paths.final.exists()]
     if models:
         wanted = {canonical_name(m) for m in models}
@@ -214,10 +213,6 @@ def measure_runs(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
     ``out_dir`` defaults to ``<run_dir>/sharpness``. Returns (RunInfo, result) pairs.
     Under torchrun every rank calls this (rank 0 shows the progress and writes).
     """
-    from tqdm.auto import tqdm
-
-    from depthscape.core.distributed import is_main_process
-
     progress = progress and is_main_process()
     runs = _finished_runs(run_dir, models)
     out = Path(out_dir) if out_dir else Path(run_dir) / "sharpness"
@@ -239,13 +234,6 @@ def measure_run_densities(run_dir: str | os.PathLike, out_dir: str | os.PathLike
     (with ``.csv`` and ``.png``), and all of them on one axis in ``<out_dir>/density.png``.
     Returns (RunInfo, SpectralDensity) pairs. Under torchrun every rank calls this (rank 0
     shows the progress and writes)."""
-    from tqdm.auto import tqdm
-
-    from depthscape.analysis.curves import display_name
-    from depthscape.analysis.spectrum import plot_densities
-    from depthscape.analysis.tables import model_sort_key
-    from depthscape.core.distributed import is_main_process
-
     runs = sorted(_finished_runs(run_dir, models),
                   key=lambda r: (model_sort_key(r.model), getattr(r, "seed", 0)))
     out = Path(out_dir) if out_dir else Path(run_dir) / "sharpness"

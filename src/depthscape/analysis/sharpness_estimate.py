@@ -25,6 +25,9 @@ import torch
 from torch import nn
 
 from depthscape.analysis.hessian import HessianOperator, extreme_eigenvalues, hessian_trace
+from depthscape.analysis.spectrum import top_eigenvalues
+from depthscape.analysis.stats import CONFIDENCE, mean_ci
+from depthscape.core.data import Split
 from depthscape.core.errors import UserError
 from depthscape.core.runtime import Precision, resolve_precision
 
@@ -112,8 +115,6 @@ def model_sharpness(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor
     (:class:`HessianOperator`): every rank returns the same result. ``precision`` is
     ``config.precision`` as the caller resolved it (None: resolved here for the inputs'
     device)."""
-    from depthscape.analysis.spectrum import top_eigenvalues
-
     seed = config.seed if seed is None else seed
     if precision is None:
         precision = resolve_precision(config.precision, inputs.device, backward=True)
@@ -146,8 +147,6 @@ def combine_draws(draws: Sequence[SharpnessResult], seeds: Sequence[int] | None 
                   confidence: float | None = None) -> SharpnessResult:
     """One result from independent draws: means with Student-t half-widths, worst-case
     steps/changes/residuals/standard errors, and a flag converged only if every draw's is."""
-    from depthscape.analysis.stats import CONFIDENCE, mean_ci
-
     confidence = CONFIDENCE if confidence is None else confidence
     if len(draws) == 1:
         return draws[0]
@@ -190,8 +189,6 @@ def draw_subsets(split, size: int | None, draws: int, seed: int) -> list:
     """``draws`` disjoint random subsets of ``size`` samples from one permutation seeded with
     ``seed`` (the first is :meth:`Split.subset`'s own); all of it each time where ``size`` is
     None or covers the split (then only the Lanczos and probe starts differ)."""
-    from depthscape.core.data import Split
-
     if size is None or size >= len(split):
         return [split] * draws
     if size * draws > len(split):

@@ -13,7 +13,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from depthscape.analysis.curves import display_name
 from depthscape.analysis.sharpness_estimate import SharpnessResult
+from depthscape.analysis.stats import format_ci
+from depthscape.analysis.tables import Table, mean_std, model_sort_key
 
 #: Marks a number that did not converge within its budget: shown, never a result.
 UNCONVERGED_MARK = "†"  # a dagger
@@ -89,9 +92,6 @@ def sharpness_table(results: Sequence[tuple[object, SharpnessResult]]):
     a column lists the k largest eigenvalues. A number that did not converge (in any seed
     or draw) carries :data:`UNCONVERGED_MARK`, and the table's note says how far each got.
     """
-    from depthscape.analysis.curves import display_name
-    from depthscape.analysis.tables import Table, model_sort_key
-
     by_model = _by_model(results)
     layout = _Layout.of(results, by_model)
     rows, csv_rows, marked = [], [], []
@@ -134,8 +134,6 @@ class _Layout:
 
     def cell(self, values: tuple[float, float, int], half: float | None, count: int) -> str:
         """One number as shown: ``mean ± interval`` over draws, else ``mean ± std``."""
-        from depthscape.analysis.stats import format_ci
-
         if self.intervals:
             return format_ci(values[0], half if half is not None else math.nan, count)
         return _fmt_g(*values)
@@ -163,8 +161,6 @@ class _ModelSummary:
 
     @classmethod
     def of(cls, group: list[SharpnessResult], layout: _Layout) -> _ModelSummary:
-        from depthscape.analysis.tables import mean_std
-
         one = group[0]
         ok = {q: all(r.end_converged(q) for r in group) for q in ("largest", "smallest")}
         ok["trace"] = all(r.trace_converged for r in group)

@@ -22,12 +22,17 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+from tqdm.auto import tqdm
+
 from depthscape.analysis.curves import display_name
 from depthscape.core.atomic import atomic_write_text
+from depthscape.core.device import get_device
 from depthscape.core.errors import UserError
-from depthscape.core.models import families, model_depth, model_family, model_info
+from depthscape.core.models import canonical_name, families, model_depth, model_family, model_info
 from depthscape.core.runs import RunInfo, find_runs
 from depthscape.core.trained import load_trained_run
+from depthscape.training import evaluation
 
 #: Table 1's columns: (metric key, header). Errors are 100 - accuracy.
 TABLE1_COLUMNS = (
@@ -90,11 +95,6 @@ def evaluate_run(run: RunInfo, dataset=None, device: str | None = None, batch_si
     ``cache_dir``) override the run's recorded data by :func:`load_trained_run`'s rule;
     ``datasets`` is its cache of loaded datasets, shared over runs.
     """
-    import torch
-
-    from depthscape.core.device import get_device
-    from depthscape.training.evaluation import evaluate
-
     final = run.paths.final
     if not final.exists():
         raise UserError(f"{run.paths.run_name} has no final checkpoint yet ({final}): "
@@ -118,8 +118,8 @@ def evaluate_run(run: RunInfo, dataset=None, device: str | None = None, batch_si
     test_split = trained.dataset.test.subset(test_limit)  # Table 1: the whole test set
     model, preprocess = trained.model, trained.preprocess
     with torch.inference_mode():
-        train_loss, train_acc = evaluate(model, train_split, preprocess, batch_size, target)
-        test_loss, test_acc = evaluate(model, test_split, preprocess, batch_size, target)
+        train_loss, train_acc = evaluation.evaluate(model, train_split, preprocess, batch_size, target)
+        test_loss, test_acc = evaluation.evaluate(model, test_split, preprocess, batch_size, target)
     metrics = RunMetrics(
         model=run.model, seed=run.seed, dataset=run.dataset, run_name=run.paths.run_name,
         train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc,
@@ -138,8 +138,6 @@ def evaluate_runs(runs: Sequence[RunInfo], dataset=None, device: str | None = No
                   test_limit: int | None = None, cache_dir: str | os.PathLike | None = None,
                   data_source: dict | None = None, progress: bool = True) -> list[RunMetrics]:
     """:func:`evaluate_run` for every run that has a final checkpoint, with a progress bar."""
-    from tqdm.auto import tqdm
-
     finished = [r for r in runs if r.paths.final.exists()]
     datasets: dict = {}  # loaded once per data source, shared by the runs
     results = []
@@ -332,8 +330,6 @@ def make_tables(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = 
     ``out_dir`` defaults to ``<run_dir>/tables``; ``models`` limits the runs. Returns the
     metrics and the written files.
     """
-    from depthscape.core.models import canonical_name
-
     runs = find_runs(run_dir)
     if models:
         wanted = {canonical_name(m) for m in models}

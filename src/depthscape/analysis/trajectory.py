@@ -34,6 +34,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from depthscape.analysis.landscape.surface import (
+    LandscapeConfig,
+    compute_landscape,
+    compute_model_surface,
+)
 from depthscape.core.data import Dataset
 from depthscape.core.device import get_device
 from depthscape.core.errors import UserError
@@ -262,8 +267,6 @@ def compute_trajectory(checkpoint: str | os.PathLike, config: TrajectoryConfig |
     :func:`depthscape.training.snapshots.snapshot_path`); a missing file is a one-line
     UserError, raised before any other work. Resume and sharding are the landscape's.
     """
-    from depthscape.analysis.landscape.surface import LandscapeConfig, compute_landscape
-
     config = config or TrajectoryConfig()
     if not config.margin >= 0:
         raise UserError(f"margin must be non-negative, got {config.margin}")
@@ -311,8 +314,6 @@ def compute_model_trajectory(model: torch.nn.Module, split, snapshots,
     ``model``'s weights) or a list of state dicts (:func:`trajectory_from_states`).
     ``output``, else ``<default_root>/landscapes/<model>_trajectory_<split>_<hash>.h5``,
     else in memory. Returns ``(SurfaceState, path or None)``."""
-    from depthscape.analysis.landscape.surface import LandscapeConfig, compute_model_surface
-
     config = config or TrajectoryConfig()
     if not config.margin >= 0:
         raise UserError(f"margin must be non-negative, got {config.margin}")

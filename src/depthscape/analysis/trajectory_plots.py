@@ -14,15 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
+from depthscape.analysis.landscape.plots import CMAP, surface_values
+from depthscape.analysis.landscape.storage import read_state
+from depthscape.analysis.landscape.surface import read_surface
+from depthscape.core.atomic import save_figure
 from depthscape.core.errors import UserError
 
 
 def read_trajectory(surface_file: str | os.PathLike) -> dict:
     """A trajectory file as arrays: :func:`read_surface`'s keys plus ``path`` (k, 2),
     ``steps``, ``explained_variance`` and ``explained_variance_ratio``."""
-    from depthscape.analysis.landscape.storage import read_state
-    from depthscape.analysis.landscape.surface import read_surface
-
     surface = read_surface(surface_file)
     extra = read_state(surface_file, with_directions=False).extra
     if "path_x" not in extra:
@@ -36,8 +37,6 @@ def read_trajectory(surface_file: str | os.PathLike) -> dict:
 def draw_trajectory(ax, trajectory: dict, log_scale: bool = True, levels: int = 25,
                     colorbar: bool = True):
     """Draw the contour of ``trajectory`` (from :func:`read_trajectory`) and its path on ``ax``."""
-    from depthscape.analysis.landscape.plots import CMAP, surface_values
-
     values = surface_values(trajectory, "loss", log_scale)
     x, y = np.meshgrid(trajectory["x"], trajectory["y"])
     low, high = float(values.min()), float(values.max())
@@ -64,8 +63,6 @@ def plot_trajectory(surface_file: str | os.PathLike, out_dir: str | os.PathLike,
     """The contour with the path drawn on it, as ``<stem>_path.<png|pdf>``; returns the files."""
     from matplotlib.figure import Figure
 
-    from depthscape.core.atomic import save_figure
-
     trajectory = read_trajectory(surface_file)
     if not trajectory["complete"]:
         raise UserError(f"{surface_file} is not finished: run the same trajectory command again")
@@ -81,8 +78,6 @@ def plot_trajectory_pair(surface_files, stem: str | os.PathLike, titles=None, lo
                          formats=("png", "pdf")) -> list[Path]:
     """Trajectories side by side in one figure (e.g. ResNet | PlainNet of one depth)."""
     from matplotlib.figure import Figure
-
-    from depthscape.core.atomic import save_figure
 
     fig = Figure(figsize=(6.0 * len(surface_files), 5.0), layout="constrained")
     for index, surface_file in enumerate(surface_files):

@@ -15,6 +15,7 @@ from typing import Any, Union
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from depthscape.core.errors import UserError
 
@@ -71,8 +72,6 @@ def select_output(model: nn.Module, key: Any) -> nn.Module:
 
 def collect(data: Data) -> tuple[torch.Tensor, torch.Tensor]:
     """``data`` as one ``(inputs, targets)`` pair of CPU tensors (a loader is read once)."""
-    from torch.utils.data import DataLoader, Dataset
-
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(
             isinstance(t, torch.Tensor) for t in data):
         inputs, targets = data

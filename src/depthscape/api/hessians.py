@@ -13,6 +13,7 @@ from torch import nn
 from depthscape.analysis import hessian as _hessian
 from depthscape.analysis.hessian import EigenExtremes
 from depthscape.api._inputs import Data, LossFn, check_model, collect
+from depthscape.core.device import get_device
 from depthscape.core.runtime import resolve_precision
 
 
@@ -29,8 +30,6 @@ class TraceEstimate(NamedTuple):
 def _operator(model: nn.Module, data: Data, loss: LossFn | None, batch_size: int, device,
               precision: str):
     """A :class:`HessianOperator` on a copy of ``model`` in eval mode, on the device."""
-    from depthscape.core.device import get_device
-
     check_model(model)
     device = get_device(str(device) if device is not None else None)
     precision = resolve_precision(precision, device, backward=True)

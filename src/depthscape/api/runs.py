@@ -9,9 +9,15 @@ from typing import Any
 
 import torch
 
-from depthscape.core.recipes import Recipe
+from depthscape.core.errors import UserError
+from depthscape.core.models import canonical_name
+from depthscape.core.plugins import load_plugin, plugin_name
+from depthscape.core.recipe import Recipe
+from depthscape.core.recipe_file import read_model_recipe, read_recipe_file
 from depthscape.core.trained import TrainedRun, load_trained_run
 from depthscape.training.loop import TrainConfig, TrainResult
+from depthscape.training.loop import train as train_run
+from depthscape.training.plugin import train_plugin
 
 
 def train(model: str, depth: int | None = None, *, recipe: Recipe | str | os.PathLike | None = None,
@@ -47,10 +53,6 @@ def train(model: str, depth: int | None = None, *, recipe: Recipe | str | os.Pat
         >>> custom = ds.train("torchvision:resnet18", model_kwargs={"num_classes": 10},
         ...                   recipe="docs/examples/recipe.toml", out="runs")
     """
-    from depthscape.core.errors import UserError
-    from depthscape.core.models import canonical_name
-    from depthscape.core.recipe_file import read_model_recipe, read_recipe_file
-
     settings = dict(
         dataset=dataset, data_dir=data_dir, cache_dir=cache_dir, out_dir=str(out), seed=seed,
         device=device, scale=scale, train_subset=train_subset, test_subset=test_subset,
@@ -66,11 +68,8 @@ def train(model: str, depth: int | None = None, *, recipe: Recipe | str | os.Pat
         run_name = canonical_name(model, depth)
         if recipe is not None and not isinstance(recipe, Recipe):
             recipe = read_model_recipe(recipe, run_name)
-        from depthscape.training.loop import train as train_run
 
         return train_run(TrainConfig(model=run_name, recipe=recipe, **settings))
-    from depthscape.core.plugins import load_plugin, plugin_name
-    from depthscape.training.plugin import train_plugin
 
     if depth is not None:
         raise UserError(f"depth goes with depthscape's own models, not {model}")

@@ -12,8 +12,10 @@ import torch
 from torch import nn
 
 from depthscape.analysis.landscape import directions as _directions
+from depthscape.analysis.landscape.plots import draw_figure
 from depthscape.analysis.landscape.storage import SurfaceState, read_state, write_surface
 from depthscape.analysis.landscape.surface import LandscapeConfig, compute_model_surface
+from depthscape.analysis.trajectory_plots import draw_trajectory
 from depthscape.api._inputs import (
     SPLIT,
     Data,
@@ -135,8 +137,6 @@ class Surface:
             >>> fig = surface.plot("contour", zmax=10)
             >>> fig.savefig("contour.png")
         """
-        from depthscape.analysis.landscape.plots import draw_figure
-
         return draw_figure(self._as_read(), kind, quantity, log_scale, levels, zmin, zmax, smooth)
 
 
@@ -292,8 +292,6 @@ class TrajectorySurface(Surface):
         if kind != "path":
             return super().plot(kind, log_scale=log_scale, levels=levels, **options)
         from matplotlib.figure import Figure
-
-        from depthscape.analysis.trajectory_plots import draw_trajectory
 
         fig = Figure(figsize=(6.4, 5.2))
         draw_trajectory(fig.add_subplot(), {

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import os
 import re
 import stat
@@ -221,8 +222,6 @@ def remove_stale_temporaries_in(folders) -> list[Path]:
 
 def glob_escape(name: str) -> str:
     """``name`` with glob's special characters quoted."""
-    import glob
-
     return glob.escape(name)
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from depthscape.core.device import get_device
 from depthscape.core.errors import UserError
@@ -148,8 +149,6 @@ class GroupContext(DistContext):
         return out
 
     def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        from torch.nn.parallel import DistributedDataParallel
-
         return DistributedDataParallel(model, device_ids=[self.device.index]
                                        if self.device.type == "cuda" else None)
 

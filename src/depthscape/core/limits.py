@@ -14,6 +14,7 @@ import os
 import torch
 
 from depthscape.core.errors import UserError
+from depthscape.core.models import model_info
 
 
 def format_bytes(size: float) -> str:
@@ -47,8 +48,6 @@ def available_memory(device: torch.device | str | None = None) -> int:
 def training_bytes(model: str, batch_size: int) -> int | None:
     """Estimated memory of training ``model`` at ``batch_size``, from its family's record;
     None where the family gives no estimate (nothing is refused then)."""
-    from depthscape.core.models import model_info
-
     info = model_info(model)
     estimate = info.family.training_bytes
     if estimate is None or info.depth is None:

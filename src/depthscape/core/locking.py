@@ -23,6 +23,7 @@ from pathlib import Path
 
 from depthscape.core.atomic import (
     check_name_lengths,
+    ensure_writable_dir,
     open_nofollow,
     os_error_text,
     remove_stale_temporaries,
@@ -209,8 +210,6 @@ def claim_folder(folder: str | os.PathLike, what: str,
     Under torchrun only rank 0 is the ``owner`` (it locks and cleans); ``agree`` as in
     :func:`claim`.
     """
-    from depthscape.core.atomic import ensure_writable_dir
-
     folder = ensure_writable_dir(folder)
     with claim(folder / ".depthscape.lock", what, owner, agree):
         if owner:

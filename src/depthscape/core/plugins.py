@@ -37,6 +37,15 @@ from torch import nn
 
 from depthscape.core.data import Dataset, Preprocess, Split, load_dataset
 from depthscape.core.errors import UserError
+from depthscape.core.models import (
+    FamilyInfo,
+    canonical_name,
+    families,
+    register_model,
+    unregister,
+)
+from depthscape.core.models.registry import register_family
+from depthscape.core.trained import resolve_data_source
 
 #: How a plug-in model's inputs are made from uint8 pixels where its weights record no
 #: preprocessing: torchvision's ``ToTensor()`` (pixels in [0, 1], no mean subtracted).
@@ -218,8 +227,6 @@ class PluginModel:
     def dataset(self, dataset: str | None, data_dir: str | None, cache_dir: str | None) -> Dataset:
         """The data to measure on: the options given, else what the run of ``--weights``
         was trained on (:func:`~depthscape.core.trained.resolve_data_source`'s rule)."""
-        from depthscape.core.trained import resolve_data_source
-
         recorded = self.config.get("train") or {}
         if dataset is None and data_dir is None and not recorded.get("dataset"):
             raise UserError("--model-from needs the data to measure on: --dataset (cifar10, "
@@ -298,15 +305,6 @@ def registered(name: str, build: Callable[[], nn.Module], label: str | None = No
     factory ``build()``; its record: files named after ``name``, ``recipe`` as its own),
     so :func:`depthscape.training.loop.train`, the run files and the tables take it as
     one of the package's models. A name the package's models use is a UserError."""
-    from depthscape.core.models import (
-        FamilyInfo,
-        canonical_name,
-        families,
-        register_model,
-        unregister,
-    )
-    from depthscape.core.models.registry import register_family
-
     try:
         taken = canonical_name(name)
     except UserError:  # unknown, or a depth family's prefix without its depth

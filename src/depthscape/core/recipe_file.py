@@ -37,8 +37,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import tomllib
+
 from depthscape.core.errors import UserError
-from depthscape.core.recipes import Recipe
+from depthscape.core.recipe import Recipe
 
 _TOP = {"name", "optimizer", "lr", "momentum", "weight_decay", "batch_size", "iterations",
         "epochs", "log_every", "schedule", "preprocess"}
@@ -48,8 +50,6 @@ _PREPROCESS = {"pixel_scale", "subtract_mean", "augment"}
 
 def _toml():
     if sys.version_info >= (3, 11):
-        import tomllib
-
         return tomllib
     try:
         import tomli

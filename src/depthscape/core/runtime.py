@@ -25,23 +25,23 @@ No module outside this one compares a precision's name; a new precision is one r
 
 A name outside :data:`RECORDS` is refused, never replaced: each record says what it does
 on every device type (CUDA, the CPU, and the others, such as MPS).
-
-The module imports torch only inside its functions, so the command line can read
-:data:`PRECISIONS` and :func:`precision_help` without loading torch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import platform
+import re
+import subprocess
 import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from pathlib import Path
+
+import torch
 
 from depthscape.core.errors import UserError
-
-if TYPE_CHECKING:
-    import torch
 
 #: The precision that runs where none is asked for (off CUDA), and whose results keep the
 #: identities and file names they had before precisions were recorded.
@@ -56,8 +56,6 @@ def _forward_only(precision: str) -> UserError:
 
 def cpu_bf16_supported() -> bool:
     """Whether this CPU runs bf16 natively (oneDNN's check: AVX-512 BF16 or AMX)."""
-    import torch
-
     check = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
     try:
         return bool(check()) if check is not None else False
@@ -69,11 +67,6 @@ def cpu_description() -> str:
     """The CPU's model name and whether it has native bf16 (from /proc/cpuinfo or lscpu),
     e.g. ``Intel(R) Xeon(R) Processor; avx512_bf16 yes, amx_bf16 yes; oneDNN bf16 yes``:
     the line benchmarks and results print so a figure names the machine it comes from."""
-    import platform
-    import re
-    import subprocess
-    from pathlib import Path
-
     text = ""
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -93,10 +86,6 @@ def cpu_description() -> str:
 def cpu_fp16_supported() -> bool:
     """Whether this PyTorch's CPU autocast takes float16 (it warns and turns itself off
     where it does not)."""
-    import warnings
-
-    import torch
-
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         try:
@@ -110,8 +99,6 @@ def cpu_fp16_supported() -> bool:
 
 
 def _cuda_bf16() -> bool:
-    import torch
-
     return bool(torch.cuda.is_bf16_supported())
 
 
@@ -244,8 +231,6 @@ class Precision:
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
-        import torch
-
         return getattr(torch, self.info.autocast) if self.info.autocast else None
 
     def check_backward(self) -> Precision:
@@ -258,8 +243,6 @@ class Precision:
         """The forward pass's autocast context (a no-op where the precision has none; a
         UserError for a :data:`FORWARD_ONLY` one while autograd records). Autocast state is
         per thread: enter it in the thread that runs the forward pass."""
-        import torch
-
         if self.forward_only and torch.is_grad_enabled():
             raise _forward_only(self.name)
         dtype = self.autocast_dtype
@@ -321,8 +304,6 @@ def resolve_precision(precision: str | None, device: torch.device | str,
     autocast lacks it) and a :data:`FORWARD_ONLY` precision where ``backward`` (training,
     Hessians) are UserErrors.
     """
-    import torch
-
     device_type = torch.device(device).type
     asked = precision if precision is not None else (
         default_cuda if device_type == "cuda" else DEFAULT)
@@ -355,8 +336,6 @@ def set_tf32(enabled: bool) -> None:
     Uses the ``fp32_precision`` settings where this PyTorch has them: PyTorch refuses to
     read the flags once the legacy ``allow_tf32`` and the new API have been mixed.
     """
-    import torch
-
     conv = getattr(torch.backends.cudnn, "conv", None)
     if conv is not None and hasattr(conv, "fp32_precision"):
         conv.fp32_precision = "tf32" if enabled else "ieee"
@@ -368,8 +347,6 @@ def set_tf32(enabled: bool) -> None:
 
 def tf32_enabled() -> bool:
     """Whether cuDNN convolutions may use TF32 now (either API)."""
-    import torch
-
     conv = getattr(torch.backends.cudnn, "conv", None)
     if conv is not None and hasattr(conv, "fp32_precision"):
         return conv.fp32_precision == "tf32"
@@ -378,8 +355,6 @@ def tf32_enabled() -> bool:
 
 def _tf32_settings(enabled: bool) -> list[tuple]:
     """``(owner, attribute, value now, value for enabled)`` of each TF32 switch."""
-    import torch
-
     settings = []
     for owner in (getattr(torch.backends.cudnn, "conv", None), torch.backends.cuda.matmul):
         if owner is not None and hasattr(owner, "fp32_precision"):

@@ -43,7 +43,8 @@ from depthscape.core.checkpoint import check_state_dict, load_checkpoint
 from depthscape.core.data import Dataset, Preprocess, Split, load_dataset
 from depthscape.core.errors import UserError
 from depthscape.core.models import canonical_name, get_model, model_kwargs_for
-from depthscape.core.recipes import Recipe, preprocess_for, recipe_for
+from depthscape.core.recipe import Recipe, preprocess_for
+from depthscape.core.recipes import recipe_for
 
 #: Where a bare state dict (which records nothing) is assumed to come from.
 DEFAULT_DATASET = "cifar10"

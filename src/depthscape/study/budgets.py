@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from depthscape.core.errors import UserError
+from depthscape.study.stages import all_stages
 
 #: The seven models of the spec, in its order.
 STUDY_MODELS = ("cnn", "resnet20", "resnet56", "resnet110", "plain20", "plain56", "plain110")
@@ -69,8 +70,6 @@ class Budget:
 
 
 def _budget(name: str) -> Budget:
-    from depthscape.study.stages import all_stages
-
     configs = {}
     for stage in all_stages():
         if stage.budgets is not None:
@@ -93,8 +92,6 @@ def get_budget(name: str) -> Budget:
 def budget_numbers(budget: Budget) -> dict:
     """The numbers that identify a study folder (``study.json``): name, description and
     each stage's ``numbers``; a changed one makes a folder "another budget"."""
-    from depthscape.study.stages import all_stages
-
     numbers = {"name": budget.name, "description": budget.description}
     for stage in all_stages():
         if stage.numbers:
@@ -104,8 +101,6 @@ def budget_numbers(budget: Budget) -> dict:
 
 def describe_budgets() -> str:
     """One line per budget with its numbers (for ``--help`` and the docs)."""
-    from depthscape.study.stages import all_stages
-
     lines = []
     for budget in BUDGETS.values():
         parts = [part for stage in all_stages() if (part := stage.describe(budget))]

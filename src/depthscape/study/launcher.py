@@ -16,6 +16,7 @@ dataset, so their files never collide), and each resumes or is skipped as its co
 from __future__ import annotations
 
 import contextlib
+import multiprocessing.connection
 import os
 import signal
 import sys
@@ -24,7 +25,12 @@ import traceback
 from collections.abc import Sequence
 from dataclasses import replace
 
+import torch
+import torch.multiprocessing as mp
+
+from depthscape.core.distributed import env_world_size
 from depthscape.core.errors import UserError
+from depthscape.core.models import canonical_name
 from depthscape.training.loop import TrainConfig, TrainResult, train
 
 #: Environment variable: concurrent runs per device for :func:`run_trainings` (default 1).
@@ -39,8 +45,6 @@ def plan_slots(configs: Sequence[TrainConfig], devices: Sequence[str] | None = N
     open (``None`` or ``"cuda"``) and this is not a torchrun worker; else nothing.
     ``runs_per_device=None`` reads ``$DEPTHSCAPE_RUNS_PER_GPU`` (default 1).
     """
-    from depthscape.core.distributed import env_world_size
-
     if runs_per_device is None:
         text = os.environ.get(RUNS_PER_GPU_ENV, "1")
         try:
@@ -52,7 +56,6 @@ def plan_slots(configs: Sequence[TrainConfig], devices: Sequence[str] | None = N
     if devices is None:
         if env_world_size() > 1 or any(c.device not in (None, "cuda") for c in configs):
             return []
-        import torch
 
         if not torch.cuda.is_available():
             return []
@@ -126,8 +129,6 @@ class _Workers:
     as soon as it is free; results and errors collected in the order of ``configs``."""
 
     def __init__(self, configs: list[TrainConfig], dataset, slots: list[str]):
-        import torch.multiprocessing as mp
-
         self.configs, self.dataset, self.slots = configs, dataset, slots
         self.context = mp.get_context("spawn")
         self.results: list[TrainResult | None] = [None] * len(configs)
@@ -172,8 +173,6 @@ class _Workers:
         raise KeyboardInterrupt
 
     def _start(self, slot: int, index: int) -> None:
-        from depthscape.core.models import canonical_name
-
         device, visible = _gpu_env(self.slots[slot])
         config = replace(self.configs[index], device=device, progress=False)
         receive, send = self.context.Pipe(duplex=False)
@@ -196,8 +195,6 @@ class _Workers:
 
     def _wait(self) -> None:
         """Until a worker sends its result or ends; read what came, collect who ended."""
-        import multiprocessing.connection
-
         waiting = [r[1].sentinel for r in self.running.values()]
         waiting += [r[2] for slot, r in self.running.items() if slot not in self.messages]
         try:
@@ -219,8 +216,6 @@ class _Workers:
                 self._collect(slot)
 
     def _collect(self, slot: int) -> None:
-        from depthscape.core.models import canonical_name
-
         index, process, receive, began = self.running.pop(slot)
         message = self.messages.pop(slot, None)
         if message is None:

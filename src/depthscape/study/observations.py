@@ -14,6 +14,8 @@ from itertools import groupby
 import numpy as np
 
 from depthscape.analysis.curves import display_name
+from depthscape.analysis.landscape.flatness import pooled_flatness
+from depthscape.analysis.sharpness import UNCONVERGED_MARK
 from depthscape.analysis.tables import group_by_model, mean_std
 from depthscape.core.models import families, model_depth, model_family, pairs, present_pairs
 
@@ -72,8 +74,6 @@ def flatness_observations(flatness, depths, first, second) -> list[str]:
     """ResNet vs PlainNet at each depth, per flatness measure, mean ± CI over the random
     directions: a difference is called significant only where the intervals do not
     overlap, "within noise" where they do."""
-    from depthscape.analysis.landscape.flatness import pooled_flatness
-
     if not flatness:
         return []
     pooled = pooled_flatness(flatness)
@@ -165,8 +165,6 @@ def _sharpness_observations(sharpness, depths, first, second) -> list[str]:
     """``first`` vs ``second`` (ResNet vs PlainNet) at each depth, per end of the Hessian's
     spectrum, from converged numbers only: a pair with an end that did not converge is named
     as not resolved."""
-    from depthscape.analysis.sharpness import UNCONVERGED_MARK
-
     by_model: dict[str, list] = {}
     for run, result in sharpness:
         by_model.setdefault(run.model, []).append(result)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from depthscape.analysis.landscape import read_surface
 from depthscape.study.blocks import (
     Bullets,
     FigureBlock,
@@ -140,8 +141,6 @@ def _plotly_js() -> str:
 
 def render_html(blocks: Sequence, title: str = "depthscape study report") -> str:
     """The blocks as one self-contained HTML page (figures inline, plotly.js inline once)."""
-    from depthscape.analysis.landscape import read_surface
-
     body, scripts = [], []
     surfaces = 0
     for block in blocks:

@@ -35,14 +35,13 @@ from depthscape.study.observations import (  # noqa: F401
     observations,
 )
 from depthscape.study.render import render_html, render_markdown, surface_figure_json  # noqa: F401
+from depthscape.study.stages import all_stages
 
 
 def build_blocks(result, budget, settings: dict, stages=None) -> list:
     """The report's content, in order, from a :class:`depthscape.study.runner.StudyResult`;
     ``stages`` defaults to every stage of the study."""
     if stages is None:
-        from depthscape.study.stages import all_stages
-
         stages = all_stages()
     blocks: list = [Heading("depthscape study report", 1), _summary(result, budget, settings)]
     facts = observations(result.metrics, result.sharpness, result.flatness)

@@ -22,13 +22,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from depthscape.core import runtime
 from depthscape.core.atomic import (
     atomic_write_text,
     ensure_writable_dir,
     remove_stale_temporaries,
     remove_stale_temporaries_in,
 )
+from depthscape.core.device import get_device
 from depthscape.core.errors import UserError
+from depthscape.core.locking import claim
 from depthscape.core.models import canonical_name
 
 # the budgets and the training's configs, importable from here as before
@@ -165,8 +168,6 @@ def run_study(config: StudyConfig) -> StudyResult:
     The study folder is locked while it runs: a second study in it is refused (one line
     naming the holder); the temporaries an interrupted write left in it are removed.
     """
-    from depthscape.core.locking import claim
-
     out = ensure_writable_dir(config.out_dir)
     with claim(out / ".study.lock", f"study folder {out}"):
         remove_stale_temporaries([*study_paths(out).values(), out / "study.json"])
@@ -240,11 +241,8 @@ def _arithmetic(config: StudyConfig, budget: Budget,
             kept, by = {"precision": None, "landscape_precision": "fp32"}, dict.fromkeys(
                 PRECISIONS, "default")
     else:
-        from depthscape.core.device import get_device
-        from depthscape.core.runtime import cpu_bf16_supported
-
         bf16 = (budget.cpu_bf16 and get_device(config.device).type == "cpu"
-                and cpu_bf16_supported())
+                and runtime.cpu_bf16_supported())
         kept = {"precision": "bf16" if bf16 else None,
                 "landscape_precision": "bf16" if bf16 else "fp32"}
         by = dict.fromkeys(PRECISIONS, "budget" if bf16 else "default")

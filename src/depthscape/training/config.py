@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from depthscape.core.data import Dataset, Preprocess
-from depthscape.core.recipes import Recipe
+from depthscape.core.recipe import Recipe
 from depthscape.core.runtime import recorded_precision
 
 

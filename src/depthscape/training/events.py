@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
+from tqdm.auto import tqdm
 
 from depthscape.core.data import Dataset, Preprocess, Split
 from depthscape.core.distributed import DistContext
 from depthscape.core.errors import TrainingDiverged, UserError
-from depthscape.core.recipes import Recipe
+from depthscape.core.recipe import Recipe
 from depthscape.core.runs import RunPaths
 from depthscape.training.config import TrainConfig
 from depthscape.training.evaluation import evaluate_sums, mean_metrics
@@ -93,8 +94,6 @@ class RunEvents:
     @contextmanager
     def progress(self):
         """The progress bar over the loop; the batch trace is written when the loop ends."""
-        from tqdm.auto import tqdm
-
         self.bar = tqdm(total=self.total_steps, initial=self.state.step, unit="it",
                         disable=not (self.config.progress and self.dist.is_main),
                         desc=self.paths.run_name, dynamic_ncols=True, mininterval=0.5)

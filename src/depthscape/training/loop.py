@@ -48,7 +48,8 @@ from depthscape.core.errors import UserError, notice
 from depthscape.core.limits import check_model_fits
 from depthscape.core.locking import claim_run
 from depthscape.core.models import canonical_name, get_model, model_kwargs_for
-from depthscape.core.recipes import Recipe, preprocess_for, recipe_for
+from depthscape.core.recipe import Recipe, preprocess_for
+from depthscape.core.recipes import recipe_for
 from depthscape.core.runs import run_paths
 from depthscape.training.batches import BatchSchedule, shard_batch
 from depthscape.training.config import TrainConfig, first_difference, run_settings

@@ -21,8 +21,9 @@ from depthscape.core.plugins import (
     load_state,
     registered,
 )
-from depthscape.core.recipes import Recipe, preprocess_for
+from depthscape.core.recipe import Recipe, preprocess_for
 from depthscape.training.config import TrainConfig
+from depthscape.training.loop import train
 
 
 def train_plugin(plugin: PluginModel, recipe: Recipe, config: TrainConfig,
@@ -30,8 +31,6 @@ def train_plugin(plugin: PluginModel, recipe: Recipe, config: TrainConfig,
     """Train ``plugin``'s model with ``recipe`` under the run name ``config.model``; returns
     :func:`~depthscape.training.loop.train`'s result. The model is checked on the data
     (it reads the images, predicts every class) before anything is written."""
-    from depthscape.training.loop import train
-
     try:
         json.dumps(plugin.kwargs)
     except (TypeError, ValueError):

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.func import functional_call, vmap
 
 from depthscape.analysis.landscape.points import PointEvaluator
 
@@ -26,8 +27,6 @@ from depthscape.analysis.landscape.points import PointEvaluator
 @torch.inference_mode()
 def evaluate_points(evaluator: PointEvaluator, points: Sequence[Sequence[float]]) -> torch.Tensor:
     """``[[mean loss, accuracy %], ...]`` of the K ``points``, a (K, 2) float64 tensor on the device."""
-    from torch.func import functional_call, vmap
-
     if evaluator.loss_fn is not None or evaluator.preprocess is None:
         raise ValueError("batched points evaluate the CLI's cross-entropy on a preprocessed split")
     points = [tuple(p) for p in points]

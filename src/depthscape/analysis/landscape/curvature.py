@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from depthscape.analysis.curves import display_name
 from depthscape.analysis.hessian import (
     STOP_RULE,
     EigenExtremes,
@@ -55,6 +56,7 @@ from depthscape.analysis.landscape.identity import (
     split_fingerprint,
     state_fingerprint,
 )
+from depthscape.analysis.landscape.plots import CMAP
 from depthscape.analysis.landscape.storage import (
     SurfaceState,
     identity_difference,
@@ -62,9 +64,11 @@ from depthscape.analysis.landscape.storage import (
     write_surface,
 )
 from depthscape.analysis.landscape.sweep import WorkerPool, default_workers, rank_share, sweep
+from depthscape.core.atomic import save_figure
 from depthscape.core.distributed import setup
 from depthscape.core.errors import UserError
 from depthscape.core.locking import claim_output
+from depthscape.core.models import model_family
 from depthscape.core.trained import load_trained_run
 
 #: A negative curvature smaller than this fraction of the positive one counts as convex.
@@ -316,8 +320,6 @@ RATIO_MAX = 1.0
 
 def draw_curvature(ax, curvature: dict, vmax: float = RATIO_MAX, colorbar: bool = True):
     """Draw the |lambda_min / lambda_max| map on ``ax`` (fixed scale 0..``vmax``)."""
-    from depthscape.analysis.landscape.plots import CMAP
-
     image = ax.pcolormesh(curvature["x"], curvature["y"], np.nan_to_num(curvature["ratio"], nan=vmax),
                           cmap=CMAP, vmin=0.0, vmax=vmax, shading="nearest")
     ax.set_xlabel("alpha (x direction)")
@@ -335,8 +337,6 @@ def plot_curvature(surface_file: str | os.PathLike, out_dir: str | os.PathLike,
     """The curvature map as ``<stem>_curvature.<png|pdf>``; returns the files written."""
     from matplotlib.figure import Figure
 
-    from depthscape.core.atomic import save_figure
-
     curvature = read_curvature(surface_file)
     if not curvature["complete"]:
         raise UserError(f"the curvature map in {surface_file} is not finished: run the same "
@@ -352,14 +352,10 @@ def plot_curvature_grid(maps, stem: str | os.PathLike, vmax: float = RATIO_MAX,
     model family (CNN, ResNet, PlainNet, ...) and one colour scale for all."""
     from matplotlib.figure import Figure
 
-    from depthscape.core.atomic import save_figure
-    from depthscape.core.models import model_family
-
     rows: dict[str, list] = {}
     for label, surface_file in maps:
         rows.setdefault(model_family(label), []).append((label, surface_file))
     ncols = max(len(r) for r in rows.values())
-    from depthscape.analysis.curves import display_name
 
     fig = Figure(figsize=(4.2 * ncols + 1.0, 3.6 * len(rows)), layout="constrained")
     axes = fig.subplots(len(rows), ncols, squeeze=False)

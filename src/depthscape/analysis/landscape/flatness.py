@@ -25,16 +25,27 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
+from depthscape.analysis.curves import display_name
 from depthscape.analysis.landscape.directions import random_directions
 from depthscape.analysis.landscape.points import PointEvaluator
-from depthscape.analysis.stats import CONFIDENCE, format_ci, mean_ci
+from depthscape.analysis.landscape.surface import SUBSET_SEED
+from depthscape.analysis.sharpness import _cache_key, _cached, _finished_runs
+from depthscape.analysis.stats import CONFIDENCE, format_ci, mean_ci, student_t_quantile
+from depthscape.analysis.tables import Table, model_sort_key
+from depthscape.core.atomic import atomic_write_text
 from depthscape.core.data import Preprocess, Split
+from depthscape.core.device import get_device
+from depthscape.core.errors import UserError
+from depthscape.core.models import families, model_depth, model_family
 from depthscape.core.runtime import resolve_precision
+from depthscape.core.trained import load_trained_run
 
 
 @dataclass
@@ -162,8 +173,6 @@ def plot_flatness(result: FlatnessResult, path, title: str | None = None):
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from depthscape.analysis.stats import student_t_quantile
-
     x = np.asarray(result.coordinates)
     y = np.asarray(result.losses)
     k = len(y)
@@ -212,18 +221,6 @@ def measure_run_flatness(run_dir, out_dir=None, models: Sequence[str] | None = N
     """Flatness of every finished run under ``run_dir``: ``<out_dir>/<run>.flatness.json``
     (reused while checkpoint and settings are unchanged) and ``.png`` (the band); returns
     (RunInfo, FlatnessResult) pairs. ``out_dir`` defaults to ``<run_dir>/flatness``."""
-    from pathlib import Path
-
-    from tqdm.auto import tqdm
-
-    from depthscape.analysis.curves import display_name
-    from depthscape.analysis.landscape.surface import SUBSET_SEED
-    from depthscape.analysis.sharpness import _cache_key, _cached, _finished_runs
-    from depthscape.core.atomic import atomic_write_text
-    from depthscape.core.device import get_device
-    from depthscape.core.errors import UserError
-    from depthscape.core.trained import load_trained_run
-
     if config.split not in ("train", "test"):
         raise UserError(f"split must be train or test, got {config.split!r}")
     if config.directions < 2 or not 0 < config.radius <= config.span:
@@ -263,9 +260,6 @@ def measure_run_flatness(run_dir, out_dir=None, models: Sequence[str] | None = N
 
 def flatness_table(results: Sequence[tuple[object, FlatnessResult]]):
     """Per run: the minimum's loss, the loss rise at the radius and the doubling radius."""
-    from depthscape.analysis.curves import display_name
-    from depthscape.analysis.tables import Table, model_sort_key
-
     results = sorted(results, key=lambda p: (model_sort_key(p[0].model), getattr(p[0], "seed", 0)))
     several = len({r.model for r, _ in results}) < len(results)
     first = results[0][1] if results else None
@@ -325,9 +319,6 @@ def plot_flatness_by_depth(results: Sequence[tuple[object, FlatnessResult]], pat
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-
-    from depthscape.analysis.curves import display_name
-    from depthscape.core.models import families, model_depth, model_family
 
     pooled = pooled_flatness(results, confidence)
     radius = next(iter(pooled.values()))["radius"] if pooled else math.nan

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from depthscape.analysis.landscape.surface import read_surface
 from depthscape.core.atomic import atomic_write_text, save_figure
 from depthscape.core.errors import UserError
 
@@ -109,8 +110,6 @@ def plot_landscape(surface_file: str | os.PathLike, out_dir: str | os.PathLike,
     (loss and accuracy) and ``html``. Files are named
     ``<surface stem>_<quantity>[_log]_<kind>.<png|pdf|vtp|html>``.
     """
-    from depthscape.analysis.landscape.surface import read_surface
-
     surface = read_surface(surface_file)
     if not surface["complete"]:
         done, total = int(surface["done"].sum()), surface["done"].size
@@ -245,8 +244,6 @@ def export_vtp(surface_file: str | os.PathLike, vtp_path: str | os.PathLike,
     Points are ``(alpha, beta, value)``; one quad per grid cell; point data ``zvalue`` (the
     drawn value) and the raw ``loss`` and ``acc``; cell data the quad's mean ``zvalue``.
     """
-    from depthscape.analysis.landscape.surface import read_surface
-
     surface = read_surface(surface_file)
     if surface["dims"] != 2:
         raise UserError("a .vtp export needs a 2-D surface")
@@ -300,8 +297,6 @@ def write_interactive_html(surface_file: str | os.PathLike, html_path: str | os.
     A 3-D surface for a 2-D surface file, a line plot for a 1-D one.
     """
     import plotly.graph_objects as go
-
-    from depthscape.analysis.landscape.surface import read_surface
 
     surface = read_surface(surface_file)
     values = surface_values(surface, quantity, log_scale, zmin, zmax, smooth)

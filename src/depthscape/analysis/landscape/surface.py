@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import depthscape
 from depthscape.analysis.landscape.directions import (
     NORMS,
     interpolation_direction,
@@ -183,8 +184,6 @@ def _precision_identity(config: LandscapeConfig) -> dict:
 
 def _run_info(config: LandscapeConfig, dist: DistContext) -> dict:
     """How a surface is computed (stored with it, free to differ between its runs)."""
-    import depthscape
-
     return {"batch_size": config.batch_size, "device": str(dist.device),
             "world_size": dist.world_size, "compile": config.compile,
             "depthscape_version": depthscape.__version__, "torch_version": torch.__version__,

@@ -26,10 +26,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from depthscape.core.distributed import DistContext
 
@@ -57,8 +59,6 @@ class WorkerPool:
             self._threads = torch.get_num_threads()
             torch.set_num_threads(1)
             if self.workers > 1:
-                from concurrent.futures import ThreadPoolExecutor
-
                 self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix=self.name)
         return self
 
@@ -114,8 +114,6 @@ def sweep(done: np.ndarray, pool: WorkerPool, evaluate: Callable[[Any, int], Any
     returns the same value and nothing is gathered. One worker then: collectives from
     concurrent threads would meet in a different order on each rank.
     """
-    from tqdm.auto import tqdm
-
     mine = rank_share(done, dist, together)
     workers = pool.workers
     if together and dist.enabled and workers > 1:

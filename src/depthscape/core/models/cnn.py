@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from depthscape.core.models.registry import FamilyInfo, register_family, register_model
-from depthscape.core.recipes import Recipe
+from depthscape.core.recipe import Recipe
 
 
 class Net(nn.Module):

@@ -23,6 +23,7 @@ from typing import NamedTuple
 from torch import nn
 
 from depthscape.core.errors import UserError
+from depthscape.core.models.init import initialise
 
 _FACTORIES: dict[str, Callable[..., nn.Module]] = {}
 _NAME_DEPTH_RE = re.compile(r"^([a-z]+?)(\d+)$")
@@ -297,8 +298,6 @@ def model_kwargs_for(name: str, dataset) -> dict:
 
 def get_model(name: str, in_channels: int = 3, num_classes: int = 10, **kwargs) -> nn.Module:
     """Build the model called ``name`` (any spelling :func:`canonical_name` accepts)."""
-    from depthscape.core.models.init import initialise
-
     name = canonical_name(name)
     if name in _FACTORIES:
         model = _FACTORIES[name](in_channels=in_channels, num_classes=num_classes, **kwargs)

@@ -17,7 +17,7 @@ from torch import nn
 
 from depthscape.core.errors import UserError
 from depthscape.core.models.registry import FamilyInfo, register_family, register_model
-from depthscape.core.recipes import Recipe
+from depthscape.core.recipe import Recipe
 
 
 def depth_to_blocks(depth: int) -> int:

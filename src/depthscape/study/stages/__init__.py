@@ -11,6 +11,7 @@ import functools
 import importlib
 import pkgutil
 
+import depthscape.study.stages as package
 from depthscape.study.stages.base import Stage, Study, is_fresh
 
 __all__ = ["Stage", "Study", "all_stages", "is_fresh", "switchable_stages"]
@@ -19,8 +20,6 @@ __all__ = ["Stage", "Study", "all_stages", "is_fresh", "switchable_stages"]
 @functools.cache
 def all_stages() -> tuple[Stage, ...]:
     """Every stage, in the order the study runs them."""
-    import depthscape.study.stages as package
-
     found = []
     for info in pkgutil.iter_modules(package.__path__):
         module = importlib.import_module(f"{package.__name__}.{info.name}")

@@ -6,7 +6,12 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from depthscape.analysis.landscape.curvature import CurvatureConfig
+from depthscape.analysis.landscape.curvature import (
+    CurvatureConfig,
+    compute_curvature,
+    plot_curvature,
+    plot_curvature_grid,
+)
 from depthscape.study.blocks import FigureBlock, Heading, Paragraph, View
 from depthscape.study.stages.base import Stage, is_fresh
 
@@ -33,12 +38,6 @@ class CurvatureStage(Stage):
         return super().wanted(study) and bool(study.result.landscapes)  # maps of their planes
 
     def run(self, study) -> None:
-        from depthscape.analysis.landscape.curvature import (
-            compute_curvature,
-            plot_curvature,
-            plot_curvature_grid,
-        )
-
         result, grid = study.result, study.budget.curvature
         finals = {run.paths.run_name: run.paths.final for run in study.runs}
         config = replace(grid, device=study.config.device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from depthscape.analysis.curves import standard_figures
 from depthscape.core.models import families, pairs
 from depthscape.study.blocks import FigureGrid, Heading, Paragraph, figure_block
 from depthscape.study.stages.base import Stage
@@ -13,8 +14,6 @@ class CurvesStage(Stage):
     report_order = 30
 
     def run(self, study) -> None:
-        from depthscape.analysis.curves import standard_figures
-
         out = study.out
         study.result.figures = standard_figures(out, out / "plots", models=study.models, seed=0,
                                                 dataset=study.dataset.name, reuse=True)

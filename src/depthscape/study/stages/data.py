@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from depthscape.core.data import load_dataset
+from depthscape.core.runs import RunInfo, run_paths
 from depthscape.study.stages.base import Stage
 
 
@@ -10,9 +12,6 @@ class DataStage(Stage):
     order = 0
 
     def run(self, study) -> None:
-        from depthscape.core.data import load_dataset
-        from depthscape.core.runs import RunInfo, run_paths
-
         config = study.config
         study.dataset = load_dataset(config.dataset, config.data_dir, config.cache_dir)
         name = study.dataset.name

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from depthscape.analysis.sharpness import DensityConfig
+from depthscape.analysis.curves import display_name
+from depthscape.analysis.sharpness import DensityConfig, measure_density
+from depthscape.analysis.spectrum import plot_densities
+from depthscape.core.models import model_depth, present_pairs
 from depthscape.study.blocks import FigureBlock, FigureGrid, Heading, Paragraph
 from depthscape.study.stages.base import Stage, is_fresh
+from depthscape.study.stages.sharpness import measurement
 
 
 class DensityStage(Stage):
@@ -27,11 +31,6 @@ class DensityStage(Stage):
         return super().wanted(study) and bool(density.runs and density.steps)
 
     def run(self, study) -> None:
-        from depthscape.analysis.curves import display_name
-        from depthscape.analysis.sharpness import measure_density
-        from depthscape.core.models import model_depth
-        from depthscape.study.stages.sharpness import measurement
-
         density_config = study.budget.density
         by_model = {}
         for run in study.finished_runs(first_seed_only=True):
@@ -48,10 +47,6 @@ class DensityStage(Stage):
         self._pairs(study, by_model)
 
     def _pairs(self, study, by_model: dict) -> None:
-        from depthscape.analysis.curves import display_name
-        from depthscape.analysis.spectrum import plot_densities
-        from depthscape.core.models import present_pairs
-
         plot_dir = study.out / "plots" / "density"
         for found in present_pairs(by_model):  # a figure of a pairing needs both of its models
             pair = [by_model[m] for m in found.names]

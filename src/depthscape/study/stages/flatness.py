@@ -7,7 +7,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from depthscape.analysis.curves import display_name
-from depthscape.analysis.landscape.flatness import FlatnessConfig
+from depthscape.analysis.landscape.flatness import (
+    FlatnessConfig,
+    flatness_table,
+    measure_run_flatness,
+    plot_flatness_by_depth,
+)
+from depthscape.analysis.tables import write_table
 from depthscape.study.blocks import FigureBlock, FigureGrid, Heading, Paragraph, TableBlock
 from depthscape.study.stages.base import Stage, is_fresh
 
@@ -34,13 +40,6 @@ class FlatnessStage(Stage):
         return super().wanted(study) and bool(study.budget.flatness.directions)
 
     def run(self, study) -> None:
-        from depthscape.analysis.landscape.flatness import (
-            flatness_table,
-            measure_run_flatness,
-            plot_flatness_by_depth,
-        )
-        from depthscape.analysis.tables import write_table
-
         out, result, slices = study.out, study.result, study.budget.flatness
         finished = study.finished_runs()
         if not finished:
@@ -63,8 +62,6 @@ class FlatnessStage(Stage):
         result.flatness_figure = png
 
     def blocks(self, result, budget) -> list:
-        from depthscape.analysis.landscape.flatness import flatness_table
-
         flatness, slices = result.flatness, budget.flatness
         if not flatness:
             return []

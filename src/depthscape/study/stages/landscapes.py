@@ -6,7 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from depthscape.analysis.curves import display_name
-from depthscape.analysis.landscape import LandscapeConfig
+from depthscape.analysis.landscape import LandscapeConfig, plot_landscape
 from depthscape.study.blocks import (
     FigureBlock,
     FigureGrid,
@@ -101,8 +101,6 @@ class LandscapesStage(Stage):
 
 def _drawings(surface: Path, plot_dir: Path) -> list[Path]:
     """The surface's drawings: those on disk where every kind's PNG is fresh, else drawn."""
-    from depthscape.analysis.landscape import plot_landscape
-
     pngs = [plot_dir / f"{surface.stem}_loss_log_{kind}.png" for kind in LANDSCAPE_KINDS]
     if all(is_fresh(png, [surface]) for png in pngs):
         return [p for p in sorted(plot_dir.glob(f"{surface.stem}_loss_log_*"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from depthscape.study.report import write_report
 from depthscape.study.stages.base import Stage
 
 
@@ -10,8 +11,6 @@ class ReportStage(Stage):
     order = 1000  # last: it reads what every other stage found
 
     def run(self, study) -> None:
-        from depthscape.study.report import write_report
-
         write_report(study.result, study.budget, study.settings)
 
 

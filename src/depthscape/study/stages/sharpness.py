@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from depthscape.analysis.sharpness import SharpnessConfig
+from tqdm.auto import tqdm
+
+from depthscape.analysis.sharpness import SharpnessConfig, measure_sharpness, sharpness_table
+from depthscape.analysis.tables import write_table
 from depthscape.study.blocks import Heading, TableBlock
 from depthscape.study.stages.base import Stage
 
@@ -40,11 +43,6 @@ class SharpnessStage(Stage):
     folders = ("sharpness",)
 
     def run(self, study) -> None:
-        from tqdm.auto import tqdm
-
-        from depthscape.analysis.sharpness import measure_sharpness, sharpness_table
-        from depthscape.analysis.tables import write_table
-
         config, out = measurement(study), study.out
         results = study.result.sharpness
         for run in tqdm(study.finished_runs(), desc="sharpness", unit="run",
@@ -55,8 +53,6 @@ class SharpnessStage(Stage):
             write_table(sharpness_table(results), out / "sharpness", "sharpness")
 
     def blocks(self, result, budget) -> list:
-        from depthscape.analysis.sharpness import sharpness_table
-
         if not result.sharpness:
             return []
         return [Heading("Sharpness of the minima"),

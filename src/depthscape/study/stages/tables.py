@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from depthscape.analysis.tables import evaluate_runs, table1, table2, write_table
 from depthscape.study.blocks import Heading, TableBlock
 from depthscape.study.stages.base import Stage
 
@@ -27,8 +28,6 @@ class TablesStage(Stage):
     folders = ("tables", "tables/metrics")
 
     def run(self, study) -> None:
-        from depthscape.analysis.tables import evaluate_runs, table1, table2, write_table
-
         out, limits = study.out, study.budget.tables
         study.say("evaluating the final checkpoints for Tables 1 and 2")
         metrics = evaluate_runs(study.runs, study.dataset, study.config.device,
@@ -40,8 +39,6 @@ class TablesStage(Stage):
         study.result.metrics = metrics
 
     def blocks(self, result, budget) -> list:
-        from depthscape.analysis.tables import table1, table2
-
         if not result.metrics:
             return []
         return [Heading("Table 1: final training vs. test performance"),

@@ -9,8 +9,11 @@ from dataclasses import dataclass, replace
 
 from depthscape.core.errors import UserError
 from depthscape.core.models import canonical_name
+from depthscape.core.recipes import recipe_for
 from depthscape.core.runtime import recorded_precision
+from depthscape.study import launcher
 from depthscape.study.stages.base import Stage
+from depthscape.training.loop import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -32,8 +35,6 @@ class TrainBudget:
 
     def recipe(self, model: str):
         """The recipe ``model`` trains with under this budget (already scaled)."""
-        from depthscape.core.recipes import recipe_for
-
         recipe = recipe_for(canonical_name(model))
         # cnn_scale is the budget's factor for epoch recipes (the CNN's), scale for the rest
         recipe = recipe.scaled(self.cnn_scale if recipe.unit == "epoch" else self.scale)
@@ -87,8 +88,6 @@ BUDGETS = {
 
 def training_configs(config, budget, models: Sequence[str]) -> list:
     """One resumable TrainConfig per model and seed, as the budget says."""
-    from depthscape.training.loop import TrainConfig
-
     train = budget.training
     # snapshots only for the trajectories (switched off: none kept)
     snapshots = "trajectories" not in config.skip
@@ -135,8 +134,6 @@ class TrainingStage(Stage):
                                     "warmup_iterations", "snapshots")}
 
     def run(self, study) -> None:
-        from depthscape.study import launcher
-
         config = study.config
         study.say(f"training {len(study.runs)} run(s) ({study.budget.name} budget)")
         try:

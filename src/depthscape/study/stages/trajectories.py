@@ -3,11 +3,15 @@ at each depth. The snapshots they need are kept by the training (``budget.traini
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
-from depthscape.analysis.trajectory import TrajectoryConfig
+from depthscape.analysis.trajectory import MIN_SNAPSHOTS, TrajectoryConfig, compute_trajectory
+from depthscape.analysis.trajectory_plots import plot_trajectory, plot_trajectory_pair
+from depthscape.core.models import model_info, present_pairs
 from depthscape.study.blocks import FigureBlock, Heading, Paragraph, View
 from depthscape.study.stages.base import Stage, is_fresh
+from depthscape.training.snapshots import read_snapshot_steps, snapshot_path
 
 
 class TrajectoriesStage(Stage):
@@ -36,12 +40,6 @@ class TrajectoriesStage(Stage):
 
     def _one(self, study, run) -> View | None:
         """The run's trajectory surface and its drawing (None: no snapshots or too few)."""
-        from dataclasses import replace
-
-        from depthscape.analysis.trajectory import MIN_SNAPSHOTS, compute_trajectory
-        from depthscape.analysis.trajectory_plots import plot_trajectory
-        from depthscape.training.snapshots import read_snapshot_steps, snapshot_path
-
         budget, config = study.budget, study.config
         if not snapshot_path(run.paths.final).exists():
             return None
@@ -69,9 +67,6 @@ class TrajectoriesStage(Stage):
 
     def _pairs(self, study, by_model: dict) -> None:
         """ResNet | PlainNet side by side at each depth where both have a trajectory."""
-        from depthscape.analysis.trajectory_plots import plot_trajectory_pair
-        from depthscape.core.models import model_info, present_pairs
-
         result = study.result
         plot_dir = study.out / "plots" / "trajectories"
         for found in present_pairs(by_model):  # the families' pairings (ResNet | PlainNet)
