@@ -283,6 +283,8 @@ def plot_densities(densities: Sequence[tuple[str, SpectralDensity]], path, title
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
+    from depthscape.core.atomic import save_figure_file
+
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     peak = max((max(d.density) for _, d in densities if d.density), default=1.0)
     for label, density in densities:
@@ -299,6 +301,7 @@ def plot_densities(densities: Sequence[tuple[str, SpectralDensity]], path, title
         ax.legend(fontsize="small")
     ax.grid(True, which="major", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return path
+    try:
+        return save_figure_file(fig, path, dpi=150)
+    finally:
+        plt.close(fig)

@@ -161,6 +161,7 @@ def plot_flatness(result: FlatnessResult, path, title: str | None = None):
     import matplotlib.pyplot as plt
 
     from depthscape.analysis.stats import student_t_quantile
+    from depthscape.core.atomic import save_figure_file
 
     x = np.asarray(result.coordinates)
     y = np.asarray(result.losses)
@@ -183,9 +184,10 @@ def plot_flatness(result: FlatnessResult, path, title: str | None = None):
     ax.set_title(title or "Loss along random 1-D slices through the minimum")
     ax.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return path
+    try:
+        return save_figure_file(fig, path, dpi=150)
+    finally:
+        plt.close(fig)
 
 
 @dataclass(frozen=True)
@@ -325,6 +327,7 @@ def plot_flatness_by_depth(results: Sequence[tuple[object, FlatnessResult]], pat
     import matplotlib.pyplot as plt
 
     from depthscape.analysis.curves import display_name
+    from depthscape.core.atomic import save_figure_file
     from depthscape.core.models import families, model_depth, model_family
 
     pooled = pooled_flatness(results, confidence)
@@ -354,6 +357,7 @@ def plot_flatness_by_depth(results: Sequence[tuple[object, FlatnessResult]], pat
     fig.suptitle(f"Flatness along random 1-D slices: mean ± {round(100 * confidence)}% CI "
                  "over the directions")
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return path
+    try:
+        return save_figure_file(fig, path, dpi=150)
+    finally:
+        plt.close(fig)
