@@ -534,6 +534,19 @@ def test_a_plot_name_too_long_is_refused_before_any_work(tmp_path):
         check_plot_names(tmp_path / ("s" * 220 + ".h5"), tmp_path, args)
 
 
+def test_a_trajectory_plot_name_too_long_is_refused_before_any_work(tmp_path):
+    """`trajectory --output`'s picture names, <stem>_path.<png|pdf> (its arguments have no
+    --quantity: checking them once ended in an AttributeError)."""
+    import argparse
+
+    from depthscape.cli.plot import check_plot_names
+
+    args = argparse.Namespace(linear=False, no_plots=False, plots_dir=None)
+    check_plot_names(tmp_path / ("s" * 200 + ".h5"), tmp_path, args)  # room left: fine
+    with pytest.raises(UserError, match="File name too long"):
+        check_plot_names(tmp_path / ("s" * 230 + ".h5"), tmp_path, args)
+
+
 def test_run_names_too_long_are_refused_by_the_claim(tmp_path):
     paths = run_paths(tmp_path, "resnet8", 0, "d" * 245)
     with pytest.raises(UserError, match="File name too long"):
