@@ -134,9 +134,28 @@ def _write_figure(path):
 
     fig = plt.figure()
     try:
-        save_figure(fig, path.with_suffix(""), ["png"])
+        save_figure(fig, path.with_suffix(""), [path.suffix[1:]])
     finally:
         plt.close(fig)
+
+
+def _write_density_plot(path):
+    import torch
+
+    from depthscape.analysis.spectrum import plot_densities, spectral_density
+
+    spectrum = torch.linspace(0, 5, 12).double()
+    density = spectral_density(lambda v: [spectrum * v[0]], [torch.zeros(12, dtype=torch.float64)],
+                               runs=1, steps=4, points=20)
+    plot_densities([("a", density)], path)
+
+
+def _write_flatness_plot(path):
+    from depthscape.analysis.landscape.flatness import plot_flatness, slice_coordinates, summarize
+
+    coordinates = slice_coordinates(1.0, 5, 0.5)
+    plot_flatness(summarize(coordinates, [[1 + c * a * a for a in coordinates] for c in (1, 2)],
+                            0.5, {"span": 1.0}), path)
 
 
 def _write_table(path):
@@ -150,6 +169,9 @@ WRITERS = {
     "model.pth": _write_checkpoint,
     "surface.h5": _write_surface,
     "plot.png": _write_figure,
+    "plot.pdf": _write_figure,
+    "density.png": _write_density_plot,  # issue 34: these two were written through the link
+    "flatness.png": _write_flatness_plot,
     "table.md": _write_table,
     "report.html": lambda p: atomic_write_text(p, "<html></html>"),
 }
@@ -510,6 +532,19 @@ def test_a_plot_name_too_long_is_refused_before_any_work(tmp_path):
     check_plot_names(tmp_path / ("s" * 180 + ".h5"), tmp_path, args)  # room left: fine
     with pytest.raises(UserError, match="File name too long"):
         check_plot_names(tmp_path / ("s" * 220 + ".h5"), tmp_path, args)
+
+
+def test_a_trajectory_plot_name_too_long_is_refused_before_any_work(tmp_path):
+    """`trajectory --output`'s picture names, <stem>_path.<png|pdf> (its arguments have no
+    --quantity: checking them once ended in an AttributeError)."""
+    import argparse
+
+    from depthscape.cli.plot import check_plot_names
+
+    args = argparse.Namespace(linear=False, no_plots=False, plots_dir=None)
+    check_plot_names(tmp_path / ("s" * 200 + ".h5"), tmp_path, args)  # room left: fine
+    with pytest.raises(UserError, match="File name too long"):
+        check_plot_names(tmp_path / ("s" * 230 + ".h5"), tmp_path, args)
 
 
 def test_run_names_too_long_are_refused_by_the_claim(tmp_path):

@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from depthscape.core.atomic import save_figure_file
+
 
 @dataclass(frozen=True)
 class LanczosRun:
@@ -299,6 +301,7 @@ def plot_densities(densities: Sequence[tuple[str, SpectralDensity]], path, title
         ax.legend(fontsize="small")
     ax.grid(True, which="major", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return path
+    try:
+        return save_figure_file(fig, path, dpi=150)
+    finally:
+        plt.close(fig)

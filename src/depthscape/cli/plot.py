@@ -58,6 +58,10 @@ def default_plots_dir(surface: Path) -> Path:
 def check_plot_names(surface: Path, plots_dir: Path, args: argparse.Namespace) -> None:
     """Refuse (one line) picture names of ``surface`` too long for the plots folder's
     filesystem, before any work (the names as :func:`plot_landscape` makes them)."""
+    if not hasattr(args, "quantity"):  # `depthscape trajectory`'s: <stem>_path.<png|pdf>
+        for extension in ("png", "pdf"):
+            check_name_lengths(Path(plots_dir) / f"{Path(surface).stem}_path.{extension}")
+        return
     stem = f"{Path(surface).stem}_{args.quantity}{'_log' if args.log else ''}"
     for kind in args.kinds or ALL_KINDS:
         extensions = [kind] if kind in ("vtp", "html") else list(args.formats)

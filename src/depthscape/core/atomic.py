@@ -298,14 +298,25 @@ def atomic_write_text(target: str | os.PathLike, text: str) -> None:
         handle.write(text)
 
 
+def save_figure_file(fig, target: str | os.PathLike, dpi: int = 120, **options) -> Path:
+    """Save a matplotlib figure as ``target`` atomically (its suffix picks the format).
+
+    Never ``fig.savefig(target)``: matplotlib opens a name with ``open(..., "wb")``, which
+    writes through a link planted there. The figure is written into a new temporary
+    (:func:`atomic_open`) and renamed on. ``options`` go to ``savefig``.
+    """
+    target = Path(target)
+    fmt = target.suffix[1:].lower()
+    if not fmt:
+        raise ValueError(f"{target}: a figure's file name needs a suffix naming its format")
+    with atomic_open(target, "wb") as handle:
+        fig.savefig(handle, format=fmt, dpi=dpi, **options)
+    return target
+
+
 def save_figure(fig, stem: str | os.PathLike, formats, dpi: int = 120) -> list[Path]:
     """Save a matplotlib figure as ``stem.<fmt>`` for each format, each file atomically."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    written = []
-    for fmt in formats:
-        target = stem.with_name(f"{stem.name}.{fmt}")
-        with atomic_open(target, "wb") as handle:
-            fig.savefig(handle, format=fmt, dpi=dpi, bbox_inches="tight")
-        written.append(target)
-    return written
+    return [save_figure_file(fig, stem.with_name(f"{stem.name}.{fmt}"), dpi=dpi,
+                             bbox_inches="tight") for fmt in formats]

@@ -39,7 +39,7 @@ from depthscape.analysis.landscape.surface import SUBSET_SEED
 from depthscape.analysis.sharpness import _cache_key, _cached, _finished_runs
 from depthscape.analysis.stats import CONFIDENCE, format_ci, mean_ci, student_t_quantile
 from depthscape.analysis.tables import Table, model_sort_key
-from depthscape.core.atomic import atomic_write_text
+from depthscape.core.atomic import atomic_write_text, save_figure_file
 from depthscape.core.data import Preprocess, Split
 from depthscape.core.device import get_device
 from depthscape.core.errors import UserError
@@ -194,9 +194,10 @@ def plot_flatness(result: FlatnessResult, path, title: str | None = None):
     ax.set_title(title or "Loss along random 1-D slices through the minimum")
     ax.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return path
+    try:
+        return save_figure_file(fig, path, dpi=150)
+    finally:
+        plt.close(fig)
 
 
 @dataclass(frozen=True)
@@ -347,6 +348,7 @@ def plot_flatness_by_depth(results: Sequence[tuple[object, FlatnessResult]], pat
     fig.suptitle(f"Flatness along random 1-D slices: mean ± {round(100 * confidence)}% CI "
                  "over the directions")
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return path
+    try:
+        return save_figure_file(fig, path, dpi=150)
+    finally:
+        plt.close(fig)
