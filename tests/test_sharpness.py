@@ -146,12 +146,13 @@ def test_the_smallest_end_is_not_called_settled_by_the_largest_ones_scale():
     assert ends.smallest == pytest.approx(-5.0, rel=0.01)
 
 
-@pytest.mark.parametrize("noise", [0.0, 1e-5])
-def test_an_end_at_zero_settles_in_float32(noise):
-    """A null space (an end at exactly 0, as a network's Hessian has) is judged against its
-    own magnitude, near 0: it must still settle in float32, even where every product carries
-    noise of 1e-5 of the largest eigenvalue: its Ritz value stops moving (change ~1e-11) within
-    about 20 steps."""
+@pytest.mark.parametrize("noise,iters,accuracy", [(0.0, 60, 1e-6), (1e-5, 200, 2e-4)])
+def test_an_end_at_zero_converges_in_float32(noise, iters, accuracy):
+    """A null space (an end at exactly 0, as a network's Hessian has) cannot meet a tolerance
+    relative to its own magnitude; the rule's floor (tol x RESIDUAL_FLOOR of the largest
+    magnitude) lets it converge in float32, even where every product carries noise of 1e-5
+    of the largest eigenvalue (then the residual bound falls under the floor later, and the
+    value is as accurate as the noisy products allow: 1e-4 per product here)."""
     generator = torch.Generator().manual_seed(1)
     spectrum = torch.cat([torch.zeros(100), torch.linspace(1, 10, 200)])
     params = [torch.zeros(len(spectrum))]
@@ -160,9 +161,10 @@ def test_an_end_at_zero_settles_in_float32(noise):
         jitter = torch.randn(len(spectrum), generator=generator) / math.sqrt(len(spectrum))
         return [spectrum * v[0] + noise * 10 * v[0].norm() * jitter]
 
-    ends = extreme_eigenvalues(apply, params, iters=40, tol=1e-3)
-    assert ends.converged and ends.smallest_converged and ends.iterations < 40
-    assert abs(ends.smallest) < 1e-4 and ends.largest == pytest.approx(10.0, rel=0.01)
+    ends = extreme_eigenvalues(apply, params, iters=iters, tol=1e-3)
+    assert ends.converged and ends.smallest_converged and ends.iterations < iters
+    assert ends.smallest_residual <= 1e-3 * 1e-3 * 10  # under the floor, not 1e-3 x |0|
+    assert abs(ends.smallest) < accuracy and ends.largest == pytest.approx(10.0, rel=1e-3)
 
 
 def test_sharpness_table_marks_what_did_not_converge():
