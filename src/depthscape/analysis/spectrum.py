@@ -35,7 +35,13 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from depthscape.analysis.hessian import UNCONVERGED_MARK, EigenExtremes, ritz_converged
+from depthscape.analysis.hessian import (
+    UNCONVERGED_MARK,
+    EigenExtremes,
+    held,
+    hold_steps,
+    ritz_converged,
+)
 
 
 @dataclass(frozen=True)
@@ -154,13 +160,16 @@ class TopEigenvalues:
 def _judged_run(operator: Callable, params: Sequence[torch.Tensor], k: int, iters: int,
                 tol: float, seed: int, bottom: bool) -> tuple[EigenExtremes, TopEigenvalues]:
     """One Lanczos run, stopped once each of its ``k`` largest Ritz values (and, with
-    ``bottom``, its smallest) passes :func:`ritz_converged`; both ends and the top-k read
-    from its last tridiagonal."""
+    ``bottom``, its smallest) passes :func:`ritz_converged` and held its place for
+    :func:`hold_steps` ``(k)`` steps; both ends and the top-k read from its last
+    tridiagonal."""
     if k < 1:
         raise ValueError(f"k must be positive, got {k}")
     if not tol >= 0:
         raise ValueError(f"tol must be at least 0, got {tol}")
-    state: dict = {"previous": None, "changes": None}
+    state: dict = {"previous": None, "changes": None, "flags": None}
+    history: list[tuple[list[float], list[bool]]] = []  # per step: values, passed the rule
+    hold = hold_steps(k)
 
     def judge(ritz: torch.Tensor, residuals: torch.Tensor) -> list[bool]:
         scale = max(float(ritz.abs().max()), 1e-30)
@@ -175,16 +184,25 @@ def _judged_run(operator: Callable, params: Sequence[torch.Tensor], k: int, iter
                             ([abs(a - b) for a, b in zip(current[::-1], previous[::-1])],
                              abs(current[0] - previous[0])))
         state["previous"] = current
-        ok = judge(ritz, residuals)
-        return len(ok) >= k and all(ok[-k:]) and (ok[0] or not bottom)
+        passed = judge(ritz, residuals)
+        history.append((current, passed))
+        scale = max(abs(current[0]), abs(current[-1]))
+        def flag(i: int, hold: int) -> bool:  # i: the place, from the bottom (0) or top (< 0)
+            before = history[step - hold] if step >= hold else ([], [])
+            return (passed[i] and -len(before[0]) <= i < len(before[0]) and before[1][i]
+                    and held(current[i], before[0][i], tol, scale))
+
+        # per place, ascending: passed now, passed ``hold`` steps ago, moved within tol since
+        state["flags"] = flags = [flag(i - len(current), hold) for i in range(len(current))]
+        flags[0] = flag(0, hold_steps())  # the smallest: an end, by its place from the bottom
+        return len(flags) >= k and all(flags[-k:]) and (flags[0] or not bottom)
 
     run = lanczos(operator, params, iters, seed, monitor)
     if not run.finite:
         nan = [math.nan] * k
         return (EigenExtremes(math.nan, math.nan, run.steps, False, False, False),
                 TopEigenvalues(nan, run.steps, [False] * k, [None] * k, nan, k))
-    ritz = torch.tensor(run.nodes, dtype=torch.float64)
-    ok = judge(ritz, torch.tensor(run.residuals, dtype=torch.float64))
+    ok = [True] * len(run.nodes) if run.exact else state["flags"]
     changes = state["changes"]
     top_changes = ([None] * len(ok) if changes is None else changes[0] + [None] * len(ok))
     values = run.nodes[::-1][:k]
@@ -202,9 +220,11 @@ def top_eigenvalues(operator: Callable, params: Sequence[torch.Tensor], k: int,
 
     Stops once each of the ``k`` largest Ritz values passes
     :func:`~depthscape.analysis.hessian.ritz_converged` (its residual bound
-    ``|beta_j s_ij|`` under ``tol * max(|theta_i|, RESIDUAL_FLOOR * |theta_max|)``), at an
-    invariant subspace (exact), or after ``iters`` steps (each value that did not pass is
-    flagged not converged). A converged value lies within its residual of an eigenvalue;
+    ``|beta_j s_ij|`` under ``tol * max(|theta_i|, RESIDUAL_FLOOR * |theta_max|)``) and
+    held its place for :func:`~depthscape.analysis.hessian.hold_steps` ``(k)`` steps
+    (passed then too, moved within that tolerance since), at an invariant subspace (exact),
+    or after ``iters`` steps (each value that did not is flagged not converged). A
+    converged value lies within its residual of an eigenvalue;
     Ritz values approach the top from inside: the ``i``-th is at most the true ``i``-th
     eigenvalue. Cost: at most ``iters`` Hessian-vector products.
     """
@@ -253,7 +273,10 @@ class SpectralDensity:
     ``grid``/``density``: the broadened density (per unit eigenvalue) on an even grid that
     reaches ``pad`` standard deviations beyond the outermost nodes, so it holds its whole
     mass. ``nodes``/``weights``: each run's quadrature rule. ``sigma``: the Gaussian's
-    standard deviation, ``width`` times the nodes' span.
+    standard deviation, ``width`` times the nodes' span. ``outer_converged`` /
+    ``outer_residuals``: per run, its lowest and highest node's flag by
+    :func:`~depthscape.analysis.hessian.ritz_converged` at ``tol`` and its residual bound
+    (the inner nodes are quadrature nodes, not eigenvalue estimates; None: not recorded).
     """
 
     grid: list[float]
@@ -265,6 +288,9 @@ class SpectralDensity:
     products: int = 0  # Hessian-vector products spent
     num_parameters: int = 0
     finite: bool = True  # every run finite (no overflow)
+    outer_converged: list[list[bool]] | None = None  # per run: [lowest, highest] node
+    outer_residuals: list[list[float]] | None = None  # per run: [lowest, highest] node
+    tol: float | None = None  # the tolerance the outer nodes were judged at
 
     def moment(self, k: int) -> float:
         """The quadrature's ``k``-th moment: mean over runs of ``sum_j w_j theta_j^k``
@@ -293,8 +319,12 @@ class SpectralDensity:
     def to_csv(self) -> str:
         """``eigenvalue,density`` rows, after ``# key: value`` lines with every setting."""
         out = io.StringIO()
+        judged = {} if self.outer_converged is None else {
+            "tol": self.tol, "outer_converged": self.outer_converged,
+            "outer_residuals": [[float(f"{r:.3g}") for r in pair]
+                                for pair in self.outer_residuals or []]}
         for key, value in {**self.settings, "sigma": self.sigma, "products": self.products,
-                           "num_parameters": self.num_parameters}.items():
+                           "num_parameters": self.num_parameters, **judged}.items():
             out.write(f"# {key}: {value}\n")
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(["eigenvalue", "density"])
@@ -304,13 +334,16 @@ class SpectralDensity:
 
 def spectral_density(operator: Callable, params: Sequence[torch.Tensor], runs: int = 3,
                      steps: int = 80, width: float = 0.005, points: int = 1000,
-                     pad: float = 6.0, seed: int = 0) -> SpectralDensity:
+                     pad: float = 6.0, seed: int = 0, tol: float = 1e-3) -> SpectralDensity:
     """The eigenvalue density of the symmetric ``operator`` by stochastic Lanczos quadrature.
 
     ``runs`` Lanczos runs of ``steps`` steps (run ``r`` starts from seed
     :func:`run_seed` ``(seed, r)``), broadened by a Gaussian of standard deviation
-    ``width`` times the span of all nodes, on ``points`` grid points. Cost:
-    ``runs * steps`` Hessian-vector products (fewer where a run ends exact).
+    ``width`` times the span of all nodes, on ``points`` grid points. Each run's outer
+    nodes (its estimates of the spectrum's ends) are judged by the rule of every Lanczos
+    value, :func:`~depthscape.analysis.hessian.ritz_converged` at ``tol`` (flagged, never a
+    reason to stop: the quadrature wants its ``steps``). Cost: ``runs * steps``
+    Hessian-vector products (fewer where a run ends exact).
     """
     if runs < 1 or steps < 1 or points < 2 or not width > 0 or not pad > 0:
         raise ValueError("runs, steps (>= 1), points (>= 2), width and pad (> 0) are needed")
@@ -327,9 +360,15 @@ def spectral_density(operator: Callable, params: Sequence[torch.Tensor], runs: i
     sigma = width * max(high - low, 1e-12 * max(abs(low), abs(high), 1.0))
     grid = torch.linspace(low - pad * sigma, high + pad * sigma, points, dtype=torch.float64)
     density = gaussian_density(finite, grid, sigma)
+    outer = [[0, len(r.nodes) - 1] for r in finite]
+    scales = [max(abs(r.nodes[0]), abs(r.nodes[-1]), 1e-30) for r in finite]
     return SpectralDensity(grid.tolist(), density.tolist(), [r.nodes for r in finite],
                            [r.weights for r in finite], sigma, settings, products, size,
-                           len(finite) == len(results))
+                           len(finite) == len(results),
+                           [[ritz_converged(r.nodes[i], r.residuals[i], tol, scale) for i in ends]
+                            for r, ends, scale in zip(finite, outer, scales)],
+                           [[r.residuals[i] for i in ends] for r, ends in zip(finite, outer)],
+                           tol)
 
 
 def plot_densities(densities: Sequence[tuple[str, SpectralDensity]], path, title: str | None = None,
