@@ -109,13 +109,13 @@ def test_each_end_of_the_spectrum_reports_its_own_convergence():
     (the quick study's Hessians: the largest end converged in 8 steps, the smallest not)."""
     spectrum = torch.cat([torch.tensor([100.0]), torch.linspace(-1, 1, 199)]).double()
     params = [torch.zeros(200, dtype=torch.float64)]
-    ends = extreme_eigenvalues(lambda v: [spectrum * v[0]], params, iters=6, tol=1e-8)
-    assert ends.iterations == 6 and not ends.converged
+    ends = extreme_eigenvalues(lambda v: [spectrum * v[0]], params, iters=12, tol=1e-8)
+    assert ends.iterations == 12 and not ends.converged
     assert ends.largest_converged and not ends.smallest_converged
     assert ends.largest == pytest.approx(100.0, rel=1e-9)
     assert ends.largest_change <= 1e-8 * 100 and ends.largest_residual < 1e-6
     assert ends.smallest_change > 1e-8 * 100
-    assert -1.0 < ends.smallest < -0.5  # approached from inside: above the true -1
+    assert -1.0 < ends.smallest < -0.8  # approached from inside: above the true -1
     # the residual bounds the distance to some eigenvalue (here the dense part's)
     assert float((spectrum - ends.smallest).abs().min()) <= ends.smallest_residual
     assert 0.01 < ends.smallest_residual < 1.0
@@ -140,18 +140,21 @@ def test_the_smallest_end_is_not_called_settled_by_the_largest_ones_scale():
 
     early = extreme_eigenvalues(apply, params, iters=3, tol=1e-2)
     assert early.smallest > 0 and early.smallest_change <= 1e-2 * 1000  # the old rule's pass
-    assert early.largest_converged and not early.smallest_converged
+    assert not early.smallest_converged and early.smallest_residual > 1e-2 * early.smallest
     ends = extreme_eigenvalues(apply, params, iters=60, tol=1e-2)
     assert ends.converged and ends.iterations > 3
     assert ends.smallest == pytest.approx(-5.0, rel=0.01)
 
 
-@pytest.mark.parametrize("noise", [0.0, 1e-5])
-def test_an_end_at_zero_settles_in_float32(noise):
-    """A null space (an end at exactly 0, as a network's Hessian has) is judged against its
-    own magnitude, near 0: it must still settle in float32, even where every product carries
-    noise of 1e-5 of the largest eigenvalue: its Ritz value stops moving (change ~1e-11) within
-    about 20 steps."""
+@pytest.mark.parametrize("noise,tol,iters,accuracy", [(0.0, 1e-3, 60, 1e-6),
+                                                     (1e-6, 1e-3, 150, 2e-5),
+                                                     (1e-5, 1e-2, 150, 2e-4)])
+def test_an_end_at_zero_converges_in_float32(noise, tol, iters, accuracy):
+    """A null space (an end at exactly 0, as a network's Hessian has) cannot meet a tolerance
+    relative to its own magnitude; the rule's floor (tol x RESIDUAL_FLOOR of the largest
+    magnitude) lets it converge in float32, also where every product carries noise of 1e-6
+    or 1e-5 of the largest eigenvalue (the value is then as accurate as the noisy products
+    allow, and with noise 1e-5 it drifts by more than tol 1e-3 allows: held at 1e-2)."""
     generator = torch.Generator().manual_seed(1)
     spectrum = torch.cat([torch.zeros(100), torch.linspace(1, 10, 200)])
     params = [torch.zeros(len(spectrum))]
@@ -160,9 +163,10 @@ def test_an_end_at_zero_settles_in_float32(noise):
         jitter = torch.randn(len(spectrum), generator=generator) / math.sqrt(len(spectrum))
         return [spectrum * v[0] + noise * 10 * v[0].norm() * jitter]
 
-    ends = extreme_eigenvalues(apply, params, iters=40, tol=1e-3)
-    assert ends.converged and ends.smallest_converged and ends.iterations < 40
-    assert abs(ends.smallest) < 1e-4 and ends.largest == pytest.approx(10.0, rel=0.01)
+    ends = extreme_eigenvalues(apply, params, iters=iters, tol=tol)
+    assert ends.converged and ends.smallest_converged and ends.iterations < iters
+    assert ends.smallest_residual <= tol * 1e-3 * 10  # under the floor, not tol x |0|
+    assert abs(ends.smallest) < accuracy and ends.largest == pytest.approx(10.0, rel=1e-3)
 
 
 def test_sharpness_table_marks_what_did_not_converge():

@@ -165,7 +165,9 @@ def measure_density(checkpoint: str | os.PathLike,
     checkpoint = Path(checkpoint)
     config, precision, device, dist = _resolved(checkpoint, config)
     settings = {"split": config.split, "subset": config.subset, "batch_size": config.batch_size,
-                "seed": config.seed, "precision": config.precision, **asdict(density)}
+                "seed": config.seed, "precision": config.precision, **asdict(density),
+                # the outer nodes' flags: densities stored before them are measured again
+                "power_tol": config.power_tol, "stop_rule": STOP_RULE}
     key = _cache_key(checkpoint, settings)
     stored = _cached(output, key, SpectralDensity.from_dict, dist)
     if stored is not None:
@@ -176,7 +178,8 @@ def measure_density(checkpoint: str | os.PathLike,
                                subset.labels.to(device), config.batch_size,
                                precision=precision, dist=dist)
     result = spectral_density(operator, operator.params, density.runs, density.steps,
-                              density.width, density.points, seed=config.seed)
+                              density.width, density.points, seed=config.seed,
+                              tol=config.power_tol)
     result.settings.update({k: v for k, v in settings.items() if k not in result.settings})
     result.settings["subset_size"] = len(subset)
     if output is not None and dist.is_main:

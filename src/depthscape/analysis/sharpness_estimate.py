@@ -3,9 +3,13 @@
 All three come from Hessian-vector products (:mod:`depthscape.analysis.hessian`):
 
 * the largest and the smallest (algebraic) eigenvalue, by Lanczos
-  (:func:`~depthscape.analysis.hessian.extreme_eigenvalues`), stopped when each changes
-  by less than ``power_tol`` times its own magnitude in one step or after ``power_iters``
-  steps (the settings keep their old names; one step is one Hessian-vector product). The
+  (:func:`~depthscape.analysis.hessian.extreme_eigenvalues`), stopped when each one's
+  residual bound is under ``power_tol`` times its own magnitude
+  (:func:`~depthscape.analysis.hessian.ritz_converged`) or after ``power_iters`` steps
+  (the settings keep their old names; one step is one Hessian-vector product). With
+  ``top_k`` the same Lanczos run also gives the k largest, each judged by the same rule,
+  and goes on until they pass too (:func:`~depthscape.analysis.spectrum.extremes_and_top`),
+  so the ends and the top-k are one consistent set. The
   largest says how sharp the sharpest direction is; a negative smallest says the point is
   not a minimum of the measured loss (some direction still descends).
 * the trace by Hutchinson's estimator ``E[v^T H v]`` with Rademacher ``v``, stopped when
@@ -25,7 +29,7 @@ import torch
 from torch import nn
 
 from depthscape.analysis.hessian import HessianOperator, extreme_eigenvalues, hessian_trace
-from depthscape.analysis.spectrum import top_eigenvalues
+from depthscape.analysis.spectrum import extremes_and_top
 from depthscape.analysis.stats import CONFIDENCE, mean_ci
 from depthscape.core.data import Split
 from depthscape.core.errors import UserError
@@ -40,14 +44,14 @@ class SharpnessConfig:
     subset: int | None = 1000  # fixed random subset of that split; None: all of it
     batch_size: int = 500  # images per Hessian-vector product chunk
     power_iters: int = 20  # most Lanczos steps (Hessian-vector products) for both ends
-    power_tol: float = 1e-3  # stop when each end changes by less than this x its magnitude
+    power_tol: float = 1e-3  # converged: residual bound under this x the value's magnitude
     trace_samples: int = 50  # most Hutchinson probe vectors
     trace_tol: float = 1e-2  # stop when the standard error is under this fraction of the mean
     min_trace_samples: int = 5  # probes before the trace may stop early
     seed: int = 0
     device: str | None = None
     precision: str = "fp32"  # core.runtime.PRECISIONS: bf16 autocasts the forward passes
-    top_k: int = 0  # also the k largest eigenvalues (Lanczos, at most power_iters steps); 0: off
+    top_k: int = 0  # also the k largest eigenvalues (the same Lanczos run, at most power_iters steps); 0: off
     draws: int = 1  # independent draws (disjoint data subsets, own Lanczos/probe starts)
 
 
@@ -69,7 +73,7 @@ class SharpnessResult:
     largest_eigenvalue: float  # largest (algebraic): curvature of the sharpest direction
     smallest_eigenvalue: float  # smallest (algebraic): negative where the loss still descends
     eigen_steps: int  # Lanczos steps (Hessian-vector products) for both ends
-    eigen_converged: bool  # both ends met power_tol
+    eigen_converged: bool  # both ends' residual bounds met power_tol
     trace: float
     trace_stderr: float
     trace_samples: int
@@ -88,7 +92,7 @@ class SharpnessResult:
     # residuals and standard errors: the largest; flags: all draws), and these hold the
     # half-widths of the Student-t intervals at ``confidence`` and each draw's values.
     top_eigenvalues: list[float] | None = None  # k largest, descending (top_k > 0)
-    top_converged: list[bool] | None = None
+    top_converged: list[bool] | None = None  # per value: its residual bound met power_tol
     top_steps: int | None = None
     draws: int = 1
     confidence: float | None = None
@@ -97,6 +101,9 @@ class SharpnessResult:
     trace_ci: float | None = None
     top_ci: list[float] | None = None
     draw_values: list[dict] | None = None  # per draw: largest, smallest, trace, top, subset seed
+    # per top-k value: its residual bound (the largest over the draws); None where not
+    # recorded (results stored before it was kept)
+    top_residuals: list[float] | None = None
 
     def end_converged(self, end: str) -> bool:
         """Whether the ``"largest"`` or ``"smallest"`` eigenvalue converged (where the end's
@@ -121,21 +128,24 @@ def model_sharpness(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor
     operator = HessianOperator(model, inputs, labels, config.batch_size,
                                precision=precision, dist=dist)
     params = operator.params
-    ends = extreme_eigenvalues(operator, params, config.power_iters, config.power_tol, seed)
+    top = None
+    if config.top_k > 0:  # one run for both ends and the top-k: one consistent set
+        ends, top = extremes_and_top(operator, params, config.top_k, config.power_iters,
+                                     config.power_tol, seed)
+    else:
+        ends = extreme_eigenvalues(operator, params, config.power_iters, config.power_tol,
+                                   seed)
     trace, stderr, count, trace_ok = hessian_trace(
         operator, params, config.trace_samples, config.trace_tol, config.min_trace_samples,
         seed)
-    top = None
-    if config.top_k > 0:
-        top = top_eigenvalues(operator, params, config.top_k, config.power_iters,
-                              config.power_tol, seed)
     return SharpnessResult(ends.largest, ends.smallest, ends.iterations, ends.converged, trace,
                            stderr, count, trace_ok, len(labels), operator.num_parameters,
                            ends.largest_converged, ends.smallest_converged, ends.largest_change,
                            ends.smallest_change, ends.largest_residual, ends.smallest_residual,
                            top_eigenvalues=None if top is None else top.values,
                            top_converged=None if top is None else top.converged,
-                           top_steps=None if top is None else top.iterations)
+                           top_steps=None if top is None else top.iterations,
+                           top_residuals=None if top is None else top.residuals)
 
 
 def _largest(values):
@@ -156,7 +166,7 @@ def combine_draws(draws: Sequence[SharpnessResult], seeds: Sequence[int] | None 
         return mean_ci([getattr(d, name) for d in draws], confidence)
 
     largest, smallest, trace = ci("largest_eigenvalue"), ci("smallest_eigenvalue"), ci("trace")
-    top = top_ci = top_ok = None
+    top = top_ci = top_ok = top_residuals = None
     if first.top_eigenvalues is not None:
         k = len(first.top_eigenvalues)
         pairs = [mean_ci([d.top_eigenvalues[i] for d in draws if len(d.top_eigenvalues) > i],
@@ -164,6 +174,9 @@ def combine_draws(draws: Sequence[SharpnessResult], seeds: Sequence[int] | None 
         top, top_ci = [p[0] for p in pairs], [p[1] for p in pairs]
         top_ok = [all(d.top_converged[i] for d in draws if len(d.top_converged) > i)
                   for i in range(k)]
+        if all(d.top_residuals is not None for d in draws):
+            top_residuals = [_largest([d.top_residuals[i] for d in draws
+                                       if len(d.top_residuals) > i]) for i in range(k)]
 
     def all_of(name):
         flags = [getattr(d, name) for d in draws]
@@ -182,7 +195,7 @@ def combine_draws(draws: Sequence[SharpnessResult], seeds: Sequence[int] | None 
         _largest([d.largest_residual for d in draws]),
         _largest([d.smallest_residual for d in draws]), top, top_ok,
         _largest([d.top_steps for d in draws]), len(draws), confidence, largest[1],
-        smallest[1], trace[1], top_ci, per_draw)
+        smallest[1], trace[1], top_ci, per_draw, top_residuals)
 
 
 def draw_subsets(split, size: int | None, draws: int, seed: int) -> list:

@@ -14,12 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from depthscape.analysis.curves import display_name
+from depthscape.analysis.hessian import UNCONVERGED_MARK  # noqa: F401  (a dagger; re-exported)
 from depthscape.analysis.sharpness_estimate import SharpnessResult
 from depthscape.analysis.stats import format_ci
 from depthscape.analysis.tables import Table, mean_std, model_sort_key
-
-#: Marks a number that did not converge within its budget: shown, never a result.
-UNCONVERGED_MARK = "†"  # a dagger
 
 
 def mark_unconverged(text: str, converged: bool) -> str:
@@ -30,8 +28,11 @@ def mark_unconverged(text: str, converged: bool) -> str:
 def unconverged_details(result: SharpnessResult, quantity: str) -> str | None:
     """What is known about an estimate that did not converge, or None if it did.
 
-    ``quantity``: ``"largest"`` or ``"smallest"`` (eigenvalue) or ``"trace"``.
+    ``quantity``: ``"largest"`` or ``"smallest"`` (eigenvalue), ``"trace"`` or ``"top"``
+    (the top-k values that did not converge, each with its residual bound).
     """
+    if quantity == "top":
+        return _top_details(result)
     if quantity == "trace":
         if result.trace_converged:
             return None
@@ -47,6 +48,26 @@ def unconverged_details(result: SharpnessResult, quantity: str) -> str | None:
     if not math.isfinite(getattr(result, f"{quantity}_eigenvalue")):
         parts.append("no finite value (the Hessian overflowed)")
     return ", ".join(parts)
+
+
+def _top_flags(result: SharpnessResult) -> list[bool]:
+    """Per top-k value: converged (False where not recorded)."""
+    values, flags = result.top_eigenvalues or [], result.top_converged or []
+    return [i < len(flags) and bool(flags[i]) for i in range(len(values))]
+
+
+def _top_details(result: SharpnessResult) -> str | None:
+    """Which top-k values did not converge, with their residual bounds, or None."""
+    open_ = [i for i, ok in enumerate(_top_flags(result)) if not ok]
+    if not open_:
+        return None
+    residuals = result.top_residuals or []
+    steps = result.top_steps if result.top_steps is not None else result.eigen_steps
+    shown = ", ".join(f"{i + 1}" + (f" (residual {residuals[i]:.3g})"
+                                    if i < len(residuals) and math.isfinite(residuals[i])
+                                    else "") for i in open_)
+    return (f"{steps} Lanczos step{'s' * (steps != 1)}, value{'s' * (len(open_) != 1)} "
+            f"{shown}")
 
 
 def unconverged_note(entries: Sequence[tuple[str, str, Sequence[tuple[int, str]]]],
@@ -66,11 +87,12 @@ def unconverged_note(entries: Sequence[tuple[str, str, Sequence[tuple[int, str]]
     note = (f"{UNCONVERGED_MARK} Did not converge within the budget, so not a result: "
             + "; ".join(items) + ".")
     if any(quantity != "trace" for _, quantity, _ in entries):
-        note += (" Last change: how far the last Lanczos step moved the value; residual "
-                 "||Hv - θv||: some Hessian eigenvalue lies within it of the value, not "
-                 "necessarily the extreme one. Lanczos approaches both ends from inside: the "
-                 "true smallest eigenvalue is at most the value shown, the true largest at "
-                 "least.")
+        note += (" Residual ||Hv - θv||: the Lanczos bound that decides convergence (under "
+                 "the tolerance times the value's magnitude); some Hessian eigenvalue lies "
+                 "within it of the value, not necessarily the one it stands for. Last "
+                 "change: how far the last Lanczos step moved the value. Lanczos approaches "
+                 "both ends from inside: the true smallest eigenvalue is at most the value "
+                 "shown, the true largest at least.")
     return note
 
 
@@ -81,7 +103,9 @@ CSV_HEADER = ["model", "n_seeds", "largest_eigenvalue_mean", "largest_eigenvalue
               "all_eigen_converged", "all_trace_converged", "subset_size", "num_parameters",
               "all_largest_converged", "all_smallest_converged", "draws",
               "largest_eigenvalue_ci", "smallest_eigenvalue_ci", "trace_ci", "confidence",
-              "top_eigenvalues", "top_eigenvalues_ci", "all_top_converged"]
+              "top_eigenvalues", "top_eigenvalues_ci", "all_top_converged",
+              "largest_residual_max", "smallest_residual_max", "top_converged",
+              "top_residuals_max"]
 
 
 def sharpness_table(results: Sequence[tuple[object, SharpnessResult]]):
@@ -156,6 +180,7 @@ class _ModelSummary:
     per_param: tuple[float, float, int]  # trace / parameters
     ok: dict[str, bool]  # converged in every seed: "largest", "smallest", "trace"
     top_ok: bool
+    top_flags: list[bool] | None  # per top-k value: converged in every seed
     top_mean: list[tuple[float, float, int]] | None  # None: no top-k column
     top_ci: list[float] | None  # the first seed's intervals, where ± is over draws
 
@@ -164,9 +189,11 @@ class _ModelSummary:
         one = group[0]
         ok = {q: all(r.end_converged(q) for r in group) for q in ("largest", "smallest")}
         ok["trace"] = all(r.trace_converged for r in group)
-        top_mean = top_ci = None
+        top_mean = top_ci = top_flags = None
         if layout.with_top:
             k = max(len(r.top_eigenvalues or []) for r in group)
+            flags = [_top_flags(r) for r in group]
+            top_flags = [all(f[i] for f in flags if len(f) > i) for i in range(k)]
             top_mean = [mean_std([r.top_eigenvalues[i] for r in group
                                   if r.top_eigenvalues and len(r.top_eigenvalues) > i])
                         for i in range(k)]
@@ -175,7 +202,8 @@ class _ModelSummary:
                    mean_std([r.smallest_eigenvalue for r in group]),
                    mean_std([r.trace for r in group]),
                    mean_std([r.trace / r.num_parameters for r in group]), ok,
-                   all(all(r.top_converged or [False]) for r in group), top_mean, top_ci)
+                   all(all(r.top_converged or [False]) for r in group), top_flags,
+                   top_mean, top_ci)
 
     @property
     def one(self) -> SharpnessResult:
@@ -198,9 +226,11 @@ def _cells(name: str, summary: _ModelSummary, layout: _Layout) -> list[str]:
              mark_unconverged(cell(summary.per_param, per_param_ci, draws), ok["trace"])]
     if layout.with_top:
         top_ci = summary.top_ci
-        shown = ", ".join(cell(m, top_ci[i] if top_ci else None, draws)
+        # each value its own dagger: the top-k's values converge one by one
+        shown = ", ".join(mark_unconverged(cell(m, top_ci[i] if top_ci else None, draws),
+                                           summary.top_flags[i])
                           for i, m in enumerate(summary.top_mean))
-        cells.append(mark_unconverged(shown or "-", summary.top_ok or not summary.top_mean))
+        cells.append(shown or "-")
     if layout.several:
         cells.append(str(len(summary.group)))
     if layout.with_draws:
@@ -212,7 +242,8 @@ def _unconverged_entries(name: str, runs: list[tuple[object, SharpnessResult]]) 
     """The model's entries of :func:`unconverged_note`: (name, quantity, [(seed, details)])."""
     entries = []
     for quantity, shown in (("largest", "largest eigenvalue"),
-                            ("smallest", "smallest eigenvalue"), ("trace", "trace")):
+                            ("smallest", "smallest eigenvalue"), ("trace", "trace"),
+                            ("top", "top eigenvalues")):
         seeds = [(getattr(run, "seed", 0), text) for run, r in runs
                  if (text := unconverged_details(r, quantity)) is not None]
         if seeds:
@@ -237,7 +268,27 @@ def _csv_row(model: str, summary: _ModelSummary, layout: _Layout) -> list:
             one.confidence if intervals else None,
             None if top_mean is None else ";".join(f"{m[0]:.6g}" for m in top_mean),
             None if not summary.top_ci else ";".join(f"{c:.3g}" for c in summary.top_ci),
-            summary.top_ok if layout.with_top else None]
+            summary.top_ok if layout.with_top else None,
+            _worst([r.largest_residual for r in group]),
+            _worst([r.smallest_residual for r in group]),
+            None if summary.top_flags is None else ";".join(str(f) for f in summary.top_flags),
+            _top_residuals(group) if layout.with_top else None]
+
+
+def _worst(values):
+    """The largest of the recorded values (None where none was recorded)."""
+    known = [v for v in values if v is not None]
+    return max(known) if known else None
+
+
+def _top_residuals(group: list[SharpnessResult]) -> str | None:
+    """Per top-k value, the largest residual bound over the seeds (``;``-joined; None where
+    no result recorded them: results stored before they were kept)."""
+    recorded = [r.top_residuals for r in group if r.top_residuals is not None]
+    if not recorded:
+        return None
+    k = max(len(r) for r in recorded)
+    return ";".join(f"{_worst([r[i] for r in recorded if len(r) > i]):.3g}" for i in range(k))
 
 
 def _notes(layout: _Layout, every: list[SharpnessResult], marked: list) -> list[str]:
@@ -252,8 +303,10 @@ def _notes(layout: _Layout, every: list[SharpnessResult], marked: list) -> list[
         notes.append("± is the standard deviation over seeds; each seed's value is the mean "
                      "over its draws (Draws).")
     if layout.with_top:
-        notes.append("Top eigenvalues: the largest Lanczos Ritz values, descending (one "
-                     "start vector sees one copy of a repeated eigenvalue).")
+        notes.append("Top eigenvalues: the largest Lanczos Ritz values, descending, from "
+                     "the Lanczos run that gives the largest and smallest (one start vector "
+                     "sees one copy of a repeated eigenvalue); each value that did not "
+                     f"converge carries {UNCONVERGED_MARK}.")
     note = unconverged_note(marked, layout.several)
     if note:
         notes.append(note)

@@ -53,8 +53,10 @@ def hessian_extremes(model: nn.Module, data: Data, *, loss: LossFn | None = None
     """The largest and the smallest eigenvalue of the Hessian of the mean loss on ``data``.
 
     By the Lanczos method on exact Hessian-vector products (the CLI's ``sharpness``): at
-    most ``iters`` products, stopping when each end moves by less than ``tol`` times its
-    own magnitude in one step.
+    most ``iters`` products, stopping when each end is converged: its residual bound under
+    ``tol`` times its own magnitude (floor: 1e-3 of the largest), now and 5 steps before
+    (:func:`depthscape.analysis.hessian.ritz_converged`). Its ``repr`` marks an end that is
+    not converged with a dagger.
     The Hessian is taken with respect to every parameter that requires grad, with the
     model in eval mode (dropout off, BatchNorm on its running statistics, never folded),
     on a copy. ``batch_size`` cuts the data into chunks (the values do not depend on it up

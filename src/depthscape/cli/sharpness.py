@@ -58,15 +58,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="most Lanczos steps (Hessian-vector products) for the largest and "
                              "smallest eigenvalue (default 20)")
     parser.add_argument("--power-tol", type=float_in(0.0, 1.0, lo_open=True), default=1e-3,
-                        help="change of each eigenvalue in one step, relative to itself, that "
-                             "ends Lanczos (default 1e-3)")
+                        help="a Lanczos value is converged when its residual bound is under "
+                             "this x its own magnitude (floor: 1e-3 of the largest; default 1e-3)")
     parser.add_argument("--trace-samples", type=int_in(1, 10**6), default=50,
                         help="most Hutchinson probe vectors (default 50)")
     parser.add_argument("--trace-tol", type=float_in(0.0, 1e3, lo_open=True), default=1e-2,
                         help="standard error / |trace| that ends Hutchinson early (default 0.01)")
     parser.add_argument("--top-k", type=int_in(0, 10**4), default=0,
-                        help="also the K largest eigenvalues (Lanczos Ritz values, at most "
-                             "--power-iters steps; default 0: off)")
+                        help="also the K largest eigenvalues (Ritz values of the extremes' own "
+                             "Lanczos run, at most --power-iters steps; default 0: off)")
     parser.add_argument("--draws", type=int_in(1, 10**4), default=1,
                         help="independent draws (disjoint data subsets, own Lanczos and probe "
                              "starts): mean ± 95%% Student-t interval (default 1)")
