@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import depthscape as ds  # noqa: E402
 from depthscape.cli import main as cli_main  # noqa: E402
 from depthscape.core.checkpoint import save_checkpoint  # noqa: E402
-from depthscape.core.data import PIXEL_MEANS_255, Preprocess  # noqa: E402
+from depthscape.core.data import Preprocess  # noqa: E402
+from depthscape.core.datasets import dataset_info  # noqa: E402
 from depthscape.core.models import canonical_name, get_model  # noqa: E402
 from depthscape.core.runtime import cpu_description  # noqa: E402
 
@@ -113,7 +114,7 @@ def main(argv=None) -> int:
         from depthscape.core.data import load_dataset
 
         test = load_dataset(str(folder), cache_dir=cache).test  # decoded once, then cached
-        preprocess = Preprocess(scale=255.0, mean=PIXEL_MEANS_255["cifar10"])
+        preprocess = Preprocess(scale=255.0, mean=dataset_info("cifar10").pixel_mean_255)
         checkpoint = write_run(root / "models" / f"{name}.pth", name, test.images, preprocess)
         grid = ["--resolution", str(args.resolution), "--xrange", str(-SPAN), str(SPAN),
                 "--yrange", str(-SPAN), str(SPAN), "--batch-size", str(args.batch_size),

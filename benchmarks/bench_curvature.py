@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from depthscape.analysis.landscape.curvature import CurvatureConfig, curvature_at  # noqa: E402
 from depthscape.analysis.landscape.directions import random_directions  # noqa: E402
-from depthscape.core.data import PIXEL_MEANS_255, Preprocess, load_dataset  # noqa: E402
+from depthscape.core.data import Preprocess, load_dataset  # noqa: E402
+from depthscape.core.datasets import dataset_info  # noqa: E402
 from depthscape.core.models import get_model  # noqa: E402
 
 REAL_CIFAR10 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -63,7 +64,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     images, labels, source = _images(args.images, args.data)
-    preprocess = Preprocess(scale=255.0, mean=PIXEL_MEANS_255["cifar10"], augment=False)
+    preprocess = Preprocess(scale=255.0, mean=dataset_info("cifar10").pixel_mean_255, augment=False)
     inputs, labels = preprocess.normalize(images.to(device)), labels.to(device)
     print(f"{source}, {args.images} images, {args.iterations} Lanczos steps per point, "
           f"{torch.get_num_threads()} thread(s), device {device}")

@@ -44,7 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from depthscape.analysis.landscape.directions import random_directions  # noqa: E402
 from depthscape.analysis.landscape.points import PointEvaluator, PointPool, full_float32  # noqa: E402
-from depthscape.core.data import PIXEL_MEANS_255, Preprocess, Split, load_dataset  # noqa: E402
+from depthscape.core.data import Preprocess, Split, load_dataset  # noqa: E402
+from depthscape.core.datasets import dataset_info  # noqa: E402
 from depthscape.core.models import get_model  # noqa: E402
 from depthscape.core.runs import run_paths  # noqa: E402
 from depthscape.core.runtime import PRECISIONS, cpu_bf16_supported, cpu_description  # noqa: E402
@@ -138,7 +139,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     split, source = load_split(args.images, args.data)
-    preprocess = Preprocess(scale=255.0, mean=PIXEL_MEANS_255["cifar10"], augment=False)
+    preprocess = Preprocess(scale=255.0, mean=dataset_info("cifar10").pixel_mean_255, augment=False)
     print(f"CPU {cpu_description()}; device {device}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; {len(split)} {source}")
     if args.precision is not None:

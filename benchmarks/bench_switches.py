@@ -33,7 +33,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from depthscape.core.data import PIXEL_MEANS_255, Preprocess, Split  # noqa: E402
+from depthscape.core.data import Preprocess, Split  # noqa: E402
+from depthscape.core.datasets import dataset_info  # noqa: E402
 from depthscape.core.device import get_device  # noqa: E402
 from depthscape.core.models import canonical_name, get_model  # noqa: E402
 from depthscape.core.recipes import recipe_for  # noqa: E402
@@ -85,7 +86,7 @@ def time_training(model_name: str, fast: FastPath, device: torch.device, images:
     fast.prepare_model(model)
     optimizer = make_optimizer(recipe, model, fused=fast.fused_optimizer)
     net = fast.compiled(model)
-    preprocess = Preprocess(scale=255.0, mean=PIXEL_MEANS_255["cifar10"], augment=True)
+    preprocess = Preprocess(scale=255.0, mean=dataset_info("cifar10").pixel_mean_255, augment=True)
     schedule = BatchSchedule(len(labels), batch, seed=0, stream=True, device=device)
     generator = torch.Generator(device=device).manual_seed(1)
     sums = MetricSums.on(device)
@@ -120,7 +121,7 @@ def time_landscape(model_name: str, fast: FastPath, device: torch.device, split:
     torch.manual_seed(0)
     model = get_model(model_name, in_channels=3, num_classes=10).eval()
     directions = random_directions(model, 2, 0, "filter")
-    preprocess = Preprocess(scale=255.0, mean=PIXEL_MEANS_255["cifar10"], augment=False)
+    preprocess = Preprocess(scale=255.0, mean=dataset_info("cifar10").pixel_mean_255, augment=False)
     evaluator = PointEvaluator(model, directions, split, preprocess, batch_size=1000,
                                device=device, compile=fast.compile,
                                channels_last=fast.channels_last)

@@ -7,7 +7,8 @@ import torch
 from conftest import write_image_folder
 
 from depthscape.core.checkpoint import save_checkpoint
-from depthscape.core.data import PIXEL_MEANS_255, Preprocess, load_dataset
+from depthscape.core.data import Preprocess, load_dataset
+from depthscape.core.datasets import dataset_info
 from depthscape.core.errors import UserError
 from depthscape.core.models import get_model
 from depthscape.core.recipes import recipe_for
@@ -135,5 +136,5 @@ def test_a_bare_state_dict_needs_a_model_and_takes_its_recipe(tmp_path):
     ten = load_dataset(str(write_image_folder(tmp_path / "ten", classes=tuple("abcdefghij"),
                                               train_per_class=2, test_per_class=1)))
     run = load_trained_run(path, model="plain20", dataset=ten)
-    assert run.preprocess == Preprocess(scale=255.0, mean=PIXEL_MEANS_255["cifar10"],
+    assert run.preprocess == Preprocess(scale=255.0, mean=dataset_info("cifar10").pixel_mean_255,
                                         augment=False)

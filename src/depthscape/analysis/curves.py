@@ -20,6 +20,7 @@ import numpy as np
 
 from depthscape.core.atomic import save_figure
 from depthscape.core.csvlog import LOG_COLUMNS, read_log
+from depthscape.core.datasets import DEFAULT_DATASET
 from depthscape.core.errors import UserError
 from depthscape.core.models import (
     canonical_name,
@@ -132,7 +133,7 @@ def _pick_dataset(runs, dataset: str | None) -> str | None:
     datasets = sorted({r.dataset for r in runs})
     if dataset is not None:
         return dataset
-    return "cifar10" if "cifar10" in datasets else (datasets[0] if datasets else None)
+    return DEFAULT_DATASET if DEFAULT_DATASET in datasets else (datasets[0] if datasets else None)
 
 
 def resolve_runs(tokens: Sequence[str], run_dir: str | os.PathLike = ".", seed: int = 0,
@@ -144,7 +145,7 @@ def resolve_runs(tokens: Sequence[str], run_dir: str | os.PathLike = ".", seed: 
     that model's run with ``seed`` on ``dataset`` (default: CIFAR-10, else the one found).
     """
     runs = find_runs(run_dir)
-    data_tag = _pick_dataset(runs, dataset) or "cifar10"
+    data_tag = _pick_dataset(runs, dataset) or DEFAULT_DATASET
     paths: list[Path] = []
     pending: str | None = None
 

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from depthscape.analysis.curves import display_name
 from depthscape.core.atomic import atomic_write_text
+from depthscape.core.datasets import DEFAULT_DATASET
 from depthscape.core.device import get_device
 from depthscape.core.errors import UserError
 from depthscape.core.models import canonical_name, families, model_depth, model_family, model_info
@@ -336,7 +337,7 @@ def make_tables(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = 
         runs = [r for r in runs if r.model in wanted]
     datasets = sorted({r.dataset for r in runs if r.paths.final.exists()})
     if len(datasets) > 1:
-        keep = "cifar10" if "cifar10" in datasets else datasets[0]
+        keep = DEFAULT_DATASET if DEFAULT_DATASET in datasets else datasets[0]
         runs = [r for r in runs if r.dataset == keep]
     if not any(r.paths.final.exists() for r in runs):
         raise UserError(f"no finished runs (final checkpoints) found under {run_dir}")

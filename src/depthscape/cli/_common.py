@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
+from depthscape.core.datasets import DEFAULT_DATASET, dataset_names_text
 from depthscape.core.errors import UserError
 from depthscape.core.models import canonical_name, depth_forms, model_names_text
 from depthscape.core.plugins import load_plugin
@@ -84,9 +85,8 @@ def model_name(model: str, depth: str | None) -> str:
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """--dataset, --data-dir, --cache-dir."""
     group = parser.add_argument_group("data")
-    group.add_argument("--dataset", default="cifar10",
-                       help="cifar10 (default), mnist, fashion-mnist, or a path to an "
-                            "ImageFolder directory/archive with train/ and test/")
+    group.add_argument("--dataset", default=DEFAULT_DATASET,
+                       help=f"{dataset_names_text()} (default {DEFAULT_DATASET})")
     group.add_argument("--data-dir", default=None,
                        help="data already on disk: torchvision's files, or an ImageFolder "
                             "tree or .tar.gz (e.g. ../shared/data/cifar10-jpeg.tar.gz)")

@@ -31,6 +31,7 @@ from depthscape.cli.plot import (
     plot_from_args,
 )
 from depthscape.core.atomic import check_name_lengths, ensure_writable_dir
+from depthscape.core.datasets import dataset_names_text, dataset_tag
 from depthscape.core.errors import UserError
 from depthscape.core.runs import run_paths
 from depthscape.core.runtime import PRECISIONS
@@ -60,7 +61,7 @@ def add_surface_data_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--split", choices=("test", "train"), default="test")
     data.add_argument("--subset", type=positive_int, default=None,
                       help="a fixed random subset of this many samples of the split")
-    data.add_argument("--dataset", default=None, help="cifar10, mnist, fashion-mnist or an ImageFolder path")
+    data.add_argument("--dataset", default=None, help=dataset_names_text())
     data.add_argument("--data-dir", default=None, help="data already on disk (torchvision files or ImageFolder)")
     data.add_argument("--cache-dir", default=None, help="where decoded data is cached")
 
@@ -154,12 +155,7 @@ def resolve_checkpoint(run: str, depth: str | None, out: str, run_seed: int, dat
     if depth is None and (given.suffix in (".pth", ".pt") or "/" in run):
         raise UserError(f"checkpoint not found: {given}")
     name = model_name(run, depth)
-    tag = "cifar10"
-    if dataset is not None:
-        known = {"cifar10": "cifar10", "cifar-10": "cifar10", "mnist": "mnist",
-                 "fashion-mnist": "fashion-mnist", "fashionmnist": "fashion-mnist"}
-        tag = known.get(dataset.lower(), Path(dataset).name.split(".")[0])
-    path = run_paths(out, name, run_seed, tag).final
+    path = run_paths(out, name, run_seed, dataset_tag(dataset)).final
     if not path.is_file():
         raise UserError(f"no trained {name} in {out}: {path} does not exist (train it first, or "
                         "give the checkpoint file)")

@@ -2,7 +2,8 @@
 
 Every split is held as ``images`` (N, C, H, W) uint8 and ``labels`` (N,) int64. Sources:
 
-* ``cifar10``, ``mnist``, ``fashion-mnist`` through torchvision, downloaded on first use
+* the named datasets (:mod:`depthscape.core.datasets`: ``cifar10``, ``mnist``,
+  ``fashion-mnist``, one record each) through torchvision, downloaded on first use
   into the cache directory (``$DEPTHSCAPE_DATA`` or ``~/.cache/depthscape``) or read from
   ``data_dir`` where the files already lie there;
 * a directory in ImageFolder layout with ``train/`` and ``test/`` (class folders inside,
@@ -30,6 +31,7 @@ from depthscape.core.datacache import (  # noqa: F401  (re-exported)
     default_cache_dir,
     make_cache_dir,
 )
+from depthscape.core.datasets import DatasetInfo, dataset_names_text, find_dataset
 from depthscape.core.errors import UserError
 from depthscape.core.imagefolder import (  # noqa: F401  (re-exported)
     MAX_IMAGE_SIDE,
@@ -42,54 +44,40 @@ from depthscape.core.preprocess import (  # noqa: F401  (re-exported)
     random_crop_flip,
 )
 from depthscape.core.splits import (  # noqa: F401  (re-exported)
-    PIXEL_MEANS_255,
     Dataset,
     Split,
     content_hash,
 )
-
-_TORCHVISION_NAMES = {
-    "cifar10": "CIFAR10",
-    "cifar-10": "CIFAR10",
-    "mnist": "MNIST",
-    "fashion-mnist": "FashionMNIST",
-    "fashionmnist": "FashionMNIST",
-    "fashion_mnist": "FashionMNIST",
-}
 
 
 def load_dataset(source: str = "cifar10", data_dir: str | os.PathLike | None = None,
                  cache_dir: str | os.PathLike | None = None, download: bool = True) -> Dataset:
     """Load a dataset by name or path, each split once, as uint8 tensors.
 
-    ``source`` is ``cifar10``, ``mnist``, ``fashion-mnist`` or a path to an ImageFolder
-    directory/archive. ``data_dir`` points at data already on disk: for a named dataset,
-    the folder torchvision's files lie in (or an ImageFolder tree/archive); it wins over
-    the cache. A missing dataset raises :class:`UserError` saying what was looked for.
+    ``source`` is a registered dataset's name (:func:`~depthscape.core.datasets.datasets`:
+    ``cifar10``, ``mnist``, ``fashion-mnist``) or a path to an ImageFolder directory/archive.
+    ``data_dir`` points at data already on disk: for a named dataset, the folder
+    torchvision's files lie in (or an ImageFolder tree/archive); it wins over the cache. A missing dataset raises :class:`UserError` saying what was looked for.
     """
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    key = source.strip().lower()
-    if key in _TORCHVISION_NAMES:
-        name = "cifar10" if _TORCHVISION_NAMES[key] == "CIFAR10" else (
-            "mnist" if _TORCHVISION_NAMES[key] == "MNIST" else "fashion-mnist")
+    info = find_dataset(source)
+    if info is not None:
         if data_dir is not None and looks_like_image_folder(Path(data_dir)):
-            return load_image_folder(data_dir, cache, name=name)
+            return load_image_folder(data_dir, cache, name=info.name)
         root = Path(data_dir).expanduser() if data_dir is not None else cache
-        return _load_torchvision(name, _TORCHVISION_NAMES[key], root,
-                                 download=download and data_dir is None)
+        return _load_torchvision(info, root, download=download and data_dir is None)
     path = Path(source).expanduser()
     if path.exists():
         return load_image_folder(path, cache)
-    raise UserError(
-        f"unknown dataset {source!r}: use cifar10, mnist, fashion-mnist or a path to an "
-        "ImageFolder directory/archive with train/ and test/"
-    )
+    raise UserError(f"unknown dataset {source!r}: use {dataset_names_text()}")
 
 
-def _load_torchvision(name: str, class_name: str, root: Path, download: bool) -> Dataset:
+def _load_torchvision(info: DatasetInfo, root: Path, download: bool) -> Dataset:
+    # deferred on purpose: torchvision.datasets is slow to import and only a download or
+    # torchvision's own files need it (an ImageFolder or the decoded cache does not)
     import torchvision.datasets as tvd
 
-    dataset_class = getattr(tvd, class_name)
+    name, dataset_class = info.name, getattr(tvd, info.torchvision)
     splits = {}
     if not download and not root.is_dir():  # a --data-dir is read, never created
         raise UserError(f"data directory {root} does not exist" if not root.exists()

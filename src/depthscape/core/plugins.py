@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from depthscape.core.data import Dataset, Preprocess, Split, load_dataset
+from depthscape.core.datasets import dataset_names_text
 from depthscape.core.errors import UserError
 from depthscape.core.models import (
     FamilyInfo,
@@ -229,8 +230,8 @@ class PluginModel:
         was trained on (:func:`~depthscape.core.trained.resolve_data_source`'s rule)."""
         recorded = self.config.get("train") or {}
         if dataset is None and data_dir is None and not recorded.get("dataset"):
-            raise UserError("--model-from needs the data to measure on: --dataset (cifar10, "
-                            "mnist, fashion-mnist or an ImageFolder path) or --data-dir")
+            raise UserError("--model-from needs the data to measure on: --dataset "
+                            f"({dataset_names_text()}) or --data-dir")
         source = resolve_data_source(recorded, dataset, data_dir, cache_dir)
         return load_dataset(*source.key)
 

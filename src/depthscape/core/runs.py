@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from depthscape.core.datasets import DEFAULT_DATASET
 from depthscape.core.errors import UserError
 from depthscape.core.models import canonical_name, model_depth, model_family, model_info
 
@@ -33,11 +34,11 @@ class RunPaths:
 
 
 def run_paths(out_dir: str | os.PathLike, model: str, seed: int = 0,
-              dataset: str = "cifar10") -> RunPaths:
+              dataset: str = DEFAULT_DATASET) -> RunPaths:
     """The files of the run of ``model`` with ``seed`` on ``dataset`` under ``out_dir``."""
     out = Path(out_dir)
     info = model_info(model)  # the spec's file names come with the model's registry entry
-    data_tag = "" if dataset == "cifar10" else f"_{dataset}"
+    data_tag = "" if dataset == DEFAULT_DATASET else f"_{dataset}"
     seed_tag = f"_seed{seed}" if seed else ""
     run_name = f"{info.run_name()}{data_tag}{seed_tag}"
     final_stem = f"{info.checkpoint_name(dataset)}{seed_tag}"
@@ -95,7 +96,7 @@ def _from_name(run_name: str) -> tuple[str, int, str] | None:
         seed, run_name = int(match.group(1)), run_name[:match.start()]
     base, _, dataset = run_name.partition("_")
     try:
-        return canonical_name(base), seed, dataset or "cifar10"
+        return canonical_name(base), seed, dataset or DEFAULT_DATASET
     except UserError:
         return None
 

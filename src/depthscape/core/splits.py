@@ -13,15 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from depthscape.core.datasets import dataset_info, find_dataset
 from depthscape.core.errors import UserError
-
-#: Per-channel means on the 0..255 scale used by the ResNet/PlainNet recipes. CIFAR-10's are
-#: the spec's [125, 123, 114]; the grey datasets get their own rounded pixel means.
-PIXEL_MEANS_255 = {
-    "cifar10": (125.0, 123.0, 114.0),
-    "mnist": (33.0,),
-    "fashion-mnist": (73.0,),
-}
 
 
 @dataclass
@@ -85,11 +78,14 @@ class Dataset:
 
     @property
     def pixel_mean_255(self) -> tuple[float, ...]:
-        """The per-channel mean subtracted by the ResNet/PlainNet preprocessing."""
-        if self.name in PIXEL_MEANS_255:
-            return PIXEL_MEANS_255[self.name]
+        """The per-channel mean subtracted by the ResNet/PlainNet preprocessing: a named
+        dataset's own (its record's), CIFAR-10's for other colour images (an ImageFolder of
+        CIFAR-10, as the JPEG archive is), else this data's rounded mean."""
+        info = find_dataset(self.name)
+        if info is not None:
+            return info.pixel_mean_255
         if self.in_channels == 3:
-            return PIXEL_MEANS_255["cifar10"]
+            return dataset_info("cifar10").pixel_mean_255
         return tuple(float(v) for v in self.train.images.float().mean(dim=(0, 2, 3)).round())
 
 

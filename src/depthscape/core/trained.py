@@ -41,13 +41,13 @@ from torch import nn
 
 from depthscape.core.checkpoint import check_state_dict, load_checkpoint
 from depthscape.core.data import Dataset, Preprocess, Split, load_dataset
+from depthscape.core.datasets import DEFAULT_DATASET
 from depthscape.core.errors import UserError
 from depthscape.core.models import canonical_name, get_model, model_kwargs_for
 from depthscape.core.recipe import Recipe, preprocess_for
 from depthscape.core.recipes import recipe_for
 
 #: Where a bare state dict (which records nothing) is assumed to come from.
-DEFAULT_DATASET = "cifar10"
 
 #: The shape of CIFAR-10 as the model factories see it (for a bare state dict).
 _CIFAR10_SHAPE = SimpleNamespace(in_channels=3, num_classes=10, image_size=32)

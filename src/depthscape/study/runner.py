@@ -29,6 +29,7 @@ from depthscape.core.atomic import (
     remove_stale_temporaries,
     remove_stale_temporaries_in,
 )
+from depthscape.core.datasets import DEFAULT_DATASET
 from depthscape.core.device import get_device
 from depthscape.core.errors import UserError
 from depthscape.core.locking import claim
@@ -57,7 +58,7 @@ class StudyConfig:
     budget: str = "quick"
     seeds: int = 1
     out_dir: str = "study"
-    dataset: str = "cifar10"
+    dataset: str = DEFAULT_DATASET
     data_dir: str | None = None
     cache_dir: str | None = None
     device: str | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from depthscape.core.data import Dataset, Preprocess
+from depthscape.core.datasets import DEFAULT_DATASET
 from depthscape.core.recipe import Recipe
 from depthscape.core.runtime import recorded_precision
 
@@ -19,7 +20,7 @@ class TrainConfig:
     """Everything one training run depends on. The recipe defaults to the spec's."""
 
     model: str
-    dataset: str = "cifar10"
+    dataset: str = DEFAULT_DATASET
     data_dir: str | None = None
     cache_dir: str | None = None
     out_dir: str = "."
