@@ -142,7 +142,8 @@ def _write_figure(path):
 def _write_density_plot(path):
     import torch
 
-    from depthscape.analysis.spectrum import plot_densities, spectral_density
+    from depthscape.analysis.spectrum import spectral_density
+    from depthscape.analysis.spectrum_plots import plot_densities
 
     spectrum = torch.linspace(0, 5, 12).double()
     density = spectral_density(lambda v: [spectrum * v[0]], [torch.zeros(12, dtype=torch.float64)],

@@ -13,11 +13,11 @@ from depthscape.analysis.hessian import HessianOperator
 from depthscape.analysis.spectrum import (
     SpectralDensity,
     lanczos,
-    plot_densities,
     run_seed,
     spectral_density,
     top_eigenvalues,
 )
+from depthscape.analysis.spectrum_plots import plot_densities
 
 
 @pytest.fixture(scope="module")

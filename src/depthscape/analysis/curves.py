@@ -183,6 +183,7 @@ def resolve_runs(tokens: Sequence[str], run_dir: str | os.PathLike = ".", seed: 
 
 
 def _pyplot():
+    # deferred on purpose: matplotlib is slow to import and only figures need it
     import matplotlib
 
     matplotlib.use("Agg", force=False)

@@ -256,6 +256,22 @@ class EigenExtremes:
                 f"{_g(self.largest_residual)}/{_g(self.smallest_residual)})")
 
 
+def _ritz_ends(alphas: list[float], betas: list[float], beta: float):
+    """The smallest and the largest Ritz value of the Lanczos tridiagonal (``alphas`` on its
+    diagonal, ``betas`` beside it) and their residual bounds (``beta``, the next
+    off-diagonal, times the last entry of each one's eigenvector); None where LAPACK cannot
+    diagonalise it."""
+    tridiagonal = (torch.diag(torch.tensor(alphas, dtype=torch.float64))
+                   + torch.diag(torch.tensor(betas, dtype=torch.float64), 1)
+                   + torch.diag(torch.tensor(betas, dtype=torch.float64), -1))
+    try:
+        ritz, vectors = torch.linalg.eigh(tridiagonal)
+    except torch.linalg.LinAlgError:
+        return None
+    return ((float(ritz[0]), float(ritz[-1])),
+            (beta * abs(float(vectors[-1, 0])), beta * abs(float(vectors[-1, -1]))))
+
+
 def extreme_eigenvalues(operator: Callable, params: Sequence[torch.Tensor], iters: int = 20,
                         tol: float = 1e-3, seed: int = 0) -> EigenExtremes:
     """Largest and smallest eigenvalue of the symmetric ``operator`` (``v -> H v``), by Lanczos.
@@ -264,11 +280,10 @@ def extreme_eigenvalues(operator: Callable, params: Sequence[torch.Tensor], iter
     reorthogonalised, so no eigenvalue repeats); the extreme eigenvalues of the small
     tridiagonal matrix it yields (the Ritz values) approach both ends of the spectrum from
     inside, far faster than power iteration where eigenvalues crowd near the ends. Stops
-    when both ends pass :func:`ritz_converged` (their residual bound under ``tol`` times
-    their own magnitude, with its floor near 0) and passed it :func:`hold_steps` steps
-    before too, within that tolerance of their value now, or when the basis spans an invariant
-    subspace (exact), or after ``iters`` steps (an end that did not pass is flagged). Keeps
-    ``iters`` vectors of the parameters' size.
+    when both ends pass :func:`ritz_converged` (residual bound under ``tol`` times their
+    own magnitude, floored near 0) and passed it :func:`hold_steps` steps before, within
+    that tolerance of their value now; when the basis spans an invariant subspace (exact);
+    or after ``iters`` steps (an end that did not pass is flagged). Keeps ``iters`` vectors.
     """
     shapes = [p.shape for p in params]
     sizes = [p.numel() for p in params]
@@ -301,31 +316,23 @@ def extreme_eigenvalues(operator: Callable, params: Sequence[torch.Tensor], iter
         done = basis[:step + 1]
         for _ in range(2):  # twice is enough to keep the basis orthogonal in floating point
             w = w - done.T @ (done @ w)
-        tridiagonal = (torch.diag(torch.tensor(alphas, dtype=torch.float64))
-                       + torch.diag(torch.tensor(betas, dtype=torch.float64), 1)
-                       + torch.diag(torch.tensor(betas, dtype=torch.float64), -1))
-        try:
-            ritz, vectors = torch.linalg.eigh(tridiagonal)
-        except torch.linalg.LinAlgError:  # a tridiagonal LAPACK cannot diagonalise: as above
-            return failed(step + 1)
-        new = (float(ritz[0]), float(ritz[-1]))
-        scale = max(abs(new[0]), abs(new[1]), 1e-30)
         beta = float(w.norm())
-        # the Ritz residual of a pair is beta times the last entry of its eigenvector
-        residual = (beta * abs(float(vectors[-1, 0])), beta * abs(float(vectors[-1, -1])))
+        found = _ritz_ends(alphas, betas, beta)
+        if found is None:  # a tridiagonal LAPACK cannot diagonalise: as above
+            return failed(step + 1)
+        new, residual = found
+        scale = max(abs(new[0]), abs(new[1]), 1e-30)
         change = ((abs(new[0] - ends[0]), abs(new[1] - ends[1])) if step > 0
                   else (None, None))
-        # each end by its residual bound against its own magnitude: a small change in one
-        # step is no proof (the smallest end creeps out of the bulk near 0 long after the
-        # largest has settled: ResNet-20, quick budget: -0.011 after 8 steps against -7.12
-        # after 60; docs/spectrum.md), a small residual is (an eigenvalue lies within it)
+        # each end by its residual bound against its own magnitude (an eigenvalue lies
+        # within it; a small change in one step proves nothing: docs/spectrum.md)
         passed = tuple(ritz_converged(v, r, tol, scale) for v, r in zip(new, residual))
         history.append((new, passed))
         # ... and held its place: a missed eigenvalue beyond it would have moved it
         before = history[step - hold] if step >= hold else None
-        settled = tuple(p and before is not None and before[1][e]
-                        and held(new[e], before[0][e], tol, scale)
-                        for e, p in enumerate(passed))
+        settled = tuple(p and before is not None and before[1][end]
+                        and held(new[end], before[0][end], tol, scale)
+                        for end, p in enumerate(passed))
         exact = beta <= 1e-10 * scale  # an invariant subspace: its Ritz values are exact
         if all(settled) or exact or step + 1 == iters:
             ok = (True, True) if all(settled) or exact else settled

@@ -48,7 +48,8 @@ from depthscape.analysis.sharpness_table import (  # noqa: F401  (re-exported)
     unconverged_details,
     unconverged_note,
 )
-from depthscape.analysis.spectrum import SpectralDensity, plot_densities, run_seed, spectral_density
+from depthscape.analysis.spectrum import SpectralDensity, run_seed, spectral_density
+from depthscape.analysis.spectrum_plots import plot_densities
 from depthscape.analysis.tables import model_sort_key
 from depthscape.core.atomic import atomic_write_text
 from depthscape.core.distributed import is_main_process, setup

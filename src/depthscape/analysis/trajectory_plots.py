@@ -61,6 +61,7 @@ def plot_trajectory(surface_file: str | os.PathLike, out_dir: str | os.PathLike,
                     log_scale: bool = True, levels: int = 25,
                     formats=("png", "pdf")) -> list[Path]:
     """The contour with the path drawn on it, as ``<stem>_path.<png|pdf>``; returns the files."""
+    # deferred on purpose: matplotlib is slow to import and only figures need it
     from matplotlib.figure import Figure
 
     trajectory = read_trajectory(surface_file)
@@ -77,6 +78,7 @@ def plot_trajectory(surface_file: str | os.PathLike, out_dir: str | os.PathLike,
 def plot_trajectory_pair(surface_files, stem: str | os.PathLike, titles=None, log_scale: bool = True,
                          formats=("png", "pdf")) -> list[Path]:
     """Trajectories side by side in one figure (e.g. ResNet | PlainNet of one depth)."""
+    # deferred on purpose: matplotlib is slow to import and only figures need it
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6.0 * len(surface_files), 5.0), layout="constrained")

@@ -291,6 +291,7 @@ class TrajectorySurface(Surface):
         """
         if kind != "path":
             return super().plot(kind, log_scale=log_scale, levels=levels, **options)
+        # deferred on purpose: matplotlib is slow to import and only figures need it
         from matplotlib.figure import Figure
 
         fig = Figure(figsize=(6.4, 5.2))

@@ -83,6 +83,7 @@ def _factory(spec: str):
                         "or path/to/file.py:FACTORY")
     if source == "torchvision":
         try:
+            # deferred on purpose: torchvision.models is slow to import; only this needs it
             import torchvision.models
         except ImportError:
             raise UserError("--model-from torchvision:... needs torchvision installed") from None

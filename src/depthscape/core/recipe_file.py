@@ -52,6 +52,7 @@ def _toml():
     if sys.version_info >= (3, 11):
         return tomllib
     try:
+        # deferred on purpose: the TOML reader of Python < 3.11 (tomllib from 3.11)
         import tomli
     except ModuleNotFoundError:
         raise UserError("reading a TOML recipe on Python 3.10 needs tomli: pip install tomli") \

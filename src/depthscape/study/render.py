@@ -134,6 +134,7 @@ def surface_figure_json(surface: dict, title: str) -> dict:
 
 
 def _plotly_js() -> str:
+    # deferred on purpose: plotly loads only for the interactive HTML
     from plotly.offline import get_plotlyjs
 
     return get_plotlyjs()

@@ -111,6 +111,7 @@ class SnapshotWriter:
         """Write the pending snapshots (call before saving a checkpoint, on stop, at the end)."""
         if not self.enabled or (not self.pending and self.kept == self.on_disk):
             return
+        # deferred on purpose: h5py loads only where an HDF5 file is read or written
         import h5py
 
         with atomic_path(self.path) as tmp:
@@ -134,6 +135,7 @@ class SnapshotWriter:
         names, shapes = self.layout if self.layout is not None else ([], [])
         width = len(self.pending[0][1]) if self.pending else 0
         if self.kept and not width:
+            # deferred on purpose: h5py loads only where an HDF5 file is read or written
             import h5py
 
             with h5py.File(self.path, "r") as old:
@@ -186,6 +188,7 @@ def read_snapshot_rows(path: str | os.PathLike, rows, out: torch.Tensor) -> torc
 
 
 def _open(path, reader):
+    # deferred on purpose: h5py loads only where an HDF5 file is read or written
     import h5py
 
     path = Path(path)

@@ -335,6 +335,7 @@ def draw_curvature(ax, curvature: dict, vmax: float = RATIO_MAX, colorbar: bool 
 def plot_curvature(surface_file: str | os.PathLike, out_dir: str | os.PathLike,
                    vmax: float = RATIO_MAX, formats=("png", "pdf")) -> list[Path]:
     """The curvature map as ``<stem>_curvature.<png|pdf>``; returns the files written."""
+    # deferred on purpose: matplotlib is slow to import and only figures need it
     from matplotlib.figure import Figure
 
     curvature = read_curvature(surface_file)
@@ -350,6 +351,7 @@ def plot_curvature_grid(maps, stem: str | os.PathLike, vmax: float = RATIO_MAX,
                         formats=("png", "pdf")) -> list[Path]:
     """Several curvature maps (``(label, surface_file)`` pairs) in one figure, one row per
     model family (CNN, ResNet, PlainNet, ...) and one colour scale for all."""
+    # deferred on purpose: matplotlib is slow to import and only figures need it
     from matplotlib.figure import Figure
 
     rows: dict[str, list] = {}

@@ -168,6 +168,7 @@ def flatness_cells(result: FlatnessResult) -> tuple[str, str]:
 
 def plot_flatness(result: FlatnessResult, path, title: str | None = None):
     """The K slices as thin lines over their band (mean +- CI, and min to max)."""
+    # deferred on purpose: matplotlib is slow to import and only figures need it
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -316,6 +317,7 @@ def plot_flatness_by_depth(results: Sequence[tuple[object, FlatnessResult]], pat
     """Both measures against depth, one line per family, each point mean ± CI over the
     directions (pooled over seeds); a model of fixed depth (the CNN) as a dashed level.
     Writes ``path``; returns it."""
+    # deferred on purpose: matplotlib is slow to import and only figures need it
     import matplotlib
 
     matplotlib.use("Agg", force=False)

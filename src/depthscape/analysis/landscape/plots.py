@@ -90,6 +90,7 @@ def _levels(values: np.ndarray, levels: int | Sequence[float]) -> np.ndarray:
 
 
 def _figure(three_d: bool = False):
+    # deferred on purpose: matplotlib is slow to import and only figures need it
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6.4, 5.2))
@@ -296,6 +297,7 @@ def write_interactive_html(surface_file: str | os.PathLike, html_path: str | os.
 
     A 3-D surface for a 2-D surface file, a line plot for a 1-D one.
     """
+    # deferred on purpose: plotly loads only for the interactive HTML
     import plotly.graph_objects as go
 
     surface = read_surface(surface_file)

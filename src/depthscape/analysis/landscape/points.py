@@ -35,7 +35,8 @@ from depthscape.analysis.landscape.folding import (  # noqa: F401  (FoldPair etc
 from depthscape.analysis.landscape.sweep import WorkerPool
 from depthscape.core.data import Preprocess, Split
 from depthscape.core.errors import UserError
-from depthscape.core.runtime import Precision, precision_named, tf32_scope
+from depthscape.core.runtime import Precision, precision_named
+from depthscape.core.tf32 import tf32_scope
 
 #: Largest batch on the CPU. Batches this small keep a ResNet's activations near the
 #: cache; measured faster per image than batches of 1,000 there (GPUs take the batch as given).

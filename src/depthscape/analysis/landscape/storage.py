@@ -96,6 +96,7 @@ def _to_attr(value):
 
 def write_surface(path: str | os.PathLike, state: SurfaceState) -> Path:
     """Write ``state`` to ``path`` atomically (temporary file + rename)."""
+    # deferred on purpose: h5py loads only where an HDF5 file is read or written
     import h5py
 
     path = Path(path)
@@ -164,6 +165,7 @@ def _settings_of(path: Path, f) -> dict:
 
 def _check_layout(path: Path, f, settings: dict) -> None:
     """Shapes and direction count agree with each other and with the recorded settings."""
+    # deferred on purpose: h5py loads only where an HDF5 file is read or written
     import h5py
 
     def dataset(name: str):
@@ -220,6 +222,7 @@ def read_state(path: str | os.PathLike, with_directions: bool = True) -> Surface
     the grid, one direction per axis (tensor names and shapes alike) and the recorded dims
     and resolution; a mismatch is one line naming the file and what is wrong.
     """
+    # deferred on purpose: h5py loads only where an HDF5 file is read or written
     import h5py
 
     path = Path(path)

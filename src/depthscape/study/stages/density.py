@@ -7,7 +7,7 @@ from pathlib import Path
 
 from depthscape.analysis.curves import display_name
 from depthscape.analysis.sharpness import DensityConfig, measure_density
-from depthscape.analysis.spectrum import plot_densities
+from depthscape.analysis.spectrum_plots import plot_densities
 from depthscape.core.models import model_depth, present_pairs
 from depthscape.study.blocks import FigureBlock, FigureGrid, Heading, Paragraph
 from depthscape.study.stages.base import Stage, is_fresh
