@@ -11,6 +11,9 @@ modules (which would make the order in which they load matter).
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -113,3 +116,29 @@ def test_the_cycle_check_sees_package_inits(tmp_path, monkeypatch):
     with pytest.raises(AssertionError, match="import cycle: depthscape.core.fake -> "
                                              "depthscape.core.fake.member -> depthscape.core.fake"):
         test_no_import_cycles()
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], []])
+def test_the_command_list_and_version_load_no_torch(argv):
+    """Issue 30: ``depthscape --help`` and ``--version`` read the commands from their
+    modules' source and import none of them (nor torch); a command's own help does."""
+    probe = ("import sys\nfrom depthscape.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n"
+             "    pass\nprint(sorted(m for m in sys.modules if m == 'torch' or "
+             "m.startswith('depthscape.cli.') or m.startswith('depthscape.analysis')))")
+    found = subprocess.run([sys.executable, "-c", probe % (argv,)], capture_output=True,
+                           text=True, check=True, env={**os.environ, "PYTHONPATH": str(PACKAGE.parent)})
+    assert found.stdout.strip().splitlines()[-1] == "[]", found.stdout
+    listed = subprocess.run([sys.executable, "-c", probe % (["train", "--help"],)],
+                            capture_output=True, text=True, check=True,
+                            env={**os.environ, "PYTHONPATH": str(PACKAGE.parent)})
+    assert "'torch'" in listed.stdout.strip().splitlines()[-1]
+
+
+def test_every_command_is_listed_from_its_source():
+    from depthscape.cli import _command_modules, commands
+
+    listed = commands()
+    modules = _command_modules()
+    assert [c.name for c in listed] == [m.NAME for m in modules]
+    assert [c.help for c in listed] == [m.HELP for m in modules]
+    assert [c.order for c in listed] == sorted(c.order for c in listed)
