@@ -200,9 +200,9 @@ def main(argv=None) -> int:
                     print(f"  {label} {c}: depthscape {a:.8f} baseline {b:.8f} diff {a - b:.2e}")
             rate = len(coords) / seconds
             print(f"{name}: depthscape {label}: {rate:.3f} points/s, ratio {rate / base_rate:.2f}x, "
-                  f"max |loss difference| {diff:.2e} (precision {fast.precision}, "
+                  f"max |loss difference| {diff:.2e} (precision {fast.precision.name}, "
                   f"{len(fast.folded_pairs)} BatchNorms folded, {workers} workers)")
-            if diff >= 1e-4 and fast.precision == "fp32":
+            if diff >= 1e-4 and fast.precision.is_default:
                 print(f"{name}: {label} loss difference {diff:.2e} is not below 1e-4",
                       file=sys.stderr)
                 failed = True

@@ -47,12 +47,12 @@ class HessianOperator:
     def __init__(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
                  batch_size: int = 500,
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                 precision: Precision | None = None, dist=None):
+                 precision: Precision | str | None = None, dist=None):
         self.model = model
         self.dist = dist if dist is not None and dist.enabled else None
         device_type = next(iter(model.parameters()), torch.empty(0)).device.type
-        self.precision = (precision if precision is not None else
-                          precision_named(None, device_type)).check_backward()
+        self.precision = (precision if isinstance(precision, Precision) else  # a name: as resolved
+                          precision_named(precision, device_type)).check_backward()
         self.model.eval()
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:

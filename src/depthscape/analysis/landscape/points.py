@@ -103,13 +103,14 @@ class PointEvaluator:
     def __init__(self, model: nn.Module, directions: list[dict[str, torch.Tensor]], split: Split,
                  preprocess: Preprocess | None, batch_size: int = 1000,
                  device: torch.device | None = None, fold: bool = True, compile: bool = False,
-                 channels_last: bool | None = None, precision: Precision | None = None,
+                 channels_last: bool | None = None, precision: Precision | str | None = None,
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None):
         device = torch.device(device) if device is not None else torch.device("cpu")
         self.device = device
-        # as the caller resolved it for this device (core.runtime.resolve_precision);
-        # None: fp32 (exact, TF32 off)
-        self.precision = precision if precision is not None else precision_named(None, device.type)
+        # as the caller resolved it for this device (core.runtime.resolve_precision; a name
+        # is taken as resolved already); None: fp32 (exact, TF32 off)
+        self.precision = (precision if isinstance(precision, Precision)
+                          else precision_named(precision, device.type))
         self.batch_size = effective_batch_size(batch_size, device)
         self.compiled = compile
         model = copy.deepcopy(model).to(device).eval()
