@@ -61,6 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "models/<checkpoint>.snapshots.h5, for `depthscape trajectory`")
     sched.add_argument("--stop-after", type=positive_int, default=None,
                        help="stop resumably after this many iterations")
+    sched.add_argument("--no-layer-stats", action="store_true",
+                       help="do not record gradient flow (per-layer gradient and weight norms "
+                            "and update ratios at the log's cadence in logs/<run>_layers.csv; "
+                            "a resumed run keeps what it started with)")
     run = parser.add_argument_group("run control")
     either = run.add_mutually_exclusive_group()  # continue the old run, or replace it: not both
     either.add_argument("--resume", action="store_true", help="continue an interrupted run")
@@ -81,7 +85,7 @@ def config_from_args(args: argparse.Namespace, model: str | None = None, recipe=
         checkpoint_every=args.checkpoint_every, resume=args.resume, overwrite=args.overwrite,
         stop_after=args.stop_after, progress=not args.no_progress,
         **gpu_settings(args),
-        snapshot_every=args.snapshot_every,
+        snapshot_every=args.snapshot_every, layer_stats=not args.no_layer_stats,
     )
 
 

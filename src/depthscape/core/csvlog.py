@@ -39,6 +39,17 @@ def append_log(filepath: str | os.PathLike, row: Iterable) -> None:
         raise write_failed(error, filepath) from None
 
 
+def append_rows(filepath: str | os.PathLike, rows: Iterable[Iterable]) -> None:
+    """Append several rows to ``filepath`` at once, flushed to disk once."""
+    try:
+        with open_for_append(filepath, "training log", newline="") as handle:
+            csv.writer(handle).writerows([_format(v) for v in row] for row in rows)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        raise write_failed(error, filepath) from None
+
+
 def _format(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
@@ -60,11 +71,14 @@ def _damaged(path: Path, where: str, what: str, hint: str) -> DamagedLog:
     return DamagedLog(f"the training log {path} is damaged ({where}: {what}); {hint}")
 
 
-def _parse(filepath: str | os.PathLike, hint: str) -> tuple[list[str], list[list[str]], list[dict[str, float]]]:
+def _parse(filepath: str | os.PathLike, hint: str, text: Sequence[str] = (),
+           repeats: bool = False) -> tuple[list[str], list[list[str]], list[dict[str, float]]]:
     """Header, raw rows and numeric rows of a log; a DamagedLog naming the row where it is not one.
 
     Checked: a header naming an ``iteration`` column, every row as many cells as the
-    header, every cell a number or blank, and iterations whole and strictly increasing.
+    header, every cell a number or blank (but the ``text`` columns, kept as read), and
+    iterations whole and strictly increasing (non-decreasing where ``repeats``: a layer
+    file has one row per layer at each iteration).
     """
     path = Path(filepath)
     try:
@@ -86,6 +100,9 @@ def _parse(filepath: str | os.PathLike, hint: str) -> tuple[list[str], list[list
                            f"{len(cells)} cells where the header has {len(header)}", hint)
         values = {}
         for name, cell in zip(header, cells):
+            if name in text:
+                values[name] = cell
+                continue
             try:
                 values[name] = float(cell) if cell != "" else math.nan
             except ValueError:
@@ -93,7 +110,8 @@ def _parse(filepath: str | os.PathLike, hint: str) -> tuple[list[str], list[list
                                f"{name} is {cell!r}, not a number", hint) from None
         iteration = values["iteration"]
         if not (math.isfinite(iteration) and iteration == int(iteration)) or (
-                previous is not None and iteration <= previous):
+                previous is not None and (iteration < previous if repeats
+                                          else iteration <= previous)):
             raise _damaged(path, f"row on line {number}",
                            f"iteration {cells[column]!r} does not follow {previous:g}"
                            if previous is not None else f"iteration {cells[column]!r}", hint)
@@ -103,16 +121,19 @@ def _parse(filepath: str | os.PathLike, hint: str) -> tuple[list[str], list[list
     return header, raw, rows
 
 
-def read_log(filepath: str | os.PathLike) -> list[dict[str, float]]:
-    """Read a log back as a list of rows, numbers as floats (blank cells as NaN).
+def read_log(filepath: str | os.PathLike, text: Sequence[str] = (),
+             repeats: bool = False) -> list[dict[str, float]]:
+    """Read a log back as a list of rows, numbers as floats (blank cells as NaN), the
+    ``text`` columns as strings; ``repeats``: several rows per iteration (a layer file).
 
     A damaged log (not what depthscape wrote) is a :class:`DamagedLog` naming the row.
     """
-    return _parse(filepath, _READ_HINT)[2]
+    return _parse(filepath, _READ_HINT, text, repeats)[2]
 
 
 def truncate_log(filepath: str | os.PathLike, last_iteration: int,
-                 expected_rows: int | None = None) -> int:
+                 expected_rows: int | None = None, text: Sequence[str] = (),
+                 repeats: bool = False) -> int:
     """Drop the rows after ``last_iteration`` (rows a killed run wrote past its checkpoint).
 
     A damaged log is refused (:class:`DamagedLog`), never repaired by dropping rows; so is
@@ -121,7 +142,7 @@ def truncate_log(filepath: str | os.PathLike, last_iteration: int,
     how many rows are kept.
     """
     path = Path(filepath)
-    header, raw, rows = _parse(path, _RESUME_HINT)
+    header, raw, rows = _parse(path, _RESUME_HINT, text, repeats)
     kept = [cells for cells, row in zip(raw, rows) if row["iteration"] <= last_iteration]
     if expected_rows is not None and len(kept) != expected_rows:
         raise DamagedLog(f"the training log {path} holds {len(kept)} row(s) up to iteration "

@@ -145,7 +145,8 @@ def claim_run(paths, *, overwrite: bool = False, owner: bool = True,
 
     ``paths`` is the run's :class:`~depthscape.core.runs.RunPaths`. Under the lock the
     temporaries an interrupted atomic write left are removed, and with ``overwrite``
-    every file of the old run (resume and final checkpoint, log, config, snapshots) is removed before
+    every file of the old run (resume and final checkpoint, log, config, snapshots, layer
+    file) is removed before
     the new run writes anything, so an interrupted overwrite cannot resume the old run.
     Under torchrun (``owner`` only on rank 0, ``agree`` a collective, see :func:`claim`)
     the other ranks pass ``agree`` only once rank 0 has removed the old files.
@@ -154,7 +155,8 @@ def claim_run(paths, *, overwrite: bool = False, owner: bool = True,
         error: UserError | None = None
         if owner:
             try:
-                files = (paths.resume, paths.final, paths.log, paths.config, paths.snapshots)
+                files = tuple(f for f in (paths.resume, paths.final, paths.log, paths.config,
+                                          paths.snapshots, paths.layers) if f is not None)
                 for file in files:  # names the filesystem cannot hold fail now, not mid-run
                     check_name_lengths(file)
                 stack.enter_context(exclusive_lock(run_lock_path(paths), f"run {paths.run_name}"))

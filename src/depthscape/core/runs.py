@@ -31,6 +31,7 @@ class RunPaths:
     final: Path  # final weights + config
     resume: Path  # periodic resumable checkpoint (removed once the run finishes)
     snapshots: Path  # weight snapshots for trajectories (train --snapshot-every)
+    layers: Path | None = None  # per-layer gradient flow, one row per layer per log row
 
 
 def run_paths(out_dir: str | os.PathLike, model: str, seed: int = 0,
@@ -49,6 +50,7 @@ def run_paths(out_dir: str | os.PathLike, model: str, seed: int = 0,
         final=out / "models" / f"{final_stem}.pth",
         resume=out / "models" / f"{final_stem}.resume.pth",
         snapshots=snapshot_path(out / "models" / f"{final_stem}.pth"),
+        layers=out / "logs" / f"{run_name}_layers.csv",
     )
 
 

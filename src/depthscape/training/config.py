@@ -47,6 +47,10 @@ class TrainConfig:
     # weight snapshots every N iterations (epochs for epoch recipes) into
     # models/<checkpoint>.snapshots.h5, for trajectories; None: none (training/snapshots.py)
     snapshot_every: int | None = None
+    # gradient flow: per-layer gradient and weight norms and update ratios, averaged over
+    # each log row's steps, into logs/<run>_layers.csv (training/layerstats.py); a resumed
+    # run keeps what it started with (runs from before the layer file resume without one)
+    layer_stats: bool = True
     # a model from outside the package (--model-from): {"spec", "kwargs", "weights_sha256"},
     # part of the run's identity; ``model`` is then the plug-in run's name
     # (training/plugin.py). None: one of the package's models.
@@ -91,7 +95,10 @@ def first_difference(saved: dict, current: dict) -> str | None:
             continue
         if saved.get(key) != current.get(key):
             return key
-    ignore = {"data_dir", "cache_dir", "out_dir", "checkpoint_every", "eval_batch_size"}
+    # what only says where files are, or which extra files are written (a resumed run keeps
+    # the layer statistics it started with: training/loop.py)
+    ignore = {"data_dir", "cache_dir", "out_dir", "checkpoint_every", "eval_batch_size",
+              "layer_stats"}
     for key, value in current["train"].items():
         if key not in ignore and saved.get("train", {}).get(key) != value:
             return key

@@ -27,6 +27,7 @@ from depthscape.core.runs import RunPaths
 from depthscape.training.config import TrainConfig
 from depthscape.training.evaluation import evaluate_sums, mean_metrics
 from depthscape.training.fastpath import FastPath
+from depthscape.training.layerstats import LayerStats, layer_rows
 from depthscape.training.runfiles import RunFiles, write_trace
 from depthscape.training.snapshots import SnapshotWriter
 from depthscape.training.state import TrainState
@@ -90,6 +91,7 @@ class RunEvents:
     last_saved: int | None  # the step of the last checkpoint on disk
     log_rows: int  # rows in the log (a resumed run's earlier ones included)
     trace: list[torch.Tensor] | None  # the batch trace (TRACE_ENV), None where off
+    layer_stats: LayerStats | None  # gradient flow, None where off
 
     @contextmanager
     def progress(self):
@@ -188,6 +190,10 @@ class RunEvents:
                "test_loss": test_loss, "test_acc": test_acc, "test_err": 100.0 - test_acc,
                "elapsed_s": round(state.elapsed_s, 3)}
         self.files.append_row(row)
+        if self.layer_stats is not None:  # gradient flow: one read of the window's sums
+            self.files.append_layer_rows(layer_rows(
+                self.layer_stats.layers, state.sums.layers, state.step - state.window_from,
+                state.step))
         self.rows.append(row)
         self.log_rows += 1
         now = time.perf_counter()

@@ -114,7 +114,7 @@ class StateSnapshot:
 
     model: dict[str, torch.Tensor]
     optimizer: dict[int, dict[str, torch.Tensor]]
-    sums: tuple[torch.Tensor, torch.Tensor]
+    sums: list[torch.Tensor]  # MetricSums.tensors()
     rng_cuda: torch.Tensor | None
     device: torch.device
 
@@ -124,7 +124,7 @@ class StateSnapshot:
         saved_optimizer = {id(p): {k: v.detach().clone() for k, v in slot.items() if torch.is_tensor(v)}
                            for p, slot in optimizer.state.items()}
         return cls({k: v.detach().clone() for k, v in model.state_dict().items()}, saved_optimizer,
-                   (sums.loss.clone(), sums.correct.clone()),
+                   [tensor.clone() for tensor in sums.tensors()],
                    torch.cuda.get_rng_state(device) if device.type == "cuda" else None, device)
 
     @torch.no_grad()
@@ -141,8 +141,8 @@ class StateSnapshot:
                     value.copy_(saved[key])
                 else:  # state the warm-up created is zeroed: equal to a fresh state
                     value.zero_()
-        sums.loss.copy_(self.sums[0])
-        sums.correct.copy_(self.sums[1])
+        for tensor, saved in zip(sums.tensors(), self.sums):
+            tensor.copy_(saved)
         if self.rng_cuda is not None:
             torch.cuda.set_rng_state(self.rng_cuda, self.device)
 

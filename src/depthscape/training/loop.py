@@ -56,6 +56,7 @@ from depthscape.training.config import TrainConfig, first_difference, run_settin
 from depthscape.training.events import RunEvents, TrainResult
 from depthscape.training.fastpath import FastPath, fast_path_for
 from depthscape.training.graph import CaptureBroke, capture_or_eager, graph_allowed
+from depthscape.training.layerstats import LayerStats, layer_count
 from depthscape.training.runfiles import TRACE_ENV, NoFiles, RunFiles
 from depthscape.training.snapshots import SnapshotWriter, snapshot_path
 from depthscape.training.state import TrainState
@@ -166,7 +167,7 @@ def _train(config: TrainConfig, recipe: Recipe, dataset: Dataset | None, dist: D
     if isinstance(saved, TrainResult):  # resuming a run that had finished
         return saved
     if saved is not None:
-        run.keep_saved_layout(saved)
+        run.keep_saved_switches(saved)
     dist.barrier()  # every rank has looked at the files before rank 0 writes any
     state = run.build_state(saved)
 
@@ -194,6 +195,7 @@ class _Run(RunEvents):
         self.config, self.recipe, self.model_name = config, recipe, model_name
         self.dist, self.fast, self.dataset = dist, fast, dataset
         self.paths = run_paths(out_dir, model_name, config.seed, dataset.name)
+        self.layer_stats_on = config.layer_stats  # a resumed run keeps its own (keep_saved_switches)
         self.files = RunFiles(self.paths) if dist.is_main else NoFiles(self.paths)
         self.train_split = dataset.train.subset(config.train_subset)
         self.test_split = dataset.test.subset(config.test_subset)
@@ -247,8 +249,9 @@ class _Run(RunEvents):
                             "or --overwrite to start over")
         return None
 
-    def keep_saved_layout(self, saved: dict) -> None:
-        """A resumed run keeps the memory layout it started with, unless one is asked for.
+    def keep_saved_switches(self, saved: dict) -> None:
+        """A resumed run keeps the memory layout it started with, unless one is asked for,
+        and its layer statistics.
 
         (Runs before channels-last on the CPU recorded ``channels_last: false``: they resume
         in NCHW, so their steps stay bit-exact with an uninterrupted run.)
@@ -258,6 +261,11 @@ class _Run(RunEvents):
         if self.config.channels_last is None and was != self.fast.channels_last:
             self.fast = replace(self.fast, channels_last=was)
             self.settings["runtime"] = {**self.fast.to_dict(), "world_size": self.dist.world_size}
+        # and the layer statistics it started with: a layer file without a gap, or none
+        # (runs from before layer statistics recorded no such setting)
+        train = saved.get("config", {}).get("train") or {}
+        self.layer_stats_on = bool(train.get("layer_stats", False))
+        self.settings["train"]["layer_stats"] = self.layer_stats_on
 
     def build_state(self, saved: dict | None) -> TrainState:
         """Model, optimizer, data on the device and the steps; continued from ``saved`` if given."""
@@ -274,7 +282,10 @@ class _Run(RunEvents):
         self.labels = self.train_split.labels.to(dist.device)
         self.test_split = self.test_split.to(dist.device)
         augment = torch.Generator(device=dist.device).manual_seed(config.seed + 1)
-        self.state = TrainState(model, optimizer, augment, dist, MetricSums.on(dist.device))
+        count = layer_count(model) if self.layer_stats_on else 0
+        self.state = TrainState(model, optimizer, augment, dist, MetricSums.on(dist.device, count))
+        self.layer_stats = LayerStats(model, self.state.sums.layers) if count else None
+        self.files.layers = count
         if saved is not None:
             self._resume(saved)
         every_steps = (config.snapshot_every or 1) * (self.epoch_steps if self.recipe.unit == "epoch" else 1)
@@ -286,7 +297,7 @@ class _Run(RunEvents):
         net = fast.compiled(dist.wrap_model(model))  # what the step calls; ``model`` is what is saved
         net.train()
         self.steps = {batch: make_train_step(net, optimizer, make_loss(dist.world_size, batch),
-                                             self.state.sums, fast.autocast)
+                                             self.state.sums, fast.autocast, self.layer_stats)
                       for batch in self.schedule.batch_sizes()}
         if fast.cuda_graph:  # the full batch's step becomes one replayed graph (training/graph.py)
             try:

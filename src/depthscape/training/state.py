@@ -71,9 +71,10 @@ class TrainState:
 
         Keys: ``iteration``, ``elapsed_s``, ``model_state``, ``optimizer_state``,
         ``rng_augment``, ``rng_cpu`` (``rng_cuda`` on CUDA), ``window_loss``,
-        ``window_correct``, ``window_seen``, ``window_from``, ``last_test``, and the
+        ``window_correct``, ``window_seen``, ``window_from``, ``last_test``, the
         per-rank lists ``rng_cpu_ranks`` (``rng_cuda_ranks``), ``window_loss_ranks``,
-        ``window_correct_ranks``.
+        ``window_correct_ranks``, and with layer statistics ``window_layers`` (the same on
+        every rank: they are norms of the all-reduced gradients).
         """
         cuda = self.device.type == "cuda"
         own = (torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if cuda else None,
@@ -95,6 +96,8 @@ class TrainState:
             "rng_augment": self.augment.get_state().cpu(), **per_rank,
             "window_seen": self.window_seen, "window_from": self.window_from,
             "last_test": list(self.last_test),
+            **({"window_layers": self.sums.layers.cpu().clone()}
+               if self.sums.layers is not None else {}),
         }
 
     def load_state_dict(self, state: dict, saved_world_size: int = 1) -> None:
@@ -126,6 +129,11 @@ class TrainState:
         self.elapsed_before = float(state["elapsed_s"])
         self.sums.loss.fill_(loss)
         self.sums.correct.fill_(correct)
+        layers = state.get("window_layers")
+        if self.sums.layers is not None:  # the loop turns them off for runs saved without
+            if not torch.is_tensor(layers) or layers.shape != self.sums.layers.shape:
+                raise ValueError("the checkpoint's layer statistics do not match the model")
+            self.sums.layers.copy_(layers)
         self.window_seen, self.window_from = int(state["window_seen"]), int(state["window_from"])
         self.last_test = tuple(state["last_test"])
 

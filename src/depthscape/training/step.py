@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from depthscape.training.layerstats import LayerStats, NoLayerStats
+
 #: ``loss_fn(logits, labels) -> (loss to differentiate, this batch's summed loss as float64)``.
 LossFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 TrainStep = Callable[[torch.Tensor, torch.Tensor], None]
@@ -25,21 +27,29 @@ TrainStep = Callable[[torch.Tensor, torch.Tensor], None]
 
 @dataclass
 class MetricSums:
-    """Training loss and correct predictions summed on the device since the last log row."""
+    """Training loss and correct predictions summed on the device since the last log row,
+    and where layer statistics are kept (:mod:`depthscape.training.layerstats`) their
+    per-layer sums, ``(3, layers)``."""
 
     loss: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.float64))
     correct: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.int64))
+    layers: torch.Tensor | None = None
 
     @classmethod
-    def on(cls, device: torch.device | str) -> MetricSums:
-        """Zero sums on ``device``."""
+    def on(cls, device: torch.device | str, layers: int = 0) -> MetricSums:
+        """Zero sums on ``device`` (with per-layer sums for ``layers`` layers, if any)."""
         return cls(torch.zeros((), dtype=torch.float64, device=device),
-                   torch.zeros((), dtype=torch.int64, device=device))
+                   torch.zeros((), dtype=torch.int64, device=device),
+                   torch.zeros(3, layers, dtype=torch.float64, device=device) if layers else None)
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every sum tensor (what a captured step's warm-up must put back)."""
+        return [self.loss, self.correct] + ([self.layers] if self.layers is not None else [])
 
     def zero_(self) -> None:
         """Start a new window (in place: a captured step keeps adding to the same tensors)."""
-        self.loss.zero_()
-        self.correct.zero_()
+        for tensor in self.tensors():
+            tensor.zero_()
 
 
 def make_loss(world_size: int = 1, global_batch: int = 1) -> LossFn:
@@ -78,20 +88,26 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
 def make_train_step(net: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn,
                     sums: MetricSums,
                     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-                    ) -> TrainStep:
+                    layers: LayerStats | NoLayerStats | None = None) -> TrainStep:
     """``step(x, y)``: forward, loss, backward and update of ``net`` on one batch.
 
     ``x`` is the model input as the net takes it (preprocessed, augmented, in the fast
     path's memory layout), ``y`` the labels. The step adds the batch's summed loss and
-    correct predictions to ``sums`` on the device; nothing is read back.
+    correct predictions to ``sums`` on the device, and ``layers`` (gradient flow:
+    :class:`~depthscape.training.layerstats.LayerStats`, None: off) its per-layer norms
+    around the update; nothing is read back.
     """
+    layers = layers if layers is not None else NoLayerStats()
+
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
         with autocast():
             logits = net(x)
             loss, loss_sum = loss_fn(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        layers.before_update()
         optimizer.step()
+        layers.after_update()
         with torch.no_grad():
             sums.loss += loss_sum
             sums.correct += (logits.argmax(1) == y).sum()
