@@ -21,6 +21,10 @@ steps after 20 untimed ones, each ending in its ``loss.item()``. Every measureme
 from the same process-wide settings (``cudnn.benchmark``, TF32): training changes them,
 and they are put back before the next one.
 
+Then the cost of the layer statistics (gradient flow, on by default): the device's default
+variant with and without them, in ``--layer-stats-repeats`` interleaved pairs, the median
+rate of each and the difference in percent.
+
 Each figure is printed with the runtime that produced it (captured or eager, precision,
 layout) on the same line. Exits 1 if the captured step was asked for (the CUDA default)
 (or ``--cuda-graph`` given) and a run did not use it.
@@ -36,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 import tempfile
 import time
@@ -192,6 +197,7 @@ class Variant:
     precision: str | None = None
     channels_last: bool | None = None
     cuda_graph: bool | None = None
+    layer_stats: bool = True  # gradient flow recorded (depthscape train's default)
 
 
 @dataclass(frozen=True)
@@ -242,12 +248,27 @@ def ours(dataset: Dataset, iterations: int, window: int, model_name: str, device
                                        device=device, precision=variant.precision,
                                        channels_last=variant.channels_last,
                                        cuda_graph=variant.cuda_graph, log_every=window,
+                                       layer_stats=variant.layer_stats,
                                        eval_every=10**9, checkpoint_every=10**9),
                            dataset=small_test)
             runtime = json.loads(result.paths.config.read_text())["runtime"]
     flags.restore()
     rate, steps, measured = window_rate(result.rows)
     return Measured(rate, steps, measured, runtime)
+
+
+def layer_stats_cost(dataset: Dataset, iterations: int, window: int, model_name: str,
+                     device: str, variant: Variant, flags: ProcessFlags,
+                     repeats: int) -> tuple[float, float]:
+    """Median images/s of ``variant`` with and without the layer statistics, measured in
+    ``repeats`` interleaved pairs (on, off, on, off, ...: a machine that slows down in
+    between slows both sides)."""
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(repeats):
+        for on in (True, False):
+            rates[on].append(ours(dataset, iterations, window, model_name, device,
+                                  replace(variant, layer_stats=on), flags).images_per_s)
+    return statistics.median(rates[True]), statistics.median(rates[False])
 
 
 def variants(device: torch.device, args: argparse.Namespace) -> list[Variant]:
@@ -285,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--layer-stats-repeats", type=int, default=3, metavar="N",
+                        help="interleaved pairs with and without the layer statistics, on the "
+                             "device's default variant (0: skip)")
     parser.add_argument("--synthetic", type=int, default=None, metavar="N",
                         help="train on N random images instead of the archive (quick checks)")
     args = parser.parse_args(argv)
@@ -316,6 +340,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"{fast.windows} windows)", flush=True)
             if graph_asked and not fast.runtime.get("cuda_graph") and name not in fell_back:
                 fell_back.append(name)
+        if args.layer_stats_repeats > 0:
+            default = variants(device, args)[-1 if cuda else 1]  # the device's default path
+            on, off = layer_stats_cost(dataset, iterations, window, name, args.device, default,
+                                       flags, args.layer_stats_repeats)
+            print(f"{name} : layer statistics on / off ({default.label}): {on:9.1f} / "
+                  f"{off:9.1f} img/s, cost {100 * (1 - on / off):+.1f} % (median of "
+                  f"{args.layer_stats_repeats} interleaved pairs)", flush=True)
     if fell_back:
         print(f"FAILED: the captured step was asked for and not used for {', '.join(fell_back)} "
               "(see the notice above)", flush=True)

@@ -17,7 +17,7 @@ from depthscape.training.fastpath import cpu_bf16_supported, set_tf32, tf32_enab
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 TINY = ["--device", "cpu", "--models", "resnet8", "--iterations", "2", "--window", "1",
         "--baseline-iterations", "1", "--baseline-warmup", "1", "--synthetic", "256",
-        "--workers", "0"]
+        "--workers", "0", "--layer-stats-repeats", "1"]
 
 
 def load_benchmark(name: str):
@@ -76,6 +76,9 @@ def test_a_cpu_dry_run_prints_every_cpu_variant_with_its_runtime_and_ratio(
     assert len(results) == 1 + len(expected)
     for line, label in zip(results[1:], expected):
         assert label in line and "x the DataLoader loop (2 steps in 2 windows)" in line, line
+    cost = [line for line in lines if line.startswith("resnet8 : layer statistics on / off")]
+    assert len(cost) == 1 and "(depthscape channels-last fp32 (the CPU default))" in cost[0]
+    assert "% (median of 1 interleaved pairs)" in cost[0], cost
 
 
 def test_a_graph_asked_for_and_not_used_exits_non_zero(bench_train, capsys, cache_dir, one_thread,
