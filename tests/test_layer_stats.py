@@ -125,3 +125,25 @@ def test_a_captured_steps_warm_up_leaves_the_layer_sums_as_they_were():
     sums.layers += 10
     snapshot.restore(model, optimizer, sums)
     assert torch.equal(sums.layers, torch.full((3, 1), 1.5, dtype=torch.float64))
+
+
+def test_curves_layers_draws_each_pair_and_refuses_a_run_without_a_layer_file(data, tmp_path,
+                                                                              capsys):
+    from depthscape.analysis.layer_curves import load_layer_flow
+
+    out = tmp_path / "runs"
+    assert _train(data, out) == 0
+    assert main(["train", "plainnet", "8", "--dataset", str(data), "--out", str(out), *ARGS]) == 0
+    flow = load_layer_flow(out / "logs" / "resnet8_d_log.csv")
+    assert flow.grad.shape == (8, 15) and flow.layers[0] == "conv1" and flow.stages[-1] == "head"
+    assert flow.profile_iterations()[0] == 4 and flow.profile_iterations()[-1] == 32
+    capsys.readouterr()
+    assert main(["curves", "--layers", "--run-dir", str(out), "--dataset", "d",
+                 "--format", "png"]) == 0
+    assert "gradient flow of ResNet-8 vs PlainNet-8" in capsys.readouterr().out
+    assert (out / "plots" / "resnet8_d_vs_plainnet8_d_layers.png").stat().st_size > 10_000
+    (out / "logs" / "plainnet8_d_layers.csv").unlink()
+    assert main(["curves", "--layers", "resnet8", "plainnet8", "--run-dir", str(out),
+                 "--dataset", "d"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "plainnet8_d has no layer file" in err[0], err
