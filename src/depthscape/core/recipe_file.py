@@ -37,7 +37,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import tomllib
 
 from depthscape.core.errors import UserError
 from depthscape.core.recipe import Recipe
@@ -50,6 +49,9 @@ _PREPROCESS = {"pixel_scale", "subtract_mean", "augment"}
 
 def _toml():
     if sys.version_info >= (3, 11):
+        # deferred on purpose: tomllib exists from Python 3.11 only (3.10 reads with tomli)
+        import tomllib
+
         return tomllib
     try:
         # deferred on purpose: the TOML reader of Python < 3.11 (tomllib from 3.11)
