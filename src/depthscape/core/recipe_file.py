@@ -37,7 +37,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-
 from depthscape.core.errors import UserError
 from depthscape.core.recipe import Recipe
 
