@@ -7,6 +7,7 @@ The bad-input tests at the end need no cluster."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import threading
@@ -202,7 +203,7 @@ def test_no_wait_then_status_and_the_folder_is_held_across_the_cluster(local, on
         assert "pending" in text or "running" in text or "completing" in text
         assert time.monotonic() < deadline, text
         time.sleep(0.5)
-    assert "landscapes-plain8  done" in text
+    assert re.search(r"^landscapes-plain8 +done +job", text, re.M)
     assert study_differences(local, out) == []
 
 

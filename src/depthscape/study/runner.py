@@ -19,11 +19,11 @@ import contextlib
 import json
 import os
 import time
-
-import torch
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+import torch
 
 from depthscape.core import runtime
 from depthscape.core.atomic import (

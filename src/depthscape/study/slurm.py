@@ -30,16 +30,16 @@ import signal
 import subprocess
 import sys
 import time
-import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import tomllib
 from tqdm.auto import tqdm
 
 from depthscape.core.atomic import ensure_writable_dir
 from depthscape.core.errors import UserError
 from depthscape.study import jobs, runner
-from depthscape.study.units import FINAL, Unit, plan_units, run_unit
+from depthscape.study.units import Unit, plan_units, run_unit
 
 try:  # optional (depthscape[cluster]): only the slurm launcher needs it, and says so
     import submitit
