@@ -38,7 +38,7 @@ from depthscape.study import jobs  # noqa: E402
 
 
 def study_command(out: Path, data: Path, cache: Path, models: list[str], *extra: str) -> list:
-    return [sys.executable, "-m", "depthscape.cli", "study", "--budget", "smoke", "--models",
+    return [sys.executable, "-m", "depthscape", "study", "--budget", "smoke", "--models",
             *models, "--dataset", str(data), "--cache-dir", str(cache), "--out", str(out),
             "--threads", "1", "--no-progress", *extra]
 

@@ -82,13 +82,14 @@ def queue_states() -> dict[str, str]:
 
 
 def in_flight(out: Path, queue: dict[str, str] | None = None) -> dict[str, str]:
-    """The folder's recorded units still queued or running: unit -> Slurm state."""
+    """The folder's recorded units still queued or running: unit -> Slurm state. A unit
+    whose done marker is written has finished its work (its job may still be exiting)."""
     units = read_record(out)["units"]
     if not units:
         return {}
     queue = queue_states() if queue is None else queue
     return {name: queue[entry["job_id"]] for name, entry in units.items()
-            if queue.get(entry.get("job_id")) in ACTIVE}
+            if queue.get(entry.get("job_id")) in ACTIVE and not done_path(out, name).exists()}
 
 
 def refuse_if_in_flight(out: Path) -> None:

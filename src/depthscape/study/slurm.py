@@ -367,6 +367,10 @@ def launch(config, settings: SlurmSettings, wait: bool = True) -> int:
                             record, out, log_dir)
         _say(f"submitted {len(submitted)} unit(s) (job logs in {log_dir}); "
              f"{len(units) - len(submitted)} already done")
+        width = max(len(name) for name in submitted)
+        for name in submitted:  # where each unit's log is
+            entry = record["units"][name]
+            print(f"  {name:<{width}}  job {entry['job_id']:<8}  {entry['stderr']}", flush=True)
         if not wait:
             _say(f"not waiting: see where they stand with depthscape study --status --out {out}")
             return 0
