@@ -348,7 +348,7 @@ def test_an_unreadable_study_json_is_refused_not_overwritten(tmp_path, content):
     """A study.json that cannot be read (not JSON, not an object, a directory) is refused in
     one line before any work: the folder's runs could not be matched to a budget, nor its
     arithmetic kept."""
-    from depthscape.study.runner import _start
+    from depthscape.study.runner import start_study as _start
 
     path = tmp_path / "study.json"
     path.mkdir() if content is None else path.write_text(content)
@@ -362,7 +362,7 @@ def test_the_study_records_who_chose_its_arithmetic(tmp_path, monkeypatch, nativ
     """study.json keeps chosen_by (the report's sentence reads it, and a later call keeps
     it where the default would now differ)."""
     from depthscape.core import runtime
-    from depthscape.study.runner import _start
+    from depthscape.study.runner import start_study as _start
 
     monkeypatch.setattr(runtime, "cpu_bf16_supported", lambda: native)
     chosen = "budget" if native else "default"

@@ -13,7 +13,7 @@ from depthscape.cli._common import (
 )
 from depthscape.core.atomic import ensure_writable_dir
 from depthscape.core.runtime import PRECISIONS
-from depthscape.study import runner
+from depthscape.study import runner, slurm
 from depthscape.study.runner import BUDGETS, StudyConfig, describe_budgets, switchable_stages
 
 NAME = "study"
@@ -46,9 +46,54 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="arithmetic of the landscapes and trajectories: fp32 (exact), "
                              "bf16 (CUDA or a CPU with native bf16), ... (default: the "
                              "folder's; a new quick study bf16 on such a CPU, else fp32)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="torch threads for the study (and each Slurm unit; default: "
+                             "torch's here, the unit's CPUs on Slurm)")
+    add_slurm_arguments(parser)
+
+
+def add_slurm_arguments(parser: argparse.ArgumentParser) -> None:
+    """--launcher, --no-wait, --status and the Slurm settings (docs/cluster.md)."""
+    group = parser.add_argument_group(
+        "cluster", "run the study's units as Slurm jobs through submitit (docs/cluster.md); "
+        "each setting also from $DEPTHSCAPE_SLURM_<NAME> or a TOML file's [slurm] table")
+    group.add_argument("--launcher", choices=["local", "slurm"], default="local",
+                       help="local: this process (default); slurm: one job per unit")
+    group.add_argument("--no-wait", action="store_true",
+                       help="submit the units and return (see them with --status)")
+    group.add_argument("--status", action="store_true",
+                       help="show where the Slurm units of --out stand, submitting nothing")
+    group.add_argument("--slurm-partition", default=None, help="partition of every unit")
+    group.add_argument("--slurm-account", default=None, help="account charged")
+    group.add_argument("--slurm-qos", default=None, help="quality of service")
+    group.add_argument("--slurm-time", default=None,
+                       help="time limit per unit: minutes or h:mm:ss (default 60)")
+    group.add_argument("--slurm-gpus", type=int, default=None, help="GPUs per unit (default 0)")
+    group.add_argument("--slurm-cpus", type=positive_int, default=None,
+                       help="CPUs per unit (default 1; also the unit's torch threads)")
+    group.add_argument("--slurm-mem-gb", type=float, default=None, help="memory per unit, GB")
+    group.add_argument("--slurm-arg", action="append", default=None, metavar="KEY=VALUE",
+                       help="any other keyword of submitit's update_parameters (repeatable; "
+                            "VALUE read as JSON where it parses)")
+    group.add_argument("--slurm-log-dir", default=None,
+                       help="job logs (default <out>/slurm/logs)")
+    group.add_argument("--slurm-config", default=None, metavar="TOML",
+                       help="a TOML file whose [slurm] table holds these settings")
+    group.add_argument("--slurm-allow-node-local", action="store_true",
+                       help="allow an output folder under /tmp or /dev/shm (a one-node cluster)")
+
+
+def slurm_settings(args: argparse.Namespace) -> slurm.SlurmSettings:
+    cli = {"partition": args.slurm_partition, "account": args.slurm_account,
+           "qos": args.slurm_qos, "time": args.slurm_time, "gpus": args.slurm_gpus,
+           "cpus": args.slurm_cpus, "mem_gb": args.slurm_mem_gb, "log_dir": args.slurm_log_dir,
+           "args": args.slurm_arg, "allow_node_local": args.slurm_allow_node_local}
+    return slurm.settings_from(cli, args.slurm_config)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.status:
+        return slurm.status(args.out or f"study-{args.budget}")
     ensure_writable_dir(args.out or f"study-{args.budget}", create=False)
 
     config = StudyConfig(
@@ -57,7 +102,9 @@ def run(args: argparse.Namespace) -> int:
         device=args.device, models=args.models, progress=not args.no_progress,
         skip=tuple(s.name for s in switchable_stages() if getattr(args, f"no_{s.name}")),
         runs_per_gpu=args.runs_per_gpu, landscape_precision=args.landscape_precision,
-        **gpu_settings(args))
+        threads=args.threads, **gpu_settings(args))
+    if args.launcher == "slurm":
+        return slurm.launch(config, slurm_settings(args), wait=not args.no_wait)
     result = runner.run_study(config)
     print(f"report: {result.report_md}\n        {result.report_html}")
     return 0

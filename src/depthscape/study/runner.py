@@ -15,12 +15,15 @@ A :class:`~depthscape.study.budgets.Budget` says how much of the spec's work to 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+import torch
 
 from depthscape.core import runtime
 from depthscape.core.atomic import (
@@ -44,7 +47,8 @@ from depthscape.study.budgets import (  # noqa: F401
     describe_budgets,
     get_budget,
 )
-from depthscape.study.stages import Study, all_stages, switchable_stages
+from depthscape.study.jobs import refuse_if_in_flight
+from depthscape.study.stages import Stage, Study, all_stages, switchable_stages
 from depthscape.study.stages.training import training_configs  # noqa: F401
 
 #: The stages that have a switch of their own in StudyConfig (the others: ``skip``).
@@ -83,6 +87,10 @@ class StudyConfig:
     runs_per_gpu: int | None = None  # concurrent trainings per GPU (None: $DEPTHSCAPE_RUNS_PER_GPU or 1)
     landscape_precision: str | None = None
     skip: tuple[str, ...] = ()  # stages not to run, by name (`depthscape study --no-<name>`)
+    # torch's intra-op threads for the whole study and for every Slurm unit (None: torch's
+    # default here, the unit's CPUs on Slurm); float sums depend on it, so a study compared
+    # across launchers sets it
+    threads: int | None = None
 
     def __post_init__(self):
         # a stage is off where `skip` names it; the stages with a switch of their own say
@@ -167,29 +175,63 @@ def run_study(config: StudyConfig) -> StudyResult:
     """Run (or finish) the study ``config`` describes and write its report; see the module doc.
 
     The study folder is locked while it runs: a second study in it is refused (one line
-    naming the holder); the temporaries an interrupted write left in it are removed.
+    naming the holder), as is any study while Slurm units of the folder are queued or running
+    (:mod:`depthscape.study.jobs`); the temporaries an interrupted write left in it are removed.
     """
     out = ensure_writable_dir(config.out_dir)
+    with claim_study(out):
+        return finish_study(config)
+
+
+@contextlib.contextmanager
+def claim_study(out: Path):
+    """Hold the study folder ``out`` (this process's lock, and no Slurm unit of it in flight)
+    and remove the temporaries an interrupted write left in it."""
     with claim(out / ".study.lock", f"study folder {out}"):
+        refuse_if_in_flight(out)
         remove_stale_temporaries([*study_paths(out).values(), out / "study.json"])
         # the folders the study itself writes (a killed study leaves temporaries there)
         remove_stale_temporaries_in([out / sub for sub in study_folders()])
-        return _run_study(config)
+        yield
 
 
-def _run_study(config: StudyConfig) -> StudyResult:
-    study = _start(config)
-    for stage in all_stages():
-        if stage.wanted(study):
-            with _Timer(study, stage.name):
-                stage.run(study)
+def finish_study(config: StudyConfig) -> StudyResult:
+    """Every stage of the study in this process, on a folder already held (:func:`run_study`;
+    the Slurm launcher's final unit, whose submitter holds it): what earlier calls or units
+    finished is reused."""
+    study = start_study(config)
+    run_stages(study, all_stages())
     _write_timings(study.out, study.result.timings)
     study.say(f"report: {study.result.report_md} and {study.result.report_html}")
     return study.result
 
 
-def _start(config: StudyConfig) -> Study:
-    """The study ``config`` asks for, checked, with its folder claimed for its budget."""
+def run_stages(study: Study, stages: Sequence[Stage]) -> None:
+    """Run each of ``stages`` that is wanted, in order, timing each: the one loop of the study,
+    for a whole study and for one unit's part of it alike (:mod:`depthscape.study.units`)."""
+    with _threads(study.config.threads):
+        for stage in stages:
+            if stage.wanted(study):
+                with _Timer(study, stage.name):
+                    stage.run(study)
+
+
+@contextlib.contextmanager
+def _threads(count: int | None):
+    if count is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def start_study(config: StudyConfig, write: bool = True) -> Study:
+    """The study ``config`` asks for, checked, with its folder claimed for its budget
+    (``study.json`` written where ``write``; a unit reads the one its submitter wrote)."""
     budget = get_budget(config.budget)
     if config.seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {config.seeds}")
@@ -208,7 +250,10 @@ def _start(config: StudyConfig) -> Study:
     settings["arithmetic"] = {"precision": config.precision,
                               "landscape_precision": config.landscape_precision,
                               "chosen_by": chosen_by}
-    atomic_write_text(out / "study.json", json.dumps(settings, indent=2) + "\n")
+    if config.threads is not None and config.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {config.threads}")
+    if write:
+        atomic_write_text(out / "study.json", json.dumps(settings, indent=2) + "\n")
     result = StudyResult(out, out / "report.md", out / "report.html",
                          arithmetic={"landscapes": config.landscape_precision,
                                      "chosen_by": chosen_by})

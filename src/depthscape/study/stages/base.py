@@ -40,6 +40,17 @@ class Stage:
     skip_help: str | None = None
     #: folders under the study folder the stage writes (stale temporaries are removed there)
     folders: tuple[str, ...] = ()
+    #: True where the stage's work is per model (one unit per model under ``--launcher
+    #: slurm``, :mod:`depthscape.study.units`); its parts across models (a table of every
+    #: run, a pair figure, one grid of all maps) are written only by a whole study
+    per_model: bool = False
+    #: the stages whose results this one reads from ``study.result`` (run before it in the
+    #: same unit, their results reused from disk; its unit depends on theirs)
+    after: tuple[str, ...] = ()
+
+    def planned(self, study: Study) -> bool:
+        """Whether the stage will run, judged before any stage has (default: :meth:`wanted`)."""
+        return self.wanted(study)
 
     def wanted(self, study: Study) -> bool:
         """Whether the stage runs in ``study`` (default: whenever it is switched on)."""
@@ -79,6 +90,14 @@ class Study:
     result: object  # runner.StudyResult, filled by the stages
     dataset: object = None  # core.data.Dataset, loaded by the data stage
     runs: list = field(default_factory=list)  # core.runs.RunInfo, every model x seed
+    # one unit's part of the study (depthscape.study.units): (model, seed or None for every
+    # seed); the data stage keeps only those runs. None: the whole study
+    only: tuple | None = None
+
+    @property
+    def partial(self) -> bool:
+        """Whether this is one unit's part (then no stage writes its across-model files)."""
+        return self.only is not None
 
     def say(self, message: str) -> None:
         if self.config.progress:

@@ -25,6 +25,8 @@ def _map(resolution: int, subset: int, iterations: int) -> CurvatureConfig:
 
 class CurvatureStage(Stage):
     name = "curvature"
+    per_model = True
+    after = ("landscapes",)  # maps of the landscapes' planes
     order = 70
     report_order = 60
     # quick: sized with the trajectories to ~5 min together (docs/study.md)
@@ -36,6 +38,9 @@ class CurvatureStage(Stage):
 
     def wanted(self, study) -> bool:
         return super().wanted(study) and bool(study.result.landscapes)  # maps of their planes
+
+    def planned(self, study) -> bool:  # before the landscapes ran: where they will
+        return super().wanted(study) and study.switched_on("landscapes")
 
     def run(self, study) -> None:
         result, grid = study.result, study.budget.curvature
@@ -54,7 +59,7 @@ class CurvatureStage(Stage):
             if not is_fresh(png, [surface]):
                 plot_curvature(surface, plot_dir)
             result.curvature.append(View(landscape.model, landscape.run_name, surface, png))
-        if result.curvature:
+        if result.curvature and not study.partial:  # all maps: a whole study's
             png = plot_dir / "curvature_maps.png"
             if not is_fresh(png, [v.data for v in result.curvature]):
                 plot_curvature_grid([(v.model, v.data) for v in result.curvature],

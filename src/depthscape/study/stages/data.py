@@ -17,6 +17,10 @@ class DataStage(Stage):
         name = study.dataset.name
         study.runs = [RunInfo(m, s, name, run_paths(study.out, m, s, name))
                       for s in range(config.seeds) for m in study.models]
+        if study.only is not None:  # one unit's part: its model (and seed)
+            model, seed = study.only
+            study.runs = [run for run in study.runs
+                          if run.model == model and seed in (None, run.seed)]
 
 
 STAGE = DataStage()

@@ -16,6 +16,7 @@ from depthscape.study.stages.sharpness import measurement
 
 class DensityStage(Stage):
     name = "density"
+    per_model = True
     order = 80
     report_order = 70
     # runs x steps Hessian-vector products on the sharpness subset (0 runs: none); quick

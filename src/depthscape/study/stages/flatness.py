@@ -26,6 +26,7 @@ def _slices(directions: int, points: int, subset: int | None) -> FlatnessConfig:
 
 class FlatnessStage(Stage):
     name = "flatness"
+    per_model = True
     order = 90
     report_order = 80
     # 0 directions: none; quick sized from the landscapes' measured cost (docs/study.md): ~1 min
@@ -51,7 +52,7 @@ class FlatnessStage(Stage):
                                      {"dataset": study.dataset}, progress=study.config.progress)
         wanted = {(r.model, r.seed) for r in finished}
         result.flatness = [(run, f) for run, f in found if (run.model, run.seed) in wanted]
-        if not result.flatness:
+        if not result.flatness or study.partial:  # the table and figure: a whole study's
             return
         write_table(flatness_table(result.flatness), out / "flatness", "flatness")
         png = out / "plots" / "flatness" / "flatness_by_depth.png"

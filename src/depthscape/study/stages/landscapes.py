@@ -33,6 +33,7 @@ def _grid(resolution: int, subset: int | None) -> LandscapeConfig:
 
 class LandscapesStage(Stage):
     name = "landscapes"
+    per_model = True
     order = 40
     report_order = 40
     # paper: Li et al.'s 51x51 grid on the whole test set

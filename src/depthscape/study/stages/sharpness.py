@@ -30,6 +30,7 @@ def measurement(study) -> SharpnessConfig:
 
 class SharpnessStage(Stage):
     name = "sharpness"
+    per_model = True
     order = 50
     report_order = 20
     budgets = {"paper": _measure(2000, 50, 100, trace_tol=0.02),
@@ -49,7 +50,7 @@ class SharpnessStage(Stage):
                         disable=not study.config.progress, dynamic_ncols=True):
             results.append((run, measure_sharpness(run.paths.final, config, study.dataset,
                                                    out / "sharpness" / f"{run.paths.run_name}.json")))
-        if results:
+        if results and not study.partial:  # the table of every run: a whole study's
             write_table(sharpness_table(results), out / "sharpness", "sharpness")
 
     def blocks(self, result, budget) -> list:

@@ -139,8 +139,10 @@ class TrainingStage(Stage):
         try:
             # runs per GPU only where asked: else run_trainings' own default ($DEPTHSCAPE_RUNS_PER_GPU)
             per_gpu = {} if config.runs_per_gpu is None else {"runs_per_device": config.runs_per_gpu}
-            launcher.run_trainings(training_configs(config, study.budget, study.models),
-                                   dataset=study.dataset, **per_gpu)
+            wanted = {(run.model, run.seed) for run in study.runs}  # a unit's: its own
+            configs = [c for c in training_configs(config, study.budget, study.models)
+                       if (canonical_name(c.model), c.seed) in wanted]
+            launcher.run_trainings(configs, dataset=study.dataset, **per_gpu)
         except UserError as error:
             if error.exit_code != 130:
                 raise

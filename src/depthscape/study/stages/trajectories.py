@@ -16,6 +16,7 @@ from depthscape.training.snapshots import read_snapshot_steps, snapshot_path
 
 class TrajectoriesStage(Stage):
     name = "trajectories"
+    per_model = True
     order = 60
     report_order = 50
     budgets = {"paper": TrajectoryConfig(resolution=25, subset=None),

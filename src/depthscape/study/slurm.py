@@ -1,0 +1,504 @@
+"""``depthscape study --launcher slurm``: the study's units (:mod:`depthscape.study.units`)
+submitted to a Slurm cluster through submitit.
+
+The trainings go as one job array, each per-model analysis unit as a job that waits for
+its trainings (``afterok``), the final unit as a job that waits for all of them. The
+command waits by default with one progress bar over the units (``--no-wait`` returns once
+they are submitted). Rerunning it (or ``depthscape study --status``) reads the folder's
+record (:mod:`depthscape.study.jobs`): a unit whose done marker is there is never
+submitted again; one that failed or was never submitted is, with every unit after it.
+
+Preemption and time limits: submitit sends the job its signal (USR2) before the limit. A
+training unit hands it to the training loop, which saves its exact resumable state at the
+next step boundary; then submitit's checkpoint/requeue (:class:`StudyUnitJob.checkpoint`)
+puts the same unit back in the queue, and it resumes from that state. Any other unit is
+requeued at once and continues from what it had saved (finished surfaces, measured runs).
+
+Everything a launch checks (submitit and ``sbatch`` present, the output folder visible to
+other nodes, the partition, account, QoS and time limit accepted by ``sbatch
+--test-only``) is checked before anything is written or submitted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import tomllib
+from tqdm.auto import tqdm
+
+from depthscape.core.atomic import ensure_writable_dir
+from depthscape.core.errors import UserError
+from depthscape.study import jobs, runner
+from depthscape.study.units import Unit, plan_units, run_unit
+
+try:  # optional (depthscape[cluster]): only the slurm launcher needs it, and says so
+    import submitit
+    from submitit.core.utils import pickle_load
+except ImportError:  # pragma: no cover - checked with one line by check_launch
+    submitit = None
+    pickle_load = None
+
+#: Folders on a node's own disk or memory: other nodes cannot see a study written there.
+NODE_LOCAL = ("/tmp", "/var/tmp", "/dev/shm", "/run", "/scratch/local")
+#: Environment variables read for each setting: DEPTHSCAPE_SLURM_<NAME>.
+ENV_PREFIX = "DEPTHSCAPE_SLURM_"
+#: Seconds between looks at the queue while waiting (default; $DEPTHSCAPE_SLURM_POLL_S).
+POLL_S = 2.0
+
+
+# ---- settings -----------------------------------------------------------------------------
+
+
+@dataclass
+class SlurmSettings:
+    """What every unit asks Slurm for. ``args``: extra keyword arguments of submitit's
+    ``update_parameters`` (``--slurm-arg KEY=VALUE``)."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time_min: int = 60
+    gpus: int = 0
+    cpus: int = 1
+    mem_gb: float | None = None
+    log_dir: str | None = None  # default <out>/slurm/logs
+    args: dict = field(default_factory=dict)
+    allow_node_local: bool = False
+
+    def parameters(self, name: str) -> dict:
+        """submitit's ``update_parameters`` for the unit called ``name``."""
+        params = {"name": f"ds-{name}", "timeout_min": self.time_min,
+                  "cpus_per_task": self.cpus, "tasks_per_node": 1, "nodes": 1}
+        for key, value in (("slurm_partition", self.partition), ("slurm_account", self.account),
+                           ("slurm_qos", self.qos), ("mem_gb", self.mem_gb)):
+            if value is not None:
+                params[key] = value
+        if self.gpus:
+            params["gpus_per_node"] = self.gpus
+        return {**params, **self.args}
+
+
+def parse_time(text) -> int:
+    """Minutes from ``90``, ``1:30:00`` (h:mm:ss) or ``2-00:00:00`` (days-h:mm:ss)."""
+    text = str(text).strip()
+    found = re.fullmatch(r"(?:(\d+)-)?(\d+):(\d{1,2}):(\d{1,2})", text)
+    if found:
+        days, hours, minutes, seconds = (int(g or 0) for g in found.groups())
+        total = days * 1440 + hours * 60 + minutes + (1 if seconds else 0)
+    elif text.isdigit():
+        total = int(text)
+    else:
+        raise UserError(f"a Slurm time limit is minutes or h:mm:ss, got {text!r}")
+    if total < 1:
+        raise UserError(f"a Slurm time limit must be at least a minute, got {text!r}")
+    return total
+
+
+def _value(text: str):
+    """A ``--slurm-arg`` value: JSON where it parses (numbers, true, {...}), else the text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_args(pairs) -> dict:
+    found = {}
+    for pair in pairs or ():
+        key, sep, value = str(pair).partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--slurm-arg takes KEY=VALUE, got {pair!r}")
+        found[key.strip()] = _value(value)
+    return found
+
+
+def _read_toml(path: str) -> dict:
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read the Slurm settings {path}: {exc}") from None
+    table = data.get("slurm", data)
+    if not isinstance(table, dict):
+        raise UserError(f"{path}: [slurm] must be a table")
+    return table
+
+
+#: setting -> (type converting a text or TOML value, SlurmSettings field)
+_KEYS = {"partition": (str, "partition"), "account": (str, "account"), "qos": (str, "qos"),
+         "time": (parse_time, "time_min"), "gpus": (int, "gpus"), "cpus": (int, "cpus"),
+         "mem_gb": (float, "mem_gb"), "log_dir": (str, "log_dir")}
+
+
+def settings_from(cli: dict, config_file: str | None = None,
+                  environ: dict | None = None) -> SlurmSettings:
+    """The settings from, last wins: a TOML file (``[slurm]``: partition, account, qos,
+    time, gpus, cpus, mem_gb, log_dir, args = {...}; ``--slurm-config`` or
+    ``$DEPTHSCAPE_SLURM_CONFIG``), ``$DEPTHSCAPE_SLURM_<KEY>``, then the command's options
+    (``cli``: key -> value or None; ``args``: a list of KEY=VALUE)."""
+    environ = os.environ if environ is None else environ
+    values: dict = {}
+    extra: dict = {}
+    path = config_file or environ.get(ENV_PREFIX + "CONFIG")
+    if path:
+        table = _read_toml(path)
+        unknown = set(table) - set(_KEYS) - {"args"}
+        if unknown:
+            raise UserError(f"{path}: unknown Slurm setting(s) {', '.join(sorted(unknown))}")
+        values.update({k: v for k, v in table.items() if k in _KEYS})
+        extra.update(table.get("args") or {})
+    values.update({k: environ[ENV_PREFIX + k.upper()] for k in _KEYS
+                   if environ.get(ENV_PREFIX + k.upper())})
+    extra.update(parse_args(environ.get(ENV_PREFIX + "ARGS", "").split()))
+    values.update({k: v for k, v in cli.items() if k in _KEYS and v is not None})
+    extra.update(parse_args(cli.get("args")))
+    settings = SlurmSettings(args=extra, allow_node_local=bool(cli.get("allow_node_local")))
+    for key, value in values.items():
+        convert, name = _KEYS[key]
+        try:
+            setattr(settings, name, convert(value))
+        except (TypeError, ValueError):
+            raise UserError(f"Slurm setting {key}: not a valid value: {value!r}") from None
+    if settings.cpus < 1 or settings.gpus < 0 or (settings.mem_gb is not None
+                                                   and settings.mem_gb <= 0):
+        raise UserError("Slurm CPUs per unit must be at least 1, GPUs at least 0, memory > 0")
+    return settings
+
+
+# ---- checks before anything is submitted -----------------------------------------------
+
+
+def node_local(path: Path) -> str | None:
+    """The node-local folder ``path`` lies under (None: none of :data:`NODE_LOCAL`)."""
+    resolved = str(Path(path).expanduser().resolve())
+    for root in NODE_LOCAL:
+        if resolved == root or resolved.startswith(root + "/"):
+            return root
+    return None
+
+
+def check_launch(settings: SlurmSettings, config) -> None:
+    """Every check a launch makes before it writes or submits anything; one line each."""
+    if submitit is None:
+        raise UserError("--launcher slurm needs submitit: pip install 'depthscape[cluster]'")
+    if shutil.which("sbatch") is None:
+        raise UserError("--launcher slurm needs Slurm's sbatch on PATH (none found); "
+                        "run on a cluster's login node, or try bash scripts/local_slurm.sh")
+    if not settings.allow_node_local:
+        for what, path in (("output folder", config.out_dir), ("data cache", config.cache_dir),
+                           ("job-log folder", settings.log_dir)):
+            root = path and node_local(Path(path))
+            if root:
+                raise UserError(f"the {what} {path} is under {root}, which other nodes cannot "
+                                "see: put it on shared storage (or pass "
+                                "--slurm-allow-node-local on a one-node cluster)")
+    executor = submitit.AutoExecutor(folder=Path(config.out_dir) / jobs.SLURM_DIR / "check",
+                                     cluster="slurm")
+    try:
+        executor.update_parameters(**settings.parameters("check"))
+    except (ValueError, TypeError, NameError) as exc:  # NameError: an unknown parameter
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"submitit refuses the Slurm settings: {first[:300]}") from None
+    _test_only(settings)
+
+
+def _test_only(settings: SlurmSettings) -> None:
+    """``sbatch --test-only`` with the units' partition, account, QoS, time and resources:
+    Slurm's own judgement of them, submitting nothing."""
+    command = ["sbatch", "--test-only", f"--time={settings.time_min}",
+               f"--cpus-per-task={settings.cpus}", "--ntasks=1", "--wrap=true"]
+    for flag, value in (("partition", settings.partition), ("account", settings.account),
+                        ("qos", settings.qos)):
+        if value:
+            command.append(f"--{flag}={value}")
+    if settings.mem_gb:
+        command.append(f"--mem={max(1, int(settings.mem_gb * 1024))}M")
+    if settings.gpus:
+        command.append(f"--gpus-per-node={settings.gpus}")
+    try:
+        tried = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise UserError(f"sbatch --test-only failed: {exc}") from None
+    if tried.returncode != 0:
+        lines = [line for line in (tried.stderr + tried.stdout).splitlines() if line.strip()]
+        errors = [line for line in lines if "error" in line.lower()] or lines or ["no reason"]
+        reason = errors[-1].replace("sbatch: error: ", "").strip()
+        raise UserError(f"Slurm refuses the units' settings ({reason}); see --slurm-partition, "
+                        "--slurm-account, --slurm-qos, --slurm-time")
+
+
+# ---- the job ------------------------------------------------------------------------------
+
+
+_Checkpointable = submitit.helpers.Checkpointable if submitit is not None else object
+
+
+class StudyUnitJob(_Checkpointable):
+    """The callable each job runs: :func:`depthscape.study.units.run_unit` for one unit,
+    with submitit's preemption/time-limit signal turned into the training's own graceful
+    stop (exact state saved) before submitit's checkpoint/requeue. ``checkpoint`` (from
+    submitit's ``Checkpointable``) resubmits the same unit, which then resumes."""
+
+    def __call__(self, config, unit: Unit) -> dict:
+        self.signalled = None
+        requeue = signal.getsignal(_usr_signal())  # submitit's checkpoint-and-requeue
+        before = signal.getsignal(signal.SIGTERM)
+        usr = _usr_signal()
+
+        def on_signal(signum, frame):
+            term = signal.getsignal(signal.SIGTERM)
+            if self.signalled is None and callable(term) and term != before:
+                # a training loop holds SIGTERM: it saves at the next step boundary and
+                # stops; the requeue follows below, once its state is on disk
+                self.signalled = signum
+                print(f"depthscape: {unit.name}: signal {signum}: saving to requeue",
+                      file=sys.stderr, flush=True)
+                term(signal.SIGTERM, frame)
+            elif callable(requeue):
+                requeue(signum, frame)
+
+        if callable(requeue):
+            signal.signal(usr, on_signal)
+        try:
+            return run_unit(config, unit)
+        except UserError as error:
+            if error.exit_code == 130 and self.signalled is not None and callable(requeue):
+                print(f"depthscape: {unit.name}: {str(error).split(';')[0]}: requeued",
+                      file=sys.stderr, flush=True)
+                requeue(self.signalled, None)  # checkpoint() + scontrol requeue + exit
+            raise
+
+
+def _usr_signal():
+    return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"),
+                   signal.SIGUSR2)
+
+
+# ---- states -------------------------------------------------------------------------------
+
+
+@dataclass
+class UnitState:
+    name: str
+    state: str  # done, pending, running, ..., failed, cancelled, missing
+    job_id: str | None = None
+    log: str | None = None
+    error: str | None = None  # the last line of its error
+
+
+def _last_error(entry: dict) -> str | None:
+    result = entry.get("result")
+    if result and Path(result).exists() and pickle_load is not None:
+        with contextlib.suppress(Exception):  # a half-written result: read the log instead
+            outcome, trace = pickle_load(result)
+            if outcome == "error":
+                lines = [line for line in str(trace).splitlines() if line.strip()]
+                return lines[-1].strip() if lines else "an error without a message"
+    log = entry.get("stderr")
+    if log and Path(log).exists():
+        lines = [line for line in Path(log).read_text(errors="replace").splitlines()
+                 if line.strip()]
+        return lines[-1].strip() if lines else None
+    return None
+
+
+def unit_states(out: Path, units: list[str], record: dict,
+                queue: dict[str, str] | None = None) -> dict[str, UnitState]:
+    """Where each unit stands: done (its marker), queued or running (Slurm's queue),
+    failed (ended without its marker: the error submitit recorded, or its log's last line),
+    cancelled (a unit it needs failed), missing (never submitted)."""
+    queue = jobs.queue_states() if queue is None else queue
+    entries = record.get("units", {})
+    states = {}
+    for name in units:
+        entry = entries.get(name, {})
+        job = entry.get("job_id")
+        if jobs.done_path(out, name).exists():
+            states[name] = UnitState(name, "done", job, entry.get("stderr"))
+        elif job is None:
+            states[name] = UnitState(name, "missing")
+        elif queue.get(job) in jobs.ACTIVE:
+            states[name] = UnitState(name, queue[job].lower(), job, entry.get("stderr"))
+        else:
+            states[name] = UnitState(name, "failed", job, entry.get("stderr"), _last_error(entry))
+    for name in units:  # a unit that ended unrun because one it needs failed
+        needs = entries.get(name, {}).get("needs", [])
+        if states[name].state == "failed" and any(
+                states.get(n) and states[n].state in ("failed", "cancelled") for n in needs):
+            states[name].state = "cancelled"
+    return states
+
+
+# ---- launching ----------------------------------------------------------------------------
+
+
+def launch(config, settings: SlurmSettings, wait: bool = True) -> int:
+    """Submit what the study ``config`` still needs (see the module doc); wait where asked."""
+    out = ensure_writable_dir(config.out_dir, create=False)
+    check_launch(settings, config)  # before the folder is made or written
+    out = ensure_writable_dir(config.out_dir)
+    with runner.claim_study(out):
+        # threads explicit (float sums depend on them); the units print no progress bars
+        config = replace(config, out_dir=str(out), threads=config.threads or settings.cpus)
+        study = runner.start_study(config)
+        # the units resolve the precisions as this call did: from the study.json just written
+        config = replace(config, progress=False)
+        runner.run_stages(study, [s for s in runner.all_stages() if s.name == "data"])
+        units = plan_units(study)
+        record = jobs.read_record(out)
+        states = unit_states(out, [u.name for u in units], record, queue={})
+        redo = _to_submit(units, states)
+        if not redo:
+            _say("every unit is done")
+            _report(out)
+            return 0
+        log_dir = Path(settings.log_dir or out / jobs.SLURM_DIR / "logs")
+        submitted = _submit(config, settings, [u for u in units if u.name in redo], states,
+                            record, out, log_dir)
+        _say(f"submitted {len(submitted)} unit(s) (job logs in {log_dir}); "
+             f"{len(units) - len(submitted)} already done")
+        width = max(len(name) for name in submitted)
+        for name in submitted:  # where each unit's log is
+            entry = record["units"][name]
+            print(f"  {name:<{width}}  job {entry['job_id']:<8}  {entry['stderr']}", flush=True)
+        if not wait:
+            _say(f"not waiting: see where they stand with depthscape study --status --out {out}")
+            return 0
+        return _wait(out, [u.name for u in units], submitted, progress=study.config.progress)
+
+
+def _to_submit(units: list[Unit], states: dict[str, UnitState]) -> set[str]:
+    """The units not done, and every unit after one of them (it reads what they make)."""
+    redo = {u.name for u in units if states[u.name].state != "done"}
+    for unit in units:  # submission order: a unit comes after those it needs
+        if any(need in redo for need in unit.needs):
+            redo.add(unit.name)
+    return redo
+
+
+def _submit(config, settings: SlurmSettings, units: list[Unit], states: dict, record: dict,
+            out: Path, log_dir: Path) -> list[str]:
+    """Submit ``units`` (the trainings as one array), each after the units it needs that are
+    being submitted now; the record is written after each submission."""
+    executor = submitit.AutoExecutor(folder=log_dir / "%j", cluster="slurm")
+    job_ids: dict[str, str] = {}
+    entries = record.setdefault("units", {})
+    record["config"] = {"out_dir": str(out), "models": list(config.models or []),
+                        "seeds": config.seeds, "budget": config.budget}
+
+    def remember(unit: Unit, job) -> None:
+        job_ids[unit.name] = job.job_id
+        entries[unit.name] = {"job_id": job.job_id, "stderr": str(job.paths.stderr),
+                              "stdout": str(job.paths.stdout),
+                              "result": str(job.paths.result_pickle),
+                              "needs": list(unit.needs), "submitted": time.time()}
+
+    for unit in units:  # a unit submitted again is not done until it says so again
+        jobs.done_path(out, unit.name).unlink(missing_ok=True)
+    trainings = [u for u in units if u.stage == "training"]
+    try:
+        if trainings:
+            executor.update_parameters(**settings.parameters("training"))
+            array = executor.map_array(StudyUnitJob(), [config] * len(trainings), trainings)
+            for unit, job in zip(trainings, array):
+                remember(unit, job)
+            jobs.write_record(out, record)
+        for unit in units:
+            if unit.stage == "training":
+                continue
+            waits = [job_ids[n] for n in unit.needs if n in job_ids]
+            extra = dict(settings.args.get("slurm_additional_parameters") or {})
+            if waits:  # a unit whose needs fail is cancelled by Slurm, not left waiting
+                extra.update(dependency="afterok:" + ":".join(waits), kill_on_invalid_dep="yes")
+            executor.update_parameters(**{**settings.parameters(unit.name),
+                                          "slurm_additional_parameters": extra})
+            remember(unit, executor.submit(StudyUnitJob(), config, unit))
+            jobs.write_record(out, record)
+    except (OSError, RuntimeError, subprocess.CalledProcessError) as exc:
+        jobs.write_record(out, record)
+        raise UserError(f"submitting to Slurm failed after {len(job_ids)} unit(s): "
+                        f"{' '.join(str(exc).split())[:300]}; rerun to submit the rest") from None
+    return list(job_ids)
+
+
+def _wait(out: Path, units: list[str], submitted: list[str], progress: bool = True) -> int:
+    """One progress bar over the submitted units until none is queued or running."""
+    bar = tqdm(total=len(submitted), desc="slurm units", unit="unit", disable=not progress,
+               dynamic_ncols=True)
+    try:
+        while True:
+            states = unit_states(out, units, jobs.read_record(out))
+            mine = [states[name] for name in submitted]
+            counts: dict[str, int] = {}
+            for state in mine:
+                counts[state.state] = counts.get(state.state, 0) + 1
+            bar.n = counts.get("done", 0)
+            bar.set_postfix_str(", ".join(f"{n} {s}" for s, n in sorted(counts.items())
+                                          if s != "done"))
+            bar.refresh()
+            if not any(s.state in {a.lower() for a in jobs.ACTIVE} for s in mine):
+                break
+            time.sleep(float(os.environ.get("DEPTHSCAPE_SLURM_POLL_S", POLL_S)))
+    finally:
+        bar.close()
+    return _outcome(out, states, submitted)
+
+
+def _outcome(out: Path, states: dict[str, UnitState], names: list[str]) -> int:
+    failed = [states[n] for n in names if states[n].state == "failed"]
+    cancelled = [states[n] for n in names if states[n].state == "cancelled"]
+    for state in failed:
+        print(f"depthscape: unit {state.name} failed (job {state.job_id}, log {state.log}): "
+              f"{state.error or 'no error recorded'}", file=sys.stderr, flush=True)
+    if failed or cancelled:
+        skipped = f"; {len(cancelled)} unit(s) after them not run" if cancelled else ""
+        raise UserError(f"{len(failed)} unit(s) failed ({', '.join(s.name for s in failed)})"
+                        f"{skipped}; rerun the same command to resubmit them", exit_code=1)
+    _report(out)
+    return 0
+
+
+def _report(out: Path) -> None:
+    paths = runner.study_paths(out)
+    print(f"report: {paths['report_md']}\n        {paths['report_html']}", flush=True)
+
+
+def status(out_dir: str) -> int:
+    """``depthscape study --status``: each recorded unit's state and log; 0 where every unit
+    is done or on its way, 1 where some failed (rerun the study command to resubmit them)."""
+    out = Path(out_dir)
+    record = jobs.read_record(out)
+    names = list(record["units"])
+    if not names:
+        raise UserError(f"{out} has no Slurm units recorded (it was not run with "
+                        "--launcher slurm)")
+    states = unit_states(out, names, record)
+    width = max(len(n) for n in names)
+    for name in names:
+        state = states[name]
+        tail = f"  {state.error}" if state.error and state.state == "failed" else ""
+        print(f"{name:<{width}}  {state.state:<9}  job {state.job_id or '-':<8}  "
+              f"{state.log or ''}{tail}")
+    counts: dict[str, int] = {}
+    for state in states.values():
+        counts[state.state] = counts.get(state.state, 0) + 1
+    print("; ".join(f"{n} {s}" for s, n in sorted(counts.items())), flush=True)
+    if counts.get("failed") or counts.get("cancelled"):
+        if not jobs.in_flight(out):
+            raise UserError(f"{counts.get('failed', 0)} unit(s) failed: rerun the study "
+                            "command to resubmit them", exit_code=1)
+    return 0
+
+
+def _say(message: str) -> None:
+    print(f"[study] {message}", flush=True)
