@@ -46,7 +46,9 @@ _SCHEDULE = {"kind", "milestones", "decay", "warmup_lr", "warmup_iterations", "t
 _PREPROCESS = {"pixel_scale", "subtract_mean", "augment"}
 
 
-def _toml():
+def toml_reader():
+    """The TOML reader of this Python: tomllib from 3.11, tomli on 3.10 (a one-line
+    UserError where it is not installed)."""
     if sys.version_info >= (3, 11):
         # deferred on purpose: tomllib exists from Python 3.11 only (3.10 reads with tomli)
         import tomllib
@@ -121,7 +123,7 @@ def read_recipe_file(path: str | os.PathLike, default_name: str = "recipe") -> R
     """The :class:`Recipe` a TOML file describes (see the module doc); its ``name`` is the
     file's ``name`` or ``default_name``."""
     path = Path(path).expanduser()
-    toml = _toml()
+    toml = toml_reader()
     try:
         with open(path, "rb") as handle:
             data = toml.load(handle)

@@ -33,11 +33,11 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import tomllib
 from tqdm.auto import tqdm
 
 from depthscape.core.atomic import ensure_writable_dir
 from depthscape.core.errors import UserError
+from depthscape.core.recipe_file import toml_reader
 from depthscape.study import jobs, runner
 from depthscape.study.units import Unit, plan_units, run_unit
 
@@ -125,7 +125,7 @@ def parse_args(pairs) -> dict:
 def _read_toml(path: str) -> dict:
     try:
         with open(path, "rb") as handle:
-            data = tomllib.load(handle)
+            data = toml_reader().load(handle)
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read the Slurm settings {path}: {exc}") from None
     table = data.get("slurm", data)
