@@ -20,7 +20,7 @@ from _threads import torch_threads
 from conftest import write_image_folder
 
 from depthscape.cli import main
-from depthscape.study import jobs, slurm
+from depthscape.study import jobs, slurm, slurm_settings
 from depthscape.study.runner import StudyConfig, run_study, start_study
 from depthscape.study.units import plan_units
 
@@ -223,7 +223,7 @@ def test_bad_slurm_input_is_one_line_and_leaves_the_folder_alone(tiny, tmp_path,
         assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
         return err
 
-    monkeypatch.setattr(slurm, "submitit", None)
+    monkeypatch.setattr(slurm_settings, "submitit", None)
     assert "depthscape[cluster]" in refused("--slurm-allow-node-local")
     monkeypatch.undo()
     if slurm.submitit is not None:
