@@ -43,6 +43,7 @@ from depthscape.core.checkpoint import check_state_dict, load_checkpoint
 from depthscape.core.data import Dataset, Preprocess, Split, load_dataset
 from depthscape.core.errors import UserError
 from depthscape.core.models import canonical_name, get_model, model_kwargs_for
+from depthscape.core.preprocess import recorded_preprocess
 from depthscape.core.recipe import Recipe, preprocess_for
 from depthscape.core.recipes import recipe_for
 
@@ -127,10 +128,9 @@ class TrainedRun:
     @property
     def preprocess(self) -> Preprocess:
         """The evaluation preprocessing (no augmentation) the model was trained with."""
-        stored = self.config.get("preprocess")
-        if stored:
-            return Preprocess(scale=float(stored["scale"]),
-                              mean=tuple(float(m) for m in stored["mean"]), augment=False)
+        stored = recorded_preprocess(self.config.get("preprocess"), str(self.path))
+        if stored is not None:
+            return stored
         return replace(preprocess_for(self.recipe, self.dataset), augment=False)
 
     @property
@@ -203,6 +203,7 @@ def load_trained_run(checkpoint_or_run: str | os.PathLike | Any, *, model: str |
     network.to(torch.device(device) if device is not None else torch.device("cpu"))
     network.eval()
     config = dict(data.get("config") or {})
+    recorded_preprocess(config.get("preprocess"), str(path))  # a damaged record: refused now
     try:
         recipe = Recipe.from_dict(config["recipe"]) if config.get("recipe") else recipe_for(name)
     except (TypeError, ValueError) as error:  # a recipe written by another version
