@@ -56,6 +56,8 @@ _TORCHVISION_NAMES = {
     "fashionmnist": "FashionMNIST",
     "fashion_mnist": "FashionMNIST",
 }
+#: The dataset names torchvision loads (any other ``source`` is a path).
+TORCHVISION_NAMES = frozenset(_TORCHVISION_NAMES)
 
 
 def load_dataset(source: str = "cifar10", data_dir: str | os.PathLike | None = None,

@@ -49,7 +49,7 @@ from depthscape.core.models import (
 )
 from depthscape.core.models.registry import register_family
 from depthscape.core.preprocess import recorded_preprocess
-from depthscape.core.trained import resolve_data_source
+from depthscape.core.trained import recorded_paths_found, resolve_data_source
 
 #: How a plug-in model's inputs are made from uint8 pixels where its weights record no
 #: preprocessing: torchvision's ``ToTensor()`` (pixels in [0, 1], no mean subtracted).
@@ -253,6 +253,8 @@ class PluginModel:
         """The data to measure on: the options given, else what the run of ``--weights``
         was trained on (:func:`~depthscape.core.trained.resolve_data_source`'s rule)."""
         recorded = self.config.get("train") or {}
+        if self.weights is not None:  # the run's relative data paths, from any folder
+            recorded = recorded_paths_found(recorded, self.weights)
         if dataset is None and data_dir is None and not recorded.get("dataset"):
             raise UserError("--model-from needs the data to measure on: --dataset (cifar10, "
                             "mnist, fashion-mnist or an ImageFolder path) or --data-dir")
