@@ -32,6 +32,7 @@ from depthscape.cli.plot import (
 )
 from depthscape.core.atomic import check_name_lengths, ensure_writable_dir
 from depthscape.core.errors import UserError
+from depthscape.core.plugins import check_model_reads, copy_model
 from depthscape.core.runs import run_paths
 from depthscape.core.runtime import PRECISIONS
 
@@ -209,6 +210,10 @@ def plugin_outputs_checked(args: argparse.Namespace, plugin):
     dataset = plugin.dataset(args.dataset, args.data_dir, args.cache_dir)
     split = (dataset.test if args.split == "test" else dataset.train).subset(args.subset,
                                                                              SUBSET_SEED)
+    # before any file or folder: the model reads the data to a finite output, and can be
+    # copied (the evaluator works on a copy)
+    check_model_reads(plugin.model, split, plugin.preprocess, dataset.num_classes)
+    copy_model(plugin.model)
     return dataset, split, root
 
 
