@@ -68,7 +68,7 @@ def hessian_extremes(model: nn.Module, data: Data, *, loss: LossFn | None = None
         >>> ends = ds.hessian_extremes(model, data, iters=30)
         >>> ends.largest, ends.smallest, ends.converged
     """
-    tol = check_in("tol", tol, 0.0, 1.0)  # the CLI's --power-tol range, before any work
+    tol = check_in("tol", tol, 0.0, 1.0)  # --power-tol's range (and 0: every step), before work
     with _operator(model, data, loss, batch_size, device, precision) as operator:
         return _hessian.extreme_eigenvalues(operator, operator.params, iters, tol, seed)
 
@@ -89,7 +89,7 @@ def hessian_trace(model: nn.Module, data: Data, *, loss: LossFn | None = None,
         >>> estimate = ds.hessian_trace(model, data, samples=100)
         >>> estimate.trace, estimate.stderr
     """
-    tol = check_in("tol", tol, 0.0, 1e3)  # the CLI's --trace-tol range, before any work
+    tol = check_in("tol", tol, 0.0, 1e3)  # --trace-tol's range (and 0: every probe), before work
     with _operator(model, data, loss, batch_size, device, precision) as operator:
         return TraceEstimate(*_hessian.hessian_trace(operator, operator.params, samples, tol,
                                                      min_samples, seed))
