@@ -183,6 +183,10 @@ def run_model_from(args: argparse.Namespace, plugin) -> Path:
     """``--model-from``: the surface of a model built outside the package, on the data given
     (the Python API's path, :func:`compute_model_surface`); returns the surface file."""
     dataset, split, root = plugin_outputs_checked(args, plugin)
+    # before any file or folder: the model reads the data to a finite output, and can be
+    # copied (the evaluator works on a copy)
+    check_model_reads(plugin.model, split, plugin.preprocess, dataset.num_classes)
+    copy_model(plugin.model)
     config = LandscapeConfig(
         resolution=args.resolution, xrange=tuple(args.xrange),
         yrange=tuple(args.yrange) if args.yrange is not None else (-1.0, 1.0),
@@ -210,10 +214,6 @@ def plugin_outputs_checked(args: argparse.Namespace, plugin):
     dataset = plugin.dataset(args.dataset, args.data_dir, args.cache_dir)
     split = (dataset.test if args.split == "test" else dataset.train).subset(args.subset,
                                                                              SUBSET_SEED)
-    # before any file or folder: the model reads the data to a finite output, and can be
-    # copied (the evaluator works on a copy)
-    check_model_reads(plugin.model, split, plugin.preprocess, dataset.num_classes)
-    copy_model(plugin.model)
     return dataset, split, root
 
 
