@@ -142,7 +142,7 @@ CASES = [
     ("sharpness", ["--subset", "0"], 2, "argument --subset: must be between 1"),
     ("sharpness", ["--run-dir", "{out}", "--out", "{blocked}"], 2, "cannot write to output directory"),
     ("sharpness", ["--draws", "0"], 2, "argument --draws: must be between 1"),
-    ("sharpness", ["--density-width", "0"], 2, "argument --density-width: must be in (0"),
+    ("sharpness", ["--density-width", "0"], 2, "argument --density-width: must be in [0.001"),
     # --- flatness ---------------------------------------------------------------------------
     ("flatness", ["--directions", "1"], 2, "argument --directions: must be between 2"),
     ("flatness", ["--radius", "2"], 2, "--radius 2 lies outside --span 1"),

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from depthscape.core.errors import UserError
+from depthscape.core.limits import require_fits
 from depthscape.core.runtime import Precision, precision_named
 
 
@@ -56,7 +58,8 @@ class HessianOperator:
         self.model.eval()
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
-            raise ValueError("the model has no trainable parameters")
+            raise UserError("the model has no trainable parameters (none requires grad): "
+                            "the Hessian is taken with respect to them")
         self.loss_fn = loss_fn or (lambda logits, y: F.cross_entropy(logits, y, reduction="sum"))
         self.total = len(labels)  # the whole data's: each rank's share weighs by its size
         if self.dist is not None:
@@ -272,6 +275,16 @@ def _ritz_ends(alphas: list[float], betas: list[float], beta: float):
             (beta * abs(float(vectors[-1, 0])), beta * abs(float(vectors[-1, -1]))))
 
 
+def check_basis_fits(steps: int, size: int, like: torch.Tensor,
+                     device: torch.device | str | None = None) -> None:
+    """Refuse (one line, before allocating) a Lanczos basis of ``steps`` vectors of ``size``
+    entries (``like``'s dtype, on ``device``: default ``like``'s) that cannot fit in memory."""
+    require_fits(steps * size * like.element_size(),
+                 f"a Lanczos basis of {steps} steps (--power-iters) x {size} parameters x "
+                 f"{like.element_size()} bytes",
+                 device if device is not None else like.device)
+
+
 def extreme_eigenvalues(operator: Callable, params: Sequence[torch.Tensor], iters: int = 20,
                         tol: float = 1e-3, seed: int = 0) -> EigenExtremes:
     """Largest and smallest eigenvalue of the symmetric ``operator`` (``v -> H v``), by Lanczos.
@@ -294,6 +307,7 @@ def extreme_eigenvalues(operator: Callable, params: Sequence[torch.Tensor], iter
         return torch.cat([h.reshape(-1) for h in product])
 
     generator = torch.Generator().manual_seed(seed)
+    check_basis_fits(iters, sum(sizes), like)
     start = torch.randn(sum(sizes), generator=generator, dtype=torch.float64)
     basis = torch.zeros(iters, sum(sizes), dtype=like.dtype, device=like.device)
     basis[0] = (start / start.norm()).to(basis)

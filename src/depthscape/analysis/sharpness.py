@@ -37,6 +37,7 @@ from depthscape.analysis.sharpness_estimate import (  # noqa: F401  (re-exported
     DensityConfig,
     SharpnessConfig,
     SharpnessResult,
+    check_sharpness_fits,
     combine_draws,
     draw_subsets,
     model_sharpness,

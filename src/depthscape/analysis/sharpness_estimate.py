@@ -28,7 +28,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from depthscape.analysis.hessian import HessianOperator, extreme_eigenvalues, hessian_trace
+from depthscape.analysis.hessian import (
+    HessianOperator,
+    check_basis_fits,
+    extreme_eigenvalues,
+    hessian_trace,
+)
 from depthscape.analysis.spectrum import extremes_and_top
 from depthscape.analysis.stats import CONFIDENCE, mean_ci
 from depthscape.core.data import Split
@@ -112,6 +117,22 @@ class SharpnessResult:
         return self.eigen_converged if own is None else bool(own)
 
 
+def check_sharpness_fits(config: SharpnessConfig, model: nn.Module,
+                         device: torch.device | str | None = None) -> None:
+    """One line, before any work, where ``config`` cannot run on ``model``: no trainable
+    parameters, more top-k eigenvalues than the Hessian has (one per trainable
+    parameter), or a Lanczos basis (``power_iters`` x parameters) larger than memory."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    size = sum(p.numel() for p in params)
+    if not size:
+        raise UserError("the model has no trainable parameters (none requires grad): the "
+                        "Hessian is taken with respect to them")
+    if config.top_k > size:
+        raise UserError(f"--top-k {config.top_k} is more than the model's {size} trainable "
+                        f"parameters (its Hessian has {size} eigenvalues)")
+    check_basis_fits(config.power_iters, size, params[0], device)
+
+
 def model_sharpness(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
                     config: SharpnessConfig = SharpnessConfig(), seed: int | None = None,
                     dist=None, precision: Precision | None = None) -> SharpnessResult:
@@ -123,6 +144,7 @@ def model_sharpness(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor
     ``config.precision`` as the caller resolved it (None: resolved here for the inputs'
     device)."""
     seed = config.seed if seed is None else seed
+    check_sharpness_fits(config, model, inputs.device)
     if precision is None:
         precision = resolve_precision(config.precision, inputs.device, backward=True)
     operator = HessianOperator(model, inputs, labels, config.batch_size,

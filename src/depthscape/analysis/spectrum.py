@@ -38,6 +38,7 @@ import torch
 from depthscape.analysis.hessian import (
     UNCONVERGED_MARK,
     EigenExtremes,
+    check_basis_fits,
     held,
     hold_steps,
     ritz_converged,
@@ -91,6 +92,7 @@ def lanczos(operator: Callable, params: Sequence[torch.Tensor], steps: int, seed
     like = params[0]
     steps = min(steps, size)  # n steps span the whole space
     generator = torch.Generator().manual_seed(seed)
+    check_basis_fits(steps, size, like)
     start = torch.randn(size, generator=generator, dtype=torch.float64)
     basis = torch.zeros(steps, size, dtype=like.dtype, device=like.device)
     basis[0] = (start / start.norm()).to(basis)

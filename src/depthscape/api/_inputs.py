@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, Union
 
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from depthscape.core.checkpoint import check_finite
 from depthscape.core.errors import UserError
 
 #: What ``data`` may be: a pair of tensors, a Dataset or a DataLoader of (input, target).
@@ -98,9 +100,20 @@ def collect(data: Data) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def check_model(model: nn.Module) -> nn.Module:
+    """``model`` if it is a module whose weights and buffers are all finite; else one line."""
     if not isinstance(model, nn.Module):
         raise UserError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_finite(model, "the model")
     return model
+
+
+def check_in(name: str, value, lo: float, hi: float) -> float:
+    """``value`` as a float if it is a finite number in ``[lo, hi]``; else one line naming
+    ``name`` (a tolerance of NaN would never stop, nor ever be met)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not math.isfinite(value) or not lo <= value <= hi:
+        raise UserError(f"{name} must be a finite number in [{lo:g}, {hi:g}], got {value!r}")
+    return float(value)
 
 
 def model_name(model: nn.Module) -> str:

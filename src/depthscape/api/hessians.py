@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 from typing import NamedTuple
 
 import torch
@@ -12,8 +11,9 @@ from torch import nn
 
 from depthscape.analysis import hessian as _hessian
 from depthscape.analysis.hessian import EigenExtremes
-from depthscape.api._inputs import Data, LossFn, check_model, collect
+from depthscape.api._inputs import Data, LossFn, check_in, check_model, collect
 from depthscape.core.device import get_device
+from depthscape.core.plugins import copy_model
 from depthscape.core.runtime import resolve_precision
 
 
@@ -34,7 +34,7 @@ def _operator(model: nn.Module, data: Data, loss: LossFn | None, batch_size: int
     device = get_device(str(device) if device is not None else None)
     precision = resolve_precision(precision, device, backward=True)
     inputs, targets = collect(data)
-    network = copy.deepcopy(model).to(device).eval()
+    network = copy_model(model).to(device).eval()
     if loss is None:
         summed = None  # the operator's own: summed cross-entropy
     else:
@@ -68,6 +68,7 @@ def hessian_extremes(model: nn.Module, data: Data, *, loss: LossFn | None = None
         >>> ends = ds.hessian_extremes(model, data, iters=30)
         >>> ends.largest, ends.smallest, ends.converged
     """
+    tol = check_in("tol", tol, 0.0, 1.0)  # --power-tol's range (and 0: every step), before work
     with _operator(model, data, loss, batch_size, device, precision) as operator:
         return _hessian.extreme_eigenvalues(operator, operator.params, iters, tol, seed)
 
@@ -88,6 +89,7 @@ def hessian_trace(model: nn.Module, data: Data, *, loss: LossFn | None = None,
         >>> estimate = ds.hessian_trace(model, data, samples=100)
         >>> estimate.trace, estimate.stderr
     """
+    tol = check_in("tol", tol, 0.0, 1e3)  # --trace-tol's range (and 0: every probe), before work
     with _operator(model, data, loss, batch_size, device, precision) as operator:
         return TraceEstimate(*_hessian.hessian_trace(operator, operator.params, samples, tol,
                                                      min_samples, seed))

@@ -33,6 +33,7 @@ from depthscape.cli.plot import (
 from depthscape.core.atomic import check_name_lengths, ensure_writable_dir
 from depthscape.core.datasets import dataset_names_text, dataset_tag
 from depthscape.core.errors import UserError
+from depthscape.core.plugins import check_model_reads, copy_model
 from depthscape.core.runs import run_paths
 from depthscape.core.runtime import PRECISIONS
 
@@ -178,6 +179,10 @@ def run_model_from(args: argparse.Namespace, plugin) -> Path:
     """``--model-from``: the surface of a model built outside the package, on the data given
     (the Python API's path, :func:`compute_model_surface`); returns the surface file."""
     dataset, split, root = plugin_outputs_checked(args, plugin)
+    # before any file or folder: the model reads the data to a finite output, and can be
+    # copied (the evaluator works on a copy)
+    check_model_reads(plugin.model, split, plugin.preprocess, dataset.num_classes)
+    copy_model(plugin.model)
     config = LandscapeConfig(
         resolution=args.resolution, xrange=tuple(args.xrange),
         yrange=tuple(args.yrange) if args.yrange is not None else (-1.0, 1.0),

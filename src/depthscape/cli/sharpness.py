@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from depthscape.analysis.sharpness import (
     DensityConfig,
     SharpnessConfig,
+    check_sharpness_fits,
     combine_draws,
     draw_subsets,
     measure_run_densities,
@@ -29,7 +30,9 @@ from depthscape.cli._common import (
     seed_int,
 )
 from depthscape.core.atomic import ensure_writable_dir
+from depthscape.core.device import get_device
 from depthscape.core.distributed import setup
+from depthscape.core.errors import UserError
 from depthscape.core.errors import notice as print_notice
 from depthscape.core.locking import claim_folder
 from depthscape.core.plugins import check_model_reads, plugin_name, registered
@@ -79,10 +82,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     spectrum.add_argument("--density-steps", type=int_in(1, 10**5), default=80,
                           help="Lanczos steps per run (default 80; cost: runs x steps "
                                "Hessian-vector products)")
-    spectrum.add_argument("--density-width", type=float_in(0.0, 1.0, lo_open=True),
-                          default=0.005,
+    # below 1e-3 each Gaussian is narrower than a step of the default 1000-point grid, so
+    # the grid misses its peaks (1e-300 integrated to 1.9e295)
+    spectrum.add_argument("--density-width", type=float_in(1e-3, 1.0), default=0.005,
                           help="Gaussian broadening: standard deviation / span of the Ritz "
-                               "values (default 0.005)")
+                               "values, 0.001 to 1 (default 0.005)")
     spectrum.add_argument("--density-points", type=int_in(2, 10**6), default=1000,
                           help="eigenvalue grid points (default 1000)")
     parser.add_argument("--seed", type=seed_int, default=0, help="seed of the subset and probes")
@@ -98,6 +102,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.top_k > args.power_iters:  # the top-k are Ritz values of that one Lanczos run
+        raise UserError(f"--top-k {args.top_k} needs at least as many Lanczos steps: raise "
+                        f"--power-iters ({args.power_iters}) to {args.top_k} or more")
     plugin = plugin_from_args(args, {"--density": args.density},
                               instead_of=("run models (MODEL ...)", args.models))
     config = SharpnessConfig(split=args.split, subset=args.subset, batch_size=args.batch_size,
@@ -138,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
 def run_plugin(args: argparse.Namespace, plugin, config, out) -> int:
     """``--model-from``: the sharpness of one model from outside the package, measured as a
     run's (:func:`~depthscape.analysis.sharpness.model_sharpness` per draw, combined)."""
+    check_sharpness_fits(config, plugin.model, get_device(args.device))  # before the data
     dataset = plugin.dataset(args.dataset, args.data_dir, args.cache_dir)
     # "train": the split the run of --weights trained on (else the whole training split)
     split = dataset.train.subset(plugin.train_subset) if config.split == "train" else dataset.test

@@ -121,6 +121,19 @@ def refuse_link(path: str | os.PathLike, what: str = "file") -> None:
                         "depthscape never writes through; remove it")
 
 
+def refuse_special_file(path: str | os.PathLike, what: str = "file") -> None:
+    """A one-line UserError where ``path`` exists but is not a regular file or a folder (a
+    FIFO, a device such as /dev/zero, a socket): reading one would hang or never end.
+    A missing path or a folder is left to the caller's own message."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise UserError(f"{what} {path} is not a regular file (a FIFO, a device or a socket), "
+                        "which depthscape does not read: give a file")
+
+
 def open_nofollow(path: str | os.PathLike, flags: int, what: str = "file", mode: int = 0o666):
     """``os.open`` of ``path`` that never follows a link there and only opens a plain file.
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from depthscape.core.atomic import atomic_open
+from depthscape.core.atomic import atomic_open, refuse_special_file
 from depthscape.core.errors import UserError
 
 FORMAT = "depthscape"
@@ -70,6 +70,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise UserError(f"checkpoint not found: {path}")
     if path.is_dir():
         raise UserError(f"{path} is a directory, not a checkpoint file")
+    refuse_special_file(path, "checkpoint")
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # any failure to unpickle an untrusted file means "unreadable"
@@ -101,17 +102,36 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 WEIGHT_KEYS = frozenset({"state_dict", "model_state"})
 
 
-def check_finite(state_dict, source: str = "checkpoint") -> None:
-    """Raise a UserError naming the first floating-point tensor holding a NaN or an inf."""
-    if not isinstance(state_dict, dict):
+def check_finite(weights, source: str = "checkpoint") -> None:
+    """Raise a UserError naming the first floating-point tensor holding a NaN or an inf.
+
+    The one check of finiteness every entry uses: ``weights`` is a state dict, a module
+    (its parameters and its buffers, e.g. a BatchNorm's ``running_var``) or one tensor (a
+    model's output: ``source`` then says whose)."""
+    if isinstance(weights, torch.Tensor):
+        bad = _non_finite(weights)
+        if bad:
+            raise UserError(f"{source} is not finite: {bad} NaN or infinite value(s) of "
+                            f"{weights.numel()}; check the model and its weights")
         return
-    for key, tensor in state_dict.items():
-        if isinstance(tensor, torch.Tensor) and (tensor.is_floating_point() or tensor.is_complex()):
-            bad = int((~torch.isfinite(tensor)).sum())
-            if bad:
-                raise UserError(f"{source} holds non-finite weights: tensor {key!r} has {bad} NaN "
-                                f"or infinite value(s) of {tensor.numel()}; retrain, or use an "
-                                "earlier checkpoint")
+    if isinstance(weights, nn.Module):
+        weights = weights.state_dict(keep_vars=True)
+    if not isinstance(weights, dict):
+        return
+    for key, tensor in weights.items():
+        bad = _non_finite(tensor)
+        if bad:
+            raise UserError(f"{source} holds non-finite weights: tensor {key!r} has {bad} NaN "
+                            f"or infinite value(s) of {tensor.numel()}; retrain, or use an "
+                            "earlier checkpoint")
+
+
+def _non_finite(tensor) -> int:
+    """How many values of a floating-point (or complex) tensor are NaN or infinite."""
+    if not isinstance(tensor, torch.Tensor) or not (tensor.is_floating_point() or tensor.is_complex()):
+        return 0
+    with torch.no_grad():
+        return int((~torch.isfinite(tensor.detach())).sum())
 
 
 def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "checkpoint",

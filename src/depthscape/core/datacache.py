@@ -18,6 +18,15 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "depthscape"
 
 
+def own_matplotlib_cache() -> None:
+    """Point matplotlib's config and font cache (``$MPLCONFIGDIR``) at ``matplotlib/`` in
+    depthscape's cache folder, unless the user set it: otherwise matplotlib writes into
+    ``~/.config`` and ``~/.cache`` of its own. Called on ``import depthscape``, before
+    anything imports matplotlib (which reads the variable once, on import)."""
+    if "MPLCONFIGDIR" not in os.environ:
+        os.environ["MPLCONFIGDIR"] = str(default_cache_dir() / "matplotlib")
+
+
 def make_cache_dir(path: Path) -> bool:
     """Make the cache folder ``path`` (and parents); False where that would mean making a
     home folder that does not exist (``HOME=/nonexistent/home``): nothing is created then."""

@@ -21,6 +21,7 @@ the data) is one-line :class:`~depthscape.core.errors.UserError`, raised before 
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import importlib
 import importlib.util
@@ -35,6 +36,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from depthscape.core.atomic import refuse_special_file
+from depthscape.core.checkpoint import check_finite
 from depthscape.core.data import Dataset, Preprocess, Split, load_dataset
 from depthscape.core.datasets import dataset_names_text
 from depthscape.core.errors import UserError
@@ -46,7 +49,8 @@ from depthscape.core.models import (
     unregister,
 )
 from depthscape.core.models.registry import register_family
-from depthscape.core.trained import resolve_data_source
+from depthscape.core.preprocess import recorded_preprocess
+from depthscape.core.trained import recorded_paths_found, resolve_data_source
 
 #: How a plug-in model's inputs are made from uint8 pixels where its weights record no
 #: preprocessing: torchvision's ``ToTensor()`` (pixels in [0, 1], no mean subtracted).
@@ -61,14 +65,35 @@ def parse_model_kwargs(text: str | dict | None) -> dict[str, Any]:
         return {}
     if isinstance(text, dict):
         return dict(text)
+    if len(text) > MAX_KWARGS_TEXT:
+        raise UserError(f"--model-kwargs is {len(text)} characters long, more than the "
+                        f"{MAX_KWARGS_TEXT} a factory's keyword arguments need")
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
         raise UserError(f"--model-kwargs is not JSON: {error.msg} (e.g. '{{\"num_classes\": 10}}')") \
             from None
+    except RecursionError:  # thousands of nested brackets
+        raise UserError("--model-kwargs is nested too deeply to read") from None
+    except ValueError as error:  # an integer of more digits than Python converts
+        reason = _first_line(error).split(";")[0]  # not Python's advice to raise its limit
+        raise UserError(f"--model-kwargs holds a number it cannot read: {reason}") from None
     if not isinstance(value, dict):
         raise UserError(f"--model-kwargs must be a JSON object, got {type(value).__name__}")
     return value
+
+
+#: The longest --model-kwargs text read (a factory's keyword arguments are a few words).
+MAX_KWARGS_TEXT = 100_000
+
+
+def raised(error: BaseException) -> str:
+    """``Type: first line`` of an error the user's code raised (``SystemExit(3)`` named as
+    the exit it tried)."""
+    if isinstance(error, SystemExit):
+        return f"SystemExit (sys.exit({error.code!r}); depthscape does not exit for it)"
+    first = _first_line(error)
+    return f"{type(error).__name__}{': ' + first if first else ''}"
 
 
 def _first_line(error: BaseException, width: int = 160) -> str:
@@ -104,14 +129,15 @@ def _factory(spec: str):
         module = importlib.util.module_from_spec(module_spec)
         try:
             module_spec.loader.exec_module(module)
-        except Exception as error:  # the user's file: any error is theirs, one line
-            raise UserError(f"--model-from: {path} failed to load: {type(error).__name__}: "
-                            f"{_first_line(error)}") from None
+        except (Exception, SystemExit) as error:  # the user's file: any error is theirs, one line
+            raise UserError(f"--model-from: {path} failed to load: {raised(error)}") from None
     else:
         try:
             module = importlib.import_module(source)
         except ImportError as error:
             raise UserError(f"--model-from: cannot import {source}: {error}") from None
+        except (Exception, SystemExit) as error:  # the module's own code raised or exited
+            raise UserError(f"--model-from: {source} failed to load: {raised(error)}") from None
     factory = getattr(module, name, None)
     if not callable(factory):
         raise UserError(f"--model-from: {source} has no callable {name!r}")
@@ -123,10 +149,8 @@ def build_model(spec: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
     factory = _factory(spec)
     try:
         model = factory(**(kwargs or {}))
-    except Exception as error:  # the user's factory: any error is theirs, one line
-        first = _first_line(error)
-        raise UserError(f"--model-from {spec}: the factory raised {type(error).__name__}"
-                        f"{': ' + first if first else ''}") from None
+    except (Exception, SystemExit) as error:  # the user's factory: any error is theirs, one line
+        raise UserError(f"--model-from {spec}: the factory raised {raised(error)}") from None
     if not isinstance(model, nn.Module):
         raise UserError(f"--model-from {spec}: the factory returned a {type(model).__name__}, "
                         "not a torch.nn.Module")
@@ -138,6 +162,7 @@ def read_weights(path: str | os.PathLike) -> tuple[dict, dict]:
     one (``state_dict`` or ``model_state``), read weights-only (no code runs); the
     checkpoint is ``{}`` for a bare state dict."""
     path = Path(path).expanduser()
+    refuse_special_file(path, "--weights")
     if not path.is_file():
         raise UserError(f"--weights: no such file {path}")
     try:
@@ -165,6 +190,9 @@ def load_state(model: nn.Module, state: dict, path: str | os.PathLike) -> nn.Mod
         detail = lines[1] if len(lines) > 1 else (lines[0] if lines else "")
         raise UserError(f"--weights {Path(path).expanduser()} does not fit the model: "
                         f"{detail[:160]}") from None
+    except (Exception, SystemExit) as error:  # the model's own loading code (a hook) raised
+        raise UserError(f"--weights {Path(path).expanduser()}: loading the weights raised "
+                        f"{raised(error)}") from None
     return model
 
 
@@ -211,11 +239,8 @@ class PluginModel:
     def preprocess(self) -> Preprocess:
         """The evaluation preprocessing: a depthscape run's own (trained with ``--recipe``),
         else :data:`TO_TENSOR`."""
-        stored = self.config.get("preprocess")
-        if stored:
-            return Preprocess(scale=float(stored["scale"]),
-                              mean=tuple(float(m) for m in stored["mean"]), augment=False)
-        return TO_TENSOR
+        stored = recorded_preprocess(self.config.get("preprocess"), f"--weights {self.weights}")
+        return stored if stored is not None else TO_TENSOR
 
     @property
     def train_subset(self) -> int | None:
@@ -230,6 +255,8 @@ class PluginModel:
         """The data to measure on: the options given, else what the run of ``--weights``
         was trained on (:func:`~depthscape.core.trained.resolve_data_source`'s rule)."""
         recorded = self.config.get("train") or {}
+        if self.weights is not None:  # the run's relative data paths, from any folder
+            recorded = recorded_paths_found(recorded, self.weights)
         if dataset is None and data_dir is None and not recorded.get("dataset"):
             raise UserError("--model-from needs the data to measure on: --dataset "
                             f"({dataset_names_text()}) or --data-dir")
@@ -243,10 +270,15 @@ def load_plugin(spec: str, kwargs: str | dict | None = None,
     kwargs = parse_model_kwargs(kwargs)
     model = build_model(spec, kwargs)
     if weights is None:
+        check_finite(model, f"--model-from {spec} (as its factory built it)")
         return PluginModel(spec, kwargs, model)
     state, checkpoint = read_weights(weights)
+    check_finite(state, f"--weights {Path(weights).expanduser()}")
     load_state(model, state, weights)
-    return PluginModel(spec, kwargs, model, Path(weights), state_sha256(state), checkpoint)
+    check_finite(model, f"--model-from {spec} with --weights {Path(weights).expanduser()}")
+    plugin = PluginModel(spec, kwargs, model, Path(weights), state_sha256(state), checkpoint)
+    plugin.preprocess  # noqa: B018  (a damaged recorded preprocessing: refused before any work)
+    return plugin
 
 
 def check_model_reads(model: nn.Module, split: Split, preprocess: Preprocess | None,
@@ -262,9 +294,9 @@ def check_model_reads(model: nn.Module, split: Split, preprocess: Preprocess | N
     try:
         with torch.no_grad():
             out = model(x.to(next(model.parameters(), x).device))
-    except Exception as error:  # the user's model: any error is theirs, one line
+    except (Exception, SystemExit) as error:  # the user's model: any error is theirs, one line
         raise UserError(f"the model cannot read this data ({tuple(x.shape[1:])} {what}): "
-                        f"{_first_line(error, 200)}") from None
+                        f"its forward pass raised {raised(error)}") from None
     finally:
         model.train(was_training)
     if not isinstance(out, torch.Tensor):
@@ -273,9 +305,23 @@ def check_model_reads(model: nn.Module, split: Split, preprocess: Preprocess | N
     if out.dim() != 2 or out.shape[0] != len(x):
         raise UserError(f"the model returns a tensor of shape {tuple(out.shape)} for {len(x)} "
                         f"{what}, not one score per class and sample ({len(x)}, classes)")
+    check_finite(out, f"the model's output on {len(x)} {what}")
     if num_classes is not None and out.shape[1] < num_classes:
         raise UserError(f"the model predicts {out.shape[1]} classes, the data has {num_classes}: "
                         f"build it for them (e.g. --model-kwargs '{{\"num_classes\": {num_classes}}}')")
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` (what a measurement works on, so the caller's model is left
+    as it was); a model holding what cannot be copied (a ``threading.Lock``, an open file)
+    is one line saying so."""
+    try:
+        return copy.deepcopy(model)
+    except (TypeError, copy.Error, RuntimeError) as error:
+        raise UserError(f"the model cannot be copied for the measurement "
+                        f"({type(model).__name__} holds something copy.deepcopy refuses: "
+                        f"{_first_line(error)}): keep such objects outside the module, or "
+                        "give it a __deepcopy__") from None
 
 
 # ----------------------------------------------------------------------------- registry

@@ -7,9 +7,12 @@ gather on the whole batch, the same distribution as torchvision's per-image tran
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
+
+from depthscape.core.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,33 @@ class Preprocess:
         if self.augment:
             images = random_crop_flip(images, self.crop_padding, generator)
         return self.normalize(images)
+
+
+def recorded_preprocess(stored, source: str) -> Preprocess | None:
+    """The evaluation :class:`Preprocess` a run's config records (``config["preprocess"]``),
+    checked: a table with a finite positive ``scale`` and a list of finite ``mean`` values;
+    None where nothing is recorded (the caller's default applies). Anything else (a
+    string, a list, a NaN scale: a hand-edited or damaged config) is one line naming
+    ``source``."""
+    if stored is None or stored == {}:
+        return None
+
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    problem = None
+    if not isinstance(stored, dict):
+        problem = f"a {type(stored).__name__}, not a table of scale and mean"
+    elif not number(stored.get("scale")) or stored["scale"] <= 0:
+        problem = f"scale {stored.get('scale', 'missing')!r}, not a finite positive number"
+    elif not isinstance(stored.get("mean"), (list, tuple)) or not stored["mean"] \
+            or not all(number(m) for m in stored["mean"]):
+        problem = f"mean {stored.get('mean', 'missing')!r}, not a list of finite numbers"
+    if problem is not None:
+        raise UserError(f"{source} records a preprocessing this version cannot use "
+                        f"({problem[:120]}): retrain, or repair its config")
+    return Preprocess(scale=float(stored["scale"]), mean=tuple(float(m) for m in stored["mean"]),
+                      augment=False)
 
 
 def crop_flip_params(batch: int, padding: int, generator: torch.Generator | None,

@@ -37,6 +37,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from depthscape.core.atomic import refuse_special_file
 from depthscape.core.errors import UserError
 from depthscape.core.recipe import Recipe
 
@@ -44,6 +45,11 @@ _TOP = {"name", "optimizer", "lr", "momentum", "weight_decay", "batch_size", "it
         "epochs", "log_every", "schedule", "preprocess"}
 _SCHEDULE = {"kind", "milestones", "decay", "warmup_lr", "warmup_iterations", "t_max"}
 _PREPROCESS = {"pixel_scale", "subtract_mean", "augment"}
+#: The largest recipe file read (a recipe is a dozen lines).
+MAX_RECIPE_BYTES = 1 << 20
+#: The largest batch a recipe may ask for: beyond any dataset's training split depthscape
+#: reads, and a batch of 32x32 RGB float inputs this large alone takes 12 GiB.
+MAX_BATCH_SIZE = 1 << 20
 
 
 def toml_reader():
@@ -84,13 +90,16 @@ class _Reader:
         if key not in self.table:
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise self.error(key, f"must be a number, got {value!r}")
+            what = " (it overflows to infinity)" if isinstance(value, float) and math.isinf(value) \
+                else ""
+            raise self.error(key, f"must be a finite number, got {value!r}{what}")
         if value < lo or (lo_open and value == lo) or value > hi or (hi_open and value == hi):
             left, right = "(" if lo_open else "[", ")" if hi_open else "]"
             raise self.error(key, f"must be in {left}{lo:g}, {hi:g}{right}, got {value!r}")
         return float(value)
 
-    def integer(self, key: str, default: int | None, lo: int = 1) -> int | None:
+    def integer(self, key: str, default: int | None, lo: int = 1, hi: int = 2**31 - 1
+                ) -> int | None:
         value = self.table.get(key, default)
         if key not in self.table:
             return value
@@ -98,6 +107,8 @@ class _Reader:
             raise self.error(key, f"must be a whole number, got {value!r}")
         if value < lo:
             raise self.error(key, f"must be at least {lo}, got {value}")
+        if value > hi:
+            raise self.error(key, f"must be at most {hi}, got {value}")
         return value
 
     def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
@@ -124,15 +135,25 @@ def read_recipe_file(path: str | os.PathLike, default_name: str = "recipe") -> R
     file's ``name`` or ``default_name``."""
     path = Path(path).expanduser()
     toml = toml_reader()
+    refuse_special_file(path, "recipe")
     try:
         with open(path, "rb") as handle:
-            data = toml.load(handle)
+            raw = handle.read(MAX_RECIPE_BYTES + 1)
     except FileNotFoundError:
         raise UserError(f"recipe file not found: {path}") from None
     except IsADirectoryError:
         raise UserError(f"recipe {path} is a directory, not a TOML file") from None
+    if len(raw) > MAX_RECIPE_BYTES:
+        raise UserError(f"recipe {path} is larger than {MAX_RECIPE_BYTES} bytes: not a recipe")
+    try:
+        data = toml.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise UserError(f"recipe {path} is not UTF-8 text (byte {error.start}): TOML files are "
+                        "UTF-8; save it as such") from None
     except toml.TOMLDecodeError as error:
         raise UserError(f"recipe {path} is not valid TOML: {str(error).splitlines()[0]}") from None
+    except RecursionError:
+        raise UserError(f"recipe {path} is nested too deeply to read") from None
     top = _Reader(path, data, "", _TOP)
     return _recipe(top, path, data.get("name", default_name))
 
@@ -150,7 +171,7 @@ def _recipe(top: _Reader, path: Path, name: Any) -> Recipe:
     fields = dict(
         name=name, optimizer=optimizer, unit=unit, length=length,
         lr=top.number("lr", None, lo_open=True),
-        batch_size=top.integer("batch_size", 128),
+        batch_size=top.integer("batch_size", 128, hi=MAX_BATCH_SIZE),
         momentum=top.number("momentum", 0.0, hi=1.0, hi_open=True),
         weight_decay=top.number("weight_decay", 0.0),
         log_every=top.integer("log_every", 100))

@@ -41,9 +41,10 @@ from torch import nn
 
 from depthscape.core.checkpoint import check_state_dict, load_checkpoint
 from depthscape.core.data import Dataset, Preprocess, Split, load_dataset
-from depthscape.core.datasets import DEFAULT_DATASET
+from depthscape.core.datasets import DEFAULT_DATASET, find_dataset
 from depthscape.core.errors import UserError
 from depthscape.core.models import canonical_name, get_model, model_kwargs_for
+from depthscape.core.preprocess import recorded_preprocess
 from depthscape.core.recipe import Recipe, preprocess_for
 from depthscape.core.recipes import recipe_for
 
@@ -83,6 +84,41 @@ def resolve_data_source(recorded: dict, dataset: str | None = None, data_dir: st
         cache_dir = recorded.get("cache_dir")
     return DataSource(str(name), None if data_dir is None else str(data_dir),
                       None if cache_dir is None else str(cache_dir))
+
+
+def _training_folders(out_dir, checkpoint: Path) -> list[Path]:
+    """Where a run was probably trained from: the folder its recorded (relative) ``out_dir``
+    was taken from, then the run's own folder and the one above it. The checkpoint lies
+    in ``<out>/models/``."""
+    root = checkpoint.expanduser().resolve().parent.parent
+    folders = []
+    out = Path(out_dir) if isinstance(out_dir, str) and out_dir else None
+    if out is not None and not out.is_absolute() and ".." not in out.parts:
+        base = root
+        for _ in out.parts:
+            base = base.parent
+        folders.append(base)
+    folders += [root, root.parent]
+    return list(dict.fromkeys(folders))
+
+
+def recorded_paths_found(recorded: dict, checkpoint: str | os.PathLike) -> dict:
+    """``recorded`` (a run's ``config["train"]``) with each relative data path (``dataset``,
+    ``data_dir``, ``cache_dir``) that is not found from here but is found from the folder
+    the run was trained from (:func:`_training_folders`) made absolute, so a run is
+    measured from any working folder; old runs (which record the path as typed) included."""
+    found = dict(recorded)
+    for key in ("dataset", "data_dir", "cache_dir"):
+        value = recorded.get(key)
+        if not isinstance(value, str) or not value.strip() or \
+                find_dataset(value) is not None or Path(value).expanduser().is_absolute() or \
+                Path(value).exists():
+            continue
+        for folder in _training_folders(recorded.get("out_dir"), Path(checkpoint)):
+            if (folder / value).exists():
+                found[key] = str(folder / value)
+                break
+    return found
 
 
 @dataclass
@@ -127,10 +163,9 @@ class TrainedRun:
     @property
     def preprocess(self) -> Preprocess:
         """The evaluation preprocessing (no augmentation) the model was trained with."""
-        stored = self.config.get("preprocess")
-        if stored:
-            return Preprocess(scale=float(stored["scale"]),
-                              mean=tuple(float(m) for m in stored["mean"]), augment=False)
+        stored = recorded_preprocess(self.config.get("preprocess"), str(self.path))
+        if stored is not None:
+            return stored
         return replace(preprocess_for(self.recipe, self.dataset), augment=False)
 
     @property
@@ -203,11 +238,12 @@ def load_trained_run(checkpoint_or_run: str | os.PathLike | Any, *, model: str |
     network.to(torch.device(device) if device is not None else torch.device("cpu"))
     network.eval()
     config = dict(data.get("config") or {})
+    recorded_preprocess(config.get("preprocess"), str(path))  # a damaged record: refused now
     try:
         recipe = Recipe.from_dict(config["recipe"]) if config.get("recipe") else recipe_for(name)
     except (TypeError, ValueError) as error:  # a recipe written by another version
         raise UserError(f"{path} records a recipe this version cannot read: {error}") from None
-    train_settings = config.get("train") or {}
+    train_settings = recorded_paths_found(config.get("train") or {}, path)
     loaded = dataset if isinstance(dataset, Dataset) else None
     source = resolve_data_source(train_settings, loaded.name if loaded is not None else dataset,
                                  data_dir, cache_dir)

@@ -33,8 +33,10 @@ from depthscape.analysis.landscape.folding import (  # noqa: F401  (FoldPair etc
     fold_weights,
 )
 from depthscape.analysis.landscape.sweep import WorkerPool
+from depthscape.core.checkpoint import check_finite
 from depthscape.core.data import Preprocess, Split
 from depthscape.core.errors import UserError
+from depthscape.core.plugins import copy_model, raised
 from depthscape.core.runtime import Precision, precision_named
 from depthscape.core.tf32 import tf32_scope
 
@@ -113,7 +115,7 @@ class PointEvaluator:
                           else precision_named(precision, device.type))
         self.batch_size = effective_batch_size(batch_size, device)
         self.compiled = compile
-        model = copy.deepcopy(model).to(device).eval()
+        model = copy_model(model).to(device).eval()
         if channels_last is None:
             channels_last = self.precision.channels_last_default()
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -161,13 +163,13 @@ class PointEvaluator:
             example = self._batch(0, min(self.count, 64))
             with torch.no_grad(), full_float32():
                 reference = model(example)
-        except RuntimeError as error:
-            first = str(error).strip().splitlines()[0][:200]
+        except (Exception, SystemExit) as error:  # the user's model: any error is theirs
             raise UserError(f"the model cannot read this data ({tuple(images.shape[1:])} {what}): "
-                            f"{first}") from None
+                            f"its forward pass raised {raised(error)}") from None
         if not isinstance(reference, torch.Tensor):
             raise UserError(f"the model returns a {type(reference).__name__}, not a tensor: wrap it "
                             "so it returns one (depthscape.select_output(model, key))")
+        check_finite(reference, f"the model's output on {len(example)} {what} (at its own weights)")
         return example, reference
 
     def replica(self) -> "PointEvaluator":
