@@ -34,3 +34,16 @@ def test_a_registered_dataset_is_known_to_the_loader_help_and_run_names(monkeypa
         registry.register_dataset(info)
     with pytest.raises(UserError, match="unknown dataset 'nothing': use cifar10, .*svhn"):
         load_dataset("nothing", cache_dir=tmp_path)
+
+
+def test_only_a_records_exact_name_takes_its_pixel_mean():
+    import torch
+
+    from depthscape.core.splits import Dataset, Split
+
+    colour = Split(torch.full((2, 3, 4, 4), 10, dtype=torch.uint8), torch.zeros(2).long())
+    grey = Split(torch.full((2, 1, 4, 4), 10, dtype=torch.uint8), torch.zeros(2).long())
+    assert Dataset("mnist", grey, grey, ["a"]).pixel_mean_255 == (33.0,)
+    # an ImageFolder's name is its folder's: "MNIST" is not the record, its mean is its own
+    assert Dataset("MNIST", grey, grey, ["a"]).pixel_mean_255 == (10.0,)
+    assert Dataset("Fashion_MNIST", colour, colour, ["a"]).pixel_mean_255 == (125.0, 123.0, 114.0)

@@ -398,12 +398,17 @@ def test_matplotlib_keeps_its_cache_in_depthscape_s_folder(tmp_path, preset):
     env.update(HOME=str(tmp_path / "home"), DEPTHSCAPE_DATA=str(tmp_path / "cache"))
     if preset:
         env["MPLCONFIGDIR"] = str(tmp_path / preset)
-    code = ("import os, depthscape, matplotlib\n"
-            "print(os.environ['MPLCONFIGDIR']); print(matplotlib.get_configdir())")
+    code = ("import os, depthscape\n"
+            "assert os.environ.get('MPLCONFIGDIR') == %r  # a library import leaves it alone\n"
+            "from depthscape.cli import main\n"
+            "try:\n    main(['--version'])\nexcept SystemExit:\n    pass\n"
+            "import matplotlib\n"
+            "print(os.environ['MPLCONFIGDIR']); print(matplotlib.get_configdir())"
+            ) % (str(tmp_path / preset) if preset else None,)
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                             text=True, timeout=120)
     want = str(tmp_path / preset) if preset else str(tmp_path / "cache" / "matplotlib")
-    assert result.stdout.split() == [want, want], result.stderr
+    assert result.stdout.split()[-2:] == [want, want], result.stderr
     assert not (tmp_path / "home").exists()
 
 

@@ -255,3 +255,14 @@ def test_the_command_line_takes_its_choices_and_help_from_the_records():
     assert runtime.amp_alias(True, None) == "bf16" and runtime.amp_alias(False, "tf32") == "tf32"
     with pytest.raises(UserError, match="--amp means --precision bf16"):
         runtime.amp_alias(True, "fp32")
+
+
+def test_a_scope_joined_sets_the_switches_again():
+    """A block asking for the setting an open scope holds sets it again: something inside
+    the open scope (a training's set_tf32) may have changed it."""
+    before = _switches()
+    with runtime.tf32_scope(False):
+        runtime.set_tf32(True)
+        with runtime.tf32_scope(False):
+            assert not runtime.tf32_enabled()
+    assert _switches() == before

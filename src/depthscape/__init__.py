@@ -17,11 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from depthscape.core.datacache import own_matplotlib_cache
-
 __version__ = "0.1.0"
-
-own_matplotlib_cache()  # before any module imports matplotlib
 
 #: The public API, re-exported from :mod:`depthscape.api` on first access.
 __all__ = [

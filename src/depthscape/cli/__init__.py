@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 from depthscape import __version__
 from depthscape.core.atomic import os_error_text
+from depthscape.core.datacache import own_matplotlib_cache
 from depthscape.core.errors import UserError
 
 
@@ -99,6 +100,7 @@ def _command_of(argv: list[str]) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``depthscape`` console script."""
     argv = sys.argv[1:] if argv is None else [str(word) for word in argv]
+    own_matplotlib_cache()  # the commands' figures: before the command imports matplotlib
     parser = build_parser(_command_of(argv), every=False)
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):

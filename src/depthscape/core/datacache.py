@@ -21,8 +21,9 @@ def default_cache_dir() -> Path:
 def own_matplotlib_cache() -> None:
     """Point matplotlib's config and font cache (``$MPLCONFIGDIR``) at ``matplotlib/`` in
     depthscape's cache folder, unless the user set it: otherwise matplotlib writes into
-    ``~/.config`` and ``~/.cache`` of its own. Called on ``import depthscape``, before
-    anything imports matplotlib (which reads the variable once, on import)."""
+    ``~/.config`` and ``~/.cache`` of its own. Called by the command line before a command
+    runs (matplotlib reads the variable once, on import); ``import depthscape`` in a user's
+    own program leaves it alone, so their matplotlib configuration stays theirs."""
     if "MPLCONFIGDIR" not in os.environ:
         os.environ["MPLCONFIGDIR"] = str(default_cache_dir() / "matplotlib")
 

@@ -82,8 +82,8 @@ class Dataset:
         dataset's own (its record's), CIFAR-10's for other colour images (an ImageFolder of
         CIFAR-10, as the JPEG archive is), else this data's rounded mean."""
         info = find_dataset(self.name)
-        if info is not None:
-            return info.pixel_mean_255
+        if info is not None and info.name == self.name:  # exactly a record's (an ImageFolder
+            return info.pixel_mean_255                   # named "MNIST" computes its own)
         if self.in_channels == 3:
             return dataset_info("cifar10").pixel_mean_255
         return tuple(float(v) for v in self.train.images.float().mean(dim=(0, 2, 3)).round())

@@ -79,6 +79,8 @@ def tf32_scope(enabled: bool = False):
     with _SCOPES_LOCK:
         if _SCOPES and _SCOPES[-1].enabled == enabled:
             scope = _SCOPES[-1]
+            for owner, name, _, value in _tf32_settings(enabled):  # set_tf32 may have run
+                setattr(owner, name, value)                        # inside the open scope
         else:
             scope = _Scope(enabled)
             for owner, name, _, value in scope.saved:

@@ -59,7 +59,8 @@ class LayerStats:
         weights as they are (to measure the step)."""
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         self.sums[0] += self._per_layer(grads)
-        torch._foreach_copy_(self.before, self.params)
+        torch._foreach_zero_(self.before)  # a copy, with foreach ops every torch >= 2.1 has
+        torch._foreach_add_(self.before, self.params)
 
     @torch.no_grad()
     def after_update(self) -> None:
