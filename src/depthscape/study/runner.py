@@ -23,8 +23,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import torch
-
 from depthscape.core import runtime
 from depthscape.core.atomic import (
     atomic_write_text,
@@ -33,7 +31,7 @@ from depthscape.core.atomic import (
     remove_stale_temporaries_in,
 )
 from depthscape.core.datasets import DEFAULT_DATASET
-from depthscape.core.device import get_device
+from depthscape.core.device import get_device, torch_threads
 from depthscape.core.errors import UserError
 from depthscape.core.locking import claim
 from depthscape.core.models import canonical_name
@@ -209,24 +207,11 @@ def finish_study(config: StudyConfig) -> StudyResult:
 def run_stages(study: Study, stages: Sequence[Stage]) -> None:
     """Run each of ``stages`` that is wanted, in order, timing each: the one loop of the study,
     for a whole study and for one unit's part of it alike (:mod:`depthscape.study.units`)."""
-    with _threads(study.config.threads):
+    with torch_threads(study.config.threads):
         for stage in stages:
             if stage.wanted(study):
                 with _Timer(study, stage.name):
                     stage.run(study)
-
-
-@contextlib.contextmanager
-def _threads(count: int | None):
-    if count is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def start_study(config: StudyConfig, write: bool = True) -> Study:
