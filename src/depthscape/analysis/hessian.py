@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from depthscape.analysis.hessian_products import fast_layers
 from depthscape.core.runtime import Precision, precision_named
 
 
@@ -42,12 +43,18 @@ class HessianOperator:
     samples) and the ranks' products are summed (all-reduced in float64). Every rank then
     holds the same product, bit for bit, so seeded Lanczos and Hutchinson runs on every rank
     take the same steps and agree; each must call the operator the same number of times.
+
+    ``fast`` (default): the gradient graph is built with the faster convolutions and the
+    folded eval-mode BatchNorm of :mod:`~depthscape.analysis.hessian_products` where the
+    model has them (the same products to float32 rounding, 1.2-1.4x the speed on CPU
+    ResNets: docs/spectrum.md); False, or a precision with autocast (bf16), builds it with
+    the modules' own forward passes.
     """
 
     def __init__(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
                  batch_size: int = 500,
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                 precision: Precision | None = None, dist=None):
+                 precision: Precision | None = None, dist=None, fast: bool = True):
         self.model = model
         self.dist = dist if dist is not None and dist.enabled else None
         device_type = next(iter(model.parameters()), torch.empty(0)).device.type
@@ -67,6 +74,8 @@ class HessianOperator:
                        for i in range(0, len(labels), batch_size)]
         if self.total == 0:
             raise ValueError("no data to measure the Hessian on")
+        # the faster layers are float32 kernels: under autocast the modules' own run
+        self.fast = bool(fast) and self.precision.autocast_dtype is None
         self._cached_grads: list[torch.Tensor] | None = None
         self.products = 0
 
@@ -75,7 +84,7 @@ class HessianOperator:
         return sum(p.numel() for p in self.params)
 
     def _grads(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
-        with self.precision.forward():
+        with fast_layers(self.model, self.fast), self.precision.forward():
             logits = self.model(x)
         logits = self.precision.float_output(logits)  # the loss in float32
         loss = self.loss_fn(logits, y) / self.total
