@@ -46,8 +46,8 @@ class HessianOperator:
 
     ``fast`` (default): the gradient graph is built with the faster convolutions and the
     folded eval-mode BatchNorm of :mod:`~depthscape.analysis.hessian_products` where the
-    model has them (the same products to float32 rounding, 1.2-1.4x the speed on CPU
-    ResNets: docs/spectrum.md); False, or a precision with autocast (bf16), builds it with
+    model has them (the same products to float32 rounding, 1.1-1.5x the field's double
+    backward on CPU ResNets: docs/spectrum.md); False, or a precision with autocast (bf16), builds it with
     the modules' own forward passes.
     """
 
