@@ -3,6 +3,8 @@ measures by a peer library (PyHessian) on the same checkpoint and data.
 
     python benchmarks/bench_hessian.py CHECKPOINT [CHECKPOINT ...] [--images 128]
         [--peer-models resnet20] [--threads N]
+    python benchmarks/bench_hessian.py --products resnet20 resnet56 --images 128 512
+        [--rounds 3] [--float64] [--threads 1]
 
 For each trained run (a depthscape checkpoint), on the same ``--images`` training images
 (a seeded draw from the run's own training split, preprocessed as it was evaluated):
@@ -23,12 +25,25 @@ hessian-eigenthings (its ``HessianOperator`` with ``lanczos``, ``trace`` and
 counted by wrapping their own product function. A peer call that fails prints why on its
 line; depthscape's numbers stand alone.
 
+``--products MODEL ...`` measures the product alone on freshly initialised models (seeded;
+BatchNorm's running statistics moved by two training-mode passes over the images), random
+images and labels, every ``--images`` count: products per second of the field's way (the
+reverse-over-reverse double backward of PyHessian, fp32, NCHW, its gradient graph built
+once and reused: :func:`_field_product`, written here as the reference), of the same with
+the graph built for every product (PyHessian's way with a data loader), of depthscape's
+:class:`HessianOperator` (its default, NCHW) and of the operator on a channels-last copy of
+the model and images; interleaved (A B C D A B C D ...) after one warm-up product each, the
+median of ``--rounds``; every product's distance from the field's (``rel`` the norm of the
+difference over the norm, ``max`` its largest entry over the largest entry) and, with
+``--float64``, each one's distance from the float64 product.
+
 The first line names the CPU (the machines this runs on differ by up to 2.7x).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -42,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import depthscape as ds  # noqa: E402
 from depthscape.analysis.hessian import HessianOperator  # noqa: E402
 from depthscape.analysis.spectrum import spectral_density  # noqa: E402
+from depthscape.core.models import get_model  # noqa: E402
 from depthscape.core.runtime import cpu_description  # noqa: E402
 
 
@@ -75,6 +91,88 @@ def _ours(run, x, y, trace_samples: int) -> dict:
             "ends_s": t_ends, "trace": trace.trace, "trace_se": trace.stderr,
             "trace_hvps": trace.samples, "trace_s": t_trace, "density_hvps": density.products,
             "density_s": t_density}
+
+
+def _field_product(model, x, y):
+    """The field's Hessian-vector product, as PyHessian forms it (``hessian.__init__`` and
+    ``hessian_vector_product``): the gradient graph once, then ``v -> d(g . v)/d theta``."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    loss = F.cross_entropy(model(x), y)
+    grads = torch.autograd.grad(loss, params, create_graph=True)
+
+    def product(vector):
+        return torch.autograd.grad(grads, params, grad_outputs=vector, retain_graph=True)
+
+    return product
+
+
+def _field_fresh_product(model, x, y):
+    """The field's product with the gradient graph built for each (a data loader's way)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def product(vector):
+        grads = torch.autograd.grad(F.cross_entropy(model(x), y), params, create_graph=True)
+        return torch.autograd.grad(grads, params, grad_outputs=vector)
+
+    return product
+
+
+def _distance(a, b) -> tuple[float, float]:
+    """(||a - b|| / ||b||, max |a - b| / max |b|) over all the parameters."""
+    flat_a = torch.cat([t.reshape(-1) for t in a]).double()
+    flat_b = torch.cat([t.reshape(-1) for t in b]).double()
+    diff = flat_a - flat_b
+    return float(diff.norm() / flat_b.norm()), float(diff.abs().max() / flat_b.abs().max())
+
+
+def _random_model(name: str, images: int, seed: int = 0):
+    """A freshly initialised ``name`` for 10 classes, random images and labels, BatchNorm's
+    running statistics moved off their defaults by two training-mode passes."""
+    torch.manual_seed(seed)
+    model = get_model(name, num_classes=10)
+    x = torch.randn(images, 3, 32, 32)
+    y = torch.randint(0, 10, (images,))
+    with torch.no_grad():
+        model.train()
+        for _ in range(2):
+            model(x)
+    return model.eval(), x, y
+
+
+def _products(name: str, images: int, rounds: int, float64: bool) -> list[dict]:
+    """The product by each way on one model and image count (see the module's doc)."""
+    model, x, y = _random_model(name, images)
+    layout = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    x_layout = x.contiguous(memory_format=torch.channels_last)
+    ours = HessianOperator(model, x, y, batch_size=len(y))
+    ours_layout = HessianOperator(layout, x_layout, y, batch_size=len(y))
+    ways = {"field (double backward, fp32, NCHW)": _field_product(model, x, y),
+            "field, graph per product": _field_fresh_product(model, x, y),
+            "depthscape HessianOperator": ours,
+            "depthscape, channels-last": ours_layout}
+    generator = torch.Generator().manual_seed(1)
+    vector = [torch.randn(p.shape, generator=generator) for p in ours.params]
+    outputs = {way: [t.detach().clone() for t in fn(vector)] for way, fn in ways.items()}
+    seconds = {way: [] for way in ways}
+    for _ in range(rounds):  # interleaved: the machine's load falls on every way alike
+        for way, fn in ways.items():
+            seconds[way].append(_timed(lambda fn=fn: fn(vector))[1])
+    truth = None
+    if float64:
+        exact = copy.deepcopy(model).double()
+        truth = _field_product(exact, x.double(), y)([v.double() for v in vector])
+    reference = outputs[next(iter(ways))]
+    field_s = statistics.median(seconds[next(iter(ways))])
+    rows = []
+    for way in ways:
+        median = statistics.median(seconds[way])
+        rel, top = _distance(outputs[way], reference)
+        row = {"way": way, "model": name, "images": images, "products_s": 1 / median,
+               "speedup": field_s / median, "rel": rel, "max": top}
+        if truth is not None:
+            row["rel64"] = _distance(outputs[way], truth)[0]
+        rows.append(row)
+    return rows
 
 
 def _attempt(name: str, fn, count) -> str:
@@ -164,13 +262,25 @@ def _range(nodes) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoints", nargs="+", type=Path)
-    parser.add_argument("--images", type=int, default=128)
+    parser.add_argument("checkpoints", nargs="*", type=Path)
+    parser.add_argument("--images", type=int, nargs="+", default=[128],
+                        help="images per model (several: each, with --products)")
+    parser.add_argument("--products", nargs="+", metavar="MODEL", default=None,
+                        help="measure the product alone on freshly initialised MODELs")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="timed products of each way, with --products (default 3)")
+    parser.add_argument("--float64", action="store_true",
+                        help="with --products: each way's distance from the float64 product")
     parser.add_argument("--peer-models", nargs="*", default=["resnet20"])
     parser.add_argument("--trace-samples", type=int, default=50,
                         help="depthscape's Hutchinson probes at most (default 50)")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
+    if args.products:
+        return _main_products(args)
+    if not args.checkpoints:
+        parser.error("name a CHECKPOINT, or --products MODEL")
+    args.images = args.images[0]
     missing = [str(p) for p in args.checkpoints if not p.is_file()]
     if missing:
         print(f"error: no checkpoint at {', '.join(missing)}", file=sys.stderr)
@@ -194,6 +304,22 @@ def main(argv=None) -> int:
             continue
         print("  PyHessian:           " + "; ".join(_pyhessian(run, x, y)), flush=True)
         print("  hessian-eigenthings: " + "; ".join(_eigenthings(run, x, y)), flush=True)
+    return 0
+
+
+def _main_products(args) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"# {cpu_description()}; torch {torch.__version__}; {torch.get_num_threads()} threads;"
+          f" Hessian-vector products, fp32, freshly initialised models, random images;"
+          f" median of {args.rounds} interleaved after a warm-up", flush=True)
+    for name in args.products:
+        for images in args.images:
+            for row in _products(name, images, args.rounds, args.float64):
+                exact = f"; vs float64 {row['rel64']:.1e}" if "rel64" in row else ""
+                print(f"{row['model']} {row['images']} images  {row['way']:<36s}"
+                      f" {row['products_s']:7.3f} products/s  x{row['speedup']:.2f}"
+                      f"  rel {row['rel']:.1e} max {row['max']:.1e}{exact}", flush=True)
     return 0
 
 

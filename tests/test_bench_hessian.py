@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import sys
 
+import pytest
 from test_benchmarks import load_benchmark
 
 
@@ -45,3 +46,29 @@ def test_a_missing_checkpoint_is_one_line_and_exit_2(tmp_path, capsys):
     assert bench.main([str(tmp_path / "none.pth")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no checkpoint" in err[0]
+
+
+def test_the_products_mode_compares_every_way_with_the_fields(capsys):
+    bench = load_benchmark("bench_hessian")
+    assert bench.main(["--products", "resnet8", "--images", "4", "6", "--rounds", "1",
+                       "--float64", "--threads", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("# ") and "1 threads" in lines[0] and "fp32" in lines[0]
+    rows = lines[1:]
+    assert len(rows) == 2 * 4  # two image counts, four ways each
+    pattern = (r"resnet8 (\d+) images  (.+?) +([\d.]+) products/s  x([\d.]+)  rel (\S+) max"
+               r" (\S+); vs float64 (\S+)$")
+    parsed = [re.match(pattern, row) for row in rows]
+    assert all(parsed), rows
+    assert [int(m.group(1)) for m in parsed] == [4] * 4 + [6] * 4
+    assert parsed[0].group(2).startswith("field (double backward")
+    assert float(parsed[0].group(4)) == 1.0 and float(parsed[0].group(5)) == 0.0
+    for match in parsed:  # every way gives the field's product to float32 rounding
+        assert float(match.group(5)) < 1e-5 and float(match.group(7)) < 1e-4
+
+
+def test_neither_checkpoint_nor_products_is_a_usage_error(capsys):
+    bench = load_benchmark("bench_hessian")
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main([])
+    assert exit_info.value.code == 2 and "--products" in capsys.readouterr().err

@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from depthscape.analysis.hessian_products import fast_layers
 from depthscape.core.errors import UserError
-from depthscape.core.limits import require_fits
+from depthscape.core.limits import check_basis_fits
 from depthscape.core.runtime import Precision, precision_named
 
 
@@ -44,12 +45,16 @@ class HessianOperator:
     samples) and the ranks' products are summed (all-reduced in float64). Every rank then
     holds the same product, bit for bit, so seeded Lanczos and Hutchinson runs on every rank
     take the same steps and agree; each must call the operator the same number of times.
+
+    ``fast`` (default): the gradient graph uses :mod:`~depthscape.analysis.hessian_products`'
+    layers where the model has them (same products to float32 rounding: docs/spectrum.md);
+    False, or a precision with autocast (bf16), uses the modules' own forward passes.
     """
 
     def __init__(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
                  batch_size: int = 500,
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                 precision: Precision | str | None = None, dist=None):
+                 precision: Precision | str | None = None, dist=None, fast: bool = True):
         self.model = model
         self.dist = dist if dist is not None and dist.enabled else None
         device_type = next(iter(model.parameters()), torch.empty(0)).device.type
@@ -70,6 +75,8 @@ class HessianOperator:
                        for i in range(0, len(labels), batch_size)]
         if self.total == 0:
             raise ValueError("no data to measure the Hessian on")
+        # the faster layers are float32 kernels: under autocast the modules' own run
+        self.fast = bool(fast) and self.precision.autocast_dtype is None
         self._cached_grads: list[torch.Tensor] | None = None
         self.products = 0
 
@@ -78,7 +85,7 @@ class HessianOperator:
         return sum(p.numel() for p in self.params)
 
     def _grads(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
-        with self.precision.forward():
+        with fast_layers(self.model, self.fast), self.precision.forward():
             logits = self.model(x)
         logits = self.precision.float_output(logits)  # the loss in float32
         loss = self.loss_fn(logits, y) / self.total
@@ -273,16 +280,6 @@ def _ritz_ends(alphas: list[float], betas: list[float], beta: float):
         return None
     return ((float(ritz[0]), float(ritz[-1])),
             (beta * abs(float(vectors[-1, 0])), beta * abs(float(vectors[-1, -1]))))
-
-
-def check_basis_fits(steps: int, size: int, like: torch.Tensor,
-                     device: torch.device | str | None = None) -> None:
-    """Refuse (one line, before allocating) a Lanczos basis of ``steps`` vectors of ``size``
-    entries (``like``'s dtype, on ``device``: default ``like``'s) that cannot fit in memory."""
-    require_fits(steps * size * like.element_size(),
-                 f"a Lanczos basis of {steps} steps (--power-iters) x {size} parameters x "
-                 f"{like.element_size()} bytes",
-                 device if device is not None else like.device)
 
 
 def extreme_eigenvalues(operator: Callable, params: Sequence[torch.Tensor], iters: int = 20,

@@ -30,7 +30,6 @@ from torch import nn
 
 from depthscape.analysis.hessian import (
     HessianOperator,
-    check_basis_fits,
     extreme_eigenvalues,
     hessian_trace,
 )
@@ -38,6 +37,7 @@ from depthscape.analysis.spectrum import extremes_and_top
 from depthscape.analysis.stats import CONFIDENCE, mean_ci
 from depthscape.core.data import Split
 from depthscape.core.errors import UserError
+from depthscape.core.limits import check_basis_fits
 from depthscape.core.runtime import Precision, resolve_precision
 
 

@@ -38,11 +38,11 @@ import torch
 from depthscape.analysis.hessian import (
     UNCONVERGED_MARK,
     EigenExtremes,
-    check_basis_fits,
     held,
     hold_steps,
     ritz_converged,
 )
+from depthscape.core.limits import check_basis_fits
 
 
 @dataclass(frozen=True)

@@ -71,3 +71,13 @@ def check_model_fits(model: str, batch_size: int, device: torch.device | str | N
     if need is None:
         return
     require_fits(need, f"training {model} at batch size {batch_size}", device)
+
+
+def check_basis_fits(steps: int, size: int, like: torch.Tensor,
+                     device: torch.device | str | None = None) -> None:
+    """Refuse (one line, before allocating) a Lanczos basis of ``steps`` vectors of ``size``
+    entries (``like``'s dtype, on ``device``: default ``like``'s) that cannot fit in memory."""
+    require_fits(steps * size * like.element_size(),
+                 f"a Lanczos basis of {steps} steps (--power-iters) x {size} parameters x "
+                 f"{like.element_size()} bytes",
+                 device if device is not None else like.device)
