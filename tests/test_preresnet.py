@@ -212,7 +212,7 @@ def test_paired_with_the_resnet_in_the_report_observations():
     assert "rises from depth 20 to 56" in chain
 
     def result(largest, smallest):
-        return SharpnessResult(largest, smallest, 5, True, 1.0, 0.1, 5, True, 8, 100)
+        return SharpnessResult.from_fields(largest, smallest, 5, True, 1.0, 0.1, 5, True, 8, 100)
 
     sharp = [(RunInfo(m, 0, "cifar10", run_paths(".", m)), result(big, small))
              for m, big, small in (("resnet20", 5.0, -0.5), ("preresnet20", 3.0, -0.25))]

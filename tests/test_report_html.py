@@ -42,7 +42,7 @@ def report(tmp_path_factory):
     for k, run in enumerate(runs):
         metrics.append(RunMetrics(run.model, 0, "tiny", run.paths.run_name, 0.3, 90.0 - k,
                                   0.6, 70.0 - 20 * k, 12, 12, 60.0 + k, 1200))
-        sharpness.append((run, SharpnessResult(10.0 * (k + 1), -1.0, 5, True, 100.0 * (k + 1), 1.0,
+        sharpness.append((run, SharpnessResult.from_fields(10.0 * (k + 1), -1.0, 5, True, 100.0 * (k + 1), 1.0,
                                                5, True, 8, 1000)))
         surface = compute_landscape(run.paths.final, LandscapeConfig(resolution=3, subset=6),
                                     output=out / "landscapes" / f"{run.paths.run_name}.h5",

@@ -51,7 +51,7 @@ def test_observations_describe_what_the_accuracies_do():
 
 def test_observations_name_both_ends_of_the_hessian_spectrum():
     def result(largest, smallest):
-        return SharpnessResult(largest, smallest, 5, True, 1.0, 0.1, 5, True, 8, 100)
+        return SharpnessResult.from_fields(largest, smallest, 5, True, 1.0, 0.1, 5, True, 8, 100)
 
     sharp = [(RunInfo("resnet20", 0, "cifar10", run_paths(".", "resnet20")), result(5.0, -0.5)),
              (RunInfo("plain20", 0, "cifar10", run_paths(".", "plain20")), result(9.0, -7.0))]
@@ -68,7 +68,7 @@ def _run(model: str, seed: int = 0) -> RunInfo:
 
 def _unconverged(largest: float, smallest: float, steps: int = 8) -> SharpnessResult:
     """Lanczos stopped at its step limit: the largest end settled, the smallest did not."""
-    return SharpnessResult(largest, smallest, steps, False, 1.0, 0.1, 5, True, 128, 100,
+    return SharpnessResult.from_fields(largest, smallest, steps, False, 1.0, 0.1, 5, True, 128, 100,
                            largest_converged=True, smallest_converged=False,
                            largest_change=0.01, smallest_change=3.25, largest_residual=0.5,
                            smallest_residual=12.5)
@@ -90,7 +90,7 @@ def test_unconverged_eigenvalues_are_no_observation():
 
 
 def test_one_unconverged_side_leaves_that_depth_unresolved():
-    converged = SharpnessResult(5.0, -0.5, 5, True, 1.0, 0.1, 5, True, 8, 100)
+    converged = SharpnessResult.from_fields(5.0, -0.5, 5, True, 1.0, 0.1, 5, True, 8, 100)
     sharp = [(_run("resnet20"), converged), (_run("plain20"), converged),
              (_run("resnet56"), converged), (_run("plain56"), _unconverged(9.0, 0.003, 6))]
     runs = [metrics(m, 50.0) for m in ("resnet20", "plain20", "resnet56", "plain56")]
@@ -104,7 +104,7 @@ def test_one_unconverged_side_leaves_that_depth_unresolved():
 
 def test_results_stored_without_per_end_flags_count_as_the_run_ended():
     """Results cached before each end had its own flag: an unconverged run marks both."""
-    old = SharpnessResult(591.7, 0.000992, 8, False, 1.0, 0.1, 5, True, 128, 100)
+    old = SharpnessResult.from_fields(591.7, 0.000992, 8, False, 1.0, 0.1, 5, True, 128, 100)
     assert not old.end_converged("largest") and not old.end_converged("smallest")
     sharp = [(_run("resnet20"), old), (_run("plain20"), old)]
     lines = observations([metrics("resnet20", 50.0), metrics("plain20", 40.0)], sharp)
@@ -116,7 +116,7 @@ def test_report_marks_unconverged_numbers_in_both_formats(tmp_path):
     from depthscape.study.runner import StudyResult, get_budget
 
     sharp = [(_run("resnet20"), _unconverged(591.7, 0.000992)),
-             (_run("plain20"), SharpnessResult(330.0, -7.0, 12, True, 50.0, 1.0, 6, True, 128,
+             (_run("plain20"), SharpnessResult.from_fields(330.0, -7.0, 12, True, 50.0, 1.0, 6, True, 128,
                                                100))]
     result = StudyResult(tmp_path, tmp_path / "report.md", tmp_path / "report.html",
                          [metrics("resnet20", 50.0), metrics("plain20", 40.0)], sharpness=sharp)
@@ -172,7 +172,7 @@ def test_flatness_observations_call_a_difference_significant_only_when_intervals
 
 def test_sharpness_draws_give_the_observation_its_verdict():
     def drawn(largest, half):
-        return SharpnessResult(largest, -0.5, 5, True, 1.0, 0.1, 5, True, 8, 100, draws=3,
+        return SharpnessResult.from_fields(largest, -0.5, 5, True, 1.0, 0.1, 5, True, 8, 100, draws=3,
                                confidence=0.95, largest_ci=half, smallest_ci=0.1, trace_ci=0.1)
 
     sharp = [(_run("resnet20"), drawn(5.0, 1.0)), (_run("plain20"), drawn(9.0, 1.0)),

@@ -227,7 +227,7 @@ def test_every_unconverged_value_carries_the_dagger_and_its_residual():
     from depthscape.core.runs import RunInfo, run_paths
 
     run = RunInfo("resnet20", 0, "cifar10", run_paths(".", "resnet20", 0))
-    result = SharpnessResult(500.0, -3.0, 30, False, 90.0, 2.0, 10, True, 128, 1000,
+    result = SharpnessResult.from_fields(500.0, -3.0, 30, False, 90.0, 2.0, 10, True, 128, 1000,
                              True, False, largest_residual=0.01, smallest_residual=0.5,
                              top_eigenvalues=[500.0, 300.0, 200.0],
                              top_converged=[True, False, True], top_steps=30,
@@ -242,8 +242,8 @@ def test_every_unconverged_value_carries_the_dagger_and_its_residual():
     assert csv["largest_residual_max"] == 0.01 and csv["smallest_residual_max"] == 0.5
     assert csv["all_top_converged"] is False
     # a result stored before per-value residuals were kept still reads and shows
-    old = {k: v for k, v in result.__dict__.items() if k != "top_residuals"}
-    old_table = sharpness_table([(run, SharpnessResult(**old))])
+    old = {k: v for k, v in result.to_dict().items() if k != "top_residuals"}
+    old_table = sharpness_table([(run, SharpnessResult.from_dict(old))])
     assert old_table.rows[0][5] == "500, 300†, 200"
     assert dict(zip(old_table.csv_header, old_table.csv_rows[0]))["top_residuals_max"] is None
     assert "value 2)" in old_table.notes[-1]

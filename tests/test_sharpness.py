@@ -176,11 +176,11 @@ def test_sharpness_table_marks_what_did_not_converge():
     def run(model, seed=0):
         return RunInfo(model, seed, "cifar10", run_paths(".", model, seed))
 
-    open_end = SharpnessResult(591.7, 0.000992, 8, False, 40.0, 9.5, 6, False, 128, 1000,
+    open_end = SharpnessResult.from_fields(591.7, 0.000992, 8, False, 40.0, 9.5, 6, False, 128, 1000,
                                largest_converged=True, smallest_converged=False,
                                largest_change=0.02, smallest_change=3.25,
                                largest_residual=0.4, smallest_residual=12.5)
-    settled = SharpnessResult(330.0, -7.0, 12, True, 50.0, 1.0, 6, True, 128, 100)
+    settled = SharpnessResult.from_fields(330.0, -7.0, 12, True, 50.0, 1.0, 6, True, 128, 100)
     table = sharpness_table([(run("resnet20"), open_end), (run("plain20"), settled)])
     assert table.rows[0] == ["ResNet-20", "591.7", "0.000992†", "40†", "0.04†"]
     assert table.rows[1] == ["PlainNet-20", "330", "-7", "50", "0.5"]
@@ -195,7 +195,7 @@ def test_sharpness_table_marks_what_did_not_converge():
     assert not csv["all_eigen_converged"] and not csv["all_trace_converged"]
     clean = sharpness_table([(run("plain20"), settled)])
     assert clean.notes == [] and "†" not in clean.markdown()
-    rough_trace = SharpnessResult(330.0, -7.0, 12, True, 50.0, 30.0, 6, False, 128, 100)
+    rough_trace = SharpnessResult.from_fields(330.0, -7.0, 12, True, 50.0, 30.0, 6, False, 128, 100)
     [trace_only] = sharpness_table([(run("plain20"), rough_trace)]).notes
     assert "PlainNet-20 trace (6 Hutchinson probes, standard error 30)" in trace_only
     assert "Lanczos" not in trace_only  # nothing about eigenvalues where none is marked

@@ -176,8 +176,8 @@ def test_draws_are_disjoint_and_combined_with_intervals(setup):
     assert combined.eigen_steps == max(d.eigen_steps for d in draws)
     assert [v["seed"] for v in combined.draw_values] == [0, 1]
     # one unconverged draw leaves the combined end unconverged (the dagger stays)
-    bad = type(draws[0])(**{**draws[0].__dict__, "largest_converged": False,
-                            "eigen_converged": False})
+    bad = type(draws[0]).from_dict({**draws[0].to_dict(), "largest_converged": False,
+                                    "eigen_converged": False})
     assert not combine_draws([bad, draws[1]]).end_converged("largest")
     assert combine_draws([draws[0]]) is draws[0]
 
@@ -187,7 +187,7 @@ def test_table_shows_intervals_over_draws():
     from depthscape.core.runs import RunInfo, run_paths
 
     run = RunInfo("resnet20", 0, "cifar10", run_paths(".", "resnet20", 0))
-    result = SharpnessResult(500.0, -3.0, 20, True, 90.0, 2.0, 10, True, 128, 1000,
+    result = SharpnessResult.from_fields(500.0, -3.0, 20, True, 90.0, 2.0, 10, True, 128, 1000,
                              True, True, top_eigenvalues=[500.0, 300.0],
                              top_converged=[True, False], draws=4, confidence=0.95,
                              largest_ci=40.0, smallest_ci=1.5, trace_ci=8.0, top_ci=[40.0, 9.0])

@@ -31,12 +31,14 @@ from depthscape.analysis.hessian import (  # noqa: F401  (re-exported: sharpness
     hessian_extremes,
     hessian_trace,
 )
+from depthscape.analysis.measures import all_measures
 from depthscape.analysis.sharpness_cache import cache_key as _cache_key
 from depthscape.analysis.sharpness_cache import cached_result as _cached
 from depthscape.analysis.sharpness_estimate import (  # noqa: F401  (re-exported)
     DensityConfig,
     SharpnessConfig,
     SharpnessResult,
+    active_measures,
     check_sharpness_fits,
     combine_draws,
     draw_subsets,
@@ -129,12 +131,13 @@ def measure_sharpness(checkpoint: str | os.PathLike,
     settings.pop("device")
     if precision.is_default:  # fp32 results (all earlier ones) keep their key
         settings.pop("precision")
-    for name, off in (("top_k", 0), ("draws", 1)):  # as do results without these
+    later = {"draws": 1, **{k: v for m in all_measures() for k, v in m.added.items()}}
+    for name, off in later.items():  # as do results without the settings added later
         if settings[name] == off:
             settings.pop(name)
     settings["stop_rule"] = STOP_RULE  # results of the older rule are measured again
     key = _cache_key(checkpoint, settings)
-    stored = _cached(output, key, lambda data: SharpnessResult(**data), dist)
+    stored = _cached(output, key, SharpnessResult.from_dict, dist)
     if stored is not None:
         return stored
     run, split = _load_split(checkpoint, config, device, dataset, data_source, datasets, dist)
@@ -146,7 +149,8 @@ def measure_sharpness(checkpoint: str | os.PathLike,
                                      dist, precision))
     result = combine_draws(draws, seeds)
     if output is not None and dist.is_main:
-        atomic_write_text(output, json.dumps({"key": key, "result": asdict(result)}, indent=2) + "\n")
+        atomic_write_text(output, json.dumps({"key": key, "result": result.to_dict()}, indent=2)
+                          + "\n")
     return result
 
 

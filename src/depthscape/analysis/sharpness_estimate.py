@@ -1,19 +1,13 @@
-"""Sharpness of a trained minimum: the Hessian's largest and smallest eigenvalue, and its trace.
+"""Sharpness of a trained minimum: the Hessian measures of one model on one data subset.
 
-All three come from Hessian-vector products (:mod:`depthscape.analysis.hessian`):
-
-* the largest and the smallest (algebraic) eigenvalue, by Lanczos
-  (:func:`~depthscape.analysis.hessian.extreme_eigenvalues`), stopped when each one's
-  residual bound is under ``power_tol`` times its own magnitude
-  (:func:`~depthscape.analysis.hessian.ritz_converged`) or after ``power_iters`` steps
-  (the settings keep their old names; one step is one Hessian-vector product). With
-  ``top_k`` the same Lanczos run also gives the k largest, each judged by the same rule,
-  and goes on until they pass too (:func:`~depthscape.analysis.spectrum.extremes_and_top`),
-  so the ends and the top-k are one consistent set. The
-  largest says how sharp the sharpest direction is; a negative smallest says the point is
-  not a minimum of the measured loss (some direction still descends).
-* the trace by Hutchinson's estimator ``E[v^T H v]`` with Rademacher ``v``, stopped when
-  the running mean's standard error falls under ``trace_tol`` times its magnitude.
+Each measure is a module of :mod:`depthscape.analysis.measures` (the largest and the
+smallest eigenvalue by Lanczos, the trace by Hutchinson, the top-k from the extremes' own
+Lanczos run, ...): it declares its settings, which become fields of
+:class:`SharpnessConfig`, and its estimator. :func:`model_sharpness` runs every enabled
+measure on one draw (the extremes and the top-k share one Lanczos run), :func:`combine_draws`
+combines independent draws, and :class:`SharpnessResult` maps each quantity to its
+:class:`~depthscape.analysis.measures.Estimate` (value, interval, convergence), stored in
+the sharpness JSON file's layout of every earlier version.
 
 The loss is the mean cross-entropy over a fixed data subset, with the model in eval mode
 (BatchNorm uses its running statistics, dropout is off), so the function whose Hessian is
@@ -22,19 +16,16 @@ measured is deterministic. Every trainable parameter is included.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields, make_dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from depthscape.analysis.hessian import (
-    HessianOperator,
-    extreme_eigenvalues,
-    hessian_trace,
-)
-from depthscape.analysis.spectrum import extremes_and_top
-from depthscape.analysis.stats import CONFIDENCE, mean_ci
+from depthscape.analysis.hessian import HessianOperator
+from depthscape.analysis.measures import Draw, Estimate, all_measures
+from depthscape.analysis.stats import CONFIDENCE
 from depthscape.core.data import Split
 from depthscape.core.errors import UserError
 from depthscape.core.limits import check_basis_fits
@@ -42,22 +33,33 @@ from depthscape.core.runtime import Precision, resolve_precision
 
 
 @dataclass(frozen=True)
-class SharpnessConfig:
-    """How sharpness is measured."""
+class _Common:
+    """The settings every measure shares."""
 
     split: str = "train"  # "train" (the split the run trained on) or "test"
     subset: int | None = 1000  # fixed random subset of that split; None: all of it
     batch_size: int = 500  # images per Hessian-vector product chunk
-    power_iters: int = 20  # most Lanczos steps (Hessian-vector products) for both ends
-    power_tol: float = 1e-3  # converged: residual bound under this x the value's magnitude
-    trace_samples: int = 50  # most Hutchinson probe vectors
-    trace_tol: float = 1e-2  # stop when the standard error is under this fraction of the mean
-    min_trace_samples: int = 5  # probes before the trace may stop early
     seed: int = 0
     device: str | None = None
     precision: str = "fp32"  # core.runtime.PRECISIONS: bf16 autocasts the forward passes
-    top_k: int = 0  # also the k largest eigenvalues (the same Lanczos run, at most power_iters steps); 0: off
     draws: int = 1  # independent draws (disjoint data subsets, own Lanczos/probe starts)
+
+
+#: How sharpness is measured: the shared settings and every measure's own
+#: (``power_iters``, ``power_tol``: the extremes; ``trace_*``: the trace; ``top_k``: ...).
+SharpnessConfig = make_dataclass(
+    "SharpnessConfig",
+    [(name, kind, field(default=default)) for measure in all_measures()
+     for name, (kind, default) in measure.settings.items()],
+    bases=(_Common,), frozen=True)
+SharpnessConfig.__module__ = __name__  # pickled by name (study units, torchrun ranks)
+SharpnessConfig.__doc__ = ("How sharpness is measured: " + ", ".join(
+    f.name for f in fields(SharpnessConfig)) + " (see the measures' modules).")
+
+
+def active_measures(config) -> list:
+    """The measures ``config`` asks for, in their order."""
+    return [m for m in all_measures() if m.enabled(config)]
 
 
 @dataclass(frozen=True)
@@ -71,153 +73,138 @@ class DensityConfig:
     points: int = 1000  # grid points
 
 
-@dataclass
-class SharpnessResult:
-    """Sharpness of one minimum, with how the estimates ended."""
+#: The fields of a sharpness JSON file's ``result``, in the order every version wrote them
+#: (and the positional order of :meth:`SharpnessResult.from_fields`).
+FILE_FIELDS = ("largest_eigenvalue", "smallest_eigenvalue", "eigen_steps", "eigen_converged",
+               "trace", "trace_stderr", "trace_samples", "trace_converged", "subset_size",
+               "num_parameters", "largest_converged", "smallest_converged", "largest_change",
+               "smallest_change", "largest_residual", "smallest_residual", "top_eigenvalues",
+               "top_converged", "top_steps", "draws", "confidence", "largest_ci", "smallest_ci",
+               "trace_ci", "top_ci", "draw_values", "top_residuals")
+_COMMON = ("subset_size", "num_parameters", "draws", "confidence", "draw_values")
 
-    largest_eigenvalue: float  # largest (algebraic): curvature of the sharpest direction
-    smallest_eigenvalue: float  # smallest (algebraic): negative where the loss still descends
-    eigen_steps: int  # Lanczos steps (Hessian-vector products) for both ends
-    eigen_converged: bool  # both ends' residual bounds met power_tol
-    trace: float
-    trace_stderr: float
-    trace_samples: int
-    trace_converged: bool
+
+@dataclass
+class SharpnessResult(Mapping):
+    """Sharpness of one minimum: each quantity (``"largest"``, ``"smallest"``, ``"trace"``,
+    ``"top"``, ...) mapped to its :class:`~depthscape.analysis.measures.Estimate`, and what
+    all share. With draws > 1 each estimate is the mean over the draws with its Student-t
+    half-width at ``confidence`` (steps, residuals, standard errors: the largest; flags: all
+    draws) and ``draw_values`` holds each draw's values.
+
+    The names of the file's fields (:data:`FILE_FIELDS`: ``largest_eigenvalue``,
+    ``trace_stderr``, ``top_eigenvalues`` ...) read as attributes too."""
+
+    estimates: dict[str, Estimate]
     subset_size: int
     num_parameters: int
-    # Each end's own convergence, its last Lanczos change and its Ritz residual (see
-    # EigenExtremes); None where not recorded (results stored before they were kept).
-    largest_converged: bool | None = None
-    smallest_converged: bool | None = None
-    largest_change: float | None = None
-    smallest_change: float | None = None
-    largest_residual: float | None = None
-    smallest_residual: float | None = None
-    # With draws > 1 every number above is the mean over the draws (steps, changes,
-    # residuals and standard errors: the largest; flags: all draws), and these hold the
-    # half-widths of the Student-t intervals at ``confidence`` and each draw's values.
-    top_eigenvalues: list[float] | None = None  # k largest, descending (top_k > 0)
-    top_converged: list[bool] | None = None  # per value: its residual bound met power_tol
-    top_steps: int | None = None
     draws: int = 1
     confidence: float | None = None
-    largest_ci: float | None = None
-    smallest_ci: float | None = None
-    trace_ci: float | None = None
-    top_ci: list[float] | None = None
-    draw_values: list[dict] | None = None  # per draw: largest, smallest, trace, top, subset seed
-    # per top-k value: its residual bound (the largest over the draws); None where not
-    # recorded (results stored before it was kept)
-    top_residuals: list[float] | None = None
+    draw_values: list[dict] | None = None
+
+    def __getitem__(self, quantity: str) -> Estimate:
+        return self.estimates[quantity]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.estimates)
+
+    def __len__(self) -> int:
+        return len(self.estimates)
+
+    def converged(self, quantity: str):
+        """``quantity``'s flag (per value for a list); where its own was not recorded, its
+        run's (the extremes: both ends)."""
+        estimate = self[quantity]
+        if estimate.converged is None:
+            return bool(estimate.details.get("run_converged", False))
+        return estimate.converged
 
     def end_converged(self, end: str) -> bool:
-        """Whether the ``"largest"`` or ``"smallest"`` eigenvalue converged (where the end's
-        own flag was not recorded, the run's: both ends)."""
-        own = getattr(self, f"{end}_converged")
-        return self.eigen_converged if own is None else bool(own)
+        """Whether the ``"largest"`` or ``"smallest"`` eigenvalue converged."""
+        return bool(self.converged(end))
+
+    def to_dict(self) -> dict:
+        """The sharpness file's ``result``: :data:`FILE_FIELDS` first, then any later ones."""
+        flat: dict[str, Any] = {}
+        for measure in all_measures():
+            flat.update(measure.to_flat(self))
+        flat.update({name: getattr(self, name) for name in _COMMON})
+        return {**{name: flat.get(name) for name in FILE_FIELDS}, **flat}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> SharpnessResult:
+        """A result from a file's ``result`` (any version's: absent fields read as None)."""
+        estimates: dict[str, Estimate] = {}
+        for measure in all_measures():
+            estimates.update(measure.from_flat(data))
+        return cls(estimates, data["subset_size"], data["num_parameters"],
+                   data.get("draws") or 1, data.get("confidence"), data.get("draw_values"))
+
+    @classmethod
+    def from_fields(cls, *args, **kwargs) -> SharpnessResult:
+        """A result from the file's fields given as values (:data:`FILE_FIELDS`' order
+        first, then by name; the first ten are required)."""
+        return cls.from_dict({**dict(zip(FILE_FIELDS, args)), **kwargs})
+
+    def __getattr__(self, name: str):
+        if name in FILE_FIELDS and "estimates" in vars(self):  # not while unpickling
+            return self.to_dict()[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
-def check_sharpness_fits(config: SharpnessConfig, model: nn.Module,
+def check_sharpness_fits(config, model: nn.Module,
                          device: torch.device | str | None = None) -> None:
     """One line, before any work, where ``config`` cannot run on ``model``: no trainable
-    parameters, more top-k eigenvalues than the Hessian has (one per trainable
-    parameter), or a Lanczos basis (``power_iters`` x parameters) larger than memory."""
+    parameters, a measure's settings it cannot run (more top-k eigenvalues than the
+    Hessian has, ...), or a Lanczos basis (``power_iters`` x parameters) larger than memory."""
     params = [p for p in model.parameters() if p.requires_grad]
     size = sum(p.numel() for p in params)
     if not size:
         raise UserError("the model has no trainable parameters (none requires grad): the "
                         "Hessian is taken with respect to them")
-    if config.top_k > size:
-        raise UserError(f"--top-k {config.top_k} is more than the model's {size} trainable "
-                        f"parameters (its Hessian has {size} eigenvalues)")
+    for measure in active_measures(config):
+        measure.check(config, size)
     check_basis_fits(config.power_iters, size, params[0], device)
 
 
 def model_sharpness(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
-                    config: SharpnessConfig = SharpnessConfig(), seed: int | None = None,
+                    config=None, seed: int | None = None,
                     dist=None, precision: Precision | None = None) -> SharpnessResult:
-    """Largest and smallest eigenvalue and trace (and the top-k where ``config.top_k``) of
-    the Hessian of ``model``'s mean loss on the given data: one draw, its Lanczos and probe
-    starts from ``seed`` (default ``config.seed``). Under torchrun (``dist``, every rank
-    the same data) the Hessian-vector products are split over the ranks and all-reduced
+    """Every measure ``config`` asks for (default :class:`SharpnessConfig`'s) of the Hessian
+    of ``model``'s mean loss on the given data: one draw, its Lanczos and probe starts from
+    ``seed`` (default ``config.seed``). Under torchrun (``dist``, every rank the same data)
+    the Hessian-vector products are split over the ranks and all-reduced
     (:class:`HessianOperator`): every rank returns the same result. ``precision`` is
     ``config.precision`` as the caller resolved it (None: resolved here for the inputs'
     device)."""
+    config = SharpnessConfig() if config is None else config
     seed = config.seed if seed is None else seed
     check_sharpness_fits(config, model, inputs.device)
     if precision is None:
         precision = resolve_precision(config.precision, inputs.device, backward=True)
     operator = HessianOperator(model, inputs, labels, config.batch_size,
                                precision=precision, dist=dist)
-    params = operator.params
-    top = None
-    if config.top_k > 0:  # one run for both ends and the top-k: one consistent set
-        ends, top = extremes_and_top(operator, params, config.top_k, config.power_iters,
-                                     config.power_tol, seed)
-    else:
-        ends = extreme_eigenvalues(operator, params, config.power_iters, config.power_tol,
-                                   seed)
-    trace, stderr, count, trace_ok = hessian_trace(
-        operator, params, config.trace_samples, config.trace_tol, config.min_trace_samples,
-        seed)
-    return SharpnessResult(ends.largest, ends.smallest, ends.iterations, ends.converged, trace,
-                           stderr, count, trace_ok, len(labels), operator.num_parameters,
-                           ends.largest_converged, ends.smallest_converged, ends.largest_change,
-                           ends.smallest_change, ends.largest_residual, ends.smallest_residual,
-                           top_eigenvalues=None if top is None else top.values,
-                           top_converged=None if top is None else top.converged,
-                           top_steps=None if top is None else top.iterations,
-                           top_residuals=None if top is None else top.residuals)
-
-
-def _largest(values):
-    known = [v for v in values if v is not None]
-    return max(known) if known else None
+    draw = Draw(operator, config, seed)
+    estimates: dict[str, Estimate] = {}
+    for measure in active_measures(config):  # in order: the extremes' Lanczos run first
+        estimates.update(measure.estimate(draw))
+    return SharpnessResult(estimates, len(labels), operator.num_parameters)
 
 
 def combine_draws(draws: Sequence[SharpnessResult], seeds: Sequence[int] | None = None,
                   confidence: float | None = None) -> SharpnessResult:
-    """One result from independent draws: means with Student-t half-widths, worst-case
-    steps/changes/residuals/standard errors, and a flag converged only if every draw's is."""
+    """One result from independent draws (:meth:`~depthscape.analysis.measures.Estimate.
+    combine` per quantity) with each draw's values in ``draw_values``."""
     confidence = CONFIDENCE if confidence is None else confidence
     if len(draws) == 1:
         return draws[0]
     first = draws[0]
-
-    def ci(name):
-        return mean_ci([getattr(d, name) for d in draws], confidence)
-
-    largest, smallest, trace = ci("largest_eigenvalue"), ci("smallest_eigenvalue"), ci("trace")
-    top = top_ci = top_ok = top_residuals = None
-    if first.top_eigenvalues is not None:
-        k = len(first.top_eigenvalues)
-        pairs = [mean_ci([d.top_eigenvalues[i] for d in draws if len(d.top_eigenvalues) > i],
-                         confidence) for i in range(k)]
-        top, top_ci = [p[0] for p in pairs], [p[1] for p in pairs]
-        top_ok = [all(d.top_converged[i] for d in draws if len(d.top_converged) > i)
-                  for i in range(k)]
-        if all(d.top_residuals is not None for d in draws):
-            top_residuals = [_largest([d.top_residuals[i] for d in draws
-                                       if len(d.top_residuals) > i]) for i in range(k)]
-
-    def all_of(name):
-        flags = [getattr(d, name) for d in draws]
-        return None if any(f is None for f in flags) else all(flags)
-
-    per_draw = [{"largest": d.largest_eigenvalue, "smallest": d.smallest_eigenvalue,
-                 "trace": d.trace, "top": d.top_eigenvalues,
+    estimates = {q: Estimate.combine([d[q] for d in draws], confidence) for q in first}
+    per_draw = [{**{name: value for measure in all_measures()
+                    for name, value in measure.draw_value(d).items()},
                  "seed": None if seeds is None else seeds[i]} for i, d in enumerate(draws)]
-    return SharpnessResult(
-        largest[0], smallest[0], max(d.eigen_steps for d in draws),
-        all(d.eigen_converged for d in draws), trace[0], max(d.trace_stderr for d in draws),
-        max(d.trace_samples for d in draws), all(d.trace_converged for d in draws),
-        first.subset_size, first.num_parameters, all_of("largest_converged"),
-        all_of("smallest_converged"), _largest([d.largest_change for d in draws]),
-        _largest([d.smallest_change for d in draws]),
-        _largest([d.largest_residual for d in draws]),
-        _largest([d.smallest_residual for d in draws]), top, top_ok,
-        _largest([d.top_steps for d in draws]), len(draws), confidence, largest[1],
-        smallest[1], trace[1], top_ci, per_draw, top_residuals)
+    return SharpnessResult(estimates, first.subset_size, first.num_parameters, len(draws),
+                           confidence, per_draw)
 
 
 def draw_subsets(split, size: int | None, draws: int, seed: int) -> list:

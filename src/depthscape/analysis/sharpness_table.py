@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from depthscape.analysis.curves import display_name
 from depthscape.analysis.hessian import UNCONVERGED_MARK  # noqa: F401  (a dagger; re-exported)
+from depthscape.analysis.measures import all_measures, measure_of
 from depthscape.analysis.sharpness_estimate import SharpnessResult
 from depthscape.analysis.stats import format_ci
 from depthscape.analysis.tables import Table, mean_std, model_sort_key
@@ -26,48 +27,16 @@ def mark_unconverged(text: str, converged: bool) -> str:
 
 
 def unconverged_details(result: SharpnessResult, quantity: str) -> str | None:
-    """What is known about an estimate that did not converge, or None if it did.
+    """What is known about an estimate that did not converge, or None if it did (or was
+    not measured).
 
-    ``quantity``: ``"largest"`` or ``"smallest"`` (eigenvalue), ``"trace"`` or ``"top"``
-    (the top-k values that did not converge, each with its residual bound).
+    ``quantity``: ``"largest"`` or ``"smallest"`` (eigenvalue), ``"trace"``, ``"top"``
+    (the top-k values that did not converge, each with its residual bound), or any other
+    measure's quantity (:mod:`depthscape.analysis.measures`).
     """
-    if quantity == "top":
-        return _top_details(result)
-    if quantity == "trace":
-        if result.trace_converged:
-            return None
-        return (f"{result.trace_samples} Hutchinson probe{'s' * (result.trace_samples != 1)}, "
-                f"standard error {result.trace_stderr:.3g}")
-    if result.end_converged(quantity):
+    if quantity not in result:
         return None
-    parts = [f"{result.eigen_steps} Lanczos step{'s' * (result.eigen_steps != 1)}"]
-    for label, value in (("last change", getattr(result, f"{quantity}_change")),
-                         ("residual", getattr(result, f"{quantity}_residual"))):
-        if value is not None and math.isfinite(value):
-            parts.append(f"{label} {value:.3g}")
-    if not math.isfinite(getattr(result, f"{quantity}_eigenvalue")):
-        parts.append("no finite value (the Hessian overflowed)")
-    return ", ".join(parts)
-
-
-def _top_flags(result: SharpnessResult) -> list[bool]:
-    """Per top-k value: converged (False where not recorded)."""
-    values, flags = result.top_eigenvalues or [], result.top_converged or []
-    return [i < len(flags) and bool(flags[i]) for i in range(len(values))]
-
-
-def _top_details(result: SharpnessResult) -> str | None:
-    """Which top-k values did not converge, with their residual bounds, or None."""
-    open_ = [i for i, ok in enumerate(_top_flags(result)) if not ok]
-    if not open_:
-        return None
-    residuals = result.top_residuals or []
-    steps = result.top_steps if result.top_steps is not None else result.eigen_steps
-    shown = ", ".join(f"{i + 1}" + (f" (residual {residuals[i]:.3g})"
-                                    if i < len(residuals) and math.isfinite(residuals[i])
-                                    else "") for i in open_)
-    return (f"{steps} Lanczos step{'s' * (steps != 1)}, value{'s' * (len(open_) != 1)} "
-            f"{shown}")
+    return measure_of(quantity).details(result, quantity)
 
 
 def unconverged_note(entries: Sequence[tuple[str, str, Sequence[tuple[int, str]]]],
@@ -96,7 +65,8 @@ def unconverged_note(entries: Sequence[tuple[str, str, Sequence[tuple[int, str]]
     return note
 
 
-#: The CSV columns of :func:`sharpness_table`, one row per model.
+#: The CSV columns of :func:`sharpness_table`, one row per model, in the order they have
+#: always had; a measure's fields that are not here follow them.
 CSV_HEADER = ["model", "n_seeds", "largest_eigenvalue_mean", "largest_eigenvalue_std",
               "smallest_eigenvalue_mean", "smallest_eigenvalue_std", "trace_mean",
               "trace_std", "trace_stderr_max", "eigen_steps_max",
@@ -109,24 +79,37 @@ CSV_HEADER = ["model", "n_seeds", "largest_eigenvalue_mean", "largest_eigenvalue
 
 
 def sharpness_table(results: Sequence[tuple[object, SharpnessResult]]):
-    """Per model: largest and smallest Hessian eigenvalue and trace (mean ± std over seeds).
+    """Per model: every measure's columns (mean ± std over seeds): the largest and smallest
+    Hessian eigenvalue, the trace, the top-k where measured, ...
 
     Where each model has one seed measured in several draws, ``±`` is the Student-t
-    confidence interval over the draws instead (the note says which). With top-k measured,
-    a column lists the k largest eigenvalues. A number that did not converge (in any seed
-    or draw) carries :data:`UNCONVERGED_MARK`, and the table's note says how far each got.
+    confidence interval over the draws instead (the note says which). A number that did
+    not converge (in any seed or draw) carries :data:`UNCONVERGED_MARK`, and the table's
+    note says how far each got.
     """
     by_model = _by_model(results)
     layout = _Layout.of(results, by_model)
-    rows, csv_rows, marked = [], [], []
+    measures = all_measures()
+    rows, marked, fields = [], [], []
     for model in sorted(by_model, key=model_sort_key):
         runs = sorted(by_model[model], key=lambda pair: getattr(pair[0], "seed", 0))
-        summary = _ModelSummary.of([result for _, result in runs], layout)
-        rows.append(_cells(display_name(model), summary, layout))
+        group = _Group([result for _, result in runs], layout)
+        rows.append([display_name(model)] + [c for m in measures for c in m.cells(group, layout)]
+                    + ([str(len(group.results))] if layout.several else [])
+                    + ([str(group.draws)] if layout.with_draws else []))
         marked.extend(_unconverged_entries(display_name(model), runs))
-        csv_rows.append(_csv_row(model, summary, layout))
+        fields.append({"model": model, "n_seeds": len(group.results),
+                       "subset_size": group.one.subset_size,
+                       "num_parameters": group.one.num_parameters, "draws": group.draws,
+                       "confidence": group.one.confidence if layout.intervals else None,
+                       **{k: v for m in measures for k, v in m.csv_fields(group, layout).items()}})
+    header = list(CSV_HEADER)
+    header += [k for k in dict.fromkeys(k for row in fields for k in row) if k not in header]
     return Table("Sharpness at the trained minima (Hessian of the training loss)",
-                 _header(layout), rows, list(CSV_HEADER), csv_rows,
+                 ["Model"] + [h for m in measures for h in m.headers(layout)]
+                 + (["Seeds"] if layout.several else [])
+                 + (["Draws"] if layout.with_draws else []),
+                 rows, header, [[row.get(name) for name in header] for row in fields],
                  notes=_notes(layout, [r for _, r in results], marked))
 
 
@@ -146,15 +129,14 @@ class _Layout:
     several: bool  # some model has several seeds: ± over seeds, a Seeds column
     with_draws: bool  # some result is a mean over draws: a Draws column
     intervals: bool  # ± is the interval over draws (each model one seed)
-    with_top: bool  # top-k eigenvalues were measured: a Top eigenvalues column
+    results: tuple  # every result of the table (a measure's column where any has it)
 
     @classmethod
     def of(cls, results, by_model) -> _Layout:
         several = any(len(v) > 1 for v in by_model.values())
-        every = [r for _, r in results]
+        every = tuple(r for _, r in results)
         with_draws = any((r.draws or 1) > 1 for r in every)
-        return cls(several, with_draws, with_draws and not several,
-                   any(r.top_eigenvalues for r in every))
+        return cls(several, with_draws, with_draws and not several, every)
 
     def cell(self, values: tuple[float, float, int], half: float | None, count: int) -> str:
         """One number as shown: ``mean ± interval`` over draws, else ``mean ± std``."""
@@ -163,136 +145,92 @@ class _Layout:
         return _fmt_g(*values)
 
 
-def _header(layout: _Layout) -> list[str]:
-    return ["Model", "Largest eigenvalue", "Smallest eigenvalue", "Trace",
-            "Trace / parameters"] + (["Top eigenvalues"] if layout.with_top else []) \
-        + (["Seeds"] if layout.several else []) + (["Draws"] if layout.with_draws else [])
+class _Group:
+    """One model's results over its seeds, as the measures' columns read them."""
+
+    def __init__(self, results: list[SharpnessResult], layout: _Layout):
+        self.results, self.layout = results, layout
+        self.one = results[0]
+        self.draws = self.one.draws or 1
+
+    def _having(self, quantity: str) -> list[SharpnessResult]:
+        return [r for r in self.results if quantity in r]
+
+    def mean_std(self, quantity: str, per_parameter: bool = False) -> tuple[float, float, int]:
+        return mean_std([r[quantity].value / (r.num_parameters if per_parameter else 1)
+                         for r in self._having(quantity)])
+
+    def _list_mean_std(self, quantity: str) -> list[tuple[float, float, int]]:
+        having = [r[quantity].value or [] for r in self._having(quantity)]
+        k = max((len(v) for v in having), default=0)
+        return [mean_std([v[i] for v in having if len(v) > i]) for i in range(k)]
+
+    def means(self, quantity: str) -> list[float]:
+        """Per value of a list quantity: its mean over the seeds that have it."""
+        return [m[0] for m in self._list_mean_std(quantity)]
+
+    def ok(self, quantity: str) -> bool:
+        """Converged in every seed."""
+        return all(bool(r.converged(quantity)) for r in self._having(quantity))
+
+    def flags(self, quantity: str) -> list[bool]:
+        """Per value of a list quantity: converged in every seed (False where not recorded)."""
+        flags = [_padded_flags(r[quantity]) for r in self._having(quantity)]
+        k = max((len(f) for f in flags), default=0)
+        return [all(f[i] for f in flags if len(f) > i) for i in range(k)]
+
+    def interval(self, quantity: str):
+        """The first seed's half-width(s) where ``±`` is over draws, else None."""
+        return self.one[quantity].ci if self.layout.intervals and quantity in self.one else None
+
+    def worst(self, quantity: str, detail: str):
+        """The largest recorded ``detail`` over the seeds (per value for lists; None where
+        none recorded it)."""
+        known = [r[quantity].details.get(detail) for r in self._having(quantity)]
+        known = [v for v in known if v is not None]
+        if not known:
+            return None
+        if isinstance(known[0], list):
+            k = max(len(v) for v in known)
+            return [max(v[i] for v in known if len(v) > i) for i in range(k)]
+        return max(known)
+
+    def cell(self, quantity: str, per_parameter: bool = False) -> str:
+        """The quantity as shown, marked where it did not converge."""
+        half = self.interval(quantity)
+        if half is not None and per_parameter:
+            half = half / self.one.num_parameters
+        text = self.layout.cell(self.mean_std(quantity, per_parameter), half, self.draws)
+        return mark_unconverged(text, self.ok(quantity))
+
+    def cells(self, quantity: str) -> list[str]:
+        """Per value of a list quantity, as shown, each marked on its own."""
+        halves = self.interval(quantity)
+        return [mark_unconverged(self.layout.cell(m, halves[i] if halves else None,
+                                                  self.draws), ok)
+                for i, (m, ok) in enumerate(zip(self._list_mean_std(quantity),
+                                                self.flags(quantity)))]
 
 
-@dataclass(frozen=True)
-class _ModelSummary:
-    """One model's results over its seeds: (mean, std, count) of each number, and flags."""
-
-    group: list[SharpnessResult]  # by seed
-    largest: tuple[float, float, int]
-    smallest: tuple[float, float, int]
-    trace: tuple[float, float, int]
-    per_param: tuple[float, float, int]  # trace / parameters
-    ok: dict[str, bool]  # converged in every seed: "largest", "smallest", "trace"
-    top_ok: bool
-    top_flags: list[bool] | None  # per top-k value: converged in every seed
-    top_mean: list[tuple[float, float, int]] | None  # None: no top-k column
-    top_ci: list[float] | None  # the first seed's intervals, where ± is over draws
-
-    @classmethod
-    def of(cls, group: list[SharpnessResult], layout: _Layout) -> _ModelSummary:
-        one = group[0]
-        ok = {q: all(r.end_converged(q) for r in group) for q in ("largest", "smallest")}
-        ok["trace"] = all(r.trace_converged for r in group)
-        top_mean = top_ci = top_flags = None
-        if layout.with_top:
-            k = max(len(r.top_eigenvalues or []) for r in group)
-            flags = [_top_flags(r) for r in group]
-            top_flags = [all(f[i] for f in flags if len(f) > i) for i in range(k)]
-            top_mean = [mean_std([r.top_eigenvalues[i] for r in group
-                                  if r.top_eigenvalues and len(r.top_eigenvalues) > i])
-                        for i in range(k)]
-            top_ci = one.top_ci if layout.intervals else None
-        return cls(group, mean_std([r.largest_eigenvalue for r in group]),
-                   mean_std([r.smallest_eigenvalue for r in group]),
-                   mean_std([r.trace for r in group]),
-                   mean_std([r.trace / r.num_parameters for r in group]), ok,
-                   all(all(r.top_converged or [False]) for r in group), top_flags,
-                   top_mean, top_ci)
-
-    @property
-    def one(self) -> SharpnessResult:
-        return self.group[0]
-
-    @property
-    def draws(self) -> int:
-        return self.one.draws or 1
-
-
-def _cells(name: str, summary: _ModelSummary, layout: _Layout) -> list[str]:
-    """The model's row as shown, unconverged numbers marked."""
-    one, ok, draws, cell = summary.one, summary.ok, summary.draws, layout.cell
-    per_param_ci = (one.trace_ci / one.num_parameters if one.trace_ci is not None
-                    else None)
-    cells = [name,
-             mark_unconverged(cell(summary.largest, one.largest_ci, draws), ok["largest"]),
-             mark_unconverged(cell(summary.smallest, one.smallest_ci, draws), ok["smallest"]),
-             mark_unconverged(cell(summary.trace, one.trace_ci, draws), ok["trace"]),
-             mark_unconverged(cell(summary.per_param, per_param_ci, draws), ok["trace"])]
-    if layout.with_top:
-        top_ci = summary.top_ci
-        # each value its own dagger: the top-k's values converge one by one
-        shown = ", ".join(mark_unconverged(cell(m, top_ci[i] if top_ci else None, draws),
-                                           summary.top_flags[i])
-                          for i, m in enumerate(summary.top_mean))
-        cells.append(shown or "-")
-    if layout.several:
-        cells.append(str(len(summary.group)))
-    if layout.with_draws:
-        cells.append(str(draws))
-    return cells
+def _padded_flags(estimate) -> list[bool]:
+    values, flags = estimate.value or [], estimate.converged or []
+    return [i < len(flags) and bool(flags[i]) for i in range(len(values))]
 
 
 def _unconverged_entries(name: str, runs: list[tuple[object, SharpnessResult]]) -> list:
     """The model's entries of :func:`unconverged_note`: (name, quantity, [(seed, details)])."""
     entries = []
-    for quantity, shown in (("largest", "largest eigenvalue"),
-                            ("smallest", "smallest eigenvalue"), ("trace", "trace"),
-                            ("top", "top eigenvalues")):
-        seeds = [(getattr(run, "seed", 0), text) for run, r in runs
-                 if (text := unconverged_details(r, quantity)) is not None]
-        if seeds:
-            entries.append((name, shown, seeds))
+    for measure in all_measures():
+        for quantity in measure.quantities:
+            seeds = [(getattr(run, "seed", 0), text) for run, r in runs
+                     if (text := unconverged_details(r, quantity)) is not None]
+            if seeds:
+                entries.append((name, measure.shown(quantity), seeds))
     return entries
 
 
-def _csv_row(model: str, summary: _ModelSummary, layout: _Layout) -> list:
-    """The model's CSV row (:data:`CSV_HEADER`): the numbers unrounded."""
-    group, one, intervals = summary.group, summary.one, layout.intervals
-    largest, smallest, trace, top_mean = (summary.largest, summary.smallest, summary.trace,
-                                          summary.top_mean)
-    return [model, len(group), largest[0], largest[1], smallest[0], smallest[1],
-            trace[0], trace[1], max(r.trace_stderr for r in group),
-            max(r.eigen_steps for r in group),
-            all(r.eigen_converged for r in group), summary.ok["trace"],
-            one.subset_size, one.num_parameters, summary.ok["largest"],
-            summary.ok["smallest"], summary.draws,
-            one.largest_ci if intervals else None,
-            one.smallest_ci if intervals else None,
-            one.trace_ci if intervals else None,
-            one.confidence if intervals else None,
-            None if top_mean is None else ";".join(f"{m[0]:.6g}" for m in top_mean),
-            None if not summary.top_ci else ";".join(f"{c:.3g}" for c in summary.top_ci),
-            summary.top_ok if layout.with_top else None,
-            _worst([r.largest_residual for r in group]),
-            _worst([r.smallest_residual for r in group]),
-            None if summary.top_flags is None else ";".join(str(f) for f in summary.top_flags),
-            _top_residuals(group) if layout.with_top else None]
-
-
-def _worst(values):
-    """The largest of the recorded values (None where none was recorded)."""
-    known = [v for v in values if v is not None]
-    return max(known) if known else None
-
-
-def _top_residuals(group: list[SharpnessResult]) -> str | None:
-    """Per top-k value, the largest residual bound over the seeds (``;``-joined; None where
-    no result recorded them: results stored before they were kept)."""
-    recorded = [r.top_residuals for r in group if r.top_residuals is not None]
-    if not recorded:
-        return None
-    k = max(len(r) for r in recorded)
-    return ";".join(f"{_worst([r[i] for r in recorded if len(r) > i]):.3g}" for i in range(k))
-
-
 def _notes(layout: _Layout, every: list[SharpnessResult], marked: list) -> list[str]:
-    """What ``±`` means, what the top-k column is, and the unconverged numbers' note."""
+    """What ``±`` means, each measure's notes, and the unconverged numbers' note."""
     notes = []
     if layout.intervals:
         level = round(100 * (every[0].confidence or 0.95))
@@ -302,11 +240,8 @@ def _notes(layout: _Layout, every: list[SharpnessResult], marked: list) -> list[
     elif layout.with_draws:
         notes.append("± is the standard deviation over seeds; each seed's value is the mean "
                      "over its draws (Draws).")
-    if layout.with_top:
-        notes.append("Top eigenvalues: the largest Lanczos Ritz values, descending, from "
-                     "the Lanczos run that gives the largest and smallest (one start vector "
-                     "sees one copy of a repeated eigenvalue); each value that did not "
-                     f"converge carries {UNCONVERGED_MARK}.")
+    for measure in all_measures():
+        notes.extend(measure.notes(layout))
     note = unconverged_note(marked, layout.several)
     if note:
         notes.append(note)

@@ -7,9 +7,11 @@ from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
+from depthscape.analysis.measures import all_measures
 from depthscape.analysis.sharpness import (
     DensityConfig,
     SharpnessConfig,
+    active_measures,
     check_sharpness_fits,
     combine_draws,
     draw_subsets,
@@ -32,7 +34,6 @@ from depthscape.cli._common import (
 from depthscape.core.atomic import ensure_writable_dir
 from depthscape.core.device import get_device
 from depthscape.core.distributed import setup
-from depthscape.core.errors import UserError
 from depthscape.core.errors import notice as print_notice
 from depthscape.core.locking import claim_folder
 from depthscape.core.plugins import check_model_reads, plugin_name, registered
@@ -57,19 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fixed random subset of that split (default 1000)")
     parser.add_argument("--batch-size", type=positive_int, default=500,
                         help="images per Hessian-vector product chunk (default 500)")
-    parser.add_argument("--power-iters", type=int_in(1, 10**6), default=20,
-                        help="most Lanczos steps (Hessian-vector products) for the largest and "
-                             "smallest eigenvalue (default 20)")
-    parser.add_argument("--power-tol", type=float_in(0.0, 1.0, lo_open=True), default=1e-3,
-                        help="a Lanczos value is converged when its residual bound is under "
-                             "this x its own magnitude (floor: 1e-3 of the largest; default 1e-3)")
-    parser.add_argument("--trace-samples", type=int_in(1, 10**6), default=50,
-                        help="most Hutchinson probe vectors (default 50)")
-    parser.add_argument("--trace-tol", type=float_in(0.0, 1e3, lo_open=True), default=1e-2,
-                        help="standard error / |trace| that ends Hutchinson early (default 0.01)")
-    parser.add_argument("--top-k", type=int_in(0, 10**4), default=0,
-                        help="also the K largest eigenvalues (Ritz values of the extremes' own "
-                             "Lanczos run, at most --power-iters steps; default 0: off)")
+    for measure in all_measures():  # each measure's own options
+        measure.add_arguments(parser)
     parser.add_argument("--draws", type=int_in(1, 10**4), default=1,
                         help="independent draws (disjoint data subsets, own Lanczos and probe "
                              "starts): mean ± 95%% Student-t interval (default 1)")
@@ -102,16 +92,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.top_k > args.power_iters:  # the top-k are Ritz values of that one Lanczos run
-        raise UserError(f"--top-k {args.top_k} needs at least as many Lanczos steps: raise "
-                        f"--power-iters ({args.power_iters}) to {args.top_k} or more")
+    config = SharpnessConfig(split=args.split, subset=args.subset, batch_size=args.batch_size,
+                             seed=args.seed, device=args.device, precision=args.precision,
+                             draws=args.draws,
+                             **{k: v for m in all_measures() for k, v in
+                                m.config_values(args).items()})
+    for measure in active_measures(config):
+        measure.check_options(config)
     plugin = plugin_from_args(args, {"--density": args.density},
                               instead_of=("run models (MODEL ...)", args.models))
-    config = SharpnessConfig(split=args.split, subset=args.subset, batch_size=args.batch_size,
-                             power_iters=args.power_iters, power_tol=args.power_tol,
-                             trace_samples=args.trace_samples, trace_tol=args.trace_tol,
-                             seed=args.seed, device=args.device,
-                             precision=args.precision, top_k=args.top_k, draws=args.draws)
     out = ensure_writable_dir(Path(args.out) if args.out else Path(args.run_dir) / "sharpness",
                               create=False)
     if plugin is not None:
