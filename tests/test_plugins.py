@@ -16,6 +16,7 @@ from depthscape.cli import main
 from depthscape.core.checkpoint import load_checkpoint
 from depthscape.core.csvlog import read_log
 from depthscape.core.errors import UserError
+from depthscape.core.plugins import read_weights, state_sha256
 from depthscape.core.recipe_file import read_recipe_file
 
 FACTORIES = '''
@@ -264,8 +265,19 @@ def test_eval_sharpness_and_trajectory_of_a_trained_plugin(zoo, tiny_data, cache
     assert code != 0 and f"give --model-from {zoo}:small --weights {weights}" in err
     code, _, err = cli(capsys, "eval", weights, "--model-from", f"{zoo}:small")
     assert code != 0 and "give either a checkpoint" in err
-    code, _, err = cli(capsys, "sharpness", *plugin, "--density")
-    assert code != 0 and "--density works on depthscape runs" in err
+    # the density of a model of the user's, as of a run (issue 31: no longer refused)
+    dense = ["sharpness", *plugin, "--out", tmp_path / "s3", "--subset", 20, "--power-iters",
+             4, "--trace-samples", 3, "--density", "--density-runs", 2, "--density-steps", 5,
+             "--no-progress"]
+    code, printed, _ = cli(capsys, *dense)
+    stored = tmp_path / "s3" / "zoo.small.density.json"
+    assert code == 0 and str(stored) in printed
+    record = json.loads(stored.read_text())
+    assert record["key"]["subject"]["weights_sha256"] == state_sha256(read_weights(
+        weights)[0]) and record["result"]["settings"]["subset_size"] == 20
+    assert "\neigenvalue,density\n" in (tmp_path / "s3" / "zoo.small.density.csv").read_text()
+    before = stored.stat().st_mtime_ns
+    assert cli(capsys, *dense)[0] == 0 and stored.stat().st_mtime_ns == before  # reused
     code, _, err = cli(capsys, "eval", weights, "--model-kwargs", json.dumps({"width": 3}))
     assert code != 0 and "--model-kwargs goes with --model-from" in err
 

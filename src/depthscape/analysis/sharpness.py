@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -55,23 +55,24 @@ from depthscape.analysis.spectrum import SpectralDensity, run_seed, spectral_den
 from depthscape.analysis.spectrum_plots import plot_densities
 from depthscape.analysis.tables import model_sort_key
 from depthscape.core.atomic import atomic_write_text
+from depthscape.core.data import Split
 from depthscape.core.distributed import is_main_process, setup
 from depthscape.core.errors import UserError
 from depthscape.core.errors import notice as print_notice
 from depthscape.core.models import canonical_name
 from depthscape.core.runs import find_runs
 from depthscape.core.runtime import resolve_precision
-from depthscape.core.trained import load_trained_run
+from depthscape.core.subject import Subject, subject_from_run
 
 
-def _resolved(checkpoint: Path, config: SharpnessConfig):
+def _resolved(config: SharpnessConfig, checkpoint: Path | None = None):
     """The config with its precision's name resolved for its device, that
     :class:`~depthscape.core.runtime.Precision`, the device and the process's
     :class:`~depthscape.core.distributed.DistContext` (under torchrun: ``cuda:LOCAL_RANK``
     or the CPU, and the process group joined)."""
     if config.split not in ("train", "test"):
         raise UserError(f"split must be train or test, got {config.split!r}")
-    if not checkpoint.exists():
+    if checkpoint is not None and not checkpoint.exists():
         raise UserError(f"checkpoint not found: {checkpoint}")
     dist = setup(config.device)
     device = dist.device
@@ -81,8 +82,9 @@ def _resolved(checkpoint: Path, config: SharpnessConfig):
     return replace(config, precision=precision.name), precision, device, dist
 
 
-def _load_split(checkpoint, config, device, dataset, data_source, datasets, dist=None):
-    """The trained run and the split its Hessian is measured on (before the subset).
+def _subject_split(load: Callable[[], Subject], which: str, dist=None) -> tuple[Subject, Split]:
+    """The Subject ``load()`` makes and its split ``which`` (before the subset), the model
+    checked against it.
 
     Under torchrun one process per machine loads first (it fills the data cache), then
     the others; an error in it stops every rank."""
@@ -90,21 +92,38 @@ def _load_split(checkpoint, config, device, dataset, data_source, datasets, dist
         loaded, error = None, None
         if dist.local_rank == 0:
             try:
-                loaded = _load_split(checkpoint, config, device, dataset, data_source, datasets)
+                loaded = _subject_split(load, which)
             except UserError as caught:
                 error = caught
         if not dist.all_true(error is None):
             raise error or UserError("loading the run or its data failed in another process "
                                      "(see rank 0)")
-        return loaded if loaded is not None else _load_split(
-            checkpoint, config, device, dataset, data_source, datasets)
+        return loaded if loaded is not None else _subject_split(load, which)
+    subject = load()
+    split = subject.split(which)
+    subject.check_reads(split)
+    return subject, split
 
+
+def _run_loader(checkpoint: Path, device, dataset, data_source: dict | None, datasets):
+    """How a run's Subject is made: ``dataset`` (loaded) or ``data_source``
+    (``dataset``/``data_dir``/``cache_dir``) override its recorded data."""
     source = data_source or {}
-    run = load_trained_run(checkpoint, dataset=dataset if dataset is not None else
-                           source.get("dataset"), data_dir=source.get("data_dir"),
-                           cache_dir=source.get("cache_dir"), device=device, datasets=datasets)
-    # "train": the split the run trained on; "test": the whole test set
-    return run, run.train if config.split == "train" else run.dataset.test
+    return lambda: subject_from_run(
+        checkpoint, dataset=dataset if dataset is not None else source.get("dataset"),
+        data_dir=source.get("data_dir"), cache_dir=source.get("cache_dir"), device=device,
+        datasets=datasets)
+
+
+def _sharpness_of(subject: Subject, split: Split, config, precision, device, dist):
+    """Every draw's measures on ``subject``, combined (see :func:`measure_sharpness`)."""
+    seeds = [run_seed(config.seed, i) for i in range(config.draws)]
+    draws = []
+    for subset, seed in zip(draw_subsets(split, config.subset, config.draws, config.seed), seeds):
+        inputs = subject.preprocess.normalize(subset.images.to(device))
+        draws.append(model_sharpness(subject.model, inputs, subset.labels.to(device), config,
+                                     seed, dist, precision))
+    return combine_draws(draws, seeds)
 
 
 def measure_sharpness(checkpoint: str | os.PathLike,
@@ -126,7 +145,7 @@ def measure_sharpness(checkpoint: str | os.PathLike,
     same result and rank 0 alone writes ``output``.
     """
     checkpoint = Path(checkpoint)
-    config, precision, device, dist = _resolved(checkpoint, config)
+    config, precision, device, dist = _resolved(config, checkpoint)
     settings = asdict(config)
     settings.pop("device")
     if precision.is_default:  # fp32 results (all earlier ones) keep their key
@@ -140,17 +159,56 @@ def measure_sharpness(checkpoint: str | os.PathLike,
     stored = _cached(output, key, SharpnessResult.from_dict, dist)
     if stored is not None:
         return stored
-    run, split = _load_split(checkpoint, config, device, dataset, data_source, datasets, dist)
-    seeds = [run_seed(config.seed, i) for i in range(config.draws)]
-    draws = []
-    for subset, seed in zip(draw_subsets(split, config.subset, config.draws, config.seed), seeds):
-        inputs = run.preprocess.normalize(subset.images.to(device))
-        draws.append(model_sharpness(run.model, inputs, subset.labels.to(device), config, seed,
-                                     dist, precision))
-    result = combine_draws(draws, seeds)
+    subject, split = _subject_split(_run_loader(checkpoint, device, dataset, data_source,
+                                                datasets), config.split, dist)
+    result = _sharpness_of(subject, split, config, precision, device, dist)
     if output is not None and dist.is_main:
         atomic_write_text(output, json.dumps({"key": key, "result": result.to_dict()}, indent=2)
                           + "\n")
+    return result
+
+
+def subject_sharpness(subject: Subject,
+                      config: SharpnessConfig = SharpnessConfig()  # noqa: B008 (frozen)
+                      ) -> SharpnessResult:
+    """:func:`measure_sharpness` of any :class:`~depthscape.core.subject.Subject` (a model
+    of the user's: ``--model-from``), measured the same way and not stored. The settings
+    are checked against the model before its data loads."""
+    config, precision, device, dist = _resolved(config)
+    check_sharpness_fits(config, subject.model, device)
+    subject, split = _subject_split(lambda: subject.to(device), config.split, dist)
+    return _sharpness_of(subject, split, config, precision, device, dist)
+
+
+def _density_settings(config: SharpnessConfig, density: DensityConfig) -> dict:
+    return {"split": config.split, "subset": config.subset, "batch_size": config.batch_size,
+            "seed": config.seed, "precision": config.precision, **asdict(density),
+            # the outer nodes' flags: densities stored before them are measured again
+            "power_tol": config.power_tol, "stop_rule": STOP_RULE}
+
+
+def _density_of(load: Callable[[], Subject], config, density, key, precision, device, dist,
+                output, label):
+    """The density of the Subject ``load()`` makes (see :func:`measure_density`)."""
+    subject, split = _subject_split(load, config.split, dist)
+    subset = split.subset(config.subset, seed=config.seed)
+    operator = HessianOperator(subject.model,
+                               subject.preprocess.normalize(subset.images.to(device)),
+                               subset.labels.to(device), config.batch_size,
+                               precision=precision, dist=dist)
+    result = spectral_density(operator, operator.params, density.runs, density.steps,
+                              density.width, density.points, seed=config.seed,
+                              tol=config.power_tol)
+    result.settings.update({k: v for k, v in key["settings"].items()
+                            if k not in result.settings})
+    result.settings["subset_size"] = len(subset)
+    if output is not None and dist.is_main:
+        output = Path(output)
+        atomic_write_text(output, json.dumps({"key": key, "result": asdict(result)}) + "\n")
+        atomic_write_text(output.with_suffix(".csv"), result.to_csv())
+        if result.density:
+            plot_densities([(label or output.stem, result)], output.with_suffix(".png"),
+                           title=f"Hessian eigenvalue density: {label or output.stem}")
     return result
 
 
@@ -169,33 +227,29 @@ def measure_density(checkpoint: str | os.PathLike,
     are; rank 0 alone writes.
     """
     checkpoint = Path(checkpoint)
-    config, precision, device, dist = _resolved(checkpoint, config)
-    settings = {"split": config.split, "subset": config.subset, "batch_size": config.batch_size,
-                "seed": config.seed, "precision": config.precision, **asdict(density),
-                # the outer nodes' flags: densities stored before them are measured again
-                "power_tol": config.power_tol, "stop_rule": STOP_RULE}
-    key = _cache_key(checkpoint, settings)
+    config, precision, device, dist = _resolved(config, checkpoint)
+    key = _cache_key(checkpoint, _density_settings(config, density))
     stored = _cached(output, key, SpectralDensity.from_dict, dist)
     if stored is not None:
         return stored
-    run, split = _load_split(checkpoint, config, device, dataset, data_source, datasets, dist)
-    subset = split.subset(config.subset, seed=config.seed)
-    operator = HessianOperator(run.model, run.preprocess.normalize(subset.images.to(device)),
-                               subset.labels.to(device), config.batch_size,
-                               precision=precision, dist=dist)
-    result = spectral_density(operator, operator.params, density.runs, density.steps,
-                              density.width, density.points, seed=config.seed,
-                              tol=config.power_tol)
-    result.settings.update({k: v for k, v in settings.items() if k not in result.settings})
-    result.settings["subset_size"] = len(subset)
-    if output is not None and dist.is_main:
-        output = Path(output)
-        atomic_write_text(output, json.dumps({"key": key, "result": asdict(result)}) + "\n")
-        atomic_write_text(output.with_suffix(".csv"), result.to_csv())
-        if result.density:
-            plot_densities([(label or output.stem, result)], output.with_suffix(".png"),
-                           title=f"Hessian eigenvalue density: {label or output.stem}")
-    return result
+    return _density_of(_run_loader(checkpoint, device, dataset, data_source, datasets),
+                       config, density, key, precision, device, dist, output, label)
+
+
+def subject_density(subject: Subject,
+                    config: SharpnessConfig = SharpnessConfig(),  # noqa: B008 (frozen)
+                    density: DensityConfig = DensityConfig(),  # noqa: B008
+                    output: str | os.PathLike | None = None):
+    """:func:`measure_density` of any :class:`~depthscape.core.subject.Subject` (a model of
+    the user's): stored with ``output`` under a key of the subject's identity (its weights'
+    hash) and the settings, and reused while both hold."""
+    config, precision, device, dist = _resolved(config)
+    key = {"subject": subject.identity, "settings": _density_settings(config, density)}
+    stored = _cached(output, key, SpectralDensity.from_dict, dist)
+    if stored is not None:
+        return stored
+    return _density_of(lambda: subject.to(device), config, density, key, precision, device,
+                       dist, output, subject.label)
 
 
 # ---------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from depthscape.core.errors import UserError
 from depthscape.core.models import canonical_name, depth_forms, model_names_text
 from depthscape.core.plugins import load_plugin
 from depthscape.core.runtime import PRECISIONS, amp_alias, precision_help
+from depthscape.core.subject import Subject, subject_from_model, subject_from_run
 
 #: Depth of a ResNet/PlainNet as typed (the 6n+2 form is checked by the model registry).
 DEPTH_MAX = 10**6
@@ -104,6 +105,23 @@ def plugin_from_args(args: argparse.Namespace, not_with: dict | None = None,
             raise UserError(f"{flag} works on depthscape runs, not with --model-from")
 
     return load_plugin(args.model_from, args.model_kwargs, args.weights)
+
+
+def subject_from_args(args: argparse.Namespace, not_with: dict | None = None,
+                      instead_of: tuple[str, object] | None = None, checkpoint=None,
+                      device=None) -> Subject | None:
+    """The :class:`~depthscape.core.subject.Subject` the options name: the model of
+    --model-from (``not_with``/``instead_of``: as :func:`plugin_from_args`), else the run of
+    ``checkpoint`` where the command takes one, else None (the command's runs). Its data is
+    --dataset/--data-dir/--cache-dir, or what the run recorded."""
+    plugin = plugin_from_args(args, not_with, instead_of)
+    data = {"dataset": args.dataset, "data_dir": args.data_dir, "cache_dir": args.cache_dir}
+    if plugin is not None:
+        return subject_from_model(plugin, **data, device=device)
+    if checkpoint is not None:
+        return subject_from_run(checkpoint, model=getattr(args, "model", None), **data,
+                                device=device)
+    return None
 
 
 def add_run_data_arguments(parser: argparse.ArgumentParser) -> None:

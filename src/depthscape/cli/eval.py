@@ -7,13 +7,11 @@ import argparse
 from depthscape.cli._common import (
     add_data_arguments,
     add_plugin_arguments,
-    plugin_from_args,
     positive_int,
+    subject_from_args,
 )
 from depthscape.core.device import get_device
 from depthscape.core.errors import UserError
-from depthscape.core.plugins import check_model_reads
-from depthscape.core.trained import load_trained_run
 from depthscape.training.evaluation import evaluate
 
 NAME = "eval"
@@ -40,23 +38,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    plugin = plugin_from_args(args, {"--model": args.model},
-                              instead_of=("a checkpoint (give it as --weights)", args.checkpoint))
     device = get_device(args.device)
-    if plugin is not None:
-        dataset = plugin.dataset(args.dataset, args.data_dir, args.cache_dir)
-        split = getattr(dataset, args.split).subset(args.subset)
-        model, preprocess = plugin.model, plugin.preprocess
-        check_model_reads(model, split, preprocess, dataset.num_classes)
-        model.to(device)
-    elif args.checkpoint is None:
+    if args.checkpoint is None and not args.model_from:
         raise UserError("give a checkpoint, or --model-from SPEC (with --weights FILE)")
-    else:
-        run = load_trained_run(args.checkpoint, model=args.model, dataset=args.dataset,
-                               data_dir=args.data_dir, cache_dir=args.cache_dir, device=device)
-        split = getattr(run.dataset, args.split).subset(args.subset)
-        model, preprocess = run.model, run.preprocess
-    loss, acc = evaluate(model, split, preprocess, args.batch_size, device)
+    subject = subject_from_args(args, {"--model": args.model},
+                                ("a checkpoint (give it as --weights)", args.checkpoint),
+                                checkpoint=args.checkpoint, device=device)
+    split = (subject.dataset.train if args.split == "train" else subject.dataset.test
+             ).subset(args.subset)
+    subject.check_reads(split)
+    loss, acc = evaluate(subject.model, split, subject.preprocess, args.batch_size, device)
     print(f"{args.split} loss {loss:.4f}  accuracy {acc:.2f}%  error {100 - acc:.2f}%  "
           f"({len(split)} images)")
     return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,31 +12,28 @@ from depthscape.analysis.sharpness import (
     SharpnessConfig,
     active_measures,
     check_sharpness_fits,
-    combine_draws,
-    draw_subsets,
     measure_run_densities,
     measure_runs,
-    model_sharpness,
     sharpness_table,
+    subject_density,
+    subject_sharpness,
 )
-from depthscape.analysis.spectrum import run_seed
 from depthscape.analysis.tables import write_table
 from depthscape.cli._common import (
     add_plugin_arguments,
     add_run_data_arguments,
     float_in,
     int_in,
-    plugin_from_args,
     positive_int,
     seed_int,
+    subject_from_args,
 )
 from depthscape.core.atomic import ensure_writable_dir
 from depthscape.core.device import get_device
 from depthscape.core.distributed import setup
-from depthscape.core.errors import notice as print_notice
 from depthscape.core.locking import claim_folder
-from depthscape.core.plugins import check_model_reads, plugin_name, registered
-from depthscape.core.runtime import PRECISIONS, resolve_precision
+from depthscape.core.plugins import registered
+from depthscape.core.runtime import PRECISIONS
 
 NAME = "sharpness"
 HELP = ("measure the Hessian's largest and smallest eigenvalue (Lanczos) and trace "
@@ -66,7 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     spectrum = parser.add_argument_group("eigenvalue density (stochastic Lanczos quadrature)")
     spectrum.add_argument("--density", action="store_true",
                           help="also estimate the eigenvalue density: <run>.density.json/.csv/"
-                               ".png and density.png (all runs, log density axis)")
+                               ".png and density.png (all runs, log density axis); with "
+                               "--model-from, <name>.density.json/.csv/.png")
     spectrum.add_argument("--density-runs", type=int_in(1, 10**4), default=3,
                           help="Lanczos runs from random starts (default 3)")
     spectrum.add_argument("--density-steps", type=int_in(1, 10**5), default=80,
@@ -99,12 +96,13 @@ def run(args: argparse.Namespace) -> int:
                                 m.config_values(args).items()})
     for measure in active_measures(config):
         measure.check_options(config)
-    plugin = plugin_from_args(args, {"--density": args.density},
-                              instead_of=("run models (MODEL ...)", args.models))
+    density = DensityConfig(runs=args.density_runs, steps=args.density_steps,
+                            width=args.density_width, points=args.density_points)
+    subject = subject_from_args(args, instead_of=("run models (MODEL ...)", args.models))
     out = ensure_writable_dir(Path(args.out) if args.out else Path(args.run_dir) / "sharpness",
                               create=False)
-    if plugin is not None:
-        return run_plugin(args, plugin, config, out)
+    if subject is not None:
+        return run_subject(args, subject, config, density, out)
     # under torchrun every rank runs this command: the Hessian-vector products are split
     # over the ranks, rank 0 holds the folder's lock, writes and prints
     dist = setup(args.device)
@@ -115,8 +113,6 @@ def run(args: argparse.Namespace) -> int:
         table = sharpness_table(results)
         written = write_table(table, out, "sharpness") if dist.is_main else []
         if args.density:
-            density = DensityConfig(runs=args.density_runs, steps=args.density_steps,
-                                    width=args.density_width, points=args.density_points)
             densities = measure_run_densities(args.run_dir, out, args.models or None, config,
                                               density, data_source=source,
                                               progress=not args.no_progress)
@@ -131,35 +127,31 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_plugin(args: argparse.Namespace, plugin, config, out) -> int:
-    """``--model-from``: the sharpness of one model from outside the package, measured as a
-    run's (:func:`~depthscape.analysis.sharpness.model_sharpness` per draw, combined)."""
-    check_sharpness_fits(config, plugin.model, get_device(args.device))  # before the data
-    dataset = plugin.dataset(args.dataset, args.data_dir, args.cache_dir)
-    # "train": the split the run of --weights trained on (else the whole training split)
-    split = dataset.train.subset(plugin.train_subset) if config.split == "train" else dataset.test
-    check_model_reads(plugin.model, split, plugin.preprocess, dataset.num_classes)
-    subsets = draw_subsets(split, config.subset, config.draws, config.seed)
+def run_subject(args: argparse.Namespace, subject, config, density, out) -> int:
+    """``--model-from``: one model from outside the package, measured as a run's
+    (:func:`~depthscape.analysis.sharpness.subject_sharpness`; with ``--density`` its
+    density as ``<out>/<name>.density.json/.csv/.png``)."""
+    check_sharpness_fits(config, subject.model, get_device(args.device))  # before the data
     dist = setup(args.device)
     try:
-        precision = resolve_precision(config.precision, dist.device, backward=True)
-        if precision.notice and dist.is_main:
-            print_notice(precision.notice)
-        config = replace(config, precision=precision.name)
-        model = plugin.model.to(dist.device)
-        seeds = [run_seed(config.seed, i) for i in range(config.draws)]
-        draws = [model_sharpness(model, plugin.preprocess.normalize(subset.images.to(dist.device)),
-                                 subset.labels.to(dist.device), config, seed, dist, precision)
-                 for subset, seed in zip(subsets, seeds)]
+        with claim_folder(out, f"sharpness folder {out}", owner=dist.is_main,
+                          agree=dist.all_true):
+            result = subject_sharpness(subject, config)
+            written = []
+            if args.density:
+                spectrum = subject_density(subject, config, density,
+                                           out / f"{subject.name}.density.json")
+                if dist.is_main:
+                    written += [out / f"{subject.name}.density.{suffix}" for suffix in
+                                ("json", "csv") + (("png",) if spectrum.density else ())]
+            if not dist.is_main:
+                return 0
+            with registered(subject.name, lambda: subject.model, label=subject.label):
+                table = sharpness_table([(SimpleNamespace(model=subject.name, seed=0),
+                                          result)])
+            written = list(write_table(table, out, f"sharpness_{subject.name}")) + written
     finally:
         dist.close()
-    result = combine_draws(draws, seeds)
-    if not dist.is_main:
-        return 0
-    name = plugin_name(plugin.spec)
-    with registered(name, lambda: plugin.model, label=plugin.spec):  # the table's name for it
-        table = sharpness_table([(SimpleNamespace(model=name, seed=0), result)])
-    written = write_table(table, out, f"sharpness_{name}")
     print(f"{table.title}\n\n{table.markdown()}")
     print("written: " + ", ".join(str(p) for p in written))
     return 0

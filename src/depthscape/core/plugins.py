@@ -50,7 +50,7 @@ from depthscape.core.models import (
 )
 from depthscape.core.models.registry import register_family
 from depthscape.core.preprocess import recorded_preprocess
-from depthscape.core.trained import recorded_paths_found, resolve_data_source
+from depthscape.core.trained import DataSource, recorded_paths_found, resolve_data_source
 
 #: How a plug-in model's inputs are made from uint8 pixels where its weights record no
 #: preprocessing: torchvision's ``ToTensor()`` (pixels in [0, 1], no mean subtracted).
@@ -251,17 +251,22 @@ class PluginModel:
         """What decides the model: its spec, keyword arguments and weights."""
         return {"spec": self.spec, "kwargs": self.kwargs, "weights_sha256": self.weights_sha256}
 
-    def dataset(self, dataset: str | None, data_dir: str | None, cache_dir: str | None) -> Dataset:
-        """The data to measure on: the options given, else what the run of ``--weights``
-        was trained on (:func:`~depthscape.core.trained.resolve_data_source`'s rule)."""
+    def data_source(self, dataset: str | None, data_dir: str | None,
+                    cache_dir: str | None) -> DataSource:
+        """Where the data to measure on is: the options given, else what the run of
+        ``--weights`` was trained on (:func:`~depthscape.core.trained.resolve_data_source`'s
+        rule); none named is one line."""
         recorded = self.config.get("train") or {}
         if self.weights is not None:  # the run's relative data paths, from any folder
             recorded = recorded_paths_found(recorded, self.weights)
         if dataset is None and data_dir is None and not recorded.get("dataset"):
             raise UserError("--model-from needs the data to measure on: --dataset "
                             f"({dataset_names_text()}) or --data-dir")
-        source = resolve_data_source(recorded, dataset, data_dir, cache_dir)
-        return load_dataset(*source.key)
+        return resolve_data_source(recorded, dataset, data_dir, cache_dir)
+
+    def dataset(self, dataset: str | None, data_dir: str | None, cache_dir: str | None) -> Dataset:
+        """The data to measure on (:meth:`data_source`), loaded."""
+        return load_dataset(*self.data_source(dataset, data_dir, cache_dir).key)
 
 
 def load_plugin(spec: str, kwargs: str | dict | None = None,

@@ -1,0 +1,114 @@
+"""What an analysis measures: a :class:`Subject`, made once from a depthscape run or from a
+model of the user's.
+
+Every analysis (sharpness, density, eval, ...) needs the same things of what it measures:
+the model (eval mode, on its device), its evaluation preprocessing, its data splits, the
+loss, its name in tables and file names, and the facts that identify it (weights, family
+and recipe where known). :func:`subject_from_run` makes one from a trained run's checkpoint
+(:func:`~depthscape.core.trained.load_trained_run`: its recorded settings, data and
+preprocessing), :func:`subject_from_model` from a model built outside the package
+(``--model-from``: a :class:`~depthscape.core.plugins.PluginModel`). The analyses take a
+Subject and do not ask where it came from.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from depthscape.core.data import Dataset, Preprocess, Split, load_dataset
+from depthscape.core.errors import UserError
+from depthscape.core.models import model_info
+from depthscape.core.plugins import PluginModel, check_model_reads, plugin_name
+from depthscape.core.trained import DatasetCache, DataSource, TrainedRun, load_trained_run
+
+#: The loss every analysis measures: the mean cross-entropy of the model's scores.
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Subject:
+    """One model to measure, with its data: see the module doc.
+
+    ``name`` is the model's name in tables and file names (a run's canonical model name,
+    ``resnet56``; a plug-in's :func:`~depthscape.core.plugins.plugin_name`), ``label`` how a
+    report shows it. ``split("train")`` is the training data as the run trained on it (its
+    recorded subset), ``split("test")`` the whole test set. ``run``/``plugin``: where it
+    came from (one of them), for what only that kind has.
+    """
+
+    model: nn.Module  # eval mode
+    name: str
+    label: str
+    identity: dict  # what decides it: checkpoint or weights, model, recipe where known
+    train_subset: int | None = None
+    loss: LossFn = F.cross_entropy
+    run: TrainedRun | None = None
+    plugin: PluginModel | None = None
+    source: DataSource | None = None  # a plug-in's data (a run's: its own)
+    _dataset: Dataset | None = field(default=None, repr=False)
+
+    @property
+    def dataset(self) -> Dataset:
+        """The whole dataset, loaded on first use."""
+        if self.run is not None:
+            return self.run.dataset
+        if self._dataset is None:
+            self._dataset = load_dataset(*self.source.key)
+        return self._dataset
+
+    @property
+    def preprocess(self) -> Preprocess:
+        """The evaluation preprocessing (no augmentation) the model expects."""
+        return (self.run if self.run is not None else self.plugin).preprocess
+
+    def split(self, which: str) -> Split:
+        """``"train"``: the data the run trained on; ``"test"``: the whole test set."""
+        if which == "train":
+            return self.dataset.train.subset(self.train_subset)
+        if which == "test":
+            return self.dataset.test
+        raise UserError(f"split must be train or test, got {which!r}")
+
+    def check_reads(self, split: Split) -> None:
+        """One line, before any work, where the model cannot read ``split`` (a model of the
+        user's: its output's shape, its classes; a run's model was built for its data)."""
+        if self.plugin is not None:
+            check_model_reads(self.model, split, self.preprocess, self.dataset.num_classes)
+
+    def to(self, device: torch.device | str) -> Subject:
+        """The model moved to ``device`` (in place); the Subject, for chaining."""
+        self.model.to(device)
+        return self
+
+
+def subject_from_run(checkpoint: str | os.PathLike, *, model: str | None = None,
+                     dataset: str | Dataset | None = None, data_dir: str | None = None,
+                     cache_dir: str | None = None, device: torch.device | str | None = None,
+                     datasets: DatasetCache | None = None) -> Subject:
+    """A depthscape run's checkpoint as a Subject (the options override its recorded data
+    by :func:`~depthscape.core.trained.load_trained_run`'s rule; the data loads on first
+    use)."""
+    run = load_trained_run(checkpoint, model=model, dataset=dataset, data_dir=data_dir,
+                           cache_dir=cache_dir, device=device, datasets=datasets)
+    return Subject(run.model, run.model_name, model_info(run.model_name).display_name,
+                   {"checkpoint": Path(run.path).name, "model": run.model_name,
+                    "model_kwargs": run.model_kwargs}, run.train_subset, run=run)
+
+
+def subject_from_model(plugin: PluginModel, *, dataset: str | None = None,
+                       data_dir: str | None = None, cache_dir: str | None = None,
+                       device: torch.device | str | None = None) -> Subject:
+    """A model of the user's (``--model-from``, with its ``--weights``) as a Subject, on the
+    data given (else what the run of its weights trained on; none named: one line now).
+    The data loads on first use; :meth:`Subject.check_reads` checks the model against it."""
+    source = plugin.data_source(dataset, data_dir, cache_dir)
+    subject = Subject(plugin.model, plugin_name(plugin.spec), plugin.spec, plugin.identity(),
+                      plugin.train_subset, plugin=plugin, source=source)
+    return subject.to(device) if device is not None else subject
