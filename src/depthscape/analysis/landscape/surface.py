@@ -29,11 +29,7 @@ import numpy as np
 import torch
 
 import depthscape
-from depthscape.analysis.landscape.directions import (
-    NORMS,
-    interpolation_direction,
-    random_directions,
-)
+from depthscape.analysis.landscape.directions import NORMS
 from depthscape.analysis.landscape.identity import (  # noqa: F401  (re-exported)
     SUBSET_SEED,
     default_surface_path,
@@ -60,6 +56,7 @@ from depthscape.core.errors import notice as print_notice
 from depthscape.core.limits import require_fits
 from depthscape.core.locking import claim_output
 from depthscape.core.runtime import PRECISIONS, precision_named, resolve_precision
+from depthscape.core.subject import subject_from_run
 from depthscape.core.trained import load_trained_run
 
 
@@ -190,50 +187,51 @@ def _run_info(config: LandscapeConfig, dist: DistContext) -> dict:
             "subset_seed": SUBSET_SEED, "precision": config.precision}
 
 
+def surface_identity(name: str, state: dict, kind: dict, config: LandscapeConfig, split: Split,
+                     preprocess, dist: DistContext, loss_name: str | None = None) -> dict:
+    """What decides a surface's values, the one place it is built (a file resumes only a
+    surface of the same identity): the model's name and weights, the directions (``kind``,
+    :func:`~depthscape.analysis.landscape.identity.model_directions`), the grid and its data,
+    the preprocessing, the loss (a model's surface; a run's is always its cross-entropy and
+    records none), the batch size and the precision."""
+    return {
+        "model": name,
+        "weights_sha256": state_fingerprint(state),
+        **kind,
+        **grid_identity(config, split),
+        "preprocess": None if preprocess is None else {"scale": preprocess.scale,
+                                                       "mean": list(preprocess.mean)},
+        **({"loss": loss_name} if loss_name is not None else {}),
+        # a convolution's last digits depend on the batch's shape: one surface, one batch size
+        "batch_size": effective_batch_size(config.batch_size, dist.device),
+        **_precision_identity(config),
+    }
+
+
 def _compute(checkpoint: Path, config: LandscapeConfig, output, dataset: Dataset | None,
              progress: bool, overwrite: bool, save_every: float, dist: DistContext,
              held: contextlib.ExitStack, given: tuple = (None, None, None)) -> Path:
-    run = load_trained_run(checkpoint, model=config.model,  # the one loader and its rule
-                           dataset=dataset if dataset is not None else config.data_source,
-                           data_dir=config.data_dir, cache_dir=config.cache_dir)
-    model, model_name = run.model, run.model_name
-    state = model.state_dict()
-    target_model = None
+    subject = subject_from_run(checkpoint, model=config.model,  # the one loader and its rule
+                               dataset=dataset if dataset is not None else config.data_source,
+                               data_dir=config.data_dir, cache_dir=config.cache_dir)
+    model, state = subject.model, subject.model.state_dict()
+    target = None
     if config.target is not None:  # the same model (name checked), at other weights
-        target_model = load_trained_run(config.target, model=model_name).model
-    dataset, preprocess = run.dataset, run.preprocess
-    split = (dataset.test if config.split == "test" else dataset.train).subset(config.subset, SUBSET_SEED)
-    identity = {
-        "model": model_name,
-        "weights_sha256": state_fingerprint(state),
-        "direction": "interpolation" if target_model is not None else "random",
-        "target_weights_sha256": state_fingerprint(target_model.state_dict()) if target_model else None,
-        "norm": None if target_model is not None else config.norm,
-        "seed": None if target_model is not None else config.seed,
-        **grid_identity(config, split),
-        "preprocess": {"scale": preprocess.scale, "mean": list(preprocess.mean)},
-        # a convolution's last digits depend on the batch's shape: one surface, one batch size
-        "batch_size": effective_batch_size(config.batch_size, dist.device),
-    }
+        target = load_trained_run(config.target, model=subject.name).model.state_dict()
     given_directions, given_identity, given_extra = given
-    if given_directions is not None:
-        if len(given_directions) != config.dims or target_model is not None:
-            raise ValueError(f"{len(given_directions)} directions given for dims={config.dims}")
-        identity.update({"norm": None, "seed": None, **(given_identity or {"direction": "given"})})
-    identity.update(_precision_identity(config))
+    if given_directions is not None and target is not None:
+        raise ValueError("directions and a target: give one of them")
+    kind, make_directions = model_directions(model, state, config, given_directions,
+                                             given_identity, target)
+    dataset = subject.dataset
+    split = (dataset.test if config.split == "test" else dataset.train).subset(config.subset, SUBSET_SEED)
+    identity = surface_identity(subject.name, state, kind, config, split, subject.preprocess,
+                                dist)
     path = Path(output) if output is not None else default_surface_path(checkpoint, config, identity)
-
-    def make_directions():
-        if given_directions is not None:
-            return [dict(d) for d in given_directions]
-        if target_model is not None:
-            return [interpolation_direction(state, target_model.state_dict())]
-        return random_directions(model, config.dims, config.seed, config.norm)
-
     info = {"checkpoint": str(checkpoint), "target": str(config.target) if config.target else None,
             "dataset": dataset.name, **_run_info(config, dist)}
-    fill_surface(path, model, split, preprocess, identity, config, dist, held=held, info=info,
-                 directions=make_directions, extra=given_extra, overwrite=overwrite,
+    fill_surface(path, model, split, subject.preprocess, identity, config, dist, held=held,
+                 info=info, directions=make_directions, extra=given_extra, overwrite=overwrite,
                  save_every=save_every, progress=progress)
     return path
 
@@ -340,17 +338,8 @@ def compute_model_surface(model: torch.nn.Module, split: Split, config: Landscap
         kind, make = model_directions(model, state, config, directions, direction_identity,
                                       target_state)
         name = model_name or type(model).__name__
-        identity = {
-            "model": name,
-            "weights_sha256": state_fingerprint(state),
-            **kind,
-            **grid_identity(config, split),
-            "preprocess": None if preprocess is None else {"scale": preprocess.scale,
-                                                           "mean": list(preprocess.mean)},
-            "loss": loss_name,
-            "batch_size": effective_batch_size(config.batch_size, dist.device),
-        }
-        identity.update(_precision_identity(config))
+        identity = surface_identity(name, state, kind, config, split, preprocess, dist,
+                                    loss_name)
         path = Path(output) if output is not None else None
         if path is None and default_root is not None:
             stem = "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
