@@ -146,7 +146,7 @@ def add_slurm_settings(group, job: str = "job", task: str = "task", node: str = 
     ``[slurm]`` table); ``job``, ``task``, ``node``: what the time, CPUs and memory are per.
     Returns the options' actions."""
     return [
-        group.add_argument("--slurm-partition", default=None, help=f"partition of every {job}"),
+        group.add_argument("--slurm-partition", default=None, help="partition to run in"),
         group.add_argument("--slurm-account", default=None, help="account charged"),
         group.add_argument("--slurm-qos", default=None, help="quality of service"),
         group.add_argument("--slurm-time", default=None,
