@@ -7,7 +7,9 @@ commands and their one-line help are read from the modules' source, so ``depthsc
 --help`` and ``--version`` load no torch. User errors (:class:`UserError`) print one line
 and exit non-zero; so does an operating-system error no command turned into one
 (``OSError``: a full disk, a folder made read-only; exit 1), naming the file and the reason.
-Other exceptions are bugs and keep their traceback.
+Other exceptions are bugs and keep their traceback. ``train``, ``landscape`` and
+``sharpness`` take ``--launcher slurm``: the same command line as one Slurm job
+(:mod:`depthscape.cli._launch`).
 """
 
 from __future__ import annotations
@@ -106,12 +108,19 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    run = args._run
+    if getattr(args, "_launcher", None):  # train, landscape, sharpness: --launcher local|slurm
+        # deferred on purpose: the launcher loads submitit and the Slurm code, which
+        # `depthscape --help` and the other commands do not (tests/test_architecture.py)
+        from depthscape.cli._launch import launcher
+
+        run = launcher(parser, argv, main)
     # Warnings (torch's among them, e.g. a failed CUDA probe) are held back while the
     # command runs: a user error is then its one line alone, and otherwise each warning
     # follows as one line of its own.
     with warnings.catch_warnings(record=True) as caught:
         try:
-            code = int(args._run(args) or 0)
+            code = int(run(args) or 0)
         except UserError as error:
             if _speaks():
                 print(f"depthscape: error: {error}", file=sys.stderr)

@@ -156,3 +156,57 @@ def gpu_settings(args: argparse.Namespace) -> dict:
     name of --precision bf16, resolved here)."""
     return {"precision": amp_alias(args.amp, args.precision), "cuda_graph": args.cuda_graph,
             "channels_last": args.channels_last, "compile": args.compile}
+
+
+def add_slurm_settings(group, job: str = "job", task: str = "task", node: str = "node") -> list:
+    """The Slurm settings ``study --launcher slurm`` and :func:`add_launcher_arguments` share
+    (docs/cluster.md; each also from ``$DEPTHSCAPE_SLURM_<NAME>`` or a TOML file's
+    ``[slurm]`` table); ``job``, ``task``, ``node``: what the time, CPUs and memory are per.
+    Returns the options' actions."""
+    return [
+        group.add_argument("--slurm-partition", default=None, help="partition to run in"),
+        group.add_argument("--slurm-account", default=None, help="account charged"),
+        group.add_argument("--slurm-qos", default=None, help="quality of service"),
+        group.add_argument("--slurm-time", default=None,
+                           help=f"time limit per {job}: minutes or h:mm:ss (default 60)"),
+        group.add_argument("--slurm-cpus", type=positive_int, default=None,
+                           help=f"CPUs per {task} (default 1; also the {task}'s torch threads)"),
+        group.add_argument("--slurm-mem-gb", type=float, default=None,
+                           help=f"memory per {node}, GB"),
+        group.add_argument("--slurm-arg", action="append", default=None, metavar="KEY=VALUE",
+                           help="any other keyword of submitit's update_parameters (repeatable; "
+                                "VALUE read as JSON where it parses)"),
+        group.add_argument("--slurm-log-dir", default=None,
+                           help="job logs (default <out>/slurm/logs)"),
+        group.add_argument("--slurm-config", default=None, metavar="TOML",
+                           help="a TOML file whose [slurm] table holds these settings"),
+        group.add_argument("--slurm-allow-node-local", action="store_true",
+                           help="allow an output folder under /tmp or /dev/shm (a one-node "
+                                "cluster)"),
+    ]
+
+
+def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
+    """--launcher, --no-wait, the job's nodes and tasks and the Slurm settings (train,
+    landscape, sharpness): the command as one Slurm job whose tasks run it as torchrun's
+    processes would (depthscape.cli._launch, docs/cluster.md)."""
+    group = parser.add_argument_group(
+        "cluster", "run this command as one Slurm job of --slurm-nodes x "
+        "--slurm-tasks-per-node processes, sharded as under torchrun (docs/cluster.md); each "
+        "setting also from $DEPTHSCAPE_SLURM_<NAME> or a TOML file's [slurm] table")
+    actions = [
+        group.add_argument("--launcher", choices=["local", "slurm"], default="local",
+                           help="local: this process, or torchrun's (default); slurm: one "
+                                "Slurm job through submitit"),
+        group.add_argument("--no-wait", action="store_true",
+                           help="submit the job and return (see it with squeue)"),
+        group.add_argument("--slurm-nodes", type=positive_int, default=None,
+                           help="nodes of the job (default 1)"),
+        group.add_argument("--slurm-gpus-per-node", dest="slurm_gpus", type=int_in(0, 4096),
+                           default=None, help="GPUs per node (default 0)"),
+        group.add_argument("--slurm-tasks-per-node", type=positive_int, default=None,
+                           help="processes per node (default: one per GPU, at least one; "
+                                "on the CPU, gloo ranks)"),
+        *add_slurm_settings(group),
+    ]
+    parser.set_defaults(_launcher=tuple(actions))

@@ -14,6 +14,7 @@ from depthscape.analysis.landscape.curvature import (
 )
 from depthscape.analysis.landscape.surface import SUBSET_SEED, compute_model_surface
 from depthscape.cli._common import (
+    add_launcher_arguments,
     add_plugin_arguments,
     finite_float,
     int_in,
@@ -146,6 +147,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--plots-dir", default=None, help="where the pictures go (default <run>/plots)")
     output.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_plot_arguments(parser)
+    add_launcher_arguments(parser)
 
 
 def resolve_checkpoint(run: str, depth: str | None, out: str, run_seed: int, dataset: str | None) -> Path:

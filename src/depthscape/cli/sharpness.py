@@ -20,6 +20,7 @@ from depthscape.analysis.sharpness import (
 )
 from depthscape.analysis.tables import write_table
 from depthscape.cli._common import (
+    add_launcher_arguments,
     add_plugin_arguments,
     add_run_data_arguments,
     float_in,
@@ -86,6 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_plugin_arguments(parser, "; measured on --dataset/--data-dir with pixels scaled to "
                                  "[0, 1] (or as the run of --weights was trained); the table "
                                  "goes to <out>/sharpness_<name>.md and .csv")
+    add_launcher_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:

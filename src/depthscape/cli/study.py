@@ -7,10 +7,12 @@ import argparse
 from depthscape.cli._common import (
     add_data_arguments,
     add_gpu_arguments,
+    add_slurm_settings,
     gpu_settings,
     int_in,
     positive_int,
 )
+from depthscape.cli._launch import slurm_settings
 from depthscape.core.atomic import ensure_writable_dir
 from depthscape.core.runtime import PRECISIONS
 from depthscape.study import runner, slurm
@@ -63,32 +65,8 @@ def add_slurm_arguments(parser: argparse.ArgumentParser) -> None:
                        help="submit the units and return (see them with --status)")
     group.add_argument("--status", action="store_true",
                        help="show where the Slurm units of --out stand, submitting nothing")
-    group.add_argument("--slurm-partition", default=None, help="partition of every unit")
-    group.add_argument("--slurm-account", default=None, help="account charged")
-    group.add_argument("--slurm-qos", default=None, help="quality of service")
-    group.add_argument("--slurm-time", default=None,
-                       help="time limit per unit: minutes or h:mm:ss (default 60)")
     group.add_argument("--slurm-gpus", type=int, default=None, help="GPUs per unit (default 0)")
-    group.add_argument("--slurm-cpus", type=positive_int, default=None,
-                       help="CPUs per unit (default 1; also the unit's torch threads)")
-    group.add_argument("--slurm-mem-gb", type=float, default=None, help="memory per unit, GB")
-    group.add_argument("--slurm-arg", action="append", default=None, metavar="KEY=VALUE",
-                       help="any other keyword of submitit's update_parameters (repeatable; "
-                            "VALUE read as JSON where it parses)")
-    group.add_argument("--slurm-log-dir", default=None,
-                       help="job logs (default <out>/slurm/logs)")
-    group.add_argument("--slurm-config", default=None, metavar="TOML",
-                       help="a TOML file whose [slurm] table holds these settings")
-    group.add_argument("--slurm-allow-node-local", action="store_true",
-                       help="allow an output folder under /tmp or /dev/shm (a one-node cluster)")
-
-
-def slurm_settings(args: argparse.Namespace) -> slurm.SlurmSettings:
-    cli = {"partition": args.slurm_partition, "account": args.slurm_account,
-           "qos": args.slurm_qos, "time": args.slurm_time, "gpus": args.slurm_gpus,
-           "cpus": args.slurm_cpus, "mem_gb": args.slurm_mem_gb, "log_dir": args.slurm_log_dir,
-           "args": args.slurm_arg, "allow_node_local": args.slurm_allow_node_local}
-    return slurm.settings_from(cli, args.slurm_config)
+    add_slurm_settings(group, job="unit", task="unit", node="unit")
 
 
 def run(args: argparse.Namespace) -> int:

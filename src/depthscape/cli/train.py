@@ -7,6 +7,7 @@ import argparse
 from depthscape.cli._common import (
     add_data_arguments,
     add_gpu_arguments,
+    add_launcher_arguments,
     add_model_arguments,
     add_plugin_arguments,
     float_in,
@@ -71,6 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     either.add_argument("--overwrite", action="store_true", help="start over, replacing an earlier run")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_gpu_arguments(parser)
+    add_launcher_arguments(parser)
 
 
 def config_from_args(args: argparse.Namespace, model: str | None = None, recipe=None):

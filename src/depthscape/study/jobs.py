@@ -12,6 +12,7 @@ refused (:func:`refuse_if_in_flight`), on whichever host it starts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -20,6 +21,11 @@ from pathlib import Path
 from depthscape.core.atomic import atomic_write_text
 from depthscape.core.errors import UserError
 from depthscape.core.locking import LockHeld
+
+try:  # optional (depthscape[cluster]): only the slurm launcher needs it, and says so
+    from submitit.core.utils import pickle_load
+except ImportError:  # pragma: no cover - checked with one line by check_launch
+    pickle_load = None
 
 #: The folder under the study folder with the record, the done markers and (by default) the
 #: units' job logs.
@@ -79,6 +85,22 @@ def queue_states() -> dict[str, str]:
         if job:
             states[job] = state
     return states
+
+
+def job_error(result: str | None, stderr: str | None) -> str | None:
+    """The last line of the error a job (one task of it) ended with: from submitit's result
+    file where it holds one, else its log's last line (None: neither says anything)."""
+    if result and Path(result).exists() and pickle_load is not None:
+        with contextlib.suppress(Exception):  # a half-written result: read the log instead
+            outcome, trace = pickle_load(result)
+            if outcome == "error":
+                lines = [line for line in str(trace).splitlines() if line.strip()]
+                return lines[-1].strip() if lines else "an error without a message"
+    if stderr and Path(stderr).exists():
+        lines = [line for line in Path(stderr).read_text(errors="replace").splitlines()
+                 if line.strip()]
+        return lines[-1].strip() if lines else None
+    return None
 
 
 def in_flight(out: Path, queue: dict[str, str] | None = None) -> dict[str, str]:

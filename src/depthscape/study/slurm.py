@@ -21,9 +21,7 @@ other nodes, the partition, account, QoS and time limit accepted by ``sbatch
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -35,6 +33,7 @@ from tqdm.auto import tqdm
 from depthscape.core.atomic import ensure_writable_dir
 from depthscape.core.errors import UserError
 from depthscape.study import jobs, runner
+from depthscape.study.requeue import GracefulRequeue
 from depthscape.study.slurm_settings import (  # noqa: F401  (node_local, parse_time: re-exported)
     POLL_S,
     SlurmSettings,
@@ -42,15 +41,14 @@ from depthscape.study.slurm_settings import (  # noqa: F401  (node_local, parse_
     node_local,
     parse_time,
     settings_from,
+    single_task,
 )
 from depthscape.study.units import Unit, plan_units, run_unit
 
 try:  # optional (depthscape[cluster]): only the slurm launcher needs it, and says so
     import submitit
-    from submitit.core.utils import pickle_load
 except ImportError:  # pragma: no cover - checked with one line by check_launch
     submitit = None
-    pickle_load = None
 
 _Checkpointable = submitit.helpers.Checkpointable if submitit is not None else object
 
@@ -58,42 +56,18 @@ _Checkpointable = submitit.helpers.Checkpointable if submitit is not None else o
 class StudyUnitJob(_Checkpointable):
     """The callable each job runs: :func:`depthscape.study.units.run_unit` for one unit,
     with submitit's preemption/time-limit signal turned into the training's own graceful
-    stop (exact state saved) before submitit's checkpoint/requeue. ``checkpoint`` (from
-    submitit's ``Checkpointable``) resubmits the same unit, which then resumes."""
+    stop (exact state saved) before submitit's checkpoint/requeue
+    (:class:`~depthscape.study.requeue.GracefulRequeue`). ``checkpoint`` (from submitit's
+    ``Checkpointable``) resubmits the same unit, which then resumes."""
 
     def __call__(self, config, unit: Unit) -> dict:
-        self.signalled = None
-        requeue = signal.getsignal(_usr_signal())  # submitit's checkpoint-and-requeue
-        before = signal.getsignal(signal.SIGTERM)
-        usr = _usr_signal()
-
-        def on_signal(signum, frame):
-            term = signal.getsignal(signal.SIGTERM)
-            if self.signalled is None and callable(term) and term != before:
-                # a training loop holds SIGTERM: it saves at the next step boundary and
-                # stops; the requeue follows below, once its state is on disk
-                self.signalled = signum
-                print(f"depthscape: {unit.name}: signal {signum}: saving to requeue",
-                      file=sys.stderr, flush=True)
-                term(signal.SIGTERM, frame)
-            elif callable(requeue):
-                requeue(signum, frame)
-
-        if callable(requeue):
-            signal.signal(usr, on_signal)
-        try:
-            return run_unit(config, unit)
-        except UserError as error:
-            if error.exit_code == 130 and self.signalled is not None and callable(requeue):
-                print(f"depthscape: {unit.name}: {str(error).split(';')[0]}: requeued",
-                      file=sys.stderr, flush=True)
-                requeue(self.signalled, None)  # checkpoint() + scontrol requeue + exit
-            raise
-
-
-def _usr_signal():
-    return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"),
-                   signal.SIGUSR2)
+        with GracefulRequeue(unit.name) as stop:
+            try:
+                return run_unit(config, unit)
+            except UserError as error:
+                if error.exit_code == 130:  # checkpoint() + scontrol requeue + exit
+                    stop.requeue(str(error).split(";")[0])
+                raise
 
 
 # ---- states -------------------------------------------------------------------------------
@@ -106,22 +80,6 @@ class UnitState:
     job_id: str | None = None
     log: str | None = None
     error: str | None = None  # the last line of its error
-
-
-def _last_error(entry: dict) -> str | None:
-    result = entry.get("result")
-    if result and Path(result).exists() and pickle_load is not None:
-        with contextlib.suppress(Exception):  # a half-written result: read the log instead
-            outcome, trace = pickle_load(result)
-            if outcome == "error":
-                lines = [line for line in str(trace).splitlines() if line.strip()]
-                return lines[-1].strip() if lines else "an error without a message"
-    log = entry.get("stderr")
-    if log and Path(log).exists():
-        lines = [line for line in Path(log).read_text(errors="replace").splitlines()
-                 if line.strip()]
-        return lines[-1].strip() if lines else None
-    return None
 
 
 def unit_states(out: Path, units: list[str], record: dict,
@@ -142,7 +100,8 @@ def unit_states(out: Path, units: list[str], record: dict,
         elif queue.get(job) in jobs.ACTIVE:
             states[name] = UnitState(name, queue[job].lower(), job, entry.get("stderr"))
         else:
-            states[name] = UnitState(name, "failed", job, entry.get("stderr"), _last_error(entry))
+            states[name] = UnitState(name, "failed", job, entry.get("stderr"),
+                                     jobs.job_error(entry.get("result"), entry.get("stderr")))
     for name in units:  # a unit that ended unrun because one it needs failed
         needs = entries.get(name, {}).get("needs", [])
         if states[name].state == "failed" and any(
@@ -157,6 +116,7 @@ def unit_states(out: Path, units: list[str], record: dict,
 def launch(config, settings: SlurmSettings, wait: bool = True) -> int:
     """Submit what the study ``config`` still needs (see the module doc); wait where asked."""
     out = ensure_writable_dir(config.out_dir, create=False)
+    settings = single_task(settings)
     check_launch(settings, config)  # before the folder is made or written
     out = ensure_writable_dir(config.out_dir)
     with runner.claim_study(out):

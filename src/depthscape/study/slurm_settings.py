@@ -9,7 +9,7 @@ import os
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from depthscape.core.errors import UserError
@@ -34,8 +34,11 @@ POLL_S = 2.0
 
 @dataclass
 class SlurmSettings:
-    """What every unit asks Slurm for. ``args``: extra keyword arguments of submitit's
-    ``update_parameters`` (``--slurm-arg KEY=VALUE``)."""
+    """What every job asks Slurm for (a study's unit, or one command's job). ``gpus`` and
+    ``mem_gb`` are per node, ``cpus`` per task; ``tasks_per_node`` None: one task per GPU
+    of a node, at least one (a study's units always run one task: :func:`single_task`).
+    ``args``: extra keyword arguments of submitit's ``update_parameters``
+    (``--slurm-arg KEY=VALUE``)."""
 
     partition: str | None = None
     account: str | None = None
@@ -47,11 +50,18 @@ class SlurmSettings:
     log_dir: str | None = None  # default <out>/slurm/logs
     args: dict = field(default_factory=dict)
     allow_node_local: bool = False
+    nodes: int = 1
+    tasks_per_node: int | None = None
+
+    @property
+    def tasks(self) -> int:
+        """Tasks per node: as set, else one per GPU of a node (at least one)."""
+        return self.tasks_per_node or max(1, self.gpus)
 
     def parameters(self, name: str) -> dict:
-        """submitit's ``update_parameters`` for the unit called ``name``."""
+        """submitit's ``update_parameters`` for the job called ``name``."""
         params = {"name": f"ds-{name}", "timeout_min": self.time_min,
-                  "cpus_per_task": self.cpus, "tasks_per_node": 1, "nodes": 1}
+                  "cpus_per_task": self.cpus, "tasks_per_node": self.tasks, "nodes": self.nodes}
         for key, value in (("slurm_partition", self.partition), ("slurm_account", self.account),
                            ("slurm_qos", self.qos), ("mem_gb", self.mem_gb)):
             if value is not None:
@@ -110,13 +120,14 @@ def _read_toml(path: str) -> dict:
 #: setting -> (type converting a text or TOML value, SlurmSettings field)
 _KEYS = {"partition": (str, "partition"), "account": (str, "account"), "qos": (str, "qos"),
          "time": (parse_time, "time_min"), "gpus": (int, "gpus"), "cpus": (int, "cpus"),
-         "mem_gb": (float, "mem_gb"), "log_dir": (str, "log_dir")}
+         "mem_gb": (float, "mem_gb"), "log_dir": (str, "log_dir"), "nodes": (int, "nodes"),
+         "tasks_per_node": (int, "tasks_per_node")}
 
 
 def settings_from(cli: dict, config_file: str | None = None,
                   environ: dict | None = None) -> SlurmSettings:
     """The settings from, last wins: a TOML file (``[slurm]``: partition, account, qos,
-    time, gpus, cpus, mem_gb, log_dir, args = {...}; ``--slurm-config`` or
+    time, gpus, cpus, mem_gb, log_dir, nodes, tasks_per_node, args = {...}; ``--slurm-config`` or
     ``$DEPTHSCAPE_SLURM_CONFIG``), ``$DEPTHSCAPE_SLURM_<KEY>``, then the command's options
     (``cli``: key -> value or None; ``args``: a list of KEY=VALUE)."""
     environ = os.environ if environ is None else environ
@@ -145,7 +156,17 @@ def settings_from(cli: dict, config_file: str | None = None,
     if settings.cpus < 1 or settings.gpus < 0 or (settings.mem_gb is not None
                                                    and settings.mem_gb <= 0):
         raise UserError("Slurm CPUs per unit must be at least 1, GPUs at least 0, memory > 0")
+    if settings.nodes < 1 or (settings.tasks_per_node is not None and settings.tasks_per_node < 1):
+        raise UserError("Slurm nodes and tasks per node must be at least 1")
     return settings
+
+
+def single_task(settings: SlurmSettings) -> SlurmSettings:
+    """``settings`` for jobs of one task on one node (a study's units), refusing more."""
+    if settings.nodes != 1 or (settings.tasks_per_node or 1) != 1:
+        raise UserError("a study's units run one process each: Slurm nodes and tasks per node "
+                        "apply to train, landscape and sharpness (--launcher slurm there)")
+    return replace(settings, tasks_per_node=1)
 
 
 # ---- checks before anything is submitted -----------------------------------------------
@@ -161,22 +182,29 @@ def node_local(path: Path) -> str | None:
 
 
 def check_launch(settings: SlurmSettings, config) -> None:
-    """Every check a launch makes before it writes or submits anything; one line each."""
+    """Every check a study's launch makes before it writes or submits anything."""
+    check_settings(settings, {"output folder": config.out_dir, "data cache": config.cache_dir,
+                              "job-log folder": settings.log_dir},
+                   Path(config.out_dir) / jobs.SLURM_DIR / "check")
+
+
+def check_settings(settings: SlurmSettings, shared: dict, folder: Path) -> None:
+    """Every check a launch makes before it writes or submits anything; one line each.
+    ``shared``: what -> path (None: none) that every node must see; ``folder``: where
+    submitit's trial executor points (nothing is written there)."""
     if submitit is None:
         raise UserError("--launcher slurm needs submitit: pip install 'depthscape[cluster]'")
     if shutil.which("sbatch") is None:
         raise UserError("--launcher slurm needs Slurm's sbatch on PATH (none found); "
                         "run on a cluster's login node, or try bash scripts/local_slurm.sh")
     if not settings.allow_node_local:
-        for what, path in (("output folder", config.out_dir), ("data cache", config.cache_dir),
-                           ("job-log folder", settings.log_dir)):
+        for what, path in shared.items():
             root = path and node_local(Path(path))
             if root:
                 raise UserError(f"the {what} {path} is under {root}, which other nodes cannot "
                                 "see: put it on shared storage (or pass "
                                 "--slurm-allow-node-local on a one-node cluster)")
-    executor = submitit.AutoExecutor(folder=Path(config.out_dir) / jobs.SLURM_DIR / "check",
-                                     cluster="slurm")
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
     try:
         executor.update_parameters(**settings.parameters("check"))
     except (ValueError, TypeError, NameError) as exc:  # NameError: an unknown parameter
@@ -186,10 +214,11 @@ def check_launch(settings: SlurmSettings, config) -> None:
 
 
 def _test_only(settings: SlurmSettings) -> None:
-    """``sbatch --test-only`` with the units' partition, account, QoS, time and resources:
+    """``sbatch --test-only`` with the jobs' partition, account, QoS, time and resources:
     Slurm's own judgement of them, submitting nothing."""
     command = ["sbatch", "--test-only", f"--time={settings.time_min}",
-               f"--cpus-per-task={settings.cpus}", "--ntasks=1", "--wrap=true"]
+               f"--cpus-per-task={settings.cpus}", f"--nodes={settings.nodes}",
+               f"--ntasks-per-node={settings.tasks}", "--wrap=true"]
     for flag, value in (("partition", settings.partition), ("account", settings.account),
                         ("qos", settings.qos)):
         if value:
@@ -206,8 +235,8 @@ def _test_only(settings: SlurmSettings) -> None:
         lines = [line for line in (tried.stderr + tried.stdout).splitlines() if line.strip()]
         errors = [line for line in lines if "error" in line.lower()] or lines or ["no reason"]
         reason = errors[-1].replace("sbatch: error: ", "").strip()
-        raise UserError(f"Slurm refuses the units' settings ({reason}); see --slurm-partition, "
-                        "--slurm-account, --slurm-qos, --slurm-time")
+        raise UserError(f"Slurm refuses the job settings ({reason}); see --slurm-partition, "
+                        "--slurm-account, --slurm-qos, --slurm-time and the resources asked for")
 
 
 # ---- the job ------------------------------------------------------------------------------
