@@ -130,6 +130,9 @@ def test_a_signalled_training_is_requeued_and_ends_as_an_uninterrupted_one(world
     signaller = _Signaller(log_dir, log)
     signaller.start()
     monkeypatch.setenv("DEPTHSCAPE_SLURM_POLL_S", "0.3")
+    # the same thread count on both sides (the job inherits this environment): float sums
+    # depend on it, whatever the caller's OMP_NUM_THREADS
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     try:  # --overwrite: the requeued job must run with --resume instead
         code = main(["train", *common, "--out", str(out), "--overwrite", *ON_SLURM,
                      "--slurm-log-dir", str(log_dir)])
