@@ -308,8 +308,7 @@ def extreme_eigenvalues(operator: Callable, params: Sequence[torch.Tensor], iter
     start = torch.randn(sum(sizes), generator=generator, dtype=torch.float64)
     basis = torch.zeros(iters, sum(sizes), dtype=like.dtype, device=like.device)
     basis[0] = (start / start.norm()).to(basis)
-    alphas: list[float] = []
-    betas: list[float] = []
+    alphas, betas = [], []  # the tridiagonal's diagonal and off-diagonal
     ends = (math.nan, math.nan)
     history: list[tuple[tuple[float, float], tuple[bool, bool]]] = []  # per step
     hold = hold_steps()
@@ -333,8 +332,7 @@ def extreme_eigenvalues(operator: Callable, params: Sequence[torch.Tensor], iter
             return failed(step + 1)
         new, residual = found
         scale = max(abs(new[0]), abs(new[1]), 1e-30)
-        change = ((abs(new[0] - ends[0]), abs(new[1] - ends[1])) if step > 0
-                  else (None, None))
+        change = (abs(new[0] - ends[0]), abs(new[1] - ends[1])) if step else (None, None)
         # each end by its residual bound against its own magnitude (an eigenvalue lies
         # within it; a small change in one step proves nothing: docs/spectrum.md)
         passed = tuple(ritz_converged(v, r, tol, scale) for v, r in zip(new, residual))
