@@ -31,7 +31,7 @@ from depthscape.cli._common import (
 )
 from depthscape.core.atomic import ensure_writable_dir
 from depthscape.core.device import get_device
-from depthscape.core.distributed import setup
+from depthscape.core.distributed import is_main_process, setup
 from depthscape.core.locking import claim_folder
 from depthscape.core.plugins import registered
 from depthscape.core.runtime import PRECISIONS
@@ -103,57 +103,53 @@ def run(args: argparse.Namespace) -> int:
     subject = subject_from_args(args, instead_of=("run models (MODEL ...)", args.models))
     out = ensure_writable_dir(Path(args.out) if args.out else Path(args.run_dir) / "sharpness",
                               create=False)
-    if subject is not None:
-        return run_subject(args, subject, config, density, out)
+    if subject is not None:  # the settings against the model, before its data loads
+        check_sharpness_fits(config, subject.model, get_device(args.device))
     # under torchrun every rank runs this command: the Hessian-vector products are split
     # over the ranks, rank 0 holds the folder's lock, writes and prints
-    dist = setup(args.device)
-    source = {"dataset": args.dataset, "data_dir": args.data_dir, "cache_dir": args.cache_dir}
-    with claim_folder(out, f"sharpness folder {out}", owner=dist.is_main, agree=dist.all_true):
-        results = measure_runs(args.run_dir, out, args.models or None, config,
-                               data_source=source, progress=not args.no_progress)
-        table = sharpness_table(results)
-        written = write_table(table, out, "sharpness") if dist.is_main else []
-        if args.density:
-            densities = measure_run_densities(args.run_dir, out, args.models or None, config,
-                                              density, data_source=source,
-                                              progress=not args.no_progress)
-            written = list(written) + [out / f"{run.paths.run_name}.density.{suffix}"
-                                       for run, _ in densities for suffix in ("json", "csv")]
-            if any(d.density for _, d in densities):
-                written.append(out / "density.png")
-    if not dist.is_main:
-        return 0
-    print(f"{table.title}\n\n{table.markdown()}")
-    print("written: " + ", ".join(str(p) for p in written))
-    return 0
-
-
-def run_subject(args: argparse.Namespace, subject, config, density, out) -> int:
-    """``--model-from``: one model from outside the package, measured as a run's
-    (:func:`~depthscape.analysis.sharpness.subject_sharpness`; with ``--density`` its
-    density as ``<out>/<name>.density.json/.csv/.png``)."""
-    check_sharpness_fits(config, subject.model, get_device(args.device))  # before the data
     dist = setup(args.device)
     try:
         with claim_folder(out, f"sharpness folder {out}", owner=dist.is_main,
                           agree=dist.all_true):
-            result = subject_sharpness(subject, config)
-            written = []
-            if args.density:
-                spectrum = subject_density(subject, config, density,
-                                           out / f"{subject.name}.density.json")
-                if dist.is_main:
-                    written += [out / f"{subject.name}.density.{suffix}" for suffix in
-                                ("json", "csv") + (("png",) if spectrum.density else ())]
-            if not dist.is_main:
-                return 0
-            with registered(subject.name, lambda: subject.model, label=subject.label):
-                table = sharpness_table([(SimpleNamespace(model=subject.name, seed=0),
-                                          result)])
-            written = list(write_table(table, out, f"sharpness_{subject.name}")) + written
+            table, written = (_measure_runs(args, config, density, out) if subject is None
+                              else _measure_subject(args, subject, config, density, out))
     finally:
         dist.close()
-    print(f"{table.title}\n\n{table.markdown()}")
-    print("written: " + ", ".join(str(p) for p in written))
+    if dist.is_main:
+        print(f"{table.title}\n\n{table.markdown()}")
+        print("written: " + ", ".join(str(p) for p in written))
     return 0
+
+
+def _measure_runs(args: argparse.Namespace, config, density, out) -> tuple:
+    """Every finished run under --run-dir: the table and the files written."""
+    source = {"dataset": args.dataset, "data_dir": args.data_dir, "cache_dir": args.cache_dir}
+    results = measure_runs(args.run_dir, out, args.models or None, config, data_source=source,
+                           progress=not args.no_progress)
+    table = sharpness_table(results)
+    written = list(write_table(table, out, "sharpness")) if is_main_process() else []
+    if args.density:
+        densities = measure_run_densities(args.run_dir, out, args.models or None, config,
+                                          density, data_source=source,
+                                          progress=not args.no_progress)
+        written += [out / f"{run.paths.run_name}.density.{suffix}"
+                    for run, _ in densities for suffix in ("json", "csv")]
+        if any(d.density for _, d in densities):
+            written.append(out / "density.png")
+    return table, written
+
+
+def _measure_subject(args: argparse.Namespace, subject, config, density, out) -> tuple:
+    """``--model-from``: one model from outside the package, measured as a run's
+    (:func:`~depthscape.analysis.sharpness.subject_sharpness`; with ``--density`` its
+    density as ``<out>/<name>.density.json/.csv/.png``): the table and the files written."""
+    result = subject_sharpness(subject, config)
+    with registered(subject.name, lambda: subject.model, label=subject.label):  # its name
+        table = sharpness_table([(SimpleNamespace(model=subject.name, seed=0), result)])
+    written = (list(write_table(table, out, f"sharpness_{subject.name}"))
+               if is_main_process() else [])
+    if args.density:
+        spectrum = subject_density(subject, config, density, out / f"{subject.name}.density.json")
+        written += [out / f"{subject.name}.density.{suffix}" for suffix in
+                    ("json", "csv") + (("png",) if spectrum.density else ())]
+    return table, written
