@@ -7,6 +7,7 @@ import math
 import pytest
 
 from depthscape.analysis.sharpness import SharpnessResult
+from depthscape.analysis.stats import student_t_quantile
 from depthscape.analysis.tables import RunMetrics
 from depthscape.core.runs import RunInfo, run_paths
 from depthscape.study.report import describe_change, describe_trend, observations
@@ -122,8 +123,11 @@ def test_report_marks_unconverged_numbers_in_both_formats(tmp_path):
                          [metrics("resnet20", 50.0), metrics("plain20", 40.0)], sharpness=sharp)
     blocks = build_blocks(result, get_budget("quick"), {"seeds": 1, "dataset": "cifar10"})
     markdown = render_markdown(blocks, tmp_path)
-    assert "| ResNet-20 | 591.7 | 0.000992† | 1 | 0.01 |" in markdown
-    assert "| PlainNet-20 | 330 | -7 | 50 | 0.5 |" in markdown  # converged: unmarked
+    # one draw: the trace's ± is over its probes (t_{0.975, n-1} x its standard error)
+    t4, t5 = student_t_quantile(0.975, 4), student_t_quantile(0.975, 5)
+    assert (f"| ResNet-20 | 591.7 | 0.000992† | 1 ± {0.1 * t4:.2g} | 0.01 ± {0.001 * t4:.2g} |"
+            in markdown)
+    assert f"| PlainNet-20 | 330 | -7 | 50 ± {t5:.2g} | 0.5 ± {t5 / 100:.2g} |" in markdown
     note = next(line for line in markdown.splitlines() if line.startswith("† "))
     assert "ResNet-20 smallest eigenvalue (8 Lanczos steps, last change 3.25, residual 12.5)" \
         in note

@@ -20,6 +20,7 @@ from depthscape.analysis.sharpness import (
     hessian_trace,
     model_sharpness,
 )
+from depthscape.analysis.stats import student_t_quantile
 
 
 @pytest.fixture(scope="module")
@@ -182,9 +183,14 @@ def test_sharpness_table_marks_what_did_not_converge():
                                largest_residual=0.4, smallest_residual=12.5)
     settled = SharpnessResult.from_fields(330.0, -7.0, 12, True, 50.0, 1.0, 6, True, 128, 100)
     table = sharpness_table([(run("resnet20"), open_end), (run("plain20"), settled)])
-    assert table.rows[0] == ["ResNet-20", "591.7", "0.000992†", "40†", "0.04†"]
-    assert table.rows[1] == ["PlainNet-20", "330", "-7", "50", "0.5"]
-    [note] = table.notes
+    # one draw: the trace's ± is its interval over the Hutchinson probes (t_{0.975, n-1} SE)
+    t5 = student_t_quantile(0.975, 5)
+    assert table.rows[0] == ["ResNet-20", "591.7", "0.000992†", f"40 ± {t5 * 9.5:.2g}†",
+                             f"0.04 ± {t5 * 9.5 / 1000:.2g}†"]
+    assert table.rows[1] == ["PlainNet-20", "330", "-7", f"50 ± {t5:.2g}",
+                             f"0.5 ± {t5 / 100:.2g}"]
+    probes, note = table.notes
+    assert probes.startswith("Trace ± (one draw): the 95% Student-t interval of Hutchinson's")
     assert note.startswith("† Did not converge within the budget, so not a result: ")
     assert ("ResNet-20 smallest eigenvalue (8 Lanczos steps, last change 3.25, residual 12.5); "
             "ResNet-20 trace (6 Hutchinson probes, standard error 9.5)") in note
@@ -192,11 +198,12 @@ def test_sharpness_table_marks_what_did_not_converge():
     assert table.markdown().rstrip().endswith(note)
     csv = dict(zip(table.csv_header, table.csv_rows[0]))
     assert csv["all_largest_converged"] and not csv["all_smallest_converged"]
+    assert csv["trace_probe_ci"] == pytest.approx(t5 * 9.5)
     assert not csv["all_eigen_converged"] and not csv["all_trace_converged"]
     clean = sharpness_table([(run("plain20"), settled)])
-    assert clean.notes == [] and "†" not in clean.markdown()
+    assert len(clean.notes) == 1 and "†" not in clean.markdown()
     rough_trace = SharpnessResult.from_fields(330.0, -7.0, 12, True, 50.0, 30.0, 6, False, 128, 100)
-    [trace_only] = sharpness_table([(run("plain20"), rough_trace)]).notes
+    _, trace_only = sharpness_table([(run("plain20"), rough_trace)]).notes
     assert "PlainNet-20 trace (6 Hutchinson probes, standard error 30)" in trace_only
     assert "Lanczos" not in trace_only  # nothing about eigenvalues where none is marked
     # several seeds: one unconverged seed marks the mean, and the note names the seed

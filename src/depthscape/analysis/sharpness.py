@@ -123,7 +123,10 @@ def _sharpness_of(subject: Subject, split: Split, config, precision, device, dis
         inputs = subject.preprocess.normalize(subset.images.to(device))
         draws.append(model_sharpness(subject.model, inputs, subset.labels.to(device), config,
                                      seed, dist, precision))
-    return combine_draws(draws, seeds)
+    result = combine_draws(draws, seeds)
+    if config.draws > 1:  # what the interval is of: subsets, or the same data each time
+        result.same_data = config.subset is None or config.subset >= len(split)
+    return result
 
 
 def measure_sharpness(checkpoint: str | os.PathLike,

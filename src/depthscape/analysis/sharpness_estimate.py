@@ -81,7 +81,7 @@ FILE_FIELDS = ("largest_eigenvalue", "smallest_eigenvalue", "eigen_steps", "eige
                "smallest_change", "largest_residual", "smallest_residual", "top_eigenvalues",
                "top_converged", "top_steps", "draws", "confidence", "largest_ci", "smallest_ci",
                "trace_ci", "top_ci", "draw_values", "top_residuals")
-_COMMON = ("subset_size", "num_parameters", "draws", "confidence", "draw_values")
+_COMMON = ("subset_size", "num_parameters", "draws", "confidence", "draw_values", "same_data")
 
 
 @dataclass
@@ -101,6 +101,9 @@ class SharpnessResult(Mapping):
     draws: int = 1
     confidence: float | None = None
     draw_values: list[dict] | None = None
+    #: the draws measured the same data (the subset covers the split: only the Lanczos and
+    #: probe starts differ); None where not recorded (one draw, or stored before)
+    same_data: bool | None = None
 
     def __getitem__(self, quantity: str) -> Estimate:
         return self.estimates[quantity]
@@ -124,12 +127,14 @@ class SharpnessResult(Mapping):
         return bool(self.converged(end))
 
     def to_dict(self) -> dict:
-        """The sharpness file's ``result``: :data:`FILE_FIELDS` first, then any later ones."""
+        """The sharpness file's ``result``: :data:`FILE_FIELDS` first, then the fields added
+        since, where recorded (so an old file writes back as it was)."""
         flat: dict[str, Any] = {}
         for measure in all_measures():
             flat.update(measure.to_flat(self))
         flat.update({name: getattr(self, name) for name in _COMMON})
-        return {**{name: flat.get(name) for name in FILE_FIELDS}, **flat}
+        later = {k: v for k, v in flat.items() if k not in FILE_FIELDS and v is not None}
+        return {**{name: flat.get(name) for name in FILE_FIELDS}, **later}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> SharpnessResult:
@@ -138,7 +143,8 @@ class SharpnessResult(Mapping):
         for measure in all_measures():
             estimates.update(measure.from_flat(data))
         return cls(estimates, data["subset_size"], data["num_parameters"],
-                   data.get("draws") or 1, data.get("confidence"), data.get("draw_values"))
+                   data.get("draws") or 1, data.get("confidence"), data.get("draw_values"),
+                   data.get("same_data"))
 
     @classmethod
     def from_fields(cls, *args, **kwargs) -> SharpnessResult:

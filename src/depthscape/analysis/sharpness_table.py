@@ -16,14 +16,10 @@ from dataclasses import dataclass
 from depthscape.analysis.curves import display_name
 from depthscape.analysis.hessian import UNCONVERGED_MARK  # noqa: F401  (a dagger; re-exported)
 from depthscape.analysis.measures import all_measures, measure_of
+from depthscape.analysis.measures.base import mark_unconverged  # noqa: F401  (re-exported)
 from depthscape.analysis.sharpness_estimate import SharpnessResult
 from depthscape.analysis.stats import format_ci
 from depthscape.analysis.tables import Table, mean_std, model_sort_key
-
-
-def mark_unconverged(text: str, converged: bool) -> str:
-    """``text`` with :data:`UNCONVERGED_MARK` appended unless ``converged``."""
-    return text if converged else f"{text}{UNCONVERGED_MARK}"
 
 
 def unconverged_details(result: SharpnessResult, quantity: str) -> str | None:
@@ -235,8 +231,7 @@ def _notes(layout: _Layout, every: list[SharpnessResult], marked: list) -> list[
     if layout.intervals:
         level = round(100 * (every[0].confidence or 0.95))
         notes.append(f"± is the {level}% Student-t confidence interval of the mean over the "
-                     "draws (disjoint random data subsets, each with its own Lanczos and "
-                     "Hutchinson starts); Draws: their number.")
+                     f"draws ({_draws_were(every)}); Draws: their number.")
     elif layout.with_draws:
         notes.append("± is the standard deviation over seeds; each seed's value is the mean "
                      "over its draws (Draws).")
@@ -246,6 +241,19 @@ def _notes(layout: _Layout, every: list[SharpnessResult], marked: list) -> list[
     if note:
         notes.append(note)
     return notes
+
+
+def _draws_were(every: list[SharpnessResult]) -> str:
+    """What the draws were: disjoint subsets of the split, or the same data each time (the
+    subset covered it), or some of each."""
+    same = {r.same_data for r in every if (r.draws or 1) > 1}
+    starts = "each with its own Lanczos and Hutchinson starts"
+    if same == {True}:
+        return f"the same data each time, as the subset covers the split: {starts} only"
+    if True in same:
+        return (f"disjoint random data subsets, or the same data where the subset covers the "
+                f"split; {starts}")
+    return f"disjoint random data subsets, {starts}"
 
 
 def _fmt_g(mean: float, std: float, n: int) -> str:

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from depthscape.analysis.hessian import HessianOperator, extreme_eigenvalues
+from depthscape.analysis.hessian import UNCONVERGED_MARK, HessianOperator, extreme_eigenvalues
 from depthscape.analysis.spectrum import extremes_and_top
 from depthscape.analysis.stats import mean_ci
 
@@ -74,6 +74,12 @@ def _worst(values: Sequence):
         k = max(len(v) for v in known)
         return [max(v[i] for v in known if len(v) > i) for i in range(k)]
     return max(known)
+
+
+def mark_unconverged(text: str, converged: bool) -> str:
+    """``text`` with :data:`~depthscape.analysis.hessian.UNCONVERGED_MARK` appended unless
+    ``converged``."""
+    return text if converged else f"{text}{UNCONVERGED_MARK}"
 
 
 def finite_or_none(value):

@@ -7,8 +7,11 @@ The table also shows it per parameter (the mean curvature of one coordinate).
 
 from __future__ import annotations
 
+import math
+
 from depthscape.analysis.hessian import hessian_trace
-from depthscape.analysis.measures.base import Draw, Estimate, Measure
+from depthscape.analysis.measures.base import Draw, Estimate, Measure, mark_unconverged
+from depthscape.analysis.stats import CONFIDENCE, format_ci, student_t_quantile
 from depthscape.core.argtypes import float_in, int_in
 
 
@@ -49,13 +52,29 @@ class Trace(Measure):
         return ["Trace", "Trace / parameters"]
 
     def cells(self, group, layout) -> list[str]:
-        return [group.cell("trace"), group.cell("trace", per_parameter=True)]
+        if not _over_probes(layout):
+            return [group.cell("trace"), group.cell("trace", per_parameter=True)]
+        # one seed, one draw: the interval of Hutchinson's mean over its probes
+        one = group.one
+        half, n = probe_interval(one["trace"]), one["trace"].details["samples"]
+        return [mark_unconverged(format_ci(one["trace"].value, half, n), group.ok("trace")),
+                mark_unconverged(format_ci(one["trace"].value / one.num_parameters,
+                                           half / one.num_parameters, n), group.ok("trace"))]
 
     def csv_fields(self, group, layout) -> dict:
         mean, std, _ = group.mean_std("trace")
         return {"trace_mean": mean, "trace_std": std,
                 "trace_stderr_max": group.worst("trace", "stderr"),
-                "all_trace_converged": group.ok("trace"), "trace_ci": group.interval("trace")}
+                "all_trace_converged": group.ok("trace"), "trace_ci": group.interval("trace"),
+                "trace_probe_ci": probe_interval(group.one["trace"])
+                if _over_probes(layout) else None}
+
+    def notes(self, layout) -> list[str]:
+        if not _over_probes(layout):
+            return []
+        level = round(100 * CONFIDENCE)
+        return [f"Trace ± (one draw): the {level}% Student-t interval of Hutchinson's mean "
+                "over its probes (their randomness alone, on the one data subset measured)."]
 
     def details(self, result, quantity: str) -> str | None:
         e = result["trace"]
@@ -64,6 +83,20 @@ class Trace(Measure):
         samples = e.details["samples"]
         return (f"{samples} Hutchinson probe{'s' * (samples != 1)}, "
                 f"standard error {e.details['stderr']:.3g}")
+
+
+def probe_interval(estimate: Estimate) -> float:
+    """Half-width of the Student-t interval of Hutchinson's mean over its probes
+    (``t * standard error``; nan for one probe)."""
+    n, stderr = estimate.details["samples"], estimate.details["stderr"]
+    if n < 2 or stderr is None or not math.isfinite(stderr):
+        return math.nan
+    return student_t_quantile((1 + CONFIDENCE) / 2, n - 1) * stderr
+
+
+def _over_probes(layout) -> bool:
+    """± is over the probes: every model one seed measured in one draw."""
+    return not layout.several and not layout.with_draws
 
 
 MEASURE = Trace()
