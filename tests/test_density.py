@@ -204,3 +204,38 @@ def test_the_repr_marks_an_outer_node_that_did_not_converge():
     low, high = text.split("nodes=[")[1].split("]")[0].split(" .. ")
     assert low.endswith(UNCONVERGED_MARK) and high == "100"  # the top converged, not -1
     assert "products=16" in text and "negative_mass=" in text
+
+
+def test_stored_densities_of_another_rule_are_measured_again(tmp_path, tiny_data, cache_dir,
+                                                             monkeypatch):
+    from _study_tools import write_fake_run
+
+    import depthscape.analysis.sharpness as sharpness
+    from depthscape.core.data import load_dataset
+
+    paths = write_fake_run(tmp_path, "resnet8", dataset="tinydata0")
+    dataset = load_dataset(str(tiny_data), cache_dir=cache_dir)
+    config = sharpness.SharpnessConfig(subset=8)
+    span = sharpness.DensityConfig(runs=2, steps=4, points=50)  # width 0.005: the span's
+    bulk = sharpness.DensityConfig(runs=2, steps=4, points=50, width=None)
+    out = tmp_path / "run.density.json"
+    sharpness.measure_density(paths.final, config, span, dataset, out)
+    stored = json.loads(out.read_text())
+    assert "broadening" not in stored["key"]["settings"]  # the span's key: as before
+    assert stored["result"]["broadening"] == "span" and "negative_mass" in stored["result"]["summary"]
+    # as stored before the rule had a name: reused by the span's rule, not by the bulk's
+    for name in ("broadening", "summary"):
+        del stored["result"][name]
+    out.write_text(json.dumps(stored))
+    measured = []
+    engine = sharpness.spectral_density
+    monkeypatch.setattr(sharpness, "spectral_density",
+                        lambda *a, **k: measured.append(k) or engine(*a, **k))
+    assert sharpness.measure_density(paths.final, config, span, dataset, out).broadening == "span"
+    assert measured == []
+    again = sharpness.measure_density(paths.final, config, bulk, dataset, out)
+    assert len(measured) == 1 and again.broadening in ("bulk", broadening.SPAN_FALLBACK)
+    stored = json.loads(out.read_text())
+    assert stored["key"]["settings"]["broadening"] == broadening.BULK_RULE
+    assert stored["key"]["settings"]["width"] is None
+    assert out.with_suffix(".png").exists() and "# broadening: " in out.with_suffix(".csv").read_text()
