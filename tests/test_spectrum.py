@@ -67,12 +67,14 @@ def test_density_mass_and_moments_match_the_exact_spectrum(setup):
         lam_k = eigenvalues ** k
         exact = float(lam_k.mean())
         error = math.sqrt(2 * float(lam_k.var(unbiased=False)) / ((n + 2) * m))
-        assert abs(density.moment(k) - exact) < 4 * error, (k, density.moment(k), exact, error)
+        assert abs(density.moment(k).value - exact) < 4 * error, (k, density.moment(k), exact,
+                                                                  error)
     # the broadened density has the quadrature's mean, and its second moment plus sigma^2
     scale = float(eigenvalues.abs().max())
-    assert density.density_moment(1) == pytest.approx(density.moment(1), abs=1e-6 * scale)
-    assert density.density_moment(2) == pytest.approx(density.moment(2) + density.sigma ** 2,
-                                                      rel=1e-6)
+    assert density.density_moment(1) == pytest.approx(density.moment(1).value,
+                                                      abs=1e-6 * scale)
+    assert density.density_moment(2) == pytest.approx(
+        density.moment(2).value + density.sigma ** 2, rel=1e-6)
     assert density.density_moment(1) == pytest.approx(float(torch.trace(hessian)) / n,
                                                       abs=4 * math.sqrt(
                                                           2 * float(eigenvalues.var()) / (n * m)))
@@ -85,8 +87,9 @@ def test_a_full_run_finds_every_distinct_eigenvalue():
     assert run.steps == 6 and run.exact
     torch.testing.assert_close(torch.tensor(run.nodes, dtype=torch.float64), spectrum)
     density = spectral_density(lambda v: [spectrum * v[0]], params, runs=2, steps=6)
-    assert density.settings == {"runs": 2, "steps": 6, "width": 0.005, "points": 1000,
+    assert density.settings == {"runs": 2, "steps": 6, "width": None, "points": 1000,
                                 "pad": 6.0, "seed": 0}
+    assert density.broadening == "bulk"
     assert density.mass() == pytest.approx(1.0, abs=1e-3)  # 1000 points, 6 narrow peaks
 
 
@@ -129,8 +132,10 @@ def test_density_stores_every_setting_and_plots(tmp_path):
     assert again == density
     text = density.to_csv()
     assert "# runs: 2\n" in text and "# seed: 4\n" in text and "# sigma: " in text
-    # the settings, sigma, products, parameters; the outer nodes' tolerance, flags, residuals
-    assert text.count("\n") == 1000 + 1 + len(density.settings) + 3 + 3
+    # the settings, sigma, its rule, products, parameters; the outer nodes' tolerance, flags,
+    # residuals; the summary (bulk, outliers, negative threshold, mass and interval, confidence)
+    assert text.count("\n") == 1000 + 1 + len(density.settings) + 4 + 3 + 6
+    assert "# broadening: bulk\n" in text and "# negative_mass: " in text
     assert "# outer_converged: [[" in text and "# tol: 0.001\n" in text
     assert run_seed(4, 0) == 4 and run_seed(4, 1) != run_seed(5, 0)
     path = plot_densities([("a", density), ("b", density)], tmp_path / "d.png", title="t")

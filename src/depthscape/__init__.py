@@ -8,6 +8,7 @@ their training, and draw and measure their loss landscapes -- of those runs, or 
     surface = ds.loss_surface(model, (inputs, targets), resolution=21)
     surface.plot("contour").savefig("surface.png")
     print(ds.hessian_extremes(model, (inputs, targets)))
+    ds.hessian_density(model, (inputs, targets)).plot("density.png")
     ds.train("resnet", 20, out="runs")   # or a model of your own, with a recipe file
 
 The API's names load on first use, so ``import depthscape`` (and the CLI) stay free of torch.
@@ -22,10 +23,14 @@ __version__ = "0.1.0"
 #: The public API, re-exported from :mod:`depthscape.api` on first access.
 __all__ = [
     "EigenExtremes",
+    "SpectralDensity",
     "Surface",
+    "TopEigenvalues",
     "TraceEstimate",
     "TrajectorySurface",
+    "hessian_density",
     "hessian_extremes",
+    "hessian_top_k",
     "hessian_trace",
     "interpolate",
     "load_run",
@@ -39,10 +44,14 @@ __all__ = [
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and editors
     from depthscape.api import (
         EigenExtremes,
+        SpectralDensity,
         Surface,
+        TopEigenvalues,
         TraceEstimate,
         TrajectorySurface,
+        hessian_density,
         hessian_extremes,
+        hessian_top_k,
         hessian_trace,
         interpolate,
         load_run,

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from depthscape.analysis.hessian_products import fast_layers
+from depthscape.analysis.lanczos import flat_operator, tridiagonal
 from depthscape.core.errors import UserError
 from depthscape.core.limits import check_basis_fits
 from depthscape.core.runtime import Precision, precision_named
@@ -83,6 +84,20 @@ class HessianOperator:
     @property
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.params)
+
+    def check_curved(self) -> None:
+        """One line (:class:`UserError`), before any product, where the loss or its gradient
+        (on the first chunk: the products reuse its graph) does not depend on the parameters."""
+        try:
+            grads = self._grads(*self.chunks[0]) if self.chunks else None
+        except RuntimeError as error:  # autograd's words for a loss with no graph
+            if "does not require grad" not in str(error):
+                raise
+            grads = []
+        if grads is not None and not any(g.requires_grad for g in grads):
+            raise UserError("the loss has no second derivative with respect to the model's "
+                            "trainable parameters (it or its gradient does not depend on them)")
+        self._cached_grads = grads if len(self.chunks) == 1 else None
 
     def _grads(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
         with fast_layers(self.model, self.fast), self.precision.forward():
@@ -258,8 +273,7 @@ class EigenExtremes:
 
     def __repr__(self) -> str:
         def shown(end):
-            value = getattr(self, end)
-            return f"{value:.6g}" + ("" if self.end_converged(end) else UNCONVERGED_MARK)
+            return f"{getattr(self, end):.6g}" + ("" if self.end_converged(end) else UNCONVERGED_MARK)
 
         return (f"EigenExtremes(largest={shown('largest')}, smallest={shown('smallest')}, "
                 f"iterations={self.iterations}, converged={self.converged}, residuals="
@@ -267,15 +281,11 @@ class EigenExtremes:
 
 
 def _ritz_ends(alphas: list[float], betas: list[float], beta: float):
-    """The smallest and the largest Ritz value of the Lanczos tridiagonal (``alphas`` on its
-    diagonal, ``betas`` beside it) and their residual bounds (``beta``, the next
-    off-diagonal, times the last entry of each one's eigenvector); None where LAPACK cannot
-    diagonalise it."""
-    tridiagonal = (torch.diag(torch.tensor(alphas, dtype=torch.float64))
-                   + torch.diag(torch.tensor(betas, dtype=torch.float64), 1)
-                   + torch.diag(torch.tensor(betas, dtype=torch.float64), -1))
+    """The smallest and the largest Ritz value of the Lanczos :func:`tridiagonal` and their
+    residual bounds (``beta``, the next off-diagonal, times the last entry of each one's
+    eigenvector); None where LAPACK cannot diagonalise it."""
     try:
-        ritz, vectors = torch.linalg.eigh(tridiagonal)
+        ritz, vectors = torch.linalg.eigh(tridiagonal(alphas, betas))
     except torch.linalg.LinAlgError:
         return None
     return ((float(ritz[0]), float(ritz[-1])),
@@ -295,18 +305,12 @@ def extreme_eigenvalues(operator: Callable, params: Sequence[torch.Tensor], iter
     that tolerance of their value now; when the basis spans an invariant subspace (exact);
     or after ``iters`` steps (an end that did not pass is flagged). Keeps ``iters`` vectors.
     """
-    shapes = [p.shape for p in params]
-    sizes = [p.numel() for p in params]
+    apply, size = flat_operator(operator, params)
     like = params[0]
-
-    def apply(flat: torch.Tensor) -> torch.Tensor:
-        product = operator([t.view(shape) for t, shape in zip(flat.split(sizes), shapes)])
-        return torch.cat([h.reshape(-1) for h in product])
-
     generator = torch.Generator().manual_seed(seed)
-    check_basis_fits(iters, sum(sizes), like)
-    start = torch.randn(sum(sizes), generator=generator, dtype=torch.float64)
-    basis = torch.zeros(iters, sum(sizes), dtype=like.dtype, device=like.device)
+    check_basis_fits(iters, size, like)
+    start = torch.randn(size, generator=generator, dtype=torch.float64)
+    basis = torch.zeros(iters, size, dtype=like.dtype, device=like.device)
     basis[0] = (start / start.norm()).to(basis)
     alphas, betas = [], []  # the tridiagonal's diagonal and off-diagonal
     ends = (math.nan, math.nan)

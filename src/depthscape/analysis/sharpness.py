@@ -21,7 +21,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from depthscape.analysis.broadening import BULK_RULE
 from depthscape.analysis.curves import display_name
+from depthscape.analysis.density import SpectralDensity, spectral_density
 from depthscape.analysis.hessian import (  # noqa: F401  (re-exported: sharpness's tools)
     STOP_RULE,
     EigenExtremes,
@@ -31,6 +33,7 @@ from depthscape.analysis.hessian import (  # noqa: F401  (re-exported: sharpness
     hessian_extremes,
     hessian_trace,
 )
+from depthscape.analysis.lanczos import run_seed
 from depthscape.analysis.measures import all_measures
 from depthscape.analysis.sharpness_cache import cache_key as _cache_key
 from depthscape.analysis.sharpness_cache import cached_result as _cached
@@ -51,7 +54,6 @@ from depthscape.analysis.sharpness_table import (  # noqa: F401  (re-exported)
     unconverged_details,
     unconverged_note,
 )
-from depthscape.analysis.spectrum import SpectralDensity, run_seed, spectral_density
 from depthscape.analysis.spectrum_plots import plot_densities
 from depthscape.analysis.tables import model_sort_key
 from depthscape.core.atomic import atomic_write_text
@@ -187,7 +189,9 @@ def _density_settings(config: SharpnessConfig, density: DensityConfig) -> dict:
     return {"split": config.split, "subset": config.subset, "batch_size": config.batch_size,
             "seed": config.seed, "precision": config.precision, **asdict(density),
             # the outer nodes' flags: densities stored before them are measured again
-            "power_tol": config.power_tol, "stop_rule": STOP_RULE}
+            "power_tol": config.power_tol, "stop_rule": STOP_RULE,
+            # the bulk's broadening names its rule (the span's: as before)
+            **({"broadening": BULK_RULE} if density.width is None else {})}
 
 
 def _density_of(load: Callable[[], Subject], config, density, key, precision, device, dist,
@@ -207,7 +211,7 @@ def _density_of(load: Callable[[], Subject], config, density, key, precision, de
     result.settings["subset_size"] = len(subset)
     if output is not None and dist.is_main:
         output = Path(output)
-        atomic_write_text(output, json.dumps({"key": key, "result": asdict(result)}) + "\n")
+        atomic_write_text(output, json.dumps({"key": key, "result": result.to_dict()}) + "\n")
         atomic_write_text(output.with_suffix(".csv"), result.to_csv())
         if result.density:
             plot_densities([(label or output.stem, result)], output.with_suffix(".png"),
@@ -220,12 +224,16 @@ def measure_density(checkpoint: str | os.PathLike,
                     density: DensityConfig = DensityConfig(), dataset=None,  # noqa: B008
                     output: str | os.PathLike | None = None, data_source: dict | None = None,
                     datasets: dict | None = None, label: str | None = None):
-    """The Hessian's eigenvalue density (:func:`~depthscape.analysis.spectrum.
+    """The Hessian's eigenvalue density (:func:`~depthscape.analysis.density.
     spectral_density`) at a final checkpoint, on ``config``'s data subset (the first draw's).
 
-    With ``output`` (a ``.json`` path) the density is stored there with every setting, and
-    beside it as ``.csv`` (eigenvalue, density) and ``.png`` (log density axis); the JSON is
-    reused while the checkpoint and settings are unchanged. Returns a SpectralDensity.
+    ``density.width`` None broadens by the bulk of the nodes (the rule's name,
+    :data:`~depthscape.analysis.broadening.BULK_RULE`, is in the cache key, so densities of
+    another rule are measured again); a width, by that fraction of the nodes' span.
+    With ``output`` (a ``.json`` path) the density is stored there with every setting and
+    its summary (bulk, outliers, negative mass), and beside it as ``.csv`` (eigenvalue,
+    density) and ``.png`` (log density axis, and the bulk); the JSON is reused while the
+    checkpoint and settings are unchanged. Returns a SpectralDensity.
     Under torchrun the products are split over the ranks as :func:`measure_sharpness`'s
     are; rank 0 alone writes.
     """

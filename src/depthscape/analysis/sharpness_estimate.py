@@ -69,7 +69,9 @@ class DensityConfig:
 
     runs: int = 3  # Lanczos runs from independent random starts
     steps: int = 80  # Lanczos steps per run
-    width: float = 0.005  # Gaussian standard deviation / span of the Ritz values
+    # Gaussian standard deviation: None, from the bulk of the nodes (analysis/broadening.py);
+    # a number, that fraction of the Ritz values' span (the rule before the bulk's)
+    width: float | None = None
     points: int = 1000  # grid points
 
 

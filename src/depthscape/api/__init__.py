@@ -5,6 +5,7 @@
     surface = ds.loss_surface(model, (inputs, targets), resolution=21)
     surface.plot("contour").savefig("surface.png")
     extremes = ds.hessian_extremes(model, (inputs, targets))
+    density = ds.hessian_density(model, (inputs, targets))   # .plot(), .moment(k), .to_csv()
 
 Every function runs the engine the command line runs (the same evaluator with its
 verified BatchNorm folding, the same directions, the same HDF5 files and resume, the same
@@ -39,7 +40,16 @@ from depthscape.api._inputs import (  # also the types, for annotations
     SelectOutput,
     select_output,
 )
-from depthscape.api.hessians import EigenExtremes, TraceEstimate, hessian_extremes, hessian_trace
+from depthscape.api.hessians import (
+    EigenExtremes,
+    SpectralDensity,
+    TopEigenvalues,
+    TraceEstimate,
+    hessian_density,
+    hessian_extremes,
+    hessian_top_k,
+    hessian_trace,
+)
 from depthscape.api.runs import load_run, train
 from depthscape.api.surfaces import (
     Surface,

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any, Union
 
@@ -114,6 +115,14 @@ def check_in(name: str, value, lo: float, hi: float) -> float:
             not math.isfinite(value) or not lo <= value <= hi:
         raise UserError(f"{name} must be a finite number in [{lo:g}, {hi:g}], got {value!r}")
     return float(value)
+
+
+def check_count(name: str, value, lo: int, hi: int) -> int:
+    """``value`` if it is a whole number in ``[lo, hi]``; else one line naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or \
+            not lo <= value <= hi:
+        raise UserError(f"{name} must be a whole number in [{lo}, {hi}], got {value!r}")
+    return int(value)
 
 
 def model_name(model: nn.Module) -> str:

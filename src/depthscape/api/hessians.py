@@ -1,18 +1,32 @@
-"""The Hessian of any model's loss: its extreme eigenvalues and its trace (the CLI's
-``depthscape sharpness``)."""
+"""The Hessian of any model's loss: its extreme eigenvalues, its top-k, its trace and its
+whole eigenvalue density (the CLI's ``depthscape sharpness``, ``--top-k`` and ``--density``)."""
 
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from depthscape.analysis import hessian as _hessian
-from depthscape.analysis.hessian import EigenExtremes
-from depthscape.api._inputs import Data, LossFn, check_in, check_model, collect
+from depthscape.analysis.density import SpectralDensity, spectral_density
+from depthscape.analysis.hessian import UNCONVERGED_MARK, EigenExtremes, hold_steps
+from depthscape.analysis.spectrum import TopEigenvalues, top_eigenvalues
+from depthscape.analysis.stats import CONFIDENCE, student_t_quantile
+from depthscape.api._inputs import (
+    Data,
+    LossFn,
+    check_count,
+    check_in,
+    check_model,
+    collect,
+    loss_name,
+    model_name,
+)
 from depthscape.core.device import get_device
+from depthscape.core.errors import UserError
 from depthscape.core.plugins import copy_model
 from depthscape.core.runtime import resolve_precision
 
@@ -24,6 +38,25 @@ class TraceEstimate(NamedTuple):
     stderr: float  # the standard error of the mean over the probes
     samples: int  # probes (Hessian-vector products) used
     converged: bool  # the standard error fell under tol * |trace|
+
+    @property
+    def ci(self) -> float:
+        """The half-width of the trace's two-sided 95 % Student-t interval over the probes,
+        ``t(0.975, samples - 1) * stderr`` (nan for one probe)."""
+        if self.samples < 2 or not math.isfinite(self.stderr):
+            return math.nan
+        return student_t_quantile(0.5 + CONFIDENCE / 2, self.samples - 1) * self.stderr
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        """``(trace - ci, trace + ci)``: the 95 % Student-t interval of the trace."""
+        return self.trace - self.ci, self.trace + self.ci
+
+    def __repr__(self) -> str:
+        mark = "" if self.converged else UNCONVERGED_MARK
+        return (f"TraceEstimate(trace={self.trace:.6g}{mark} ± {self.ci:.2g} (95 %), "
+                f"stderr={self.stderr:.3g}, samples={self.samples}, "
+                f"converged={self.converged})")
 
 
 @contextlib.contextmanager
@@ -42,8 +75,10 @@ def _operator(model: nn.Module, data: Data, loss: LossFn | None, batch_size: int
             value = loss(outputs, y)
             return value.sum() if value.dim() else value * len(y)
     # the operator sets the TF32 switches as the precision says around each product
-    yield _hessian.HessianOperator(network, inputs.to(device), targets.to(device),
-                                   batch_size, summed, precision)
+    operator = _hessian.HessianOperator(network, inputs.to(device), targets.to(device),
+                                        batch_size, summed, precision)
+    operator.check_curved()  # no second derivative: one line, before any product
+    yield operator
 
 
 def hessian_extremes(model: nn.Module, data: Data, *, loss: LossFn | None = None,
@@ -82,14 +117,88 @@ def hessian_trace(model: nn.Module, data: Data, *, loss: LossFn | None = None,
     The mean of ``v^T H v`` over up to ``samples`` Rademacher probes ``v``, stopping once at
     least ``min_samples`` give a standard error under ``tol * |trace|``. The model is
     treated as in :func:`hessian_extremes`. Returns a :class:`TraceEstimate`
-    ``(trace, stderr, samples, converged)``.
+    ``(trace, stderr, samples, converged)``, with ``.ci`` and ``.interval``: the trace's
+    95 % Student-t interval over the probes (independent, so the interval is exact for
+    Gaussian values and close for many probes).
 
     Example::
 
         >>> estimate = ds.hessian_trace(model, data, samples=100)
-        >>> estimate.trace, estimate.stderr
+        >>> estimate.trace, estimate.stderr, estimate.interval
     """
     tol = check_in("tol", tol, 0.0, 1e3)  # --trace-tol's range (and 0: every probe), before work
     with _operator(model, data, loss, batch_size, device, precision) as operator:
         return TraceEstimate(*_hessian.hessian_trace(operator, operator.params, samples, tol,
                                                      min_samples, seed))
+
+
+def hessian_top_k(model: nn.Module, data: Data, k: int, *, loss: LossFn | None = None,
+                  iters: int | None = None, tol: float = 1e-3, seed: int = 0,
+                  batch_size: int = 500, device: str | torch.device | None = None,
+                  precision: str = "fp32") -> TopEigenvalues:
+    """The ``k`` largest eigenvalues of the Hessian of the mean loss on ``data``.
+
+    The ``k`` largest Ritz values of one Lanczos run (the CLI's ``--top-k``), stopped once
+    each passes :func:`depthscape.analysis.hessian.ritz_converged` (its residual bound under
+    ``tol`` times its own magnitude) and held its place 10 steps, or after ``iters`` steps
+    (default ``max(50, 2 k + 20)``): at most ``iters`` products. The model is treated as in
+    :func:`hessian_extremes`. Returns a :class:`~depthscape.analysis.spectrum.TopEigenvalues`:
+    ``.values`` (descending), ``.converged`` and ``.residuals`` per value (a converged value
+    lies within its residual of an eigenvalue), ``.iterations`` (the steps),
+    ``.all_converged``; its ``repr`` marks each value that did not converge with a dagger.
+
+    Example::
+
+        >>> top = ds.hessian_top_k(model, data, 5)
+        >>> top.values, top.converged
+    """
+    k = check_count("k", k, 1, 10**4)  # --top-k's range, before work
+    iters = max(50, 2 * k + 2 * hold_steps(k)) if iters is None else check_count(
+        "iters", iters, 1, 10**6)
+    if k > iters:  # the top-k are Ritz values of that one run
+        raise UserError(f"k = {k} needs at least {k} Lanczos steps: iters is {iters}")
+    tol = check_in("tol", tol, 0.0, 1.0)
+    with _operator(model, data, loss, batch_size, device, precision) as operator:
+        if k > operator.num_parameters:
+            raise UserError(f"k = {k} is more eigenvalues than the Hessian has: the model has "
+                            f"{operator.num_parameters} trainable parameters")
+        return top_eigenvalues(operator, operator.params, k, iters, tol, seed)
+
+
+def hessian_density(model: nn.Module, data: Data, *, loss: LossFn | None = None,
+                    runs: int = 3, steps: int = 80, width: float | None = None,
+                    points: int = 1000, tol: float = 1e-3, seed: int = 0,
+                    batch_size: int = 500, device: str | torch.device | None = None,
+                    precision: str = "fp32") -> SpectralDensity:
+    """The eigenvalue density of the Hessian of the mean loss on ``data`` (SLQ).
+
+    Stochastic Lanczos quadrature (the CLI's ``--density``): ``runs`` Lanczos runs of
+    ``steps`` steps from independent random starts, Gaussian-broadened by a width the bulk
+    of the nodes sets (``width`` None; docs/spectrum.md) or ``width`` times their span (an
+    explicit ``width``, the older rule), on ``points`` grid points. Each run's outer nodes
+    are judged at ``tol``. The model is treated as in :func:`hessian_extremes`. Cost:
+    ``runs * steps`` products. Returns a
+    :class:`~depthscape.analysis.density.SpectralDensity`: ``.plot(path=None)`` (a Figure,
+    or the file written), ``.moment(k)`` (``tr(H^k) / n`` with its 95 % interval over the
+    runs), ``.negative_mass()`` (the share of eigenvalues below ``-0.01 |lambda|_max``,
+    with its interval), ``.outliers()``, ``.bulk()``, ``.to_csv()``, ``.to_json()``.
+
+    Example::
+
+        >>> density = ds.hessian_density(model, data, runs=3, steps=40)
+        >>> density.moment(1), density.negative_mass()
+        >>> density.plot("density.png")
+    """
+    runs = check_count("runs", runs, 1, 10**4)  # --density-runs' range, and so on
+    steps = check_count("steps", steps, 1, 10**5)
+    points = check_count("points", points, 2, 10**6)
+    if width is not None:
+        width = check_in("width", width, 1e-3, 1.0)
+    tol = check_in("tol", tol, 0.0, 1.0)
+    with _operator(model, data, loss, batch_size, device, precision) as operator:
+        density = spectral_density(operator, operator.params, runs, steps, width, points,
+                                   seed=seed, tol=tol)
+        density.settings.update({"model": model_name(model), "loss": loss_name(loss),
+                                 "samples": operator.total, "batch_size": batch_size,
+                                 "precision": operator.precision.name})
+        return density

@@ -72,9 +72,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                "Hessian-vector products)")
     # below 1e-3 each Gaussian is narrower than a step of the default 1000-point grid, so
     # the grid misses its peaks (1e-300 integrated to 1.9e295)
-    spectrum.add_argument("--density-width", type=float_in(1e-3, 1.0), default=0.005,
-                          help="Gaussian broadening: standard deviation / span of the Ritz "
-                               "values, 0.001 to 1 (default 0.005)")
+    spectrum.add_argument("--density-width", type=float_in(1e-3, 1.0), default=None,
+                          help="Gaussian broadening as a fraction of the Ritz values' span, "
+                               "0.001 to 1 (default: set from the bulk of the nodes, "
+                               "docs/spectrum.md)")
     spectrum.add_argument("--density-points", type=int_in(2, 10**6), default=1000,
                           help="eigenvalue grid points (default 1000)")
     parser.add_argument("--seed", type=seed_int, default=0, help="seed of the subset and probes")

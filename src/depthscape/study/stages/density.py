@@ -20,9 +20,11 @@ class DensityStage(Stage):
     order = 80
     report_order = 70
     # runs x steps Hessian-vector products on the sharpness subset (0 runs: none); quick
-    # sized from the sharpness stage's measured cost (docs/study.md): about 2.5 min
-    budgets = {"paper": DensityConfig(runs=3, steps=80), "quick": DensityConfig(runs=2, steps=8),
-               "smoke": DensityConfig(runs=2, steps=3)}
+    # sized from the sharpness stage's measured cost (docs/study.md): about 2.5 min; width
+    # None: the Gaussian broadening from the bulk of the nodes (docs/spectrum.md)
+    budgets = {"paper": DensityConfig(runs=3, steps=80, width=None),
+               "quick": DensityConfig(runs=2, steps=8, width=None),
+               "smoke": DensityConfig(runs=2, steps=3, width=None)}
     numbers = {"density_runs": "runs", "density_steps": "steps"}
     skip_help = "skip the Hessian's eigenvalue density (SLQ)"
     folders = ("plots/density",)
@@ -70,7 +72,9 @@ class DensityStage(Stage):
             f"Stochastic Lanczos quadrature (Ghorbani et al. 2019): {density.runs} "
             f"Lanczos run(s) of {density.steps} steps from random starts on the "
             f"Hessian of the training loss on {budget.sharpness.subset} training images "
-            "(BatchNorm in eval mode), Gaussian-broadened, on a log density axis; seed 0. "
+            "(BatchNorm in eval mode), Gaussian-broadened by a width the bulk of the nodes "
+            "sets, on a log density axis (right panel: the bulk alone, with the share of "
+            "eigenvalues below -0.01 |lambda|max and its interval over the runs); seed 0. "
             "Mass far from zero: directions of strong curvature (right: upward, left: the "
             "loss still descends). Few steps resolve the outliers and the bulk's outline, "
             "not the bulk's detail."),
