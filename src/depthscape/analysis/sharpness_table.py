@@ -16,7 +16,10 @@ from dataclasses import dataclass
 from depthscape.analysis.curves import display_name
 from depthscape.analysis.hessian import UNCONVERGED_MARK  # noqa: F401  (a dagger; re-exported)
 from depthscape.analysis.measures import all_measures, measure_of
-from depthscape.analysis.measures.base import mark_unconverged  # noqa: F401  (re-exported)
+from depthscape.analysis.measures.base import (  # noqa: F401  (mark_unconverged re-exported)
+    mark_unconverged,
+    padded_flags,
+)
 from depthscape.analysis.sharpness_estimate import SharpnessResult
 from depthscape.analysis.stats import format_ci
 from depthscape.analysis.tables import Table, mean_std, model_sort_key
@@ -171,7 +174,7 @@ class _Group:
 
     def flags(self, quantity: str) -> list[bool]:
         """Per value of a list quantity: converged in every seed (False where not recorded)."""
-        flags = [_padded_flags(r[quantity]) for r in self._having(quantity)]
+        flags = [padded_flags(r[quantity]) for r in self._having(quantity)]
         k = max((len(f) for f in flags), default=0)
         return [all(f[i] for f in flags if len(f) > i) for i in range(k)]
 
@@ -206,11 +209,6 @@ class _Group:
                                                   self.draws), ok)
                 for i, (m, ok) in enumerate(zip(self._list_mean_std(quantity),
                                                 self.flags(quantity)))]
-
-
-def _padded_flags(estimate) -> list[bool]:
-    values, flags = estimate.value or [], estimate.converged or []
-    return [i < len(flags) and bool(flags[i]) for i in range(len(values))]
 
 
 def _unconverged_entries(name: str, runs: list[tuple[object, SharpnessResult]]) -> list:

@@ -82,6 +82,12 @@ def mark_unconverged(text: str, converged: bool) -> str:
     return text if converged else f"{text}{UNCONVERGED_MARK}"
 
 
+def padded_flags(estimate: Estimate) -> list[bool]:
+    """Per value of a list quantity: converged (False where its flag was not recorded)."""
+    values, flags = estimate.value or [], estimate.converged or []
+    return [i < len(flags) and bool(flags[i]) for i in range(len(values))]
+
+
 def finite_or_none(value):
     """``value`` where it is a finite number, else None (what a footnote can show)."""
     return value if value is not None and math.isfinite(value) else None

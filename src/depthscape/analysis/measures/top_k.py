@@ -10,7 +10,13 @@ consistent set, and the top-k add no products where their values converge as fas
 from __future__ import annotations
 
 from depthscape.analysis.hessian import UNCONVERGED_MARK
-from depthscape.analysis.measures.base import Draw, Estimate, Measure, finite_or_none
+from depthscape.analysis.measures.base import (
+    Draw,
+    Estimate,
+    Measure,
+    finite_or_none,
+    padded_flags,
+)
 from depthscape.core.argtypes import int_in
 from depthscape.core.errors import UserError
 
@@ -121,12 +127,8 @@ class TopK(Measure):
 
 
 def _flags(result) -> list[bool]:
-    """Per top-k value: converged (False where not recorded)."""
-    if "top" not in result:
-        return []
-    e = result["top"]
-    values, flags = e.value or [], e.converged or []
-    return [i < len(flags) and bool(flags[i]) for i in range(len(values))]
+    """Per top-k value: converged (False where not recorded; none without a top-k)."""
+    return padded_flags(result["top"]) if "top" in result else []
 
 
 MEASURE = TopK()
