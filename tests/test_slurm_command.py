@@ -15,6 +15,7 @@ The tests after the Slurm ones need no cluster.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -178,6 +179,37 @@ def test_a_failing_job_is_reported_with_its_log_and_error(world, monkeypatch, ca
     assert code == 2  # the command's own exit status
     assert line.startswith(f"depthscape: error: Slurm job {job} failed (log {log_dir / job}")
     assert "junk.pth is not a readable checkpoint" in line
+
+
+@pytest.mark.slurm
+@needs_slurm
+def test_sharpness_through_slurm_measures_what_one_process_measures(world, monkeypatch, capsys):
+    from _study_tools import write_fake_run
+
+    write_fake_run(world.root / "sharp", "resnet8", dataset="data")
+    options = ["--run-dir", str(world.root / "sharp"), "--dataset", str(world.data),
+               "--cache-dir", str(world.cache), "--subset", "11", "--batch-size", "4",
+               "--power-iters", "5", "--power-tol", "1e-6", "--trace-samples", "3",
+               "--trace-tol", "1e-9", "--top-k", "2", "--no-progress"]
+    with torch_threads(1):
+        assert main(["sharpness", *options, "--out", str(world.root / "sharp-one")]) == 0
+    monkeypatch.setenv("DEPTHSCAPE_SLURM_POLL_S", "0.3")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    log_dir = world.root / "logs-sharpness"
+    code = main(["sharpness", *options, "--out", str(world.root / "sharp-two"), *ON_SLURM,
+                 "--slurm-log-dir", str(log_dir)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    (job,) = _job_ids(log_dir)
+    assert f"job {job}: depthscape sharpness" in err and "1 node(s) x 2 task(s)" in err
+    one, two = (json.loads((world.root / side / "resnet8_data.json").read_text())["result"]
+                for side in ("sharp-one", "sharp-two"))
+    assert two["subset_size"] == one["subset_size"] == 11
+    for key in ("largest_eigenvalue", "smallest_eigenvalue", "trace", "top_eigenvalues"):
+        # the ranks' all-reduced products differ from one process's only in rounding
+        # (tests/test_hessian_distributed.py: measured <= 2.5e-7 relative)
+        assert np.allclose(two[key], one[key], rtol=1e-4, atol=1e-7), key
+    assert two["eigen_steps"] == one["eigen_steps"]
 
 
 # ---- bad input: one line, before anything is submitted ------------------------------------

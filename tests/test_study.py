@@ -71,6 +71,11 @@ def test_smoke_study_writes_every_artifact(smoke):
         assert (out / "flatness" / f"{run.paths.run_name}.flatness.png").exists()
     assert (out / "flatness" / "flatness.md").exists() and result.flatness_figure.exists()
     assert {"density", "flatness"} <= set(result.timings)
+    # issue 33: where in depth, the pair's gradient flow drawn and compared in the report
+    (flow,) = result.gradient_flow
+    assert flow.depth == 8 and flow.png.exists() and len(flow.rows[0]) == len(flow.rows[1])
+    report = result.report_md.read_text()
+    assert "## Where in depth: gradient flow" in report and "PlainNet / ResNet (early)" in report
 
 
 def test_report_markdown_links_existing_files(smoke):
