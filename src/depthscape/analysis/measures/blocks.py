@@ -50,13 +50,16 @@ class Blocks(Measure):
         partition(model, config.blocks)  # an unknown name, one block, ...: one line
 
     def add_arguments(self, parser) -> None:
-        parser.add_argument("--blocks", type=blocks_argument, default="", metavar="BY",
+        parser.add_argument("--blocks", type=blocks_argument, default=None, metavar="BY",
                             help="also per-block Hessians: layer (each parameterised layer), "
                                  "stage (stem, layer1..layer3, head) or comma-separated layer "
                                  "or stage names: each block's trace (the trace's own probes) "
                                  "and largest eigenvalue (Lanczos on its diagonal block, at "
                                  "most --power-iters steps each), in <run>.blocks.json/.csv; "
                                  "with --density also each block's density")
+
+    def config_values(self, args) -> dict:
+        return {"blocks": getattr(args, "blocks", None) or ""}
 
     def estimate(self, draw: Draw) -> dict[str, Estimate]:
         config, operator = draw.config, draw.operator
