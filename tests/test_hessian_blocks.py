@@ -196,3 +196,37 @@ def test_the_api_returns_the_block_rows(setup):
     assert ends.whole.largest >= max(r.lambda_max for r in ends.rows) - 1e-9
     with pytest.raises(UserError, match="no layer or stage"):
         ds.hessian_trace(model, data, blocks="stage9")
+
+
+def test_blocks_under_torchrun_match_one_process(tmp_path, tiny_data, cache_dir):
+    """The block products are the data-parallel ones: two ranks give one process's rows
+    (to float32 rounding, as tests/test_hessian_distributed.py's measures), with two draws
+    combined and the stages' densities written beside the density."""
+    from _study_tools import write_fake_run
+    from test_hessian_distributed import _env, _torchrun
+
+    from depthscape.cli import main
+    from depthscape.core.data import load_dataset
+
+    write_fake_run(tmp_path, "resnet8", dataset="tinydata0")
+    load_dataset(str(tiny_data), cache_dir=cache_dir)
+    options = ["--run-dir", str(tmp_path), "--dataset", str(tiny_data), "--cache-dir",
+               str(cache_dir), "--subset", "11", "--batch-size", "4", "--power-iters", "4",
+               "--trace-samples", "3", "--blocks", "stage", "--draws", "2", "--density",
+               "--density-runs", "1", "--density-steps", "3", "--density-points", "20",
+               "--no-progress"]
+    assert main(["sharpness", *options, "--out", str(tmp_path / "one")]) == 0
+    done = _torchrun(["-m", "depthscape", "sharpness", *options, "--out",
+                      str(tmp_path / "two")], _env(cache_dir))
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = ({row["block"]: row for row in json.loads(
+        (tmp_path / side / "resnet8_tinydata0.blocks.json").read_text())["rows"]}
+        for side in ("one", "two"))
+    assert list(one) == ["stem", "layer1", "layer2", "layer3", "head"] and list(two) == list(one)
+    for name in one:
+        for key in ("trace", "lambda_max"):
+            assert two[name][key] == pytest.approx(one[name][key], rel=1e-4, abs=1e-7)
+    for side in ("one", "two"):
+        stages = json.loads((tmp_path / side / "resnet8_tinydata0.stages.density.json")
+                            .read_text())
+        assert list(stages) == list(one) and all(d["nodes"] for d in stages.values())
