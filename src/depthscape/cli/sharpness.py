@@ -39,7 +39,8 @@ from depthscape.core.runtime import PRECISIONS
 
 NAME = "sharpness"
 HELP = ("measure the Hessian's largest and smallest eigenvalue (Lanczos) and trace "
-        "(Hutchinson) per run, optionally its top-k, its eigenvalue density and error bars")
+        "(Hutchinson) per run, optionally its top-k, its eigenvalue density, error bars and "
+        "per-block (layer or stage) traces and eigenvalues")
 ORDER = 45
 
 
