@@ -143,7 +143,8 @@ def with_a_new_measure(tmp_path, monkeypatch):
 
 
 def test_a_new_measure_is_one_module(with_a_new_measure):
-    assert [m.name for m in all_measures()] == ["extremes", "trace", "products", "top_k"]
+    assert [m.name for m in all_measures()] == ["extremes", "trace", "products", "top_k",
+                                            "blocks"]
     # its option in the command (the parser asks the registry)
     parser = build_parser("sharpness")
     assert parser.parse_args(["sharpness", "--products-shown"]).products_shown

@@ -22,6 +22,7 @@ __version__ = "0.1.0"
 
 #: The public API, re-exported from :mod:`depthscape.api` on first access.
 __all__ = [
+    "BlockHessian",
     "EigenExtremes",
     "SpectralDensity",
     "Surface",
@@ -43,6 +44,7 @@ __all__ = [
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and editors
     from depthscape.api import (
+        BlockHessian,
         EigenExtremes,
         SpectralDensity,
         Surface,

@@ -23,6 +23,7 @@ from torch import nn
 
 from depthscape.analysis.hessian_products import fast_layers
 from depthscape.analysis.lanczos import flat_operator, tridiagonal
+from depthscape.analysis.stats import mean_stderr
 from depthscape.core.errors import UserError
 from depthscape.core.limits import check_basis_fits
 from depthscape.core.runtime import Precision, precision_named
@@ -376,23 +377,24 @@ def hessian_extremes(model: nn.Module, inputs: torch.Tensor, labels: torch.Tenso
 
 
 def hessian_trace(operator: Callable, params: Sequence[torch.Tensor], samples: int = 50,
-                  tol: float = 1e-2, min_samples: int = 5,
-                  seed: int = 0) -> tuple[float, float, int, bool]:
+                  tol: float = 1e-2, min_samples: int = 5, seed: int = 0,
+                  parts: list | None = None) -> tuple[float, float, int, bool]:
     """Hutchinson's estimate of the trace: the mean of ``v^T H v`` over Rademacher ``v``.
 
-    Returns (trace, standard error of the mean, probes used, converged). Stops early once
-    at least ``min_samples`` probes give a standard error under ``tol * |trace|``.
-    """
+    Returns (trace, its standard error, probes used, converged): stops once ``min_samples``
+    or more probes give a standard error under ``tol * |trace|``. ``parts`` (a list) gets
+    each probe's ``v_p . (H v)_p`` per tensor of ``params`` (block traces, same probes)."""
     generator = torch.Generator().manual_seed(seed + 7919)
     values: list[float] = []
     for _ in range(samples):
         probe = [(torch.randint(0, 2, p.shape, generator=generator) * 2 - 1).to(p)
                  for p in params]
-        values.append(_dot(probe, operator(probe)))
-        n = len(values)
-        mean = sum(values) / n
-        stderr = (math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
-                  if n > 1 else math.inf)
-        if n >= max(2, min_samples) and stderr <= tol * abs(mean):
-            return mean, stderr, n, True
+        dots = torch.stack([(x.double() * y.double()).sum()
+                            for x, y in zip(probe, operator(probe))]).tolist()
+        if parts is not None:
+            parts.append(dots)
+        values.append(sum(dots))
+        mean, stderr = mean_stderr(values)
+        if len(values) >= max(2, min_samples) and stderr <= tol * abs(mean):
+            return mean, stderr, len(values), True
     return mean, stderr, len(values), False

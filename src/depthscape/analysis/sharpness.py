@@ -21,6 +21,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from depthscape.analysis.blocks import block_densities, partition
 from depthscape.analysis.broadening import BULK_RULE
 from depthscape.analysis.curves import display_name
 from depthscape.analysis.density import SpectralDensity, spectral_density
@@ -191,13 +192,16 @@ def _density_settings(config: SharpnessConfig, density: DensityConfig) -> dict:
             # the outer nodes' flags: densities stored before them are measured again
             "power_tol": config.power_tol, "stop_rule": STOP_RULE,
             # the bulk's broadening names its rule (the span's: as before)
-            **({"broadening": BULK_RULE} if density.width is None else {})}
+            **({"broadening": BULK_RULE} if density.width is None else {}),
+            # the stages' densities come with it (stored before them: without)
+            **({"stage_densities": True} if config.blocks else {})}
 
 
 def _density_of(load: Callable[[], Subject], config, density, key, precision, device, dist,
                 output, label):
     """The density of the Subject ``load()`` makes (see :func:`measure_density`)."""
     subject, split = _subject_split(load, config.split, dist)
+    stages = partition(subject.model, "stage") if config.blocks else None  # before any product
     subset = split.subset(config.subset, seed=config.seed)
     operator = HessianOperator(subject.model,
                                subject.preprocess.normalize(subset.images.to(device)),
@@ -206,6 +210,12 @@ def _density_of(load: Callable[[], Subject], config, density, key, precision, de
     result = spectral_density(operator, operator.params, density.runs, density.steps,
                               density.width, density.points, seed=config.seed,
                               tol=config.power_tol)
+    if stages is not None:  # --blocks: each stage's density too, SLQ on its H_bb
+        per_stage = block_densities(operator, stages, density.runs, density.steps,
+                                    density.width, density.points, config.seed,
+                                    config.power_tol)
+        if output is not None and dist.is_main:
+            _write_stage_densities(per_stage, Path(output), label)
     result.settings.update({k: v for k, v in key["settings"].items()
                             if k not in result.settings})
     result.settings["subset_size"] = len(subset)
@@ -217,6 +227,23 @@ def _density_of(load: Callable[[], Subject], config, density, key, precision, de
             plot_densities([(label or output.stem, result)], output.with_suffix(".png"),
                            title=f"Hessian eigenvalue density: {label or output.stem}")
     return result
+
+
+def stage_density_paths(output: Path) -> list[Path]:
+    """Where :func:`measure_density` with ``--blocks`` puts the stages' densities: one
+    JSON (stage -> density) and one figure, beside ``output`` (``<run>.density.json``)."""
+    stem = output.name.removesuffix(".density.json")
+    return [output.with_name(f"{stem}.stages.density.{s}") for s in ("json", "png")]
+
+
+def _write_stage_densities(per_stage: dict, output: Path, label: str | None) -> None:
+    json_path, png_path = stage_density_paths(output)
+    atomic_write_text(json_path, json.dumps({k: d.to_dict() for k, d in per_stage.items()})
+                      + "\n")
+    drawn = [(stage, d) for stage, d in per_stage.items() if d.density]
+    if drawn:
+        plot_densities(drawn, png_path, title="Hessian eigenvalue density per stage (H_bb): "
+                                              f"{label or output.stem}")
 
 
 def measure_density(checkpoint: str | os.PathLike,

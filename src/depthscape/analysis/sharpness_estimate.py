@@ -164,7 +164,8 @@ def check_sharpness_fits(config, model: nn.Module,
                          device: torch.device | str | None = None) -> None:
     """One line, before any work, where ``config`` cannot run on ``model``: no trainable
     parameters, a measure's settings it cannot run (more top-k eigenvalues than the
-    Hessian has, ...), or a Lanczos basis (``power_iters`` x parameters) larger than memory."""
+    Hessian has, a block the model does not have, ...), or a Lanczos basis (``power_iters``
+    x parameters) larger than memory."""
     params = [p for p in model.parameters() if p.requires_grad]
     size = sum(p.numel() for p in params)
     if not size:
@@ -172,6 +173,7 @@ def check_sharpness_fits(config, model: nn.Module,
                         "Hessian is taken with respect to them")
     for measure in active_measures(config):
         measure.check(config, size)
+        measure.check_model(config, model)
     check_basis_fits(config.power_iters, size, params[0], device)
 
 

@@ -96,6 +96,15 @@ def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE
     return mean, student_t_quantile(0.5 + confidence / 2.0, n - 1) * std / math.sqrt(n), n
 
 
+def mean_stderr(values: Sequence[float]) -> tuple[float, float]:
+    """The mean of ``values`` and its standard error, ``s / sqrt(n)`` (inf for one value):
+    Hutchinson's trace and every block trace over the same probes."""
+    n = len(values)
+    mean = sum(values) / n
+    return mean, (math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
+                  if n > 1 else math.inf)
+
+
 def format_ci(mean: float, half: float, n: int, digits: int = 4) -> str:
     """``12.3 ± 0.4`` (``n`` > 1), ``12.3`` (one draw), ``-`` (none)."""
     if n == 0 or not math.isfinite(mean):

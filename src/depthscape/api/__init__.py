@@ -41,6 +41,7 @@ from depthscape.api._inputs import (  # also the types, for annotations
     select_output,
 )
 from depthscape.api.hessians import (
+    BlockHessian,
     EigenExtremes,
     SpectralDensity,
     TopEigenvalues,

@@ -1,16 +1,19 @@
 """The Hessian of any model's loss: its extreme eigenvalues, its top-k, its trace and its
-whole eigenvalue density (the CLI's ``depthscape sharpness``, ``--top-k`` and ``--density``)."""
+whole eigenvalue density (the CLI's ``depthscape sharpness``, ``--top-k`` and ``--density``),
+and per block (``--blocks``: :class:`~depthscape.analysis.blocks.BlockHessian`)."""
 
 from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from depthscape.analysis import hessian as _hessian
+from depthscape.analysis.blocks import BlockHessian, block_hessian, by_name, partition
 from depthscape.analysis.density import SpectralDensity, spectral_density
 from depthscape.analysis.hessian import UNCONVERGED_MARK, EigenExtremes, hold_steps
 from depthscape.analysis.spectrum import TopEigenvalues, top_eigenvalues
@@ -29,6 +32,9 @@ from depthscape.core.device import get_device
 from depthscape.core.errors import UserError
 from depthscape.core.plugins import copy_model
 from depthscape.core.runtime import resolve_precision
+
+#: What ``blocks`` takes: ``"layer"``, ``"stage"`` or layer and stage names (None: off).
+Blocks = str | Sequence[str] | None
 
 
 class TraceEstimate(NamedTuple):
@@ -83,8 +89,8 @@ def _operator(model: nn.Module, data: Data, loss: LossFn | None, batch_size: int
 
 def hessian_extremes(model: nn.Module, data: Data, *, loss: LossFn | None = None,
                      iters: int = 20, tol: float = 1e-3, seed: int = 0, batch_size: int = 500,
-                     device: str | torch.device | None = None, precision: str = "fp32"
-                     ) -> EigenExtremes:
+                     device: str | torch.device | None = None, precision: str = "fp32",
+                     blocks: Blocks = None) -> EigenExtremes | BlockHessian:
     """The largest and the smallest eigenvalue of the Hessian of the mean loss on ``data``.
 
     By the Lanczos method on exact Hessian-vector products (the CLI's ``sharpness``): at
@@ -98,20 +104,32 @@ def hessian_extremes(model: nn.Module, data: Data, *, loss: LossFn | None = None
     to rounding). Returns an :class:`EigenExtremes` (``.largest``, ``.smallest``, ``.ratio``
     = ``|smallest / largest|``, ``.iterations``, ``.converged`` and per-end details).
 
+    With ``blocks`` (``"stage"``, ``"layer"`` or a list of layer or stage names: the CLI's
+    ``--blocks``) it returns a :class:`~depthscape.analysis.blocks.BlockHessian`: the
+    extremes as ``.whole`` and one row per block with the largest eigenvalue of its diagonal
+    block ``H_bb`` (Lanczos, at most ``iters`` more products per block).
+
     Example::
 
         >>> ends = ds.hessian_extremes(model, data, iters=30)
         >>> ends.largest, ends.smallest, ends.converged
+        >>> ds.hessian_extremes(model, data, blocks="stage").rows  # lambda_max per stage
     """
     tol = check_in("tol", tol, 0.0, 1.0)  # --power-tol's range (and 0: every step), before work
+    if blocks is not None:
+        partition(model, blocks)  # an unknown name, one block ...: one line, before work
     with _operator(model, data, loss, batch_size, device, precision) as operator:
-        return _hessian.extreme_eigenvalues(operator, operator.params, iters, tol, seed)
+        ends = _hessian.extreme_eigenvalues(operator, operator.params, iters, tol, seed)
+        if blocks is None:
+            return ends
+        return block_hessian(operator, partition(operator.model, blocks), by_name(blocks),
+                             None, iters, tol, seed, whole=ends)
 
 
 def hessian_trace(model: nn.Module, data: Data, *, loss: LossFn | None = None,
                   samples: int = 50, tol: float = 1e-2, min_samples: int = 5, seed: int = 0,
                   batch_size: int = 500, device: str | torch.device | None = None,
-                  precision: str = "fp32") -> TraceEstimate:
+                  precision: str = "fp32", blocks: Blocks = None) -> TraceEstimate | BlockHessian:
     """Hutchinson's estimate of the trace of the Hessian of the mean loss on ``data``.
 
     The mean of ``v^T H v`` over up to ``samples`` Rademacher probes ``v``, stopping once at
@@ -121,15 +139,28 @@ def hessian_trace(model: nn.Module, data: Data, *, loss: LossFn | None = None,
     95 % Student-t interval over the probes (independent, so the interval is exact for
     Gaussian values and close for many probes).
 
+    With ``blocks`` (as in :func:`hessian_extremes`) it returns a
+    :class:`~depthscape.analysis.blocks.BlockHessian`: the trace as ``.whole`` and each
+    block's trace ``tr(H_bb)`` with its standard error, from the same probes (no product
+    more; the block traces sum to the trace probe by probe).
+
     Example::
 
         >>> estimate = ds.hessian_trace(model, data, samples=100)
         >>> estimate.trace, estimate.stderr, estimate.interval
+        >>> ds.hessian_trace(model, data, blocks="layer").rows  # the layer-wise profile
     """
     tol = check_in("tol", tol, 0.0, 1e3)  # --trace-tol's range (and 0: every probe), before work
+    if blocks is not None:
+        partition(model, blocks)  # as in hessian_extremes: before work
+    parts = None if blocks is None else []
     with _operator(model, data, loss, batch_size, device, precision) as operator:
-        return TraceEstimate(*_hessian.hessian_trace(operator, operator.params, samples, tol,
-                                                     min_samples, seed))
+        whole = TraceEstimate(*_hessian.hessian_trace(operator, operator.params, samples, tol,
+                                                      min_samples, seed, parts))
+        if blocks is None:
+            return whole
+        return block_hessian(operator, partition(operator.model, blocks), by_name(blocks),
+                             parts, whole=whole)
 
 
 def hessian_top_k(model: nn.Module, data: Data, k: int, *, loss: LossFn | None = None,

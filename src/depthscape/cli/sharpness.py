@@ -15,6 +15,7 @@ from depthscape.analysis.sharpness import (
     measure_run_densities,
     measure_runs,
     sharpness_table,
+    stage_density_paths,
     subject_density,
     subject_sharpness,
 )
@@ -38,7 +39,8 @@ from depthscape.core.runtime import PRECISIONS
 
 NAME = "sharpness"
 HELP = ("measure the Hessian's largest and smallest eigenvalue (Lanczos) and trace "
-        "(Hutchinson) per run, optionally its top-k, its eigenvalue density and error bars")
+        "(Hutchinson) per run, optionally its top-k, its eigenvalue density, error bars and "
+        "per-block (layer or stage) traces and eigenvalues")
 ORDER = 45
 
 
@@ -129,12 +131,15 @@ def _measure_runs(args: argparse.Namespace, config, density, out) -> tuple:
                            progress=not args.no_progress)
     table = sharpness_table(results)
     written = list(write_table(table, out, "sharpness")) if is_main_process() else []
+    written += _beside(config, [(out / run.paths.run_name, r) for run, r in results])
     if args.density:
         densities = measure_run_densities(args.run_dir, out, args.models or None, config,
                                           density, data_source=source,
                                           progress=not args.no_progress)
         written += [out / f"{run.paths.run_name}.density.{suffix}"
                     for run, _ in densities for suffix in ("json", "csv")]
+        written += _stage_densities(config, [out / f"{run.paths.run_name}.density.json"
+                                             for run, _ in densities])
         if any(d.density for _, d in densities):
             written.append(out / "density.png")
     return table, written
@@ -149,8 +154,25 @@ def _measure_subject(args: argparse.Namespace, subject, config, density, out) ->
         table = sharpness_table([(SimpleNamespace(model=subject.name, seed=0), result)])
     written = (list(write_table(table, out, f"sharpness_{subject.name}"))
                if is_main_process() else [])
+    written += _beside(config, [(out / subject.name, result)])
     if args.density:
         spectrum = subject_density(subject, config, density, out / f"{subject.name}.density.json")
         written += [out / f"{subject.name}.density.{suffix}" for suffix in
                     ("json", "csv") + (("png",) if spectrum.density else ())]
+        written += _stage_densities(config, [out / f"{subject.name}.density.json"])
     return table, written
+
+
+def _beside(config, results) -> list:
+    """Each measure's own files beside each ``(stem, result)`` (the per-block rows of
+    ``--blocks``: ``<stem>.blocks.json/.csv``), written by rank 0: the paths."""
+    if not is_main_process():
+        return []
+    return [path for stem, result in results for measure in active_measures(config)
+            for path in measure.write_files(result, stem)]
+
+
+def _stage_densities(config, outputs) -> list:
+    """The stages' density files written beside each density (``--blocks``)."""
+    return [path for output in outputs for path in stage_density_paths(output)
+            if config.blocks and path.exists()]

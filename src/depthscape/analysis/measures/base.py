@@ -18,7 +18,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from depthscape.analysis.hessian import UNCONVERGED_MARK, HessianOperator, extreme_eigenvalues
+from depthscape.analysis.hessian import (
+    UNCONVERGED_MARK,
+    HessianOperator,
+    extreme_eigenvalues,
+    hessian_trace,
+)
 from depthscape.analysis.spectrum import extremes_and_top
 from depthscape.analysis.stats import mean_ci
 
@@ -95,13 +100,25 @@ def finite_or_none(value):
 
 class Draw:
     """What one draw's measures share: its Hessian-vector products (``operator``), the
-    settings, the seed of its Lanczos and probe starts, and one Lanczos run that serves
-    the extremes and the top-k (:meth:`lanczos`: the same start, the same products)."""
+    settings, the seed of its Lanczos and probe starts, one Lanczos run that serves the
+    extremes and the top-k (:meth:`lanczos`: the same start, the same products) and one
+    Hutchinson run that serves the trace and the block traces (:meth:`trace`)."""
 
     def __init__(self, operator: HessianOperator, config, seed: int):
         self.operator, self.params, self.config, self.seed = (operator, operator.params,
                                                               config, seed)
-        self._lanczos = None
+        self._lanczos = self._trace = None
+
+    def trace(self):
+        """``((trace, stderr, probes, converged), parts)``: Hutchinson's run
+        (:func:`~depthscape.analysis.hessian.hessian_trace`) and each probe's
+        ``v_p . (H v)_p`` per parameter tensor, from which any block's trace is read."""
+        if self._trace is None:
+            config, parts = self.config, []
+            found = hessian_trace(self.operator, self.params, config.trace_samples,
+                                  config.trace_tol, config.min_trace_samples, self.seed, parts)
+            self._trace = (found, parts)
+        return self._trace
 
     def lanczos(self):
         """``(ends, top)``: the extremes (:class:`~depthscape.analysis.hessian.
@@ -137,6 +154,9 @@ class Measure:
 
     def check(self, config, num_parameters: int) -> None:
         """Refuse (:class:`~depthscape.core.errors.UserError`) settings it cannot run."""
+
+    def check_model(self, config, model) -> None:
+        """Refuse settings it cannot run on ``model`` (one line, before any product)."""
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Its options of ``depthscape sharpness``."""
@@ -181,4 +201,8 @@ class Measure:
         return quantity
 
     def notes(self, layout) -> list[str]:
+        return []
+
+    def write_files(self, result, stem) -> list:
+        """Files of its own beside a result ``<stem>.json`` (atomically); the paths."""
         return []

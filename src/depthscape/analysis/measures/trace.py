@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 
-from depthscape.analysis.hessian import hessian_trace
 from depthscape.analysis.measures.base import Draw, Estimate, Measure, mark_unconverged
 from depthscape.analysis.stats import CONFIDENCE, format_ci, student_t_quantile
 from depthscape.core.argtypes import float_in, int_in
@@ -31,10 +30,7 @@ class Trace(Measure):
                                  "(default 0.01)")
 
     def estimate(self, draw: Draw) -> dict[str, Estimate]:
-        config = draw.config
-        value, stderr, count, ok = hessian_trace(draw.operator, draw.params,
-                                                 config.trace_samples, config.trace_tol,
-                                                 config.min_trace_samples, draw.seed)
+        (value, stderr, count, ok), _ = draw.trace()  # the block traces read its probes
         return {"trace": Estimate(value, ok, details={"stderr": stderr, "samples": count})}
 
     def to_flat(self, estimates) -> dict:
