@@ -135,12 +135,9 @@ def compute_landscape(checkpoint: str | os.PathLike, config: LandscapeConfig | N
                       save_every: float = 5.0, directions: list[dict[str, torch.Tensor]] | None = None,
                       direction_identity: dict | None = None,
                       extra: dict[str, np.ndarray] | None = None) -> Path:
-    """Compute (or finish) the loss surface of ``checkpoint``; returns the HDF5 file.
-
-    The run's :class:`~depthscape.core.subject.Subject` (``dataset``: an already loaded
-    dataset, else the one the run was trained on, see :class:`LandscapeConfig`) through
-    :func:`subject_surface`, whose doc says the rest.
-    """
+    """Compute (or finish) the loss surface of ``checkpoint``; returns the HDF5 file: the
+    run's Subject (``dataset``: one loaded already, else the run's, see
+    :class:`LandscapeConfig`) through :func:`subject_surface`, whose doc says the rest."""
     config = (config or LandscapeConfig()).validate()
     subject = subject_from_run(checkpoint, model=config.model,  # the one loader and its rule
                                dataset=dataset if dataset is not None else config.data_source,
@@ -162,19 +159,15 @@ def subject_surface(subject: Subject, config: LandscapeConfig | None = None,
     (a run's, or a model of the user's); returns the HDF5 file.
 
     ``output`` defaults to ``<home>/landscapes/<stem>_<split>_<2d|1d|line>_<settings
-    hash>.h5``, the home the Subject's (a run's directory) or ``root`` (a plug-in's). An
-    existing file with the same settings is continued (only missing points are computed; a
-    complete one is returned at once); one with other settings is refused unless
-    ``overwrite``. The file is rewritten atomically at most every ``save_every`` seconds and
-    when the work ends or is interrupted. Under torchrun every rank calls this; rank 0
-    writes the file.
-
-    ``directions`` (two for ``dims=2``, keyed like the model's state) replace the random
-    ones, e.g. a trajectory's principal directions; ``direction_identity`` then says what
-    they are (stored with the settings, e.g. ``{"direction": "pca", ...}``: a rerun with
-    other directions must not resume this file), ``extra`` holds datasets stored alongside
-    (see :mod:`depthscape.analysis.landscape.storage`) and ``snapshots`` the snapshot file
-    they came from (recorded).
+    hash>.h5``, the home the Subject's (a run's directory) or ``root``. A file with the same
+    settings is continued (only missing points are computed), one with other settings
+    refused unless ``overwrite``; it is rewritten atomically at most every ``save_every``
+    seconds and at the end. Under torchrun every rank calls this; rank 0 writes the file.
+    ``directions`` (keyed like the model's state) replace the random ones, e.g. a
+    trajectory's, ``direction_identity`` says what they are (stored with the settings: a
+    rerun with other directions must not resume this file), ``extra`` holds datasets stored
+    alongside (:mod:`~depthscape.analysis.landscape.storage`) and ``snapshots`` the snapshot
+    file they came from (recorded).
     """
     config = (config or LandscapeConfig()).validate()
     dist = setup(config.device)
