@@ -292,3 +292,35 @@ def test_help_names_every_family_from_the_registry(capsys):
         for family in families():
             assert (family.aliases or (family.prefix,))[0] in text, (command, family.prefix)
         assert "preresnet" in text and "--model-from" in text
+
+
+def test_a_plugin_s_surface_is_named_and_recorded_from_its_subject(zoo, tiny_data, cache_dir,
+                                                                   tmp_path, capsys):
+    """Issue 30: ``landscape --model-from`` takes the Subject's road (the run's): its file
+    name, identity and record come from the Subject, as the model surfaces' always were."""
+    from depthscape.analysis.landscape.identity import settings_hash
+    from depthscape.analysis.landscape.storage import read_state
+    from depthscape.core.plugins import load_plugin
+    from depthscape.core.subject import safe_stem, subject_from_model
+
+    out = tmp_path / "run"
+    assert cli(capsys, *train_args(zoo, tiny_data, out))[0] == 0
+    weights = out / "models" / f"zoo.small_{tiny_data.name}.pth"
+    code, printed, _ = cli(capsys, "landscape", "--model-from", f"{zoo}:small", "--weights",
+                           weights, "--out", out, "--resolution", 3, "--subset", 6,
+                           "--no-progress", "--no-plots")
+    assert code == 0
+    path = Path(printed.split("surface: ")[1].split()[0])
+    state = read_state(path, with_directions=False)
+    identity, settings = state.identity, state.info
+    assert path == out / "landscapes" / \
+        f"{safe_stem(f'{zoo}:small')}_test_2d_{settings_hash(identity)}.h5"
+    assert identity["model"] == f"{zoo}:small" and identity["loss"] == "cross_entropy"
+    assert settings["source"] == "--model-from" and settings["weights"] == str(weights)
+    subject = subject_from_model(load_plugin(f"{zoo}:small", None, weights))
+    assert subject.home is None and subject.step is None  # its files go to --out
+    assert subject.snapshots == weights.with_name(weights.stem + ".snapshots.h5")
+    assert subject_from_model(load_plugin(f"{zoo}:small"),
+                              dataset=str(tiny_data)).snapshots is None  # no run named
+    assert subject.record("data") == {"source": "--model-from", "dataset": "data",
+                                      "model_kwargs": {}, "weights": str(weights)}

@@ -32,7 +32,7 @@ from depthscape.core.device import get_device
 from depthscape.core.errors import UserError
 from depthscape.core.models import canonical_name, families, model_depth, model_family, model_info
 from depthscape.core.runs import RunInfo, find_runs
-from depthscape.core.trained import load_trained_run
+from depthscape.core.subject import subject_from_run
 from depthscape.training import evaluation
 
 #: Table 1's columns: (metric key, header). Errors are 100 - accuracy.
@@ -93,7 +93,7 @@ def evaluate_run(run: RunInfo, dataset=None, device: str | None = None, batch_si
     quick study cannot afford the full splits. With ``cache_dir`` the result is stored
     there as ``<run>.json`` and reused while the checkpoint and limits are unchanged.
     ``dataset`` (a loaded dataset) or ``data_source`` (``dataset``/``data_dir``/
-    ``cache_dir``) override the run's recorded data by :func:`load_trained_run`'s rule;
+    ``cache_dir``) override the run's recorded data by :func:`subject_from_run`'s rule;
     ``datasets`` is its cache of loaded datasets, shared over runs.
     """
     final = run.paths.final
@@ -111,13 +111,13 @@ def evaluate_run(run: RunInfo, dataset=None, device: str | None = None, batch_si
             pass  # a damaged cache entry is recomputed
     target = get_device(device)
     source = data_source or {}
-    trained = load_trained_run(final, dataset=dataset if dataset is not None else
+    subject = subject_from_run(final, dataset=dataset if dataset is not None else
                                source.get("dataset"), data_dir=source.get("data_dir"),
                                cache_dir=source.get("cache_dir"), device=target, datasets=datasets)
-    ckpt = trained.checkpoint
-    train_split = trained.train.subset(train_limit)  # the run's training split, then the cap
-    test_split = trained.dataset.test.subset(test_limit)  # Table 1: the whole test set
-    model, preprocess = trained.model, trained.preprocess
+    ckpt = subject.run.checkpoint  # Table 1 also reports the run's training time and steps
+    train_split = subject.split("train").subset(train_limit)  # the run's split, then the cap
+    test_split = subject.split("test").subset(test_limit)  # Table 1: the whole test set
+    model, preprocess = subject.model, subject.preprocess
     with torch.inference_mode():
         train_loss, train_acc = evaluation.evaluate(model, train_split, preprocess, batch_size, target)
         test_loss, test_acc = evaluation.evaluate(model, test_split, preprocess, batch_size, target)

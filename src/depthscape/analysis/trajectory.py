@@ -36,19 +36,18 @@ import torch
 
 from depthscape.analysis.landscape.surface import (
     LandscapeConfig,
-    compute_landscape,
     compute_model_surface,
+    subject_surface,
 )
 from depthscape.core.data import Dataset
 from depthscape.core.device import get_device
 from depthscape.core.errors import UserError
 from depthscape.core.runtime import precision_named
-from depthscape.core.trained import load_trained_run
+from depthscape.core.subject import Subject, safe_stem, subject_from_run
 from depthscape.training.snapshots import (
     flatten_parameters,
     read_snapshot_info,
     read_snapshot_rows,
-    snapshot_path,
 )
 
 #: Columns of the snapshot matrix turned into the float64 Gram matrix at a time.
@@ -251,52 +250,87 @@ def path_span(path: np.ndarray, margin: float) -> tuple[tuple[float, float], tup
     return spans[0], spans[1]
 
 
-def default_trajectory_path(checkpoint: str | os.PathLike, split: str, key: str) -> Path:
-    """``<run dir>/landscapes/<checkpoint stem>_trajectory_<split>_<hash>.h5``."""
-    checkpoint = Path(checkpoint)
-    root = checkpoint.parent.parent if checkpoint.parent.name == "models" else checkpoint.parent
-    return root / "landscapes" / f"{checkpoint.stem}_trajectory_{split}_{key[:10]}.h5"
+def default_trajectory_path(home: str | os.PathLike, stem: str, split: str, key: str) -> Path:
+    """``<home>/landscapes/<stem>_trajectory_<split>_<key>.h5`` (``home`` and ``stem``: as
+    :func:`~depthscape.analysis.landscape.identity.default_surface_path`'s)."""
+    return Path(home) / "landscapes" / f"{stem}_trajectory_{split}_{key}.h5"
+
+
+def _checked(config: TrajectoryConfig | None) -> TrajectoryConfig:
+    config = config or TrajectoryConfig()
+    if not config.margin >= 0:
+        raise UserError(f"margin must be non-negative, got {config.margin}")
+    return config
+
+
+def _contour(trajectory: Trajectory, config: TrajectoryConfig) -> LandscapeConfig:
+    """The landscape settings of a trajectory's contour: the path's span and margin."""
+    xrange, yrange = path_span(trajectory.path, config.margin)
+    return LandscapeConfig(
+        resolution=config.resolution, xrange=xrange, yrange=yrange, split=config.split,
+        subset=config.subset, batch_size=config.batch_size, device=config.device,
+        workers=config.workers, dims=2, precision=config.precision)
+
+
+def _pca_identity(trajectory: Trajectory, key: str, config: TrajectoryConfig) -> dict:
+    return {"direction": "pca", "directions_sha256": key, "snapshots": len(trajectory.steps),
+            "margin": config.margin}
 
 
 def compute_trajectory(checkpoint: str | os.PathLike, config: TrajectoryConfig | None = None,
                        output: str | os.PathLike | None = None, dataset: Dataset | None = None,
                        progress: bool = True, *, overwrite: bool = False) -> Path:
-    """Compute (or finish) the trajectory surface of the run of ``checkpoint``; returns the file.
+    """Compute (or finish) the trajectory surface of the run of ``checkpoint``; returns the
+    file: its :class:`~depthscape.core.subject.Subject` through :func:`subject_trajectory`.
 
     The snapshots are read from the run's snapshot file (see
     :func:`depthscape.training.snapshots.snapshot_path`); a missing file is a one-line
     UserError, raised before any other work. Resume and sharding are the landscape's.
     """
-    config = config or TrajectoryConfig()
-    if not config.margin >= 0:
-        raise UserError(f"margin must be non-negative, got {config.margin}")
-    checkpoint = Path(checkpoint)
-    snapshots = snapshot_path(checkpoint)
+    config = _checked(config)
+    subject = subject_from_run(checkpoint, model=config.model,
+                               dataset=dataset if dataset is not None else config.data_source,
+                               data_dir=config.data_dir, cache_dir=config.cache_dir)
+    return subject_trajectory(subject, config, output=output, progress=progress,
+                              overwrite=overwrite)
+
+
+def subject_trajectory(subject: Subject, config: TrajectoryConfig | None = None, *,
+                       snapshots: str | os.PathLike | None = None,
+                       output: str | os.PathLike | None = None,
+                       root: str | os.PathLike | None = None, progress: bool = True,
+                       overwrite: bool = False) -> Path:
+    """Compute (or finish) the trajectory surface of any
+    :class:`~depthscape.core.subject.Subject` (a run's, or a model of the user's), from
+    ``snapshots`` (default: the file its run kept) to its weights; returns the file.
+
+    ``output`` defaults to :func:`default_trajectory_path` under the Subject's home (a
+    run's directory) or ``root``; a contour of another precision is another file. A missing
+    snapshot file is one line, before any other work; resume and sharding are the
+    landscape's (:func:`~depthscape.analysis.landscape.surface.subject_surface`).
+    """
+    config = _checked(config)
+    given = snapshots is not None
+    snapshots = Path(snapshots) if given else subject.snapshots
+    if snapshots is None:
+        raise UserError(f"{subject.label} has no weight snapshots named: give a snapshot file")
     if not snapshots.is_file():
-        raise UserError(f"the run of {checkpoint} has no weight snapshots ({snapshots} does not exist): "
-                        "train it with --snapshot-every N")
-    run = load_trained_run(checkpoint, model=config.model)
-    model, data = run.model, run.checkpoint
-    trajectory = trajectory_from_snapshots(snapshots, model, get_device(config.device),
-                                           data.get("iteration"))
-    xrange, yrange = path_span(trajectory.path, config.margin)
+        raise UserError(f"no snapshot file {snapshots}" if given else
+                        f"{subject.label} has no weight snapshots ({snapshots} does not exist): "
+                        "train its run with --snapshot-every N")
+    trajectory = trajectory_from_snapshots(snapshots, subject.model, get_device(config.device),
+                                           subject.step)
     key = directions_key(trajectory)
-    landscape = LandscapeConfig(
-        resolution=config.resolution, xrange=xrange, yrange=yrange, split=config.split,
-        subset=config.subset, batch_size=config.batch_size, device=config.device,
-        workers=config.workers, data_source=config.data_source, data_dir=config.data_dir,
-        cache_dir=config.cache_dir, model=config.model, dims=2, precision=config.precision)
-    extra = trajectory_extra(trajectory)
     if output is None:  # a contour of another precision is another file (its own identity)
+        home = subject.home if subject.home is not None else Path(root)
         tag = precision_named(config.precision).tag
-        output = default_trajectory_path(checkpoint, config.split, key[:10] + tag)
-    output = Path(output)
-    return compute_landscape(checkpoint, landscape, output, dataset, progress, overwrite=overwrite,
-                             directions=trajectory.directions,
-                             direction_identity={"direction": "pca", "directions_sha256": key,
-                                                 "snapshots": len(trajectory.steps),
-                                                 "margin": config.margin},
-                             extra=extra)
+        output = default_trajectory_path(home, subject.stem, config.split, key[:10] + tag)
+    return subject_surface(subject, _contour(trajectory, config), Path(output),
+                           progress=progress, overwrite=overwrite,
+                           directions=trajectory.directions,
+                           direction_identity=_pca_identity(trajectory, key, config),
+                           extra=trajectory_extra(trajectory),
+                           snapshots=snapshots)
 
 
 def compute_model_trajectory(model: torch.nn.Module, split, snapshots,
@@ -314,9 +348,7 @@ def compute_model_trajectory(model: torch.nn.Module, split, snapshots,
     ``model``'s weights) or a list of state dicts (:func:`trajectory_from_states`).
     ``output``, else ``<default_root>/landscapes/<model>_trajectory_<split>_<hash>.h5``,
     else in memory. Returns ``(SurfaceState, path or None)``."""
-    config = config or TrajectoryConfig()
-    if not config.margin >= 0:
-        raise UserError(f"margin must be non-negative, got {config.margin}")
+    config = _checked(config)
     device = get_device(config.device)
     if isinstance(snapshots, (str, os.PathLike)):
         if not Path(snapshots).is_file():
@@ -325,21 +357,13 @@ def compute_model_trajectory(model: torch.nn.Module, split, snapshots,
     else:
         trajectory = trajectory_from_states(list(snapshots), model, device)
     key = directions_key(trajectory)
-    xrange, yrange = path_span(trajectory.path, config.margin)
-    landscape = LandscapeConfig(
-        resolution=config.resolution, xrange=xrange, yrange=yrange, split=config.split,
-        subset=config.subset, batch_size=config.batch_size, device=config.device,
-        workers=config.workers, dims=2, precision=config.precision)
     name = model_name or type(model).__name__
     if output is None and default_root is not None:
-        stem = "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
         tag = precision_named(config.precision).tag
-        output = Path(default_root) / "landscapes" / \
-            f"{stem}_trajectory_{config.split}_{key[:10]}{tag}.h5"
+        output = default_trajectory_path(default_root, safe_stem(name), config.split,
+                                         key[:10] + tag)
     return compute_model_surface(
-        model, split, landscape, preprocess=preprocess, loss_fn=loss_fn, loss_name=loss_name,
-        model_name=name, directions=trajectory.directions,
-        direction_identity={"direction": "pca", "directions_sha256": key,
-                            "snapshots": len(trajectory.steps), "margin": config.margin},
-        output=output, info=info, overwrite=overwrite, progress=progress,
-        extra=trajectory_extra(trajectory))
+        model, split, _contour(trajectory, config), preprocess=preprocess, loss_fn=loss_fn,
+        loss_name=loss_name, model_name=name, directions=trajectory.directions,
+        direction_identity=_pca_identity(trajectory, key, config), output=output, info=info,
+        overwrite=overwrite, progress=progress, extra=trajectory_extra(trajectory))

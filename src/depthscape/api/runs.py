@@ -11,13 +11,13 @@ import torch
 
 from depthscape.core.errors import UserError
 from depthscape.core.models import canonical_name
-from depthscape.core.plugins import load_plugin, plugin_name
+from depthscape.core.plugins import load_plugin
 from depthscape.core.recipe import Recipe
-from depthscape.core.recipe_file import read_model_recipe, read_recipe_file
+from depthscape.core.recipe_file import read_model_recipe
 from depthscape.core.trained import TrainedRun, load_trained_run
 from depthscape.training.loop import TrainConfig, TrainResult
 from depthscape.training.loop import train as train_run
-from depthscape.training.plugin import train_plugin
+from depthscape.training.plugin import plugin_recipe, train_plugin
 
 
 def train(model: str, depth: int | None = None, *, recipe: Recipe | str | os.PathLike | None = None,
@@ -77,10 +77,7 @@ def train(model: str, depth: int | None = None, *, recipe: Recipe | str | os.Pat
         raise UserError(f"{model} needs a recipe (a Recipe or a TOML file): a model from "
                         "outside the package has no recipe of its own")
     plugin = load_plugin(model, dict(model_kwargs or {}), weights)
-    if not isinstance(recipe, Recipe):
-        recipe = read_recipe_file(recipe, name or plugin_name(model))
-        name = name or recipe.name
-    run_name = plugin_name(model, name)
+    recipe, run_name = plugin_recipe(model, recipe, name)
     return train_plugin(plugin, recipe, TrainConfig(model=run_name, **settings))
 
 

@@ -112,12 +112,16 @@ def subject_from_args(args: argparse.Namespace, not_with: dict | None = None,
                       device=None) -> Subject | None:
     """The :class:`~depthscape.core.subject.Subject` the options name: the model of
     --model-from (``not_with``/``instead_of``: as :func:`plugin_from_args`), else the run of
-    ``checkpoint`` where the command takes one, else None (the command's runs). Its data is
-    --dataset/--data-dir/--cache-dir, or what the run recorded."""
+    ``checkpoint`` where the command takes one (a path, or a function that finds it: a run
+    named by model and depth, looked for only where --model-from is not given), else None
+    (the command's runs). Its data is --dataset/--data-dir/--cache-dir, or what the run
+    recorded."""
     plugin = plugin_from_args(args, not_with, instead_of)
     data = {"dataset": args.dataset, "data_dir": args.data_dir, "cache_dir": args.cache_dir}
     if plugin is not None:
         return subject_from_model(plugin, **data, device=device)
+    if callable(checkpoint):
+        checkpoint = checkpoint()
     if checkpoint is not None:
         return subject_from_run(checkpoint, model=getattr(args, "model", None), **data,
                                 device=device)

@@ -6,13 +6,13 @@ import argparse
 import os
 from pathlib import Path
 
-from depthscape.analysis.landscape import LandscapeConfig, compute_landscape
+from depthscape.analysis.landscape import LandscapeConfig
 from depthscape.analysis.landscape.curvature import (
     CurvatureConfig,
-    compute_curvature,
     plot_curvature,
+    subject_curvature,
 )
-from depthscape.analysis.landscape.surface import SUBSET_SEED, compute_model_surface
+from depthscape.analysis.landscape.surface import subject_surface
 from depthscape.cli._common import (
     add_launcher_arguments,
     add_plugin_arguments,
@@ -20,9 +20,9 @@ from depthscape.cli._common import (
     int_in,
     model_name,
     model_names,
-    plugin_from_args,
     positive_int,
     seed_int,
+    subject_from_args,
 )
 from depthscape.cli.plot import (
     add_plot_arguments,
@@ -34,9 +34,9 @@ from depthscape.cli.plot import (
 from depthscape.core.atomic import check_name_lengths, ensure_writable_dir
 from depthscape.core.datasets import dataset_names_text, dataset_tag
 from depthscape.core.errors import UserError
-from depthscape.core.plugins import check_model_reads, copy_model
 from depthscape.core.runs import run_paths
 from depthscape.core.runtime import PRECISIONS
+from depthscape.core.subject import Subject
 
 NAME = "landscape"
 HELP = "loss landscape of a trained run: filter-normalised directions, 2-D grid or 1-D curve"
@@ -68,22 +68,29 @@ def add_surface_data_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--cache-dir", default=None, help="where decoded data is cached")
 
 
-def checkpoint_with_outputs_checked(args: argparse.Namespace) -> Path:
-    """The run's checkpoint, after checking every output location (--output's folder, the
-    plots folder), so a bad path never costs a computation."""
-    checkpoint = resolve_checkpoint(args.run, args.depth, args.out, args.run_seed, args.dataset)
-    root = checkpoint.parent.parent if checkpoint.parent.name == "models" else checkpoint.parent
-    ensure_writable_dir(Path(args.output).parent if args.output else root / "landscapes",
+def subject_with_outputs_checked(args: argparse.Namespace, not_with: dict) -> Subject:
+    """The run or the model of the options (``not_with``: the options a model of the user's
+    refuses), after checking every output location (--output's folder, the plots folder)
+    under its home (a run's directory; a model's: --out), so a bad path never costs a
+    computation (landscape, trajectory)."""
+    subject = subject_from_args(
+        args, not_with, instead_of=("a run (checkpoint, or model and depth)", args.run),
+        checkpoint=lambda: args.run and resolve_checkpoint(args.run, args.depth, args.out,
+                                                           args.run_seed, args.dataset))
+    if subject is None:
+        raise UserError("give a run (a checkpoint, or a model and depth) or --model-from")
+    home = subject.home if subject.home is not None else Path(args.out)
+    ensure_writable_dir(Path(args.output).parent if args.output else home / "landscapes",
                         create=False)
     if args.output:  # a name the filesystem cannot hold fails now, not after the grid
         check_name_lengths(Path(args.output))
     if not args.no_plots:
         plots_dir = (Path(args.plots_dir) if args.plots_dir else
-                     default_plots_dir(Path(args.output)) if args.output else root / "plots")
+                     default_plots_dir(Path(args.output)) if args.output else home / "plots")
         ensure_writable_dir(plots_dir, create=False)
         if args.output:
             check_plot_names(Path(args.output), plots_dir, args)
-    return checkpoint
+    return subject
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -177,80 +184,37 @@ def grid_dims(args: argparse.Namespace) -> int:
     return dims
 
 
-def run_model_from(args: argparse.Namespace, plugin) -> Path:
-    """``--model-from``: the surface of a model built outside the package, on the data given
-    (the Python API's path, :func:`compute_model_surface`); returns the surface file."""
-    dataset, split, root = plugin_outputs_checked(args, plugin)
-    # before any file or folder: the model reads the data to a finite output, and can be
-    # copied (the evaluator works on a copy)
-    check_model_reads(plugin.model, split, plugin.preprocess, dataset.num_classes)
-    copy_model(plugin.model)
-    config = LandscapeConfig(
-        resolution=args.resolution, xrange=tuple(args.xrange),
-        yrange=tuple(args.yrange) if args.yrange is not None else (-1.0, 1.0),
-        split=args.split, subset=args.subset, seed=args.seed, norm=args.norm,
-        batch_size=args.batch_size, device=args.device, workers=args.workers,
-        dims=grid_dims(args), compile=args.compile, precision=args.precision)
-    info = {"source": "--model-from", "model_kwargs": plugin.kwargs, "weights": args.weights,
-            "dataset": dataset.name}
-    _, path = compute_model_surface(
-        plugin.model, split, config, preprocess=plugin.preprocess, model_name=args.model_from,
-        output=args.output, default_root=root, info=info, overwrite=args.overwrite,
-        progress=not args.no_progress)
-    return path
-
-
-def plugin_outputs_checked(args: argparse.Namespace, plugin):
-    """``--model-from``'s data (the Dataset, and its ``--split`` cut to ``--subset`` as a
-    run's surface cuts it) and output root, after checking where the surface and its
-    pictures go (landscape, trajectory)."""
-    root = Path(args.out)
-    ensure_writable_dir(Path(args.output).parent if args.output else root / "landscapes",
-                        create=False)
-    if not args.no_plots:
-        ensure_writable_dir(args.plots_dir or root / "plots", create=False)
-    dataset = plugin.dataset(args.dataset, args.data_dir, args.cache_dir)
-    split = (dataset.test if args.split == "test" else dataset.train).subset(args.subset,
-                                                                             SUBSET_SEED)
-    return dataset, split, root
+def curvature_config(args: argparse.Namespace, dims: int) -> CurvatureConfig | None:
+    """--curvature's settings (None without it), checked before any work."""
+    if not args.curvature:
+        return None
+    if dims != 2:
+        raise UserError("--curvature needs a 2-D surface (not --dims 1 or --target)")
+    return CurvatureConfig(
+        resolution=args.curvature_resolution, subset=args.curvature_subset,
+        iterations=args.curvature_iters, split=args.curvature_split,
+        device=args.device, workers=args.workers, parallel=args.curvature_parallel).validate()
 
 
 def run(args: argparse.Namespace) -> int:
     dims = grid_dims(args)
     if not args.no_plots:
         check_plot_options(args, dims)
-    plugin = plugin_from_args(args, {"--target": args.target, "--curvature": args.curvature,
-                                     "--model": args.model},
-                              instead_of=("a run (checkpoint, or model and depth)", args.run))
-    if plugin is not None:
-        return _report(run_model_from(args, plugin), None, args)
-    if args.run is None:
-        raise UserError("give a run (a checkpoint, or a model and depth) or --model-from")
-    checkpoint = checkpoint_with_outputs_checked(args)
+    subject = subject_with_outputs_checked(args, {"--target": args.target,
+                                                  "--curvature": args.curvature,
+                                                  "--model": args.model})
     config = LandscapeConfig(
         resolution=args.resolution, xrange=tuple(args.xrange),
         yrange=tuple(args.yrange) if args.yrange is not None else (-1.0, 1.0),
         split=args.split, subset=args.subset, seed=args.seed, norm=args.norm,
         batch_size=args.batch_size, device=args.device, workers=args.workers,
-        dims=dims, compile=args.compile, target=args.target,
-        data_source=args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir, model=args.model,
-        precision=args.precision,
-    )
-    curvature = None
-    if args.curvature:  # checked before any work
-
-        if config.dims != 2:
-            raise UserError("--curvature needs a 2-D surface (not --dims 1 or --target)")
-        curvature = CurvatureConfig(
-            resolution=args.curvature_resolution, subset=args.curvature_subset,
-            iterations=args.curvature_iters, split=args.curvature_split,
-            device=args.device, workers=args.workers, parallel=args.curvature_parallel).validate()
-    surface = compute_landscape(checkpoint, config, output=args.output,
-                                progress=not args.no_progress, overwrite=args.overwrite)
+        dims=dims, compile=args.compile, target=args.target, precision=args.precision)
+    curvature = curvature_config(args, config.dims)
+    surface = subject_surface(subject, config, args.output, root=args.out,
+                              progress=not args.no_progress, overwrite=args.overwrite)
     if curvature is not None:
-        compute_curvature(surface, checkpoint, curvature, progress=not args.no_progress,
-                          overwrite=args.overwrite, data_source=args.dataset,
-                          data_dir=args.data_dir, cache_dir=args.cache_dir, model_name=args.model)
+        subject_curvature(surface, subject, curvature, progress=not args.no_progress,
+                          overwrite=args.overwrite)
     return _report(surface, curvature, args)
 
 

@@ -20,10 +20,9 @@ from depthscape.cli._common import (
 )
 from depthscape.core.distributed import is_main_process
 from depthscape.core.errors import UserError
-from depthscape.core.plugins import plugin_name
-from depthscape.core.recipe_file import read_model_recipe, read_recipe_file
+from depthscape.core.recipe_file import read_model_recipe
 from depthscape.training.loop import TrainConfig, train
-from depthscape.training.plugin import train_plugin
+from depthscape.training.plugin import plugin_recipe, train_plugin
 
 NAME = "train"
 HELP = ("train one of depthscape's models with the spec's recipe, or any model "
@@ -105,8 +104,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("--model-from needs --recipe FILE.toml: a model from outside the "
                             "package has no recipe of its own (see docs/api.md)")
 
-        recipe = read_recipe_file(args.recipe, plugin_name(args.model_from))
-        name = plugin_name(args.model_from, recipe.name)
+        recipe, name = plugin_recipe(args.model_from, args.recipe)
         result = train_plugin(plugin, recipe, config_from_args(args, name, recipe))
     if not is_main_process():  # under torchrun rank 0 speaks for every rank
         return 0

@@ -6,29 +6,22 @@ import argparse
 import os
 from pathlib import Path
 
-from depthscape.analysis.trajectory import (
-    TrajectoryConfig,
-    compute_model_trajectory,
-    compute_trajectory,
-)
+from depthscape.analysis.trajectory import TrajectoryConfig, subject_trajectory
 from depthscape.analysis.trajectory_plots import plot_trajectory
 from depthscape.cli._common import (
     add_plugin_arguments,
     float_in,
     int_in,
     model_names,
-    plugin_from_args,
     positive_int,
 )
 from depthscape.cli.landscape import (
     add_run_arguments,
     add_surface_data_arguments,
-    checkpoint_with_outputs_checked,
-    plugin_outputs_checked,
+    subject_with_outputs_checked,
 )
 from depthscape.cli.plot import default_plots_dir
 from depthscape.core.errors import UserError
-from depthscape.core.runs import snapshot_path
 from depthscape.core.runtime import PRECISIONS
 
 NAME = "trajectory"
@@ -68,23 +61,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    plugin = plugin_from_args(args, {"--model": args.model},
-                              instead_of=("a run (checkpoint, or model and depth)", args.run))
+    if args.snapshots and not args.model_from:
+        raise UserError("--snapshots goes with --model-from (a run's are beside its checkpoint)")
+    subject = subject_with_outputs_checked(args, {"--model": args.model})
+    if args.snapshots is None and subject.snapshots is None:
+        raise UserError("--model-from needs the path: --snapshots FILE (and --weights, the "
+                        "path's end), or --weights of a run trained with --snapshot-every")
     config = TrajectoryConfig(
         resolution=args.resolution, margin=args.margin, split=args.split, subset=args.subset,
         batch_size=args.batch_size, device=args.device, workers=args.workers,
-        data_source=args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir, model=args.model,
         precision=args.precision)
-    if plugin is not None:
-        surface = run_model_from(args, plugin, config)
-    elif args.run is None:
-        raise UserError("give a run (a checkpoint, or a model and depth) or --model-from")
-    elif args.snapshots:
-        raise UserError("--snapshots goes with --model-from (a run's are beside its checkpoint)")
-    else:
-        checkpoint = checkpoint_with_outputs_checked(args)
-        surface = compute_trajectory(checkpoint, config, output=args.output,
-                                     progress=not args.no_progress, overwrite=args.overwrite)
+    surface = subject_trajectory(subject, config, snapshots=args.snapshots, output=args.output,
+                                 root=args.out, progress=not args.no_progress,
+                                 overwrite=args.overwrite)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     print(f"trajectory: {surface}")
@@ -93,23 +82,3 @@ def run(args: argparse.Namespace) -> int:
         for path in plot_trajectory(surface, plots_dir, log_scale=not args.linear):
             print(f"plot: {path}")
     return 0
-
-
-def run_model_from(args: argparse.Namespace, plugin, config) -> Path:
-    """``--model-from``: the trajectory of a model from outside the package, from its
-    snapshot file to its --weights (the Python API's path); returns the surface file."""
-    if args.snapshots is None and plugin.weights is None:
-        raise UserError("--model-from needs the path: --snapshots FILE (and --weights, the "
-                        "path's end), or --weights of a run trained with --snapshot-every")
-    snapshots = Path(args.snapshots) if args.snapshots else snapshot_path(plugin.weights)
-    if not snapshots.is_file():
-        raise UserError(f"no snapshot file {snapshots}" + ("" if args.snapshots else
-                        ": train the run with --snapshot-every N, or give --snapshots FILE"))
-    dataset, split, root = plugin_outputs_checked(args, plugin)
-    info = {"source": "--model-from", "model_kwargs": plugin.kwargs, "weights": args.weights,
-            "snapshots_file": str(snapshots), "dataset": dataset.name}
-    _, path = compute_model_trajectory(
-        plugin.model, split, snapshots, config, preprocess=plugin.preprocess,
-        model_name=args.model_from, output=args.output, default_root=root, info=info,
-        overwrite=args.overwrite, progress=not args.no_progress)
-    return path

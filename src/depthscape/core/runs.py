@@ -54,6 +54,13 @@ def run_paths(out_dir: str | os.PathLike, model: str, seed: int = 0,
     )
 
 
+def run_home(checkpoint: str | os.PathLike) -> Path:
+    """The run directory of a checkpoint: the folder above ``models/`` where it lies in one
+    (the layout ``depthscape train`` writes), else the checkpoint's own folder."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.parent.parent if checkpoint.parent.name == "models" else checkpoint.parent
+
+
 def snapshot_path(checkpoint: str | os.PathLike) -> Path:
     """The snapshot file of the run whose final checkpoint is ``checkpoint``."""
     checkpoint = Path(checkpoint)

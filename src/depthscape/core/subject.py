@@ -26,6 +26,7 @@ from depthscape.core.data import Dataset, Preprocess, Split, load_dataset
 from depthscape.core.errors import UserError
 from depthscape.core.models import model_info
 from depthscape.core.plugins import PluginModel, check_model_reads, plugin_name
+from depthscape.core.runs import run_home, snapshot_path
 from depthscape.core.trained import DatasetCache, DataSource, TrainedRun, load_trained_run
 
 #: The loss every analysis measures: the mean cross-entropy of the model's scores.
@@ -41,6 +42,15 @@ class Subject:
     report shows it. ``split("train")`` is the training data as the run trained on it (its
     recorded subset), ``split("test")`` the whole test set. ``run``/``plugin``: where it
     came from (one of them), for what only that kind has.
+
+    Its result files (a surface, a trajectory) are named and recorded from it alone:
+    ``stem`` begins their default names (a run's checkpoint's stem; a plug-in's SPEC, made
+    safe for a file name), ``home`` is where they go by default (a run's directory; None:
+    the folder the command is given), ``recorded_name`` and ``loss_name`` are its name and
+    its loss's in a grid's identity (a run's model name and none; a plug-in's SPEC and
+    ``cross_entropy``), ``snapshots`` the weight snapshots its run kept (None: no run
+    named), ``step`` the training step its weights are at, where a run's checkpoint says;
+    :meth:`record` what a file records of where it came from.
     """
 
     model: nn.Module  # eval mode
@@ -52,6 +62,12 @@ class Subject:
     run: TrainedRun | None = None
     plugin: PluginModel | None = None
     source: DataSource | None = None  # a plug-in's data (a run's: its own)
+    stem: str = "model"
+    home: Path | None = None
+    recorded_name: str = ""
+    loss_name: str | None = None
+    snapshots: Path | None = None
+    step: int | None = None
     _dataset: Dataset | None = field(default=None, repr=False)
 
     @property
@@ -82,10 +98,29 @@ class Subject:
         if self.plugin is not None:
             check_model_reads(self.model, split, self.preprocess, self.dataset.num_classes)
 
+    def record(self, dataset: str, target: str | None = None,
+               snapshots: Path | None = None) -> dict:
+        """What a result file records of where its subject came from, in the layout each
+        kind's files have always had: a run's checkpoint, the ``target`` checkpoint of a
+        line and the dataset's name (its snapshots lie beside the checkpoint); a plug-in's
+        source, the dataset's name, its keyword arguments, weights and ``snapshots`` file."""
+        if self.run is not None:
+            return {"checkpoint": str(self.run.path), "target": target, "dataset": dataset}
+        weights = self.plugin.weights
+        return {"source": "--model-from", "dataset": dataset, "model_kwargs": self.plugin.kwargs,
+                "weights": str(weights) if weights is not None else None,
+                **({"snapshots_file": str(snapshots)} if snapshots is not None else {})}
+
     def to(self, device: torch.device | str) -> Subject:
         """The model moved to ``device`` (in place); the Subject, for chaining."""
         self.model.to(device)
         return self
+
+
+def safe_stem(name: str) -> str:
+    """``name`` as a file name's stem: every character but letters, digits and ``-_.`` a
+    ``-`` (a model's name in the default names of its files)."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
 
 
 def subject_from_run(checkpoint: str | os.PathLike, *, model: str | None = None,
@@ -99,7 +134,9 @@ def subject_from_run(checkpoint: str | os.PathLike, *, model: str | None = None,
                            cache_dir=cache_dir, device=device, datasets=datasets)
     return Subject(run.model, run.model_name, model_info(run.model_name).display_name,
                    {"checkpoint": Path(run.path).name, "model": run.model_name,
-                    "model_kwargs": run.model_kwargs}, run.train_subset, run=run)
+                    "model_kwargs": run.model_kwargs}, run.train_subset, run=run,
+                   stem=run.path.stem, home=run_home(run.path), recorded_name=run.model_name,
+                   snapshots=snapshot_path(run.path), step=run.checkpoint.get("iteration"))
 
 
 def subject_from_model(plugin: PluginModel, *, dataset: str | None = None,
@@ -109,6 +146,10 @@ def subject_from_model(plugin: PluginModel, *, dataset: str | None = None,
     data given (else what the run of its weights trained on; none named: one line now).
     The data loads on first use; :meth:`Subject.check_reads` checks the model against it."""
     source = plugin.data_source(dataset, data_dir, cache_dir)
+    weights = plugin.weights
     subject = Subject(plugin.model, plugin_name(plugin.spec), plugin.spec, plugin.identity(),
-                      plugin.train_subset, plugin=plugin, source=source)
+                      plugin.train_subset, plugin=plugin, source=source,
+                      stem=safe_stem(plugin.spec), recorded_name=plugin.spec,
+                      loss_name="cross_entropy",
+                      snapshots=snapshot_path(weights) if weights is not None else None)
     return subject.to(device) if device is not None else subject

@@ -10,6 +10,7 @@ a resume with other ones is refused.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 
 from depthscape.core.data import Dataset, load_dataset
@@ -19,11 +20,25 @@ from depthscape.core.plugins import (
     build_model,
     check_model_reads,
     load_state,
+    plugin_name,
     registered,
 )
 from depthscape.core.recipe import Recipe, preprocess_for
+from depthscape.core.recipe_file import read_recipe_file
 from depthscape.training.config import TrainConfig
 from depthscape.training.loop import train
+
+
+def plugin_recipe(spec: str, recipe: Recipe | str | os.PathLike,
+                  name: str | None = None) -> tuple[Recipe, str]:
+    """A plug-in model's recipe and its run's name (the CLI's and the API's one rule):
+    ``recipe`` a :class:`Recipe` or a TOML recipe file (read under ``name``, else the spec's
+    name); the run is ``name``, else the file's ``name``, else the spec's
+    (:func:`~depthscape.core.plugins.plugin_name`)."""
+    if not isinstance(recipe, Recipe):
+        recipe = read_recipe_file(recipe, name or plugin_name(spec))
+        name = name or recipe.name
+    return recipe, plugin_name(spec, name)
 
 
 def train_plugin(plugin: PluginModel, recipe: Recipe, config: TrainConfig,

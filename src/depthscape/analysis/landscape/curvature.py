@@ -69,7 +69,7 @@ from depthscape.core.distributed import setup
 from depthscape.core.errors import UserError
 from depthscape.core.locking import claim_output
 from depthscape.core.models import model_family
-from depthscape.core.trained import load_trained_run
+from depthscape.core.subject import Subject, subject_from_run
 
 #: A negative curvature smaller than this fraction of the positive one counts as convex.
 CONVEX_TOL = 0.01
@@ -164,10 +164,27 @@ def compute_curvature(surface_file: str | os.PathLike, checkpoint: str | os.Path
                       on_point: Callable[[int], None] | None = None, data_source: str | None = None,
                       data_dir: str | None = None, cache_dir: str | None = None,
                       model_name: str | None = None) -> Path:
+    """Compute (or finish) the curvature map of a 2-D surface file of the run of
+    ``checkpoint`` in place; returns it: the run's Subject (its architecture ``model_name``,
+    else the one the surface names; its data as :func:`subject_from_run` overrides it)
+    through :func:`subject_curvature`, whose doc says the rest."""
+    if model_name is None:
+        model_name = read_state(surface_file, with_directions=False).identity.get("model")
+    subject = subject_from_run(checkpoint, model=model_name,
+                               dataset=dataset if dataset is not None else data_source,
+                               data_dir=data_dir, cache_dir=cache_dir)
+    return subject_curvature(surface_file, subject, config, progress, overwrite=overwrite,
+                             save_every=save_every, on_point=on_point)
+
+
+def subject_curvature(surface_file: str | os.PathLike, subject: Subject,
+                      config: CurvatureConfig | None = None, progress: bool = True, *,
+                      overwrite: bool | str = False, save_every: float = 5.0,
+                      on_point: Callable[[int], None] | None = None) -> Path:
     """Compute (or finish) the curvature map of a 2-D surface file in place; returns it.
 
-    ``checkpoint`` is the run the surface was computed around (its weights are checked
-    against the file's). A map with other settings already in the file is refused unless
+    ``subject`` is what the surface was computed around (its weights are checked against
+    the file's). A map with other settings already in the file is refused unless
     ``overwrite`` (``"other-settings"``: replaced only where its settings differ, so a
     finished map with these settings is kept). ``on_point(flat_index)`` is called after each point (tests use it to
     interrupt). Under torchrun every rank calls this; rank 0 writes, holding the surface
@@ -182,21 +199,19 @@ def compute_curvature(surface_file: str | os.PathLike, checkpoint: str | os.Path
             surface = read_state(surface_file)
             if surface.dims != 2:
                 raise UserError(f"{surface_file} is a 1-D curve: a curvature map needs a 2-D surface")
-            run = load_trained_run(checkpoint, model=model_name or surface.identity.get("model"),
-                                   dataset=dataset if dataset is not None else data_source,
-                                   data_dir=data_dir, cache_dir=cache_dir)
-            if state_fingerprint(run.model.state_dict()) != surface.identity.get("weights_sha256"):
-                raise UserError(f"{checkpoint} is not the checkpoint {surface_file} was computed around")
+            if state_fingerprint(subject.model.state_dict()) != surface.identity.get("weights_sha256"):
+                raise UserError(f"the weights of {subject.label} are not those {surface_file} "
+                                "was computed around")
             split_name = config.split or surface.split
-            split = (run.dataset.test if split_name == "test" else run.dataset.train).subset(
-                config.subset, SUBSET_SEED)
+            split = (subject.dataset.test if split_name == "test" else subject.dataset.train
+                     ).subset(config.subset, SUBSET_SEED)
             shards = dist.world_size if config.parallel == "batch" else 1
             curvature = _Map.prepare(surface, surface_file, config, split_name, split, overwrite,
                                      shards)
             dist.barrier()
             if not curvature.done.all():
-                _sweep_map(curvature, surface_file, run, split, config, dist, progress=progress,
-                           save_every=save_every, on_point=on_point)
+                _sweep_map(curvature, surface_file, subject, split, config, dist,
+                           progress=progress, save_every=save_every, on_point=on_point)
             elif dist.rank == 0 and _settings_of(surface.extra) is None:
                 curvature.save(surface_file)
             return surface_file
@@ -260,18 +275,18 @@ class _Map:
         write_surface(surface_file, self.surface)
 
 
-def _sweep_map(curvature: _Map, surface_file: Path, run, split, config: CurvatureConfig, dist, *,
+def _sweep_map(curvature: _Map, surface_file: Path, subject: Subject, split, config: CurvatureConfig, dist, *,
                progress: bool, save_every: float, on_point) -> None:
     """Compute the map's missing points (:func:`~depthscape.analysis.landscape.sweep.sweep`)."""
     extra = curvature.surface.extra
     x, y = extra["curvature_xcoordinates"], extra["curvature_ycoordinates"]
     largest, smallest = extra["hessian_max_eig"], extra["hessian_min_eig"]
     device = dist.device
-    model = run.model.to(device)
+    model = subject.model.to(device)
     base = {k: v.detach().clone() for k, v in model.state_dict().items()}
     directions = [{k: v.to(device) for k, v in d.items() if bool(v.ne(0).any())}
                   for d in curvature.surface.directions]
-    inputs = run.preprocess.normalize(split.images.to(device))
+    inputs = subject.preprocess.normalize(split.images.to(device))
     labels = split.labels.to(device)
     # On the CPU, one point per core, each single-threaded (as the landscape's PointPool):
     # small-batch Hessian-vector products do not scale over threads, and every value is

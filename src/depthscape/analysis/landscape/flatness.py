@@ -45,7 +45,7 @@ from depthscape.core.device import get_device
 from depthscape.core.errors import UserError
 from depthscape.core.models import families, model_depth, model_family
 from depthscape.core.runtime import resolve_precision
-from depthscape.core.trained import load_trained_run
+from depthscape.core.subject import subject_from_run
 
 
 @dataclass
@@ -243,13 +243,12 @@ def measure_run_flatness(run_dir, out_dir=None, models: Sequence[str] | None = N
         if stored is not None:
             results.append((run, FlatnessResult(**stored)))
             continue
-        trained = load_trained_run(run.paths.final, dataset=source.get("dataset"),
+        subject = subject_from_run(run.paths.final, dataset=source.get("dataset"),
                                    data_dir=source.get("data_dir"),
                                    cache_dir=source.get("cache_dir"), device=device,
                                    datasets=datasets)
-        split = trained.train if config.split == "train" else trained.dataset.test
-        split = split.subset(config.subset, seed=SUBSET_SEED)
-        result = slice_flatness(trained.model, split, trained.preprocess, config.directions,
+        split = subject.split(config.split).subset(config.subset, seed=SUBSET_SEED)
+        result = slice_flatness(subject.model, split, subject.preprocess, config.directions,
                                 config.radius, config.span, config.points, config.seed,
                                 config.norm, config.batch_size, device)
         result.settings.update(split=config.split, subset=config.subset)

@@ -71,17 +71,19 @@ def settings_hash(identity: dict) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def default_surface_path(checkpoint: str | os.PathLike, config, identity: dict) -> Path:
-    """``<run dir>/landscapes/<checkpoint stem>_<split>_<2d|1d|line>_<settings hash>.h5``.
+def default_surface_path(home: str | os.PathLike, stem: str, config, identity: dict,
+                         line: bool | None = None) -> Path:
+    """``<home>/landscapes/<stem>_<split>_<2d|1d|line>_<settings hash>.h5``.
 
-    The run dir is the folder above ``models/`` when the checkpoint lies in one (the layout
-    ``depthscape train`` writes), else the checkpoint's folder. The hash keeps surfaces with
-    different settings apart; the settings themselves are stored inside the file.
+    ``home`` is a run's directory (:func:`~depthscape.core.runs.run_home`) or the folder a
+    model's surfaces go to, ``stem`` its files' stem (a
+    :class:`~depthscape.core.subject.Subject`'s); ``line``: a line to a target (default:
+    where ``config`` names one). The hash keeps surfaces with different settings apart;
+    the settings themselves are stored inside the file.
     """
-    checkpoint = Path(checkpoint)
-    root = checkpoint.parent.parent if checkpoint.parent.name == "models" else checkpoint.parent
-    kind = "line" if config.target else f"{config.dims}d"
-    return root / "landscapes" / f"{checkpoint.stem}_{config.split}_{kind}_{settings_hash(identity)}.h5"
+    line = bool(config.target) if line is None else line
+    kind = "line" if line else f"{config.dims}d"
+    return Path(home) / "landscapes" / f"{stem}_{config.split}_{kind}_{settings_hash(identity)}.h5"
 
 
 def model_directions(model: torch.nn.Module, state: dict, config,

@@ -55,8 +55,9 @@ from depthscape.core.errors import UserError
 from depthscape.core.errors import notice as print_notice
 from depthscape.core.limits import require_fits
 from depthscape.core.locking import claim_output
+from depthscape.core.plugins import copy_model
 from depthscape.core.runtime import PRECISIONS, precision_named, resolve_precision
-from depthscape.core.subject import subject_from_run
+from depthscape.core.subject import Subject, safe_stem, subject_from_run
 from depthscape.core.trained import load_trained_run
 
 
@@ -134,31 +135,48 @@ def compute_landscape(checkpoint: str | os.PathLike, config: LandscapeConfig | N
                       save_every: float = 5.0, directions: list[dict[str, torch.Tensor]] | None = None,
                       direction_identity: dict | None = None,
                       extra: dict[str, np.ndarray] | None = None) -> Path:
-    """Compute (or finish) the loss surface of ``checkpoint``; returns the HDF5 file.
+    """Compute (or finish) the loss surface of ``checkpoint``; returns the HDF5 file: the
+    run's Subject (``dataset``: one loaded already, else the run's, see
+    :class:`LandscapeConfig`) through :func:`subject_surface`, whose doc says the rest."""
+    config = (config or LandscapeConfig()).validate()
+    subject = subject_from_run(checkpoint, model=config.model,  # the one loader and its rule
+                               dataset=dataset if dataset is not None else config.data_source,
+                               data_dir=config.data_dir, cache_dir=config.cache_dir)
+    return subject_surface(subject, config, output, progress=progress, overwrite=overwrite,
+                           save_every=save_every, directions=directions,
+                           direction_identity=direction_identity, extra=extra)
 
-    ``output`` defaults to :func:`default_surface_path`. An existing file with the same
-    settings is continued (only missing points are computed; a complete one is returned
-    at once); one with other settings is refused unless ``overwrite``. ``dataset`` is an
-    already loaded dataset (else the one the run was trained on, see
-    :class:`LandscapeConfig`). The file is rewritten atomically at most every
-    ``save_every`` seconds and when the work ends or is interrupted. Under torchrun every
-    rank calls this; rank 0 writes the file.
 
-    ``directions`` (two for ``dims=2``, keyed like the model's state) replace the random
-    ones, e.g. a trajectory's principal directions; ``direction_identity`` then says what
-    they are (stored with the settings, e.g. ``{"direction": "pca", ...}``: a rerun with
-    other directions must not resume this file), and ``extra`` holds datasets stored
-    alongside (see :mod:`depthscape.analysis.landscape.storage`).
+def subject_surface(subject: Subject, config: LandscapeConfig | None = None,
+                    output: str | os.PathLike | None = None, *,
+                    root: str | os.PathLike | None = None, progress: bool = True,
+                    overwrite: bool = False, save_every: float = 5.0,
+                    directions: list[dict[str, torch.Tensor]] | None = None,
+                    direction_identity: dict | None = None,
+                    extra: dict[str, np.ndarray] | None = None,
+                    snapshots: Path | None = None) -> Path:
+    """Compute (or finish) the loss surface of any :class:`~depthscape.core.subject.Subject`
+    (a run's, or a model of the user's); returns the HDF5 file.
+
+    ``output`` defaults to ``<home>/landscapes/<stem>_<split>_<2d|1d|line>_<settings
+    hash>.h5``, the home the Subject's (a run's directory) or ``root``. A file with the same
+    settings is continued (only missing points are computed), one with other settings
+    refused unless ``overwrite``; it is rewritten atomically at most every ``save_every``
+    seconds and at the end. Under torchrun every rank calls this; rank 0 writes the file.
+    ``directions`` (keyed like the model's state) replace the random ones, e.g. a
+    trajectory's, ``direction_identity`` says what they are (stored with the settings: a
+    rerun with other directions must not resume this file), ``extra`` holds datasets stored
+    alongside (:mod:`~depthscape.analysis.landscape.storage`) and ``snapshots`` the snapshot
+    file they came from (recorded).
     """
     config = (config or LandscapeConfig()).validate()
-    checkpoint = Path(checkpoint)
     dist = setup(config.device)
     try:
         config = _resolved(config, dist, notify=True)  # the precision that runs here
-        given = (directions, direction_identity, extra)
+        given = (directions, direction_identity, extra, snapshots)
         # issue 11: the surface's lock (taken in fill_surface) lives as long as this call
         with contextlib.ExitStack() as held:
-            return _compute(checkpoint, config, output, dataset, progress, overwrite, save_every,
+            return _compute(subject, config, output, root, progress, overwrite, save_every,
                             dist, held, given)
     finally:
         dist.close()
@@ -208,28 +226,32 @@ def surface_identity(name: str, state: dict, kind: dict, config: LandscapeConfig
     }
 
 
-def _compute(checkpoint: Path, config: LandscapeConfig, output, dataset: Dataset | None,
-             progress: bool, overwrite: bool, save_every: float, dist: DistContext,
-             held: contextlib.ExitStack, given: tuple = (None, None, None)) -> Path:
-    subject = subject_from_run(checkpoint, model=config.model,  # the one loader and its rule
-                               dataset=dataset if dataset is not None else config.data_source,
-                               data_dir=config.data_dir, cache_dir=config.cache_dir)
+def _compute(subject: Subject, config: LandscapeConfig, output, root, progress: bool,
+             overwrite: bool, save_every: float, dist: DistContext,
+             held: contextlib.ExitStack, given: tuple) -> Path:
+    """:func:`subject_surface`'s work: the identity, the file name and the record made once,
+    from the Subject."""
     model, state = subject.model, subject.model.state_dict()
     target = None
     if config.target is not None:  # the same model (name checked), at other weights
         target = load_trained_run(config.target, model=subject.name).model.state_dict()
-    given_directions, given_identity, given_extra = given
+    given_directions, given_identity, given_extra, snapshots = given
     if given_directions is not None and target is not None:
         raise ValueError("directions and a target: give one of them")
     kind, make_directions = model_directions(model, state, config, given_directions,
                                              given_identity, target)
     dataset = subject.dataset
     split = (dataset.test if config.split == "test" else dataset.train).subset(config.subset, SUBSET_SEED)
-    identity = surface_identity(subject.name, state, kind, config, split, subject.preprocess,
-                                dist)
-    path = Path(output) if output is not None else default_surface_path(checkpoint, config, identity)
-    info = {"checkpoint": str(checkpoint), "target": str(config.target) if config.target else None,
-            "dataset": dataset.name, **_run_info(config, dist)}
+    # before any file or folder: the model reads the data to a finite output, and can be
+    # copied (the evaluator works on a copy)
+    subject.check_reads(split)
+    copy_model(model)
+    identity = surface_identity(subject.recorded_name, state, kind, config, split,
+                                subject.preprocess, dist, subject.loss_name)
+    path = Path(output) if output is not None else default_surface_path(
+        subject.home if subject.home is not None else root, subject.stem, config, identity)
+    info = {**subject.record(dataset.name, str(config.target) if config.target else None,
+                             snapshots), **_run_info(config, dist)}
     fill_surface(path, model, split, subject.preprocess, identity, config, dist, held=held,
                  info=info, directions=make_directions, extra=given_extra, overwrite=overwrite,
                  save_every=save_every, progress=progress)
@@ -342,10 +364,8 @@ def compute_model_surface(model: torch.nn.Module, split: Split, config: Landscap
                                     loss_name)
         path = Path(output) if output is not None else None
         if path is None and default_root is not None:
-            stem = "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
-            kind_name = "line" if target_state is not None else f"{config.dims}d"
-            path = Path(default_root) / "landscapes" / \
-                f"{stem}_{config.split}_{kind_name}_{settings_hash(identity)}.h5"
+            path = default_surface_path(default_root, safe_stem(name), config, identity,
+                                        line=target_state is not None)
         info = {"source": "model", "dataset": "given", **(info or {}), **_run_info(config, dist)}
         with contextlib.ExitStack() as held:
             surface = fill_surface(path, model, split, preprocess, identity, config, dist,
