@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -64,6 +65,21 @@ def write_record(out: Path, record: dict) -> None:
     path = record_path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def job_state(job_id: str) -> str | None:
+    """Slurm's own record of one job (``scontrol show job``): its state, None where it
+    knows no such job any more (or there is no ``scontrol``). squeue can miss a job for a
+    moment while Slurm requeues it; this does not."""
+    if shutil.which("scontrol") is None:
+        return None
+    try:
+        shown = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True,
+                               text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = re.search(r"\bJobState=(\S+)", shown.stdout) if shown.returncode == 0 else None
+    return found.group(1) if found else None
 
 
 def queue_states() -> dict[str, str]:

@@ -139,7 +139,12 @@ def _wait(job_id: str) -> None:
         while True:
             state = jobs.queue_states().get(job_id)
             if state not in jobs.ACTIVE:
-                return
+                # gone from squeue: ended, or a moment of a requeue (seen: a requeued job
+                # missed once); Slurm's own record decides, asked again one poll later
+                time.sleep(float(os.environ.get("DEPTHSCAPE_SLURM_POLL_S", POLL_S)))
+                state = jobs.job_state(job_id)
+                if state not in jobs.ACTIVE:
+                    return
             if state != seen:
                 _say(f"job {job_id}: {state.lower()} ({time.monotonic() - began:.0f} s)")
                 seen = state
