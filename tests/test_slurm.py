@@ -207,6 +207,34 @@ def test_no_wait_then_status_and_the_folder_is_held_across_the_cluster(local, on
     assert study_differences(local, out) == []
 
 
+@needs_slurm
+def test_job_state_is_slurms_own_record_of_a_job_through_its_end():
+    """jobs.job_state reads scontrol: active while the job is queued or runs, its end state
+    once Slurm ended it (where squeue no longer lists it), None for a job Slurm never had."""
+    submitted = subprocess.run(["sbatch", "--parsable", "--job-name", "ds-job-state",
+                                "--output", "/dev/null", "--wrap", "sleep 120"],
+                               capture_output=True, text=True, check=True)
+    job = submitted.stdout.strip().split(";")[0]
+    try:
+        assert jobs.job_state(job) in jobs.ACTIVE
+    finally:
+        subprocess.run(["scancel", job], check=False)
+    deadline, state = time.monotonic() + 60, None
+    while time.monotonic() < deadline:
+        state = jobs.job_state(job)
+        if state not in jobs.ACTIVE:
+            break
+        time.sleep(0.2)
+    assert state == "CANCELLED"
+    assert jobs.queue_states().get(job) not in jobs.ACTIVE
+    assert jobs.job_state("999999999") is None
+
+
+def test_job_state_without_scontrol_is_none(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no scontrol on PATH
+    assert jobs.job_state("1") is None
+
+
 # ---- bad input: one line, before anything is submitted (no cluster needed) -------------
 
 
