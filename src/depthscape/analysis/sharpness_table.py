@@ -88,7 +88,7 @@ def sharpness_table(results: Sequence[tuple[object, SharpnessResult]]):
     """
     by_model = _by_model(results)
     layout = _Layout.of(results, by_model)
-    measures = all_measures()
+    measures = [m for m in all_measures() if m.shown_in(layout)]  # an optional one where measured
     rows, marked, fields = [], [], []
     for model in sorted(by_model, key=model_sort_key):
         runs = sorted(by_model[model], key=lambda pair: getattr(pair[0], "seed", 0))
@@ -109,7 +109,7 @@ def sharpness_table(results: Sequence[tuple[object, SharpnessResult]]):
                  + (["Seeds"] if layout.several else [])
                  + (["Draws"] if layout.with_draws else []),
                  rows, header, [[row.get(name) for name in header] for row in fields],
-                 notes=_notes(layout, [r for _, r in results], marked))
+                 notes=_notes(layout, measures, [r for _, r in results], marked))
 
 
 def _by_model(results: Sequence[tuple[object, SharpnessResult]]
@@ -223,8 +223,9 @@ def _unconverged_entries(name: str, runs: list[tuple[object, SharpnessResult]]) 
     return entries
 
 
-def _notes(layout: _Layout, every: list[SharpnessResult], marked: list) -> list[str]:
-    """What ``±`` means, each measure's notes, and the unconverged numbers' note."""
+def _notes(layout: _Layout, measures: list, every: list[SharpnessResult], marked: list
+           ) -> list[str]:
+    """What ``±`` means, each shown measure's notes, and the unconverged numbers' note."""
     notes = []
     if layout.intervals:
         level = round(100 * (every[0].confidence or 0.95))
@@ -233,7 +234,7 @@ def _notes(layout: _Layout, every: list[SharpnessResult], marked: list) -> list[
     elif layout.with_draws:
         notes.append("± is the standard deviation over seeds; each seed's value is the mean "
                      "over its draws (Draws).")
-    for measure in all_measures():
+    for measure in measures:
         notes.extend(measure.notes(layout))
     note = unconverged_note(marked, layout.several)
     if note:

@@ -105,10 +105,13 @@ def mean_stderr(values: Sequence[float]) -> tuple[float, float]:
                   if n > 1 else math.inf)
 
 
-def format_ci(mean: float, half: float, n: int, digits: int = 4) -> str:
-    """``12.3 ± 0.4`` (``n`` > 1), ``12.3`` (one draw), ``-`` (none)."""
+def format_ci(mean: float, half: float, n: int, digits: int = 4,
+              places: int | None = None) -> str:
+    """``12.3 ± 0.4`` (``n`` > 1), ``12.3`` (one draw, or no half-width known), ``-`` (none):
+    ``digits`` significant digits (the half-width 2), or ``places`` decimals for both."""
     if n == 0 or not math.isfinite(mean):
         return "-"
+    shown, shown_half = (f".{digits}g", ".2g") if places is None else (f".{places}f",) * 2
     if n == 1 or not math.isfinite(half):
-        return f"{mean:.{digits}g}"
-    return f"{mean:.{digits}g} ± {half:.2g}"
+        return f"{mean:{shown}}"
+    return f"{mean:{shown}} ± {half:{shown_half}}"

@@ -28,22 +28,20 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from depthscape.analysis.landscape.surface import (
-    LandscapeConfig,
-    compute_model_surface,
-    subject_surface,
-)
+from depthscape.analysis.landscape.storage import SurfaceState
+from depthscape.analysis.landscape.surface import LandscapeConfig, surface_of
 from depthscape.core.data import Dataset
 from depthscape.core.device import get_device
 from depthscape.core.errors import UserError
 from depthscape.core.runtime import precision_named
-from depthscape.core.subject import Subject, safe_stem, subject_from_run
+from depthscape.core.subject import Subject, subject_from_run
 from depthscape.training.snapshots import (
     flatten_parameters,
     read_snapshot_info,
@@ -295,21 +293,53 @@ def compute_trajectory(checkpoint: str | os.PathLike, config: TrajectoryConfig |
                               overwrite=overwrite)
 
 
-def subject_trajectory(subject: Subject, config: TrajectoryConfig | None = None, *,
-                       snapshots: str | os.PathLike | None = None,
-                       output: str | os.PathLike | None = None,
-                       root: str | os.PathLike | None = None, progress: bool = True,
-                       overwrite: bool = False) -> Path:
+def subject_trajectory(subject: Subject, config: TrajectoryConfig | None = None,
+                       **options) -> Path:
     """Compute (or finish) the trajectory surface of any
-    :class:`~depthscape.core.subject.Subject` (a run's, or a model of the user's), from
-    ``snapshots`` (default: the file its run kept) to its weights; returns the file.
+    :class:`~depthscape.core.subject.Subject` (a run's, or a model of the user's); returns
+    the file: :func:`trajectory_of`'s, whose doc says the rest and the ``options``."""
+    return trajectory_of(subject, config, **options)[1]
 
-    ``output`` defaults to :func:`default_trajectory_path` under the Subject's home (a
-    run's directory) or ``root``; a contour of another precision is another file. A missing
-    snapshot file is one line, before any other work; resume and sharding are the
-    landscape's (:func:`~depthscape.analysis.landscape.surface.subject_surface`).
+
+def trajectory_of(subject: Subject, config: TrajectoryConfig | None = None, *,
+                  snapshots: str | os.PathLike | Sequence[Mapping] | None = None,
+                  output: str | os.PathLike | None = None,
+                  root: str | os.PathLike | None = None, progress: bool = True,
+                  overwrite: bool = False, notify: bool = True
+                  ) -> tuple[SurfaceState, Path | None]:
+    """The trajectory surface of ``subject`` from ``snapshots`` to its weights, computed (or
+    finished), with its file.
+
+    ``snapshots``: a snapshot file (default: the file its run kept;
+    :func:`trajectory_from_snapshots`) or a list of state dicts
+    (:func:`trajectory_from_states`). ``output`` defaults to :func:`default_trajectory_path`
+    under the Subject's home (a run's directory) or ``root``; with neither the surface
+    stays in memory and its file is None. A contour of another precision is another file.
+    A missing snapshot file is one line, before any other work; resume, sharding and
+    ``notify`` are the landscape's (:func:`~depthscape.analysis.landscape.surface.surface_of`).
     """
     config = _checked(config)
+    if snapshots is not None and not isinstance(snapshots, (str, os.PathLike)):
+        trajectory = trajectory_from_states(list(snapshots), subject.model,
+                                            get_device(config.device))
+        snapshots = None  # no file to record
+    else:
+        snapshots = _snapshot_file(subject, snapshots)
+        trajectory = trajectory_from_snapshots(snapshots, subject.model,
+                                               get_device(config.device), subject.step)
+    key = directions_key(trajectory)
+    home = subject.home if subject.home is not None else root
+    if output is None and home is not None:  # another precision's contour: another file
+        tag = precision_named(config.precision).tag
+        output = default_trajectory_path(home, subject.stem, config.split, key[:10] + tag)
+    return surface_of(subject, _contour(trajectory, config), output, progress=progress,
+                      overwrite=overwrite, directions=trajectory.directions,
+                      direction_identity=_pca_identity(trajectory, key, config),
+                      extra=trajectory_extra(trajectory), snapshots=snapshots, notify=notify)
+
+
+def _snapshot_file(subject: Subject, snapshots: str | os.PathLike | None) -> Path:
+    """The snapshot file given, else the one ``subject``'s run kept; missing: one line."""
     given = snapshots is not None
     snapshots = Path(snapshots) if given else subject.snapshots
     if snapshots is None:
@@ -318,52 +348,4 @@ def subject_trajectory(subject: Subject, config: TrajectoryConfig | None = None,
         raise UserError(f"no snapshot file {snapshots}" if given else
                         f"{subject.label} has no weight snapshots ({snapshots} does not exist): "
                         "train its run with --snapshot-every N")
-    trajectory = trajectory_from_snapshots(snapshots, subject.model, get_device(config.device),
-                                           subject.step)
-    key = directions_key(trajectory)
-    if output is None:  # a contour of another precision is another file (its own identity)
-        home = subject.home if subject.home is not None else Path(root)
-        tag = precision_named(config.precision).tag
-        output = default_trajectory_path(home, subject.stem, config.split, key[:10] + tag)
-    return subject_surface(subject, _contour(trajectory, config), Path(output),
-                           progress=progress, overwrite=overwrite,
-                           directions=trajectory.directions,
-                           direction_identity=_pca_identity(trajectory, key, config),
-                           extra=trajectory_extra(trajectory),
-                           snapshots=snapshots)
-
-
-def compute_model_trajectory(model: torch.nn.Module, split, snapshots,
-                             config: TrajectoryConfig | None = None, *, preprocess=None,
-                             loss_fn=None, loss_name: str = "cross_entropy",
-                             model_name: str | None = None,
-                             output: str | os.PathLike | None = None,
-                             default_root: str | os.PathLike | None = None,
-                             info: dict | None = None, overwrite: bool = False,
-                             progress: bool = True):
-    """The trajectory surface of any ``model`` (not a depthscape checkpoint) on ``split``:
-    the Python API's and ``trajectory --model-from``'s path, through
-    :func:`~depthscape.analysis.landscape.surface.compute_model_surface` (its resume and
-    sharding). ``snapshots``: a snapshot file (:func:`trajectory_from_snapshots`, ending at
-    ``model``'s weights) or a list of state dicts (:func:`trajectory_from_states`).
-    ``output``, else ``<default_root>/landscapes/<model>_trajectory_<split>_<hash>.h5``,
-    else in memory. Returns ``(SurfaceState, path or None)``."""
-    config = _checked(config)
-    device = get_device(config.device)
-    if isinstance(snapshots, (str, os.PathLike)):
-        if not Path(snapshots).is_file():
-            raise UserError(f"no snapshot file {snapshots}")
-        trajectory = trajectory_from_snapshots(snapshots, model, device)
-    else:
-        trajectory = trajectory_from_states(list(snapshots), model, device)
-    key = directions_key(trajectory)
-    name = model_name or type(model).__name__
-    if output is None and default_root is not None:
-        tag = precision_named(config.precision).tag
-        output = default_trajectory_path(default_root, safe_stem(name), config.split,
-                                         key[:10] + tag)
-    return compute_model_surface(
-        model, split, _contour(trajectory, config), preprocess=preprocess, loss_fn=loss_fn,
-        loss_name=loss_name, model_name=name, directions=trajectory.directions,
-        direction_identity=_pca_identity(trajectory, key, config), output=output, info=info,
-        overwrite=overwrite, progress=progress, extra=trajectory_extra(trajectory))
+    return snapshots

@@ -21,6 +21,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from depthscape.core.checkpoint import check_finite
 from depthscape.core.errors import UserError
+from depthscape.core.splits import Split
+from depthscape.core.subject import Subject, subject_from_model
 
 #: What ``data`` may be: a pair of tensors, a Dataset or a DataLoader of (input, target).
 Data = Union[tuple[torch.Tensor, torch.Tensor], torch.utils.data.Dataset,
@@ -136,6 +138,13 @@ def loss_name(loss: LossFn | None) -> str:
     if isinstance(loss, nn.Module):
         return repr(loss)
     return getattr(loss, "__qualname__", None) or type(loss).__name__
+
+
+def subject_of(model: nn.Module, data: Data, loss: LossFn | None) -> Subject:
+    """``model`` on ``data`` (collected once), measured with ``loss``, as the
+    :class:`~depthscape.core.subject.Subject` the analyses take."""
+    return subject_from_model(model, data=Split(*collect(data)), loss=loss,
+                              name=model_name(model), loss_name=loss_name(loss))
 
 
 def spans(span, dims: int) -> tuple[tuple[float, float], tuple[float, float]]:

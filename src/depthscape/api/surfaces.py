@@ -14,7 +14,7 @@ from torch import nn
 from depthscape.analysis.landscape import directions as _directions
 from depthscape.analysis.landscape.plots import draw_figure
 from depthscape.analysis.landscape.storage import SurfaceState, read_state, write_surface
-from depthscape.analysis.landscape.surface import LandscapeConfig, compute_model_surface
+from depthscape.analysis.landscape.surface import LandscapeConfig, surface_of
 from depthscape.analysis.trajectory_plots import draw_trajectory
 from depthscape.api._inputs import (
     SPLIT,
@@ -22,12 +22,10 @@ from depthscape.api._inputs import (
     Direction,
     LossFn,
     check_model,
-    collect,
-    loss_name,
     model_name,
     spans,
+    subject_of,
 )
-from depthscape.core.data import Split
 from depthscape.core.errors import UserError
 
 
@@ -170,12 +168,10 @@ def _surface(model: nn.Module, data: Data, *, dims: int, resolution: int, span, 
     config = LandscapeConfig(resolution=int(resolution), xrange=xspan, yrange=yspan, seed=seed,
                              norm=norm, batch_size=int(batch_size), device=device, dims=dims,
                              precision=precision, split=SPLIT).validate()
-    inputs, targets = collect(data)
-    state, path = compute_model_surface(
-        model, Split(inputs, targets), config, loss_fn=loss, loss_name=loss_name(loss),
-        model_name=model_name(model), directions=directions, target_state=target,
-        output=output, info={"source": "python api", "target": target_name},
-        overwrite=overwrite, progress=progress)
+    subject = subject_of(model, data, loss)
+    state, path = surface_of(subject, config, output, progress=progress, overwrite=overwrite,
+                             directions=directions, target=target, target_name=target_name,
+                             notify=progress)
     return Surface(state, path)
 
 

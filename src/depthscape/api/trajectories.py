@@ -8,10 +8,9 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from depthscape.analysis.trajectory import TrajectoryConfig, compute_model_trajectory
-from depthscape.api._inputs import SPLIT, Data, LossFn, check_model, collect, loss_name, model_name
+from depthscape.analysis.trajectory import TrajectoryConfig, trajectory_of
+from depthscape.api._inputs import SPLIT, Data, LossFn, check_model, subject_of
 from depthscape.api.surfaces import TrajectorySurface
-from depthscape.core.data import Split
 
 
 def trajectory(snapshots: str | os.PathLike | Sequence[Mapping[str, torch.Tensor]],
@@ -47,13 +46,11 @@ def trajectory(snapshots: str | os.PathLike | Sequence[Mapping[str, torch.Tensor
     check_model(model)
     if not isinstance(snapshots, (str, os.PathLike)):
         snapshots = [dict(s) for s in snapshots]
-    inputs, targets = collect(data)
+    subject = subject_of(model, data, loss)
     config = TrajectoryConfig(resolution=int(resolution), margin=float(margin), split=SPLIT,
                               batch_size=int(batch_size),
                               device=None if device is None else str(device),
                               precision=precision)
-    state, path = compute_model_trajectory(
-        model, Split(inputs, targets), snapshots, config, loss_fn=loss,
-        loss_name=loss_name(loss), model_name=model_name(model), output=output,
-        info={"source": "python api"}, overwrite=overwrite, progress=progress)
+    state, path = trajectory_of(subject, config, snapshots=snapshots, output=output,
+                                progress=progress, overwrite=overwrite, notify=progress)
     return TrajectorySurface(state, path)

@@ -7,8 +7,9 @@ loss, its name in tables and file names, and the facts that identify it (weights
 and recipe where known). :func:`subject_from_run` makes one from a trained run's checkpoint
 (:func:`~depthscape.core.trained.load_trained_run`: its recorded settings, data and
 preprocessing), :func:`subject_from_model` from a model built outside the package
-(``--model-from``: a :class:`~depthscape.core.plugins.PluginModel`). The analyses take a
-Subject and do not ask where it came from.
+(``--model-from``: a :class:`~depthscape.core.plugins.PluginModel`; the Python API: any
+``nn.Module`` with the data and loss it is given). The analyses take a Subject and do not
+ask where it came from.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from depthscape.core.data import Dataset, Preprocess, Split, load_dataset
@@ -29,8 +29,11 @@ from depthscape.core.plugins import PluginModel, check_model_reads, plugin_name
 from depthscape.core.runs import run_home, snapshot_path
 from depthscape.core.trained import DatasetCache, DataSource, TrainedRun, load_trained_run
 
-#: The loss every analysis measures: the mean cross-entropy of the model's scores.
+#: A loss of the model's scores and the targets: the batch's mean (or one per sample).
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+#: The name a Python API model's data has in its files' records (it is given, not named).
+GIVEN_DATA = "given"
 
 
 @dataclass
@@ -41,7 +44,9 @@ class Subject:
     ``resnet56``; a plug-in's :func:`~depthscape.core.plugins.plugin_name`), ``label`` how a
     report shows it. ``split("train")`` is the training data as the run trained on it (its
     recorded subset), ``split("test")`` the whole test set. ``run``/``plugin``: where it
-    came from (one of them), for what only that kind has.
+    came from (one of them; neither: a Python API model, its data given), for what only
+    that kind has. ``loss``: the loss measured, None for the mean cross-entropy (each
+    analysis computes it its own exact way; a run's and a plug-in's are always it).
 
     Its result files (a surface, a trajectory) are named and recorded from it alone:
     ``stem`` begins their default names (a run's checkpoint's stem; a plug-in's SPEC, made
@@ -58,7 +63,7 @@ class Subject:
     label: str
     identity: dict  # what decides it: checkpoint or weights, model, recipe where known
     train_subset: int | None = None
-    loss: LossFn = F.cross_entropy
+    loss: LossFn | None = None
     run: TrainedRun | None = None
     plugin: PluginModel | None = None
     source: DataSource | None = None  # a plug-in's data (a run's: its own)
@@ -80,9 +85,11 @@ class Subject:
         return self._dataset
 
     @property
-    def preprocess(self) -> Preprocess:
-        """The evaluation preprocessing (no augmentation) the model expects."""
-        return (self.run if self.run is not None else self.plugin).preprocess
+    def preprocess(self) -> Preprocess | None:
+        """The evaluation preprocessing (no augmentation) the model expects (None: a Python
+        API model, which reads its given inputs as they are)."""
+        origin = self.run if self.run is not None else self.plugin
+        return origin.preprocess if origin is not None else None
 
     def split(self, which: str) -> Split:
         """``"train"``: the data the run trained on; ``"test"``: the whole test set."""
@@ -103,9 +110,12 @@ class Subject:
         """What a result file records of where its subject came from, in the layout each
         kind's files have always had: a run's checkpoint, the ``target`` checkpoint of a
         line and the dataset's name (its snapshots lie beside the checkpoint); a plug-in's
-        source, the dataset's name, its keyword arguments, weights and ``snapshots`` file."""
+        source, the dataset's name, its keyword arguments, weights and ``snapshots`` file;
+        a Python API model's source, its data (given) and the ``target`` model's name."""
         if self.run is not None:
             return {"checkpoint": str(self.run.path), "target": target, "dataset": dataset}
+        if self.plugin is None:
+            return {"source": "python api", "dataset": dataset, "target": target}
         weights = self.plugin.weights
         return {"source": "--model-from", "dataset": dataset, "model_kwargs": self.plugin.kwargs,
                 "weights": str(weights) if weights is not None else None,
@@ -139,17 +149,41 @@ def subject_from_run(checkpoint: str | os.PathLike, *, model: str | None = None,
                    snapshots=snapshot_path(run.path), step=run.checkpoint.get("iteration"))
 
 
-def subject_from_model(plugin: PluginModel, *, dataset: str | None = None,
+def subject_from_model(model: PluginModel | nn.Module, *, dataset: str | None = None,
                        data_dir: str | None = None, cache_dir: str | None = None,
-                       device: torch.device | str | None = None) -> Subject:
-    """A model of the user's (``--model-from``, with its ``--weights``) as a Subject, on the
-    data given (else what the run of its weights trained on; none named: one line now).
-    The data loads on first use; :meth:`Subject.check_reads` checks the model against it."""
-    source = plugin.data_source(dataset, data_dir, cache_dir)
-    weights = plugin.weights
-    subject = Subject(plugin.model, plugin_name(plugin.spec), plugin.spec, plugin.identity(),
-                      plugin.train_subset, plugin=plugin, source=source,
-                      stem=safe_stem(plugin.spec), recorded_name=plugin.spec,
-                      loss_name="cross_entropy",
-                      snapshots=snapshot_path(weights) if weights is not None else None)
+                       device: torch.device | str | None = None, data: Split | None = None,
+                       loss: LossFn | None = None, name: str | None = None,
+                       loss_name: str = "cross_entropy") -> Subject:
+    """A model of the user's as a Subject.
+
+    A :class:`~depthscape.core.plugins.PluginModel` (``--model-from``, with its
+    ``--weights``): on the data named (else what the run of its weights trained on; none
+    named: one line now), loaded on first use; :meth:`Subject.check_reads` checks the model
+    against it. Any other ``nn.Module`` (the Python API's): on ``data``, its inputs as they
+    are and its targets (both splits), measured with ``loss`` (None: cross-entropy) and
+    recorded under ``name`` (default: its class's name) and ``loss_name``; it has no home
+    (its files go where they are named). ``device``: where the model is moved (None: it
+    stays where it is; an analysis evaluates a copy on its own device).
+    """
+    if isinstance(model, PluginModel):
+        weights = model.weights
+        subject = Subject(model.model, plugin_name(model.spec), model.spec, model.identity(),
+                          model.train_subset, plugin=model,
+                          source=model.data_source(dataset, data_dir, cache_dir),
+                          stem=safe_stem(model.spec), recorded_name=model.spec,
+                          loss_name="cross_entropy",
+                          snapshots=snapshot_path(weights) if weights is not None else None)
+    else:
+        subject = _given_subject(model, data, loss, name or type(model).__name__, loss_name)
     return subject.to(device) if device is not None else subject
+
+
+def _given_subject(model: nn.Module, data: Split | None, loss: LossFn | None, name: str,
+                   loss_name: str) -> Subject:
+    """:func:`subject_from_model`'s Subject of a Python API model on its given ``data``."""
+    if data is None:
+        raise ValueError("a model that is not a --model-from plug-in needs its data")
+    given = Dataset(GIVEN_DATA, data, data, [])  # one split, as the test and the train split
+    return Subject(model, name, name, {"model": name, "loss": loss_name}, loss=loss,
+                   stem=safe_stem(name), recorded_name=name, loss_name=loss_name,
+                   _dataset=given)

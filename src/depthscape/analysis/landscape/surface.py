@@ -24,6 +24,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -57,7 +58,7 @@ from depthscape.core.limits import require_fits
 from depthscape.core.locking import claim_output
 from depthscape.core.plugins import copy_model
 from depthscape.core.runtime import PRECISIONS, precision_named, resolve_precision
-from depthscape.core.subject import Subject, safe_stem, subject_from_run
+from depthscape.core.subject import Subject, subject_from_run
 from depthscape.core.trained import load_trained_run
 
 
@@ -148,38 +149,62 @@ def compute_landscape(checkpoint: str | os.PathLike, config: LandscapeConfig | N
 
 
 def subject_surface(subject: Subject, config: LandscapeConfig | None = None,
-                    output: str | os.PathLike | None = None, *,
-                    root: str | os.PathLike | None = None, progress: bool = True,
-                    overwrite: bool = False, save_every: float = 5.0,
-                    directions: list[dict[str, torch.Tensor]] | None = None,
-                    direction_identity: dict | None = None,
-                    extra: dict[str, np.ndarray] | None = None,
-                    snapshots: Path | None = None) -> Path:
+                    output: str | os.PathLike | None = None, **options) -> Path:
     """Compute (or finish) the loss surface of any :class:`~depthscape.core.subject.Subject`
-    (a run's, or a model of the user's); returns the HDF5 file.
+    (a run's, or a model of the user's); returns the HDF5 file: :func:`surface_of`'s, whose
+    doc says the rest and the ``options``."""
+    return surface_of(subject, config, output, **options)[1]
+
+
+def surface_of(subject: Subject, config: LandscapeConfig | None = None,
+               output: str | os.PathLike | None = None, *,
+               root: str | os.PathLike | None = None, progress: bool = True,
+               overwrite: bool = False, save_every: float = 5.0,
+               directions: list[dict[str, torch.Tensor]] | None = None,
+               direction_identity: dict | None = None,
+               extra: dict[str, np.ndarray] | None = None,
+               snapshots: Path | None = None, target: dict | None = None,
+               target_name: str | None = None, notify: bool = True
+               ) -> tuple[SurfaceState, Path | None]:
+    """The loss surface of ``subject``: computed (or finished), with its file.
 
     ``output`` defaults to ``<home>/landscapes/<stem>_<split>_<2d|1d|line>_<settings
-    hash>.h5``, the home the Subject's (a run's directory) or ``root``. A file with the same
-    settings is continued (only missing points are computed), one with other settings
-    refused unless ``overwrite``; it is rewritten atomically at most every ``save_every``
-    seconds and at the end. Under torchrun every rank calls this; rank 0 writes the file.
-    ``directions`` (keyed like the model's state) replace the random ones, e.g. a
-    trajectory's, ``direction_identity`` says what they are (stored with the settings: a
-    rerun with other directions must not resume this file), ``extra`` holds datasets stored
-    alongside (:mod:`~depthscape.analysis.landscape.storage`) and ``snapshots`` the snapshot
-    file they came from (recorded).
+    hash>.h5``, the home the Subject's (a run's directory) or ``root``; with neither (a
+    Python API model, no file named) the surface stays in memory and its file is None. A
+    file with the same settings is continued (only missing points are computed), one with
+    other settings refused unless ``overwrite``; it is rewritten atomically at most every
+    ``save_every`` seconds and at the end. Under torchrun every rank calls this; rank 0
+    writes the file. ``directions`` (keyed like the model's state) replace the random ones,
+    e.g. a trajectory's, ``direction_identity`` says what they are (stored with the
+    settings: a rerun with other directions must not resume this file), ``extra`` holds
+    datasets stored alongside (:mod:`~depthscape.analysis.landscape.storage`) and
+    ``snapshots`` the snapshot file they came from (recorded). ``target`` (a state of the
+    same model, recorded as ``target_name``) is the end of a 1-D line, as
+    ``config.target`` (a checkpoint) is. ``notify``: rank 0 prints a notice where the
+    precision asked cannot act on the device.
     """
     config = (config or LandscapeConfig()).validate()
     dist = setup(config.device)
     try:
-        config = _resolved(config, dist, notify=True)  # the precision that runs here
-        given = (directions, direction_identity, extra, snapshots)
+        config = _resolved(config, dist, notify=notify)  # the precision that runs here
+        given = _Given(directions, direction_identity, extra, snapshots, target, target_name)
         # issue 11: the surface's lock (taken in fill_surface) lives as long as this call
         with contextlib.ExitStack() as held:
             return _compute(subject, config, output, root, progress, overwrite, save_every,
                             dist, held, given)
     finally:
         dist.close()
+
+
+class _Given(NamedTuple):
+    """What a caller gives :func:`surface_of` besides the Subject and the settings."""
+
+    directions: list[dict[str, torch.Tensor]] | None
+    direction_identity: dict | None
+    extra: dict[str, np.ndarray] | None
+    snapshots: Path | None
+    target: dict | None
+    target_name: str | None
 
 
 def _resolved(config: LandscapeConfig, dist: DistContext, notify: bool) -> LandscapeConfig:
@@ -228,18 +253,18 @@ def surface_identity(name: str, state: dict, kind: dict, config: LandscapeConfig
 
 def _compute(subject: Subject, config: LandscapeConfig, output, root, progress: bool,
              overwrite: bool, save_every: float, dist: DistContext,
-             held: contextlib.ExitStack, given: tuple) -> Path:
-    """:func:`subject_surface`'s work: the identity, the file name and the record made once,
+             held: contextlib.ExitStack, given: _Given) -> tuple[SurfaceState, Path | None]:
+    """:func:`surface_of`'s work: the identity, the file name and the record made once,
     from the Subject."""
     model, state = subject.model, subject.model.state_dict()
-    target = None
+    target, target_name = given.target, given.target_name
     if config.target is not None:  # the same model (name checked), at other weights
         target = load_trained_run(config.target, model=subject.name).model.state_dict()
-    given_directions, given_identity, given_extra, snapshots = given
-    if given_directions is not None and target is not None:
+        target_name = str(config.target)
+    if given.directions is not None and target is not None:
         raise ValueError("directions and a target: give one of them")
-    kind, make_directions = model_directions(model, state, config, given_directions,
-                                             given_identity, target)
+    kind, make_directions = model_directions(model, state, config, given.directions,
+                                             given.direction_identity, target)
     dataset = subject.dataset
     split = (dataset.test if config.split == "test" else dataset.train).subset(config.subset, SUBSET_SEED)
     # before any file or folder: the model reads the data to a finite output, and can be
@@ -248,14 +273,16 @@ def _compute(subject: Subject, config: LandscapeConfig, output, root, progress: 
     copy_model(model)
     identity = surface_identity(subject.recorded_name, state, kind, config, split,
                                 subject.preprocess, dist, subject.loss_name)
-    path = Path(output) if output is not None else default_surface_path(
-        subject.home if subject.home is not None else root, subject.stem, config, identity)
-    info = {**subject.record(dataset.name, str(config.target) if config.target else None,
-                             snapshots), **_run_info(config, dist)}
-    fill_surface(path, model, split, subject.preprocess, identity, config, dist, held=held,
-                 info=info, directions=make_directions, extra=given_extra, overwrite=overwrite,
-                 save_every=save_every, progress=progress)
-    return path
+    home = subject.home if subject.home is not None else root
+    path = Path(output) if output is not None else None if home is None else \
+        default_surface_path(home, subject.stem, config, identity, line=target is not None)
+    info = {**subject.record(dataset.name, target_name, given.snapshots),
+            **_run_info(config, dist)}
+    surface = fill_surface(path, model, split, subject.preprocess, identity, config, dist,
+                           held=held, info=info, directions=make_directions, extra=given.extra,
+                           overwrite=overwrite, save_every=save_every, progress=progress,
+                           loss_fn=subject.loss)
+    return surface, path
 
 
 def fill_surface(path: Path | None, model: torch.nn.Module, split: Split, preprocess,
@@ -328,52 +355,6 @@ def _open_surface(path: Path | None, identity: dict, config: LandscapeConfig, di
                             directions(), identity, {})
         surface.extra.update(extra or {})
     return surface
-
-
-def compute_model_surface(model: torch.nn.Module, split: Split, config: LandscapeConfig, *,
-                          preprocess=None,
-                          loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                          loss_name: str = "cross_entropy", model_name: str | None = None,
-                          directions: list[dict[str, torch.Tensor]] | None = None,
-                          direction_identity: dict | None = None, target_state: dict | None = None,
-                          output: str | os.PathLike | None = None,
-                          default_root: str | os.PathLike | None = None, info: dict | None = None,
-                          overwrite: bool = False, progress: bool = True,
-                          extra: dict[str, np.ndarray] | None = None) -> tuple[SurfaceState, Path | None]:
-    """The surface of any ``model`` on ``split`` (not a depthscape checkpoint): the Python
-    API's and ``landscape --model-from``'s path, through :func:`fill_surface`.
-
-    ``split`` holds model inputs as they are (``preprocess=None``) or uint8 images with
-    their :class:`~depthscape.core.data.Preprocess`. Directions: random per ``config``
-    (seed, norm); ``directions`` given (``direction_identity`` says what they are); or the
-    line to ``target_state`` (a state dict of the same architecture, 1-D). ``output`` is
-    the HDF5 file (resumed if it holds the same settings); without it, ``default_root``
-    gives ``<root>/landscapes/<model>_<split>_<kind>_<settings hash>.h5``, and with
-    neither the surface stays in memory. ``extra``: arrays stored alongside (a trajectory's
-    path). Returns the surface and its file (or None).
-    """
-    config = config.validate()
-    dist = setup(config.device)
-    try:
-        config = _resolved(config, dist, notify=progress)
-        state = model.state_dict()
-        kind, make = model_directions(model, state, config, directions, direction_identity,
-                                      target_state)
-        name = model_name or type(model).__name__
-        identity = surface_identity(name, state, kind, config, split, preprocess, dist,
-                                    loss_name)
-        path = Path(output) if output is not None else None
-        if path is None and default_root is not None:
-            path = default_surface_path(default_root, safe_stem(name), config, identity,
-                                        line=target_state is not None)
-        info = {"source": "model", "dataset": "given", **(info or {}), **_run_info(config, dist)}
-        with contextlib.ExitStack() as held:
-            surface = fill_surface(path, model, split, preprocess, identity, config, dist,
-                                   held=held, info=info, directions=make, overwrite=overwrite,
-                                   progress=progress, loss_fn=loss_fn, extra=extra)
-    finally:
-        dist.close()
-    return surface, path
 
 
 def read_surface(surface_file: str | os.PathLike) -> dict:

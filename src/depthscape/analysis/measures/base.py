@@ -148,6 +148,9 @@ class Measure:
     #: fields added after results were first stored, each with the value those results
     #: were measured at (left out of the cache key there, so the stored results stay valid)
     added: Mapping[str, Any] = {}
+    #: an optional measure's quantity: its table columns, CSV fields and notes appear only
+    #: where a result of the table holds it (None: always; see :meth:`shown_in`)
+    shown_with: str | None = None
 
     def enabled(self, config) -> bool:
         return True
@@ -182,7 +185,13 @@ class Measure:
         """The draw's values as each draw's record lists them."""
         return {q: estimates[q].value if q in estimates else None for q in self.quantities}
 
-    # the table (``group``: a model's results over seeds; see sharpness_table)
+    # the table (``group``: a model's results over seeds; see sharpness_table), asked only
+    # of the measures :meth:`shown_in` it
+    def shown_in(self, layout) -> bool:
+        """Whether its columns, CSV fields and notes are in the table of ``layout``: always,
+        or, with :attr:`shown_with`, where any of its results measured that quantity."""
+        return self.shown_with is None or any(self.shown_with in r for r in layout.results)
+
     def headers(self, layout) -> list[str]:
         return []
 

@@ -42,6 +42,7 @@ class Blocks(Measure):
     quantities = _QUANTITIES
     settings = {"blocks": (str, "")}  # layer, stage or names; "": off
     added = {"blocks": ""}
+    shown_with = "block_largest"
 
     def enabled(self, config) -> bool:
         return bool(config.blocks)
@@ -103,24 +104,16 @@ class Blocks(Measure):
                                           {"steps": stored.get("steps"),
                                            "residuals": stored.get("residuals")})}
 
-    @staticmethod
-    def _measured(layout) -> bool:
-        return any("block_largest" in r for r in layout.results)
-
     def headers(self, layout) -> list[str]:
-        return ["Sharpest block (λmax)"] if self._measured(layout) else []
+        return ["Sharpest block (λmax)"]
 
     def cells(self, group, layout) -> list[str]:
-        if not self._measured(layout):
-            return []
         name, value = _sharpest(group)
         if name is None:
             return ["-"]
         return [mark_unconverged(f"{name}: {value:.4g}", all(group.flags("block_largest")))]
 
     def csv_fields(self, group, layout) -> dict:
-        if not self._measured(layout):
-            return {}
         name, value = _sharpest(group)
         return {"blocks": group.one["block_trace"].details.get("by")
                 if "block_trace" in group.one else None,
@@ -143,8 +136,6 @@ class Blocks(Measure):
         return "block λmax" if quantity == "block_largest" else "block trace"
 
     def notes(self, layout) -> list[str]:
-        if not self._measured(layout):
-            return []
         return ["Sharpest block: the block whose diagonal Hessian block H_bb has the largest "
                 "λmax (Lanczos on H_bb); every block's trace (± its standard error over the "
                 "trace's own Hutchinson probes) and λmax are in <run>.blocks.csv and .json."]

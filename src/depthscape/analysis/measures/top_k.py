@@ -27,6 +27,7 @@ class TopK(Measure):
     quantities = ("top",)
     settings = {"top_k": (int, 0)}  # also the k largest eigenvalues; 0: off
     added = {"top_k": 0}
+    shown_with = "top"
 
     def enabled(self, config) -> bool:
         return config.top_k > 0
@@ -71,22 +72,14 @@ class TopK(Measure):
                                 data.get("top_ci"), {"steps": data.get("top_steps"),
                                                      "residuals": data.get("top_residuals")})}
 
-    @staticmethod
-    def _measured(layout) -> bool:
-        return any("top" in r for r in layout.results)
-
     def headers(self, layout) -> list[str]:
-        return ["Top eigenvalues"] if self._measured(layout) else []
+        return ["Top eigenvalues"]
 
     def cells(self, group, layout) -> list[str]:
-        if not self._measured(layout):
-            return []
         # each value its own dagger: the top-k's values converge one by one
         return [", ".join(group.cells("top")) or "-"]
 
     def csv_fields(self, group, layout) -> dict:
-        if not self._measured(layout):
-            return {}
         means = group.means("top")
         cis = group.interval("top")
         flags = group.flags("top")
@@ -118,8 +111,6 @@ class TopK(Measure):
         return "top eigenvalues"
 
     def notes(self, layout) -> list[str]:
-        if not self._measured(layout):
-            return []
         return ["Top eigenvalues: the largest Lanczos Ritz values, descending, from the "
                 "Lanczos run that gives the largest and smallest (one start vector sees one "
                 "copy of a repeated eigenvalue); each value that did not converge carries "

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from depthscape.analysis.gradient_flow import WINDOW, FlowRow, flow_rows
 from depthscape.analysis.layer_curves import layer_file_for, load_layer_flow, plot_layer_flows
+from depthscape.analysis.stats import format_ci
 from depthscape.analysis.tables import Table
 from depthscape.core.models import model_info, present_pairs
 from depthscape.study.blocks import Bullets, FigureBlock, Heading, Paragraph, TableBlock
@@ -71,8 +72,16 @@ class DepthStage(Stage):
 
 
 def _log_text(interval) -> str:
-    return f"{interval.mean:.2f} ± {interval.half:.2f}" if interval.half == interval.half \
-        else f"{interval.mean:.2f}"
+    return format_ci(interval.mean, interval.half, interval.n, places=2)
+
+
+def _compared(pair: PairFlow) -> list[tuple[FlowRow, FlowRow, float, str]]:
+    """Each phase of ``pair``: both models' rows, the second's early gradient over the
+    first's and whether their intervals separate them (:func:`compare_intervals`; "" where
+    either has none)."""
+    return [(a, b, 10 ** (b.early.mean - a.early.mean),
+             compare_intervals((a.early.mean, a.early.half), (b.early.mean, b.early.half)))
+            for a, b in zip(*pair.rows)]
 
 
 def flow_table(pairs: list[PairFlow]) -> Table:
@@ -86,10 +95,9 @@ def flow_table(pairs: list[PairFlow]) -> Table:
                   "second_early_half", "first_late_log10", "second_late_log10", "n", "over"]
     rows, csv_rows = [], []
     for pair in pairs:
-        for a, b in zip(*pair.rows):
-            verdict = compare_intervals((a.early.mean, a.early.half), (b.early.mean, b.early.half))
+        for a, b, ratio, verdict in _compared(pair):
             rows.append([str(pair.depth), f"{a.phase} ({a.iteration})", _log_text(a.early),
-                         _log_text(b.early), f"{10 ** (b.early.mean - a.early.mean):.3g}x",
+                         _log_text(b.early), f"{ratio:.3g}x",
                          f"{10 ** (a.early.mean - a.late.mean):.3g}x",
                          f"{10 ** (b.early.mean - b.late.mean):.3g}x", verdict or "no interval",
                          f"{a.early.n} {a.early.over}"])
@@ -107,9 +115,7 @@ def flow_observations(pairs: list[PairFlow]) -> list[str]:
     lines = []
     for pair in pairs:
         first, second = pair.labels
-        for a, b in zip(*pair.rows):
-            ratio = 10 ** (b.early.mean - a.early.mean)
-            verdict = compare_intervals((a.early.mean, a.early.half), (b.early.mean, b.early.half))
+        for a, _, ratio, verdict in _compared(pair):
             where = (a.phase if a.phase.startswith("before") else f"at the {a.phase}") + \
                 f" (iteration {a.iteration})"
             if verdict.startswith("significant"):
