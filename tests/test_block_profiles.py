@@ -76,3 +76,21 @@ def test_overlapping_or_missing_intervals_state_no_difference():
     # a tenfold λmax with one seed has no interval: not called a difference
     assert any("block λmax in stem, layer1, layer2, layer3, head are not compared" in line
                for line in lines)
+
+
+def test_the_study_measures_blocks_of_paired_models_only_while_depth_is_on(tmp_path):
+    from depthscape.study.runner import StudyConfig, get_budget
+    from depthscape.study.stages import Study
+    from depthscape.study.stages.sharpness import measurement, run_measurement
+
+    models = ["resnet8", "plain8", "resnet14", "cnn"]
+
+    def study(skip):
+        config = StudyConfig(budget="smoke", out_dir=str(tmp_path), models=models, skip=skip)
+        return Study(config, get_budget("smoke"), tmp_path, models, {}, None)
+
+    on = study(())
+    assert [run_measurement(on, m).blocks for m in models] == ["stage", "stage", "", ""]
+    off = study(("depth",))  # --no-depth: the sharpness of before, under its old cache key
+    assert all(run_measurement(off, m) == measurement(off) for m in models)
+    assert measurement(on).blocks == ""  # the density reads these settings: no stage densities
