@@ -11,6 +11,7 @@ import pytest
 
 from depthscape.analysis.block_profiles import BlockProfileRow, block_profile
 from depthscape.analysis.gradient_flow import Interval
+from depthscape.analysis.hessian import UNCONVERGED_MARK
 from depthscape.analysis.measures import Estimate
 from depthscape.study.stages.depth import PairBlocks, block_observations, block_table
 
@@ -94,3 +95,22 @@ def test_the_study_measures_blocks_of_paired_models_only_while_depth_is_on(tmp_p
     off = study(("depth",))  # --no-depth: the sharpness of before, under its old cache key
     assert all(run_measurement(off, m) == measurement(off) for m in models)
     assert measurement(on).blocks == ""  # the density reads these settings: no stage densities
+
+
+def test_an_unconverged_lambda_max_is_marked_and_not_compared():
+    res = _rows("resnet20", [1] * 5, 0.1, [2] * 5, 0.1)
+    plain = [BlockProfileRow(r.model, r.block, r.trace, r.lambda_max, r.block != "layer3")
+             for r in _rows("plain20", [1] * 5, 0.1, [2, 2, 2, 8, 2], 0.1)]
+    pair = PairBlocks(20, ("ResNet-20", "PlainNet-20"), None, (res, plain))
+    lines = block_observations([pair])
+    # separated intervals, but layer3's Lanczos did not converge: no difference stated
+    assert not any("significant" in line for line in lines)
+    assert any("λmax in layer3 are not compared: Lanczos" in line for line in lines)
+    table = block_table([pair])
+    assert table.rows[3][9] == "not converged" and table.rows[3][7].endswith(UNCONVERGED_MARK)
+    assert table.notes and table.csv_rows[3][-1] is False
+    # the flags come from every seed's Lanczos
+    one = _result([1.0] * 5, [0.1] * 5, 4, [1.0] * 5)
+    one["block_largest"].converged = [True, True, True, False, True]
+    assert [r.lambda_max_converged for r in block_profile("plain20", [one])] == [
+        True, True, True, False, True]

@@ -23,6 +23,7 @@ import numpy as np
 from depthscape.analysis.curves import _pyplot
 from depthscape.analysis.gradient_flow import Interval
 from depthscape.analysis.measures import Estimate
+from depthscape.analysis.measures.base import padded_flags
 from depthscape.analysis.measures.trace import probe_interval
 from depthscape.analysis.stats import mean_ci
 from depthscape.core.atomic import save_figure
@@ -36,6 +37,9 @@ class BlockProfileRow:
     block: str
     trace: Interval
     lambda_max: Interval
+    #: every seed's Lanczos on H_bb converged (else the λmax is not a result: marked, not
+    #: compared)
+    lambda_max_converged: bool = True
 
 
 def has_blocks(result) -> bool:
@@ -61,7 +65,8 @@ def block_profile(model: str, results: Sequence) -> list[BlockProfileRow]:
                              "probes")
         top = (Interval(*mean_ci(tops), "seeds") if len(results) > 1
                else Interval(tops[0], math.nan, 1, "one seed"))
-        rows.append(BlockProfileRow(model, name, trace, top))
+        converged = all(padded_flags(r["block_largest"])[i] for r in results)
+        rows.append(BlockProfileRow(model, name, trace, top, converged))
     return rows
 
 

@@ -17,7 +17,9 @@ from depthscape.analysis.block_profiles import (
     plot_block_profiles,
 )
 from depthscape.analysis.gradient_flow import WINDOW, FlowRow, flow_rows
+from depthscape.analysis.hessian import UNCONVERGED_MARK
 from depthscape.analysis.layer_curves import layer_file_for, load_layer_flow, plot_layer_flows
+from depthscape.analysis.measures.base import mark_unconverged
 from depthscape.analysis.tables import Table, write_table
 from depthscape.core.models import model_info, present_pairs
 from depthscape.study.blocks import Bullets, FigureBlock, Heading, Paragraph, TableBlock
@@ -216,22 +218,37 @@ def block_table(pairs: list[PairBlocks]) -> Table:
     csv_header = ["depth", "stage", "first_model", "second_model", "first_trace",
                   "first_trace_half", "second_trace", "second_trace_half", "first_lambda_max",
                   "first_lambda_max_half", "second_lambda_max", "second_lambda_max_half",
-                  "trace_over", "lambda_max_over"]
+                  "trace_over", "lambda_max_over", "first_lambda_max_converged",
+                  "second_lambda_max_converged"]
     rows, csv_rows = [], []
     for pair in pairs:
         for a, b in zip(*pair.rows):
             rows.append([str(pair.depth), a.block, _value_text(a.trace), _value_text(b.trace),
                          _factor(a.trace.mean, b.trace.mean), _verdict(a.trace, b.trace),
-                         _value_text(a.lambda_max), _value_text(b.lambda_max),
+                         _top_text(a), _top_text(b),
                          _factor(a.lambda_max.mean, b.lambda_max.mean),
-                         _verdict(a.lambda_max, b.lambda_max),
+                         _verdict(a.lambda_max, b.lambda_max) if _converged(a, b)
+                         else "not converged",
                          f"{a.trace.n} {a.trace.over}"])
             csv_rows.append([pair.depth, a.block, a.model, b.model, a.trace.mean, a.trace.half,
                              b.trace.mean, b.trace.half, a.lambda_max.mean, a.lambda_max.half,
                              b.lambda_max.mean, b.lambda_max.half, a.trace.over,
-                             a.lambda_max.over])
+                             a.lambda_max.over, a.lambda_max_converged,
+                             b.lambda_max_converged])
     title = "Curvature per stage (Hessian diagonal blocks), ResNet-D against PlainNet-D"
-    return Table(title, header, rows, csv_header, csv_rows, align_left=2)
+    notes = [] if all(_converged(a, b) for pair in pairs for a, b in zip(*pair.rows)) else [
+        f"{UNCONVERGED_MARK} Lanczos on H_bb did not converge within the budget's steps (for a "
+        "seed at least), so not a result and not compared; steps and residuals are in "
+        "sharpness/<run>.blocks.csv."]
+    return Table(title, header, rows, csv_header, csv_rows, align_left=2, notes=notes)
+
+
+def _converged(*rows: BlockProfileRow) -> bool:
+    return all(row.lambda_max_converged for row in rows)
+
+
+def _top_text(row: BlockProfileRow) -> str:
+    return mark_unconverged(_value_text(row.lambda_max), row.lambda_max_converged)
 
 
 def _verdict(first, second) -> str:
@@ -248,11 +265,13 @@ def block_observations(pairs: list[PairBlocks]) -> list[str]:
         first, second = pair.labels
         for what, name, names in (("trace", "block trace", "block traces"),
                                   ("lambda_max", "block λmax", "block λmax")):
-            noise, none = [], []
+            noise, none, open_ = [], [], []
             for a, b in zip(*pair.rows):
                 x, y = getattr(a, what), getattr(b, what)
                 verdict = compare_intervals((x.mean, x.half), (y.mean, y.half))
-                if verdict.startswith("significant"):
+                if what == "lambda_max" and not _converged(a, b):
+                    open_.append(a.block)  # not a result: not compared
+                elif verdict.startswith("significant"):
                     size = "larger" if y.mean > x.mean else "smaller"
                     lines.append(f"{second}'s {name} in {a.block} is {size} than {first}'s: "
                                  f"{_factor(x.mean, y.mean)} ({_value_text(y)} against "
@@ -266,6 +285,10 @@ def block_observations(pairs: list[PairBlocks]) -> list[str]:
                 over = "one seed" if what == "lambda_max" else "one probe"
                 lines.append(f"{second}'s and {first}'s {names} in {', '.join(none)} are not "
                              f"compared: no interval ({over}; see the table).")
+            if open_:
+                lines.append(f"{second}'s and {first}'s {names} in {', '.join(open_)} are not "
+                             "compared: Lanczos on H_bb did not converge within the budget "
+                             f"({UNCONVERGED_MARK} in the table).")
     return lines
 
 
