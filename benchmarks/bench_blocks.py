@@ -20,6 +20,14 @@ and the block traces alone: ``ds.hessian_trace(..., blocks="layer")`` against
 ``ds.hessian_trace`` (the same probes, so the same products: only the per-tensor dots).
 Prints the CPU first, then per line the products, seconds and both as a ratio to the
 baseline's.
+
+    python benchmarks/bench_blocks.py --checkpoint RUN_final.pt [--budget quick]
+        [--cache-dir DIR]
+
+instead measures what the study's sharpness stage costs on one trained checkpoint, on its
+own training data, with the ``--budget``'s settings (``study/stages/sharpness.py``), without
+and with the per-stage block profiles of its "Where in depth" section (``blocks="stage"``),
+after one untimed whole-network run (the data loaded, the graph built).
 """
 
 from __future__ import annotations
@@ -62,6 +70,40 @@ def line(name: str, row: dict, base: dict) -> str:
             f"({row['seconds'] / base['seconds']:.2f}x)  probes {row['probes']}")
 
 
+def study_cost(checkpoint: str, budget: str, cache_dir: str | None) -> int:
+    """The study's sharpness of ``checkpoint`` under ``budget``, without and with blocks."""
+    from dataclasses import replace
+
+    from depthscape.analysis.sharpness import measure_sharpness
+    from depthscape.study.stages.sharpness import STAGE
+
+    config = replace(STAGE.budgets[budget], device="cpu")
+    source, datasets = {"cache_dir": cache_dir}, {}
+    print(f"cpu: {cpu_description()}, {torch.get_num_threads()} threads; torch "
+          f"{torch.__version__}; {checkpoint}, the {budget} budget's sharpness "
+          f"({config.subset} images, <= {config.power_iters} Lanczos steps, <= "
+          f"{config.trace_samples} probes)", flush=True)
+    measure_sharpness(checkpoint, config, data_source=source, datasets=datasets)  # warm-up
+    rows = {}
+    for name, blocks in (("whole (the study without blocks)", ""), ("blocks stage", "stage")):
+        start = time.perf_counter()
+        result = measure_sharpness(checkpoint, replace(config, blocks=blocks),
+                                   data_source=source, datasets=datasets)
+        seconds = time.perf_counter() - start
+        whole = result["largest"].details["steps"] + result["trace"].details["samples"]
+        rows[name] = {"products": result["block_trace"].details["products"] if blocks
+                      else whole, "seconds": seconds,
+                      "blocks": len(result["block_trace"].value) if blocks else 0,
+                      "probes": result["trace"].details["samples"]}
+        if blocks:
+            steps = result["block_largest"].details["steps"]
+            print(f"block Lanczos steps: {dict(zip(result['block_trace'].details['names'], steps))}")
+    base = next(iter(rows.values()))
+    for name, row in rows.items():
+        print(line(name, row, base), flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet20")
@@ -70,9 +112,15 @@ def main(argv=None) -> int:
     parser.add_argument("--trace-samples", type=int, default=50)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--skip-layer", action="store_true")
+    parser.add_argument("--checkpoint", default=None,
+                        help="a trained run's final checkpoint: the study's sharpness cost")
+    parser.add_argument("--budget", default="quick", choices=("paper", "quick", "smoke"))
+    parser.add_argument("--cache-dir", default=None)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.checkpoint:
+        return study_cost(args.checkpoint, args.budget, args.cache_dir)
     print(f"cpu: {cpu_description()}, {torch.get_num_threads()} threads; torch "
           f"{torch.__version__}; {args.model}, {args.images} images", flush=True)
     model, x, y = _random_model(args.model, args.images)

@@ -76,6 +76,26 @@ def test_smoke_study_writes_every_artifact(smoke):
     assert flow.depth == 8 and flow.png.exists() and len(flow.rows[0]) == len(flow.rows[1])
     report = result.report_md.read_text()
     assert "## Where in depth: gradient flow" in report and "PlainNet / ResNet (early)" in report
+    # and the curvature per stage: the sharpness stage's block rows, drawn and tabulated
+    (blocks,) = result.block_profiles
+    assert blocks.depth == 8 and blocks.png.exists()
+    assert "## Where in depth: curvature per stage" in report and "PlainNet / ResNet (λmax)" in report
+    table = list(csv.DictReader((out / "plots" / "depth" / "blocks.csv").open()))
+    assert (out / "plots" / "depth" / "blocks.md").exists()
+    assert [r["stage"] for r in table] == ["stem", "layer1", "layer2", "layer3", "head"]
+    for side, model in (("first", "resnet8"), ("second", "plain8")):
+        name = run_paths(out, model, 0, "tiny").run_name
+        rows = json.loads((out / "sharpness" / f"{name}.blocks.json").read_text())["rows"]
+        assert [r["block"] for r in rows] == [r["stage"] for r in table]
+        # the table's numbers are the run's own block file's (one seed: no λmax interval)
+        assert [float(r[f"{side}_trace"]) for r in table] == [r["trace"] for r in rows]
+        assert [float(r[f"{side}_lambda_max"]) for r in table] == [r["lambda_max"] for r in rows]
+        assert all(r[f"{side}_lambda_max_half"] == "" for r in table)
+        # the stages partition the parameters, so the block traces sum to the whole trace
+        # probe by probe (the same Hutchinson probes)
+        whole = json.loads((out / "sharpness" / f"{name}.json").read_text())["result"]
+        assert sum(r["trace"] for r in rows) == pytest.approx(whole["trace"], rel=1e-9, abs=1e-9)
+        assert sum(r["num_params"] for r in rows) == whole["num_parameters"]
 
 
 def test_report_markdown_links_existing_files(smoke):

@@ -61,7 +61,7 @@ STAGE = EchoStage()
 
 def test_the_stages_run_in_the_study_order():
     assert [s.name for s in all_stages()] == [
-        "data", "training", "curves", "depth", "tables", "landscapes", "sharpness", "trajectories",
+        "data", "training", "curves", "tables", "landscapes", "sharpness", "depth", "trajectories",
         "curvature", "density", "flatness", "report"]
     quick = get_budget("quick")
     assert (quick.landscapes.resolution, quick.sharpness.subset, quick.density.runs) == (11, 128, 2)

@@ -174,6 +174,13 @@ def measure_sharpness(checkpoint: str | os.PathLike,
     return result
 
 
+def measure_files(config: SharpnessConfig, result: SharpnessResult, stem) -> list[Path]:
+    """Each active measure's own files beside a result ``<stem>.json`` (``--blocks``:
+    ``<stem>.blocks.json/.csv``), written atomically: the paths."""
+    return [path for measure in active_measures(config)
+            for path in measure.write_files(result, stem)]
+
+
 def subject_sharpness(subject: Subject,
                       config: SharpnessConfig = SharpnessConfig()  # noqa: B008 (frozen)
                       ) -> SharpnessResult:

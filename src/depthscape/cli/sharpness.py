@@ -12,6 +12,7 @@ from depthscape.analysis.sharpness import (
     SharpnessConfig,
     active_measures,
     check_sharpness_fits,
+    measure_files,
     measure_run_densities,
     measure_runs,
     sharpness_table,
@@ -168,8 +169,7 @@ def _beside(config, results) -> list:
     ``--blocks``: ``<stem>.blocks.json/.csv``), written by rank 0: the paths."""
     if not is_main_process():
         return []
-    return [path for stem, result in results for measure in active_measures(config)
-            for path in measure.write_files(result, stem)]
+    return [path for stem, result in results for path in measure_files(config, result, stem)]
 
 
 def _stage_densities(config, outputs) -> list:

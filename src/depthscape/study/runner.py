@@ -122,6 +122,7 @@ class StudyResult:
     flatness: list = field(default_factory=list)  # (RunInfo, FlatnessResult)
     flatness_figure: Path | None = None  # PNG: both measures by depth, with error bars
     gradient_flow: list = field(default_factory=list)  # stages.depth.PairFlow, per depth
+    block_profiles: list = field(default_factory=list)  # stages.depth.PairBlocks, per depth
     outputs: dict = field(default_factory=dict)  # stage name -> what a later stage found
     # the arithmetic used: "training" {run name: "bf16, channels-last"} (as each run's config
     # records it), "landscapes" (the landscapes' and trajectories' precision)

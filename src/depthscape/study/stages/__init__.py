@@ -1,5 +1,5 @@
-"""The study's stages, one module each: data, training, curves, depth
-(where in depth: gradient flow), tables, landscapes, sharpness,
+"""The study's stages, one module each: data, training, curves, tables, landscapes,
+sharpness, depth (where in depth: gradient flow and curvature per stage),
 trajectories, curvature, density, flatness, report.
 
 Every module of this package that defines ``STAGE`` (a :class:`~depthscape.study.stages.base.

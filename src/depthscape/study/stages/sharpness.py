@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from depthscape.analysis.sharpness import SharpnessConfig, measure_sharpness, sharpness_table
+from depthscape.analysis.sharpness import (
+    SharpnessConfig,
+    measure_files,
+    measure_sharpness,
+    sharpness_table,
+)
 from depthscape.analysis.tables import write_table
+from depthscape.core.models import present_pairs
 from depthscape.study.blocks import Heading, TableBlock
-from depthscape.study.stages.base import Stage
+from depthscape.study.stages.base import Stage, is_fresh
 
 
 def _measure(subset: int, power_iters: int, trace_samples: int, power_tol: float = 1e-3,
@@ -28,6 +35,18 @@ def measurement(study) -> SharpnessConfig:
     return replace(study.budget.sharpness, device=study.config.device)
 
 
+def run_measurement(study, model: str) -> SharpnessConfig:
+    """:func:`measurement`, with per-stage blocks (``--blocks stage``: stem, stage 1-3, head)
+    for the models of a depth pairing while the depth stage is on: the block traces come
+    from the trace's own Hutchinson probes, each block's λmax from Lanczos on its H_bb
+    (the "Where in depth" curvature profiles, :mod:`depthscape.study.stages.depth`)."""
+    config = measurement(study)
+    if study.switched_on("depth") and any(model in pair.names
+                                          for pair in present_pairs(study.models)):
+        return replace(config, blocks="stage")
+    return config
+
+
 class SharpnessStage(Stage):
     name = "sharpness"
     per_model = True
@@ -44,12 +63,16 @@ class SharpnessStage(Stage):
     folders = ("sharpness",)
 
     def run(self, study) -> None:
-        config, out = measurement(study), study.out
+        out = study.out
         results = study.result.sharpness
         for run in tqdm(study.finished_runs(), desc="sharpness", unit="run",
                         disable=not study.config.progress, dynamic_ncols=True):
-            results.append((run, measure_sharpness(run.paths.final, config, study.dataset,
-                                                   out / "sharpness" / f"{run.paths.run_name}.json")))
+            config = run_measurement(study, run.model)
+            output = out / "sharpness" / f"{run.paths.run_name}.json"
+            result = measure_sharpness(run.paths.final, config, study.dataset, output)
+            if config.blocks and not is_fresh(blocks_path(output), [output]):
+                measure_files(config, result, output.with_suffix(""))  # <run>.blocks.json/.csv
+            results.append((run, result))
         if results and not study.partial:  # the table of every run: a whole study's
             write_table(sharpness_table(results), out / "sharpness", "sharpness")
 
@@ -66,7 +89,14 @@ class SharpnessStage(Stage):
     def budget_rows(self, budget) -> list[list[str]]:
         sharp = budget.sharpness
         return [["sharpness", f"{sharp.subset} training images, <= {sharp.power_iters} "
-                              f"Lanczos steps, <= {sharp.trace_samples} Hutchinson probes"]]
+                              f"Lanczos steps, <= {sharp.trace_samples} Hutchinson probes; "
+                              "paired models also per stage (the trace's probes, <= "
+                              f"{sharp.power_iters} Lanczos steps per stage)"]]
+
+
+def blocks_path(output: Path) -> Path:
+    """The per-block rows written beside a sharpness result ``<run>.json``."""
+    return output.with_name(f"{output.stem}.blocks.json")
 
 
 STAGE = SharpnessStage()
