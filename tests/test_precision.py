@@ -120,6 +120,7 @@ def test_the_study_sharpness_stage_and_the_api_run_with_tf32_off(tmp_path, tiny_
     write_fake_run(tmp_path, "plainnet8", dataset=tiny_data.name)
     study = SimpleNamespace(  # what the stage reads of a study
         finished_runs=lambda: find_runs(tmp_path), dataset=load_dataset(str(tiny_data)), partial=False,
+        models=["plain8"], switched_on=lambda name: True,  # no depth pair: no blocks
         out=tmp_path / "study", result=SimpleNamespace(sharpness=[]),
         config=SimpleNamespace(device="cpu", progress=False),
         budget=SimpleNamespace(sharpness=SharpnessConfig(subset=4, power_iters=3,
