@@ -104,7 +104,8 @@ def test_time_to_accuracy_reaches_each_target_and_says_so(trained_resnet8, tmp_p
     bench = load_benchmark("bench_hessian")
     cached = tmp_path / "reference.json"
     argv = [str(trained_resnet8), "--time-to-accuracy", "--images", "8", "--threads", "1",
-            "--density", "1", "4", "--trace-cap", "60", "--reference", str(cached)]
+            "--density", "1", "4", "--trace-cap", "60", "--repeats", "2",
+            "--reference", str(cached)]
     assert bench.main(argv) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("# ") and "resnet8" in out[0] and "8 training images" in out[0]
@@ -116,6 +117,8 @@ def test_time_to_accuracy_reaches_each_target_and_says_so(trained_resnet8, tmp_p
             if line.startswith("| top") or line.startswith("| trace")
             or line.startswith("| density")}
     assert set(rows) == {"top1", "top5", "trace", "density"}
+    retimed = [line for line in out if "re-timed:" in line]
+    assert len(retimed) == 4 and all(line.count(" s") == 1 and "," in line for line in retimed)
     for target in ("top1", "top5"):  # depthscape's own rule at tol 1e-3, checked
         row = rows[target]
         assert row[1] == "depthscape" and "not reached" not in row[2]
@@ -125,7 +128,7 @@ def test_time_to_accuracy_reaches_each_target_and_says_so(trained_resnet8, tmp_p
     assert int(rows["density"][4]) == 4  # 1 run x 4 steps
     saved = json.loads(cached.read_text())
     assert len(saved["reference"]["values"]) == 5
-    assert bench.main(argv[:-2] + ["--reference", str(cached), "--reference-only"]) == 0
+    assert bench.main(argv[:-4] + ["--reference", str(cached), "--reference-only"]) == 0
     assert f"read from {cached}" in capsys.readouterr().out  # the same model and images
 
 
