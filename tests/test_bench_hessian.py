@@ -3,10 +3,13 @@ said in one line each (no timing is asserted)."""
 
 from __future__ import annotations
 
+import copy
+import json
 import re
 import sys
 
 import pytest
+import torch
 from test_benchmarks import load_benchmark
 
 
@@ -72,3 +75,72 @@ def test_neither_checkpoint_nor_products_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         bench.main([])
     assert exit_info.value.code == 2 and "--products" in capsys.readouterr().err
+
+
+def test_the_reference_is_the_exact_hessians_top_five():
+    from _landscape_tools import TinyNet
+    from test_sharpness import exact_hessian
+
+    bench = load_benchmark("bench_hessian")
+    torch.manual_seed(0)
+    model = TinyNet()
+    x = torch.randn(12, 1, 4, 4)
+    with torch.no_grad():  # BatchNorm's running statistics off their defaults
+        model.train()
+        model(x + 0.5)
+    y = torch.randint(0, 3, (12,))
+    reference = bench._reference_top(model.eval(), x, y, 5, steps=200, tol=1e-9)
+    exact = torch.linalg.eigvalsh(exact_hessian(copy.deepcopy(model).double(), x.double(), y))
+    top = exact.flip(0)[:5]
+    assert reference["converged"] and reference["steps"] < 200
+    assert reference["values"] == pytest.approx(top.tolist(), rel=1e-8)
+    assert all(b <= 1e-9 * abs(v) for v, b in zip(reference["values"], reference["bounds"]))
+
+
+def test_time_to_accuracy_reaches_each_target_and_says_so(trained_resnet8, tmp_path, capsys,
+                                                           monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyhessian", None)
+    monkeypatch.setitem(sys.modules, "hessian_eigenthings", None)
+    bench = load_benchmark("bench_hessian")
+    cached = tmp_path / "reference.json"
+    argv = [str(trained_resnet8), "--time-to-accuracy", "--images", "8", "--threads", "1",
+            "--density", "1", "4", "--trace-cap", "60", "--repeats", "2",
+            "--reference", str(cached)]
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("# ") and "resnet8" in out[0] and "8 training images" in out[0]
+    assert "PyHessian does not import" in out[1]
+    assert "hessian-eigenthings does not import" in out[2]
+    reference = next(line for line in out if line.startswith("reference "))
+    assert "converged to residual" in reference and "NOT" not in reference
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in out
+            if line.startswith("| top") or line.startswith("| trace")
+            or line.startswith("| density")}
+    assert set(rows) == {"top1", "top5", "trace", "density"}
+    retimed = [line for line in out if "re-timed:" in line]
+    assert len(retimed) == 4 and all(line.count(" s") == 1 and "," in line for line in retimed)
+    for target in ("top1", "top5"):  # depthscape's own rule at tol 1e-3, checked
+        row = rows[target]
+        assert row[1] == "depthscape" and "not reached" not in row[2]
+        assert float(row[6]) <= 1e-3
+    trace = rows["trace"]
+    assert ("not reached" in trace[2]) == (float(trace[6]) > 0.05)
+    assert int(rows["density"][4]) == 4  # 1 run x 4 steps
+    saved = json.loads(cached.read_text())
+    assert len(saved["reference"]["values"]) == 5
+    assert bench.main(argv[:-4] + ["--reference", str(cached), "--reference-only"]) == 0
+    assert f"read from {cached}" in capsys.readouterr().out  # the same model and images
+
+
+def test_time_to_accuracy_refuses_bad_input_before_work(trained_resnet8, tmp_path, capsys):
+    bench = load_benchmark("bench_hessian")
+    for argv in ([str(trained_resnet8)] * 2 + ["--time-to-accuracy"],
+                 [str(trained_resnet8), "--time-to-accuracy", "--max-steps", "0"],
+                 [str(trained_resnet8), "--time-to-accuracy", "--reference-only"],
+                 [str(trained_resnet8), "--time-to-accuracy", "--reference",
+                  str(tmp_path / "missing" / "r.json")]):
+        with pytest.raises(SystemExit) as exit_info:
+            bench.main(argv)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert "error:" in err[-1], err
