@@ -230,6 +230,32 @@ def test_job_state_is_slurms_own_record_of_a_job_through_its_end():
     assert jobs.job_state("999999999") is None
 
 
+@needs_slurm
+def test_a_unit_squeue_misses_is_asked_of_slurms_record_before_it_counts_as_failed(tmp_path,
+                                                                                  monkeypatch):
+    """The fresh-clone CI once saw a requeued training missing from squeue for a poll and the
+    study reported it failed: a unit whose job squeue does not list is active while Slurm's
+    own record (scontrol) says so, failed once that record says the job ended."""
+    submitted = subprocess.run(["sbatch", "--parsable", "--job-name", "ds-missed",
+                                "--output", "/dev/null", "--wrap", "sleep 120"],
+                               capture_output=True, text=True, check=True)
+    job = submitted.stdout.strip().split(";")[0]
+    record = {"units": {"training-x": {"job_id": job, "stderr": None, "result": None}}}
+    monkeypatch.setattr(jobs, "queue_states", dict)  # squeue's answer, missing the job
+    try:
+        state = slurm.unit_states(tmp_path, ["training-x"], record)
+        assert state["training-x"].state in {s.lower() for s in jobs.ACTIVE}
+    finally:
+        subprocess.run(["scancel", job], check=False)
+    deadline = time.monotonic() + 60
+    while jobs.job_state(job) in jobs.ACTIVE and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert slurm.unit_states(tmp_path, ["training-x"], record)["training-x"].state == "failed"
+    # a queue taken as it is (a launch's first look) asks nothing more
+    assert slurm.unit_states(tmp_path, ["training-x"], record, queue={})[
+        "training-x"].state == "failed"
+
+
 def test_job_state_without_scontrol_is_none(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no scontrol on PATH
     assert jobs.job_state("1") is None

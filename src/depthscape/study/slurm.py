@@ -87,7 +87,8 @@ def unit_states(out: Path, units: list[str], record: dict,
     """Where each unit stands: done (its marker), queued or running (Slurm's queue),
     failed (ended without its marker: the error submitit recorded, or its log's last line),
     cancelled (a unit it needs failed), missing (never submitted)."""
-    queue = jobs.queue_states() if queue is None else queue
+    asked = queue is None  # a queue passed in (a launch's first look: {}) is taken as it is
+    queue = jobs.queue_states() if asked else queue
     entries = record.get("units", {})
     states = {}
     for name in units:
@@ -97,8 +98,8 @@ def unit_states(out: Path, units: list[str], record: dict,
             states[name] = UnitState(name, "done", job, entry.get("stderr"))
         elif job is None:
             states[name] = UnitState(name, "missing")
-        elif queue.get(job) in jobs.ACTIVE:
-            states[name] = UnitState(name, queue[job].lower(), job, entry.get("stderr"))
+        elif (state := _active_state(job, queue, asked)) is not None:
+            states[name] = UnitState(name, state.lower(), job, entry.get("stderr"))
         else:
             states[name] = UnitState(name, "failed", job, entry.get("stderr"),
                                      jobs.job_error(entry.get("result"), entry.get("stderr")))
@@ -108,6 +109,18 @@ def unit_states(out: Path, units: list[str], record: dict,
                 states.get(n) and states[n].state in ("failed", "cancelled") for n in needs):
             states[name].state = "cancelled"
     return states
+
+
+def _active_state(job: str, queue: dict[str, str], ask: bool) -> str | None:
+    """The job's state where it still holds the study, else None. squeue (``queue``) can
+    miss a job for a moment while Slurm requeues it (the fresh-clone CI's requeue test once
+    saw a requeued training reported failed): a job it does not list as active is asked of
+    Slurm's own record (:func:`jobs.job_state`, where ``ask``) before it counts as ended."""
+    state = queue.get(job)
+    if state in jobs.ACTIVE or not ask:
+        return state if state in jobs.ACTIVE else None
+    state = jobs.job_state(job)
+    return state if state in jobs.ACTIVE else None
 
 
 # ---- launching ----------------------------------------------------------------------------
