@@ -105,27 +105,19 @@ class DepthStage(Stage):
 
     @staticmethod
     def _curvature_blocks(result) -> list:
-        if not result.block_profiles:
-            return []
-        blocks: list = [Heading("Where in depth: curvature per stage"), Paragraph(
+        return _section("Where in depth: curvature per stage", (
             "The sharpness stage also measured the Hessian's diagonal blocks H_bb of each "
             "stage (stem, the three stages, the head; `sharpness/<run>.blocks.json`; "
             "docs/depth.md): the block trace tr(H_bb) from the whole trace's own Hutchinson "
             "probes and the block's largest eigenvalue by Lanczos on H_bb. The trace's 95% "
             "interval is over the seeds, or over the probes where there is one seed; λmax's "
             "is over the seeds, and with one seed it has none (no bar, not compared). A "
-            "difference is called significant only where the intervals do not overlap.")]
-        for pair in result.block_profiles:
-            blocks.append(FigureBlock(pair.png, f"Curvature per stage, {pair.labels[0]} vs "
-                                                f"{pair.labels[1]}"))
-        blocks.append(TableBlock(block_table(result.block_profiles)))
-        return blocks + [Bullets(block_observations(result.block_profiles))]
+            "difference is called significant only where the intervals do not overlap."),
+            result.block_profiles, "Curvature per stage", block_table, block_observations)
 
     @staticmethod
     def _flow_blocks(result) -> list:
-        if not result.gradient_flow:
-            return []
-        blocks: list = [Heading("Where in depth: gradient flow"), Paragraph(
+        return _section("Where in depth: gradient flow", (
             "Training recorded each layer's gradient norm, averaged over the steps between "
             "log rows (`logs/<run>_layers.csv`; docs/depth.md). The heatmaps show log10 of it, "
             "input at the top; the profile shows it against relative depth at the first log "
@@ -135,12 +127,19 @@ class DepthStage(Stage):
             f"{WINDOW} log rows at that point, with its 95% interval over the seeds, or over "
             "those rows where there is one seed (correlated rows: narrower than a seed's "
             "interval would be). A difference is called significant only where the "
-            "intervals do not overlap.")]
-        for pair in result.gradient_flow:
-            blocks.append(FigureBlock(pair.png, f"Gradient flow, {pair.labels[0]} vs "
-                                                f"{pair.labels[1]}"))
-        blocks.append(TableBlock(flow_table(result.gradient_flow)))
-        return blocks + [Bullets(flow_observations(result.gradient_flow))]
+            "intervals do not overlap."),
+            result.gradient_flow, "Gradient flow", flow_table, flow_observations)
+
+
+def _section(title: str, text: str, pairs: list, caption: str, table, observations) -> list:
+    """One "Where in depth" section: its heading and text, each pair's figure, the table
+    and the observations of ``pairs`` (nothing where there is no pair)."""
+    if not pairs:
+        return []
+    figures = [FigureBlock(pair.png, f"{caption}, {pair.labels[0]} vs {pair.labels[1]}")
+               for pair in pairs]
+    return [Heading(title), Paragraph(text), *figures, TableBlock(table(pairs)),
+            Bullets(observations(pairs))]
 
 
 def _log_text(interval) -> str:
